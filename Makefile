@@ -1,0 +1,109 @@
+# mproc: a thin wrapper over cargo and cc.  `make help` lists the targets.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BINDIR  ?= $(PREFIX)/bin
+MANDIR  ?= $(PREFIX)/share/man
+CARGO   ?= cargo
+CC      ?= cc
+CFLAGS  ?= -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE
+LDLIBS  ?= -pthread
+BUILD   ?= build
+
+MPROC   := target/release/mproc
+C_SRCS  := $(wildcard c-compare/*.c)
+C_PROGS := $(patsubst c-compare/%.c,$(BUILD)/c/%,$(C_SRCS))
+MANPAGES := man/mproc.1 man/mproc.7
+
+# Forking tests must not share a process with other test threads (a lock
+# held by another thread at fork() stays locked in the child): nextest runs
+# each test in its own process; without it, cargo test runs one at a time.
+HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+ifeq ($(HAVE_NEXTEST),yes)
+RUST_TESTS = $(CARGO) nextest run --no-fail-fast --all-targets && $(CARGO) test --doc
+else
+RUST_TESTS = $(CARGO) test --no-fail-fast -- --test-threads=1
+endif
+
+.PHONY: all help release c demo test test-rust fmt-check clippy man-lint bench compare man \
+        install uninstall clean
+
+all: release c
+
+help:
+	@echo "make            build mproc (release) and the C reference programs"
+	@echo "make demo       run the seed lessons, one after another"
+	@echo "make test       fmt check, clippy, C build, all Rust tests, man page lint"
+	@echo "make bench      run the benchmarks (ratios against same-run baselines)"
+	@echo "make compare    the same operations in C, mproc and Python, one table"
+	@echo "make man        render the man pages to $(BUILD)/man/*.txt"
+	@echo "make install    install to \$$DESTDIR\$$PREFIX (default $(PREFIX))"
+
+release:
+	$(CARGO) build --release
+
+c: $(C_PROGS)
+
+$(BUILD)/c/%: c-compare/%.c $(wildcard c-compare/*.h)
+	@mkdir -p $(BUILD)/c
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+demo: release
+	@echo "== mproc square: one process prints a square"
+	@$(MPROC) square
+	@echo
+	@echo "== mproc numbers: four processes print their numbers"
+	@$(MPROC) numbers
+	@echo
+	@echo "== mproc cube: a pool of three cubes 1..5"
+	@$(MPROC) cube
+	@echo
+	@echo "== mproc isolation: processes copy memory, threads share it"
+	@$(MPROC) isolation
+
+test: fmt-check clippy c test-rust man-lint
+
+fmt-check:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test-rust:
+	MPROC_C_DIR=$(CURDIR)/$(BUILD)/c $(RUST_TESTS)
+
+man-lint:
+	@for page in $(MANPAGES); do \
+	    out=$$(mandoc -Tlint -Wwarning $$page 2>&1); \
+	    if [ -n "$$out" ]; then echo "$$out"; exit 1; fi; \
+	    echo "mandoc -Tlint -Wwarning $$page: clean"; \
+	done
+
+bench: release
+	$(MPROC) bench process
+	$(MPROC) bench ring
+	$(MPROC) bench pool
+	$(MPROC) bench run
+
+compare: release c
+	$(MPROC) bench compare --c-bench $(BUILD)/c/bench
+
+man:
+	@mkdir -p $(BUILD)/man
+	@for page in $(MANPAGES); do \
+	    mandoc -Tutf8 $$page | col -b > $(BUILD)/man/$$(basename $$page).txt; \
+	    echo "$(BUILD)/man/$$(basename $$page).txt"; \
+	done
+
+install: release
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man7
+	install -m 755 $(MPROC) $(DESTDIR)$(BINDIR)/mproc
+	install -m 644 man/mproc.1 $(DESTDIR)$(MANDIR)/man1/mproc.1
+	install -m 644 man/mproc.7 $(DESTDIR)$(MANDIR)/man7/mproc.7
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/mproc $(DESTDIR)$(MANDIR)/man1/mproc.1 $(DESTDIR)$(MANDIR)/man7/mproc.7
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)

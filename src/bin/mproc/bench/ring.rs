@@ -1,0 +1,6 @@
+//! `mproc bench ring` (being written).
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+pub fn main(_args: Args) -> u8 {
+    1
+}

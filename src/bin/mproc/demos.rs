@@ -1,0 +1,128 @@
+//! The seed lessons: one process, four processes, a pool of three, and the
+//! proof that processes do not share memory while threads do.
+//!
+//! Each demo's C twin lives in `c-compare/` under the same name and prints
+//! the same lines.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use clap::Args;
+use mproc::{Error, Process};
+
+use crate::fail;
+
+#[derive(Args, Debug)]
+pub struct SquareArgs {
+    /// The number to square
+    #[arg(default_value_t = 5, allow_negative_numbers = true)]
+    n: i64,
+}
+
+#[derive(Args, Debug)]
+pub struct NumbersArgs {
+    /// How many child processes to start (0 to 10000)
+    #[arg(long, default_value_t = 4, value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    count: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct CubeArgs {
+    /// How many worker processes the pool has (1 to 1024)
+    #[arg(long, default_value_t = 3, value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    processes: u32,
+    /// The numbers to cube
+    #[arg(default_values_t = [1, 2, 3, 4, 5], allow_negative_numbers = true)]
+    numbers: Vec<i64>,
+}
+
+#[derive(Args, Debug)]
+pub struct IsolationArgs {}
+
+/// `mproc square`: the seed's first program. Twin: `c-compare/square.c`.
+pub fn square(args: SquareArgs) -> u8 {
+    let n = args.n;
+    let mut process = Process::new(move || {
+        // i128: the square of any i64 fits, so no input can overflow.
+        let result = i128::from(n) * i128::from(n);
+        println!("The square of {n} is {result}");
+    });
+    if let Err(e) = process.start().and_then(|()| process.join()) {
+        return fail("square", &e);
+    }
+    println!("Main process completed");
+    0
+}
+
+/// `mproc numbers`: N processes, each printing its own number. Their lines
+/// come in whatever order the scheduler runs them. Twin: `c-compare/numbers.c`.
+pub fn numbers(args: NumbersArgs) -> u8 {
+    let mut processes = Vec::new();
+    let mut failure = None;
+    for i in 1..=args.count {
+        let mut p = Process::new(move || println!("Process {i}: {i}"));
+        match p.start() {
+            Ok(()) => processes.push(p),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    // Join everything that did start, even after a failed fork.
+    for p in &processes {
+        if let Err(e) = p.join() {
+            failure.get_or_insert(e);
+        }
+    }
+    if let Some(e) = failure {
+        return fail("numbers", &e);
+    }
+    println!("Main process completed");
+    0
+}
+
+/// `mproc cube`: the seed's pool of three. Twin: `c-compare/cube_pool.c`.
+pub fn cube(args: CubeArgs) -> u8 {
+    let _ = args;
+    fail("cube", &Error::InvalidState("not yet"))
+}
+
+/// One variable with one address in every process forked from us.
+static COUNTER: AtomicI64 = AtomicI64::new(0);
+
+/// `mproc isolation`: same virtual address, different values after `fork`;
+/// same address, same value with a thread. Twin: `c-compare/isolation.c`.
+pub fn isolation(_args: IsolationArgs) -> u8 {
+    let addr = &COUNTER as *const AtomicI64;
+    // Relaxed throughout: each step is ordered by fork/waitpid or by
+    // thread spawn/join, which synchronise memory on their own.
+    COUNTER.store(100, Ordering::Relaxed);
+    println!("fork: parent sets counter = 100 at {addr:p}");
+    let mut child = Process::new(move || {
+        COUNTER.store(200, Ordering::Relaxed);
+        println!("fork: child sets counter = {} at {addr:p}", COUNTER.load(Ordering::Relaxed));
+    });
+    if let Err(e) = child.start().and_then(|()| child.join()) {
+        return fail("isolation", &e);
+    }
+    println!("fork: parent after join sees counter = {} at {addr:p}", COUNTER.load(Ordering::Relaxed));
+    println!(
+        "fork: same address, different values: the child changed its own copy-on-write copy, not the parent's."
+    );
+
+    COUNTER.store(100, Ordering::Relaxed);
+    println!("thread: main sets counter = 100 at {addr:p}");
+    let thread = std::thread::spawn(|| {
+        COUNTER.store(200, Ordering::Relaxed);
+        let addr = &COUNTER as *const AtomicI64;
+        println!("thread: thread sets counter = {} at {addr:p}", COUNTER.load(Ordering::Relaxed));
+    });
+    if thread.join().is_err() {
+        return fail("isolation", &Error::InvalidState("the thread panicked"));
+    }
+    println!("thread: main after join sees counter = {} at {addr:p}", COUNTER.load(Ordering::Relaxed));
+    println!("thread: same address, same value: threads share one address space.");
+    0
+}

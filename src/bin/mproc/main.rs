@@ -1,0 +1,100 @@
+//! `mproc`: the classic multiprocessing lessons, side by side with numbers,
+//! plus benchmarks and a parallel command runner.
+//!
+//! This file only parses arguments and dispatches; each subcommand lives in
+//! its own module and returns the process exit status.
+
+mod bench;
+mod demos;
+mod run;
+mod speedup;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for bad command-line arguments.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when a library call fails at run time.
+pub const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mproc",
+    version,
+    about = "Python's multiprocessing lessons on raw fork, waitpid, pipes and shared memory",
+    long_about = None,
+    propagate_version = true
+)]
+struct Cli {
+    /// Print every POSIX call (fork, waitpid, pipe, mmap, kill, ...) to stderr as it happens
+    #[arg(long, global = true)]
+    trace: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One child process prints the square of N; the parent joins it
+    Square(demos::SquareArgs),
+    /// N child processes each print their own number
+    Numbers(demos::NumbersArgs),
+    /// A pool of worker processes prints the cube of each number
+    Cube(demos::CubeArgs),
+    /// Shows that a forked child has its own copy of memory while a thread shares it
+    Isolation(demos::IsolationArgs),
+    /// Times CPU-bound work sequentially, on processes and on threads
+    Speedup(speedup::SpeedupArgs),
+    /// Measures processes, pipes, the ring, the pool and the runner against baselines
+    Bench(bench::BenchArgs),
+    /// Runs a command once per input, in parallel, with grouped output
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    mproc::set_trace(cli.trace);
+    let code = match cli.command {
+        Command::Square(args) => demos::square(args),
+        Command::Numbers(args) => demos::numbers(args),
+        Command::Cube(args) => demos::cube(args),
+        Command::Isolation(args) => demos::isolation(args),
+        Command::Speedup(args) => speedup::main(args),
+        Command::Bench(args) => bench::main(args),
+        Command::Run(args) => run::main(args),
+    };
+    ExitCode::from(code)
+}
+
+/// Help and version go to stdout with status 0; anything else is a usage
+/// error: one line on stderr, status 2.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            ExitCode::from(EXIT_USAGE)
+        }
+        _ => {
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("mproc: {}", first.strip_prefix("error: ").unwrap_or(first));
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Prints a library error as one line and returns the failure status.
+pub fn fail(context: &str, err: &mproc::Error) -> u8 {
+    eprintln!("mproc: {context}: {err}");
+    EXIT_FAILURE
+}

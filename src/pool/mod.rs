@@ -1,0 +1,556 @@
+//! `Pool`: Python's `multiprocessing.Pool`, with tasks and results carried
+//! by rings in shared memory instead of pickles over pipes.
+//!
+//! # How it is built
+//! `Pool::new(n)` maps one shared region (two rings per worker), makes the
+//! doorbell pipes, and forks a **zygote**: a single-threaded helper that
+//! forks the `n` workers, and later every replacement, and reaps them. The
+//! parent hands each worker batches of tasks through its task ring and
+//! reads results from its result ring, in order; a doorbell pipe wakes a
+//! side only when it is asleep. See [`crate::ring`] and `mproc(7)`.
+//!
+//! # Functions cross as addresses
+//! Tasks name their function as a plain `fn` pointer (non-capturing
+//! closures coerce). Workers are forked, never `exec`'d, from the same
+//! program image, so the function sits at the same address in the worker
+//! as in the parent: the address is all that crosses. Arguments and
+//! results cross as [`Wire`] bytes. For closures with captures (and inputs
+//! that should not be copied at all) use [`fork_map`].
+//!
+//! # Failure model
+//! | what happens                          | what the caller gets                          |
+//! |---------------------------------------|-----------------------------------------------|
+//! | task panics                           | `Err(Error::Panicked { message })`; worker lives on |
+//! | worker killed / segfaults / aborts    | that task: `Err(Error::WorkerDied { exitcode: -signal, .. })`; others run on; worker replaced |
+//! | task calls `exit(n)`                  | that task: `Err(Error::WorkerDied { exitcode: n, .. })` |
+//! | task runs past `task_timeout`         | `Err(Error::Timeout)`; its process group gets SIGTERM, then SIGKILL; worker replaced |
+//! | result bytes do not decode            | `Err(Error::Decode(..))` for that task          |
+//! | `fork` fails (EAGAIN, ENOMEM)         | `Pool::new`: `Err(Error::Os)` naming `fork`, nothing left behind |
+//! | the parent dies (even by SIGKILL)     | the zygote sees EOF and kills every worker      |
+//! | new work after `close()`/`terminate()`| `Err(Error::Closed)`                            |
+//!
+//! `map` returns the first error in input order (after every task of the
+//! call has ended); `imap` and `imap_unordered` yield each task's outcome.
+
+mod engine;
+mod fork_map;
+mod message;
+mod shared;
+mod worker;
+mod zygote;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use engine::{Engine, Limits};
+use message::Call;
+use shared::{Bell, Layout};
+use zygote::{Zygote, ZygoteSide};
+
+pub use fork_map::fork_map;
+
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::wire::Wire;
+
+/// The default capacity of each ring, in bytes.
+const DEFAULT_RING_CAPACITY: usize = 64 * 1024;
+
+/// A pool of worker processes. See the [module docs](self).
+///
+/// ```
+/// fn cube(n: u64) -> u64 {
+///     n * n * n
+/// }
+/// let pool = mproc::Pool::new(3)?;
+/// assert_eq!(pool.map(cube, vec![1u64, 2, 3, 4, 5])?, vec![1, 8, 27, 64, 125]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Pool {
+    engine: RefCell<Engine>,
+    processes: usize,
+}
+
+/// Builds a [`Pool`] with options: `Pool::builder().processes(2).build()`.
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    processes: usize,
+    initializer: Option<fn()>,
+    max_tasks_per_child: Option<usize>,
+    task_timeout: Option<Duration>,
+    ring_capacity: usize,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            processes: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            initializer: None,
+            max_tasks_per_child: None,
+            task_timeout: None,
+            ring_capacity: DEFAULT_RING_CAPACITY,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// How many workers (default: the number of CPUs). 0 is an error.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = n;
+        self
+    }
+
+    /// A function each worker runs once, before its first task.
+    pub fn initializer(mut self, f: fn()) -> Self {
+        self.initializer = Some(f);
+        self
+    }
+
+    /// Replaces a worker after it has run this many tasks (bounds leaks in
+    /// the task code). 0 is an error.
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Kills a task (with its worker's whole process group) that runs
+    /// longer than this; it yields `Err(Error::Timeout)` and the worker is
+    /// replaced.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// Each ring's capacity in bytes, rounded up to a power of two (at least
+    /// 4 KiB). Larger messages still pass, in fragments.
+    pub fn ring_capacity(mut self, bytes: usize) -> Self {
+        self.ring_capacity = bytes;
+        self
+    }
+
+    /// Maps the rings, forks the zygote and the workers, and waits until
+    /// every worker runs.
+    pub fn build(self) -> Result<Pool> {
+        if self.processes == 0 {
+            return Err(Error::InvalidArgument("a pool needs at least 1 process".into()));
+        }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::InvalidArgument("max_tasks_per_child must be at least 1".into()));
+        }
+        let n = self.processes;
+        let capacity = self.ring_capacity.clamp(4096, 1 << 30).next_power_of_two();
+        let layout = Layout::new(n, capacity)?;
+        let parent_bell = Bell::new()?;
+        let worker_bells = (0..n).map(|_| Bell::new()).collect::<Result<Vec<_>>>()?;
+        let (requests_r, requests_w) = sys::pipe()?;
+        let (reports_r, reports_w) = sys::pipe()?;
+
+        // The zygote must not hold what only the parent may hold: the read
+        // end of its own bell and the write ends of the workers' bells (so a
+        // worker sees EOF when the parent dies).
+        let mut parent_only: Vec<i32> = vec![parent_bell.read.as_raw_fd()];
+        parent_only.extend(worker_bells.iter().map(|b| b.write.as_raw_fd()));
+        let (worker_reads, worker_writes): (Vec<OwnedFd>, Vec<OwnedFd>) =
+            worker_bells.into_iter().map(|b| (b.read, b.write)).unzip();
+        let Bell { read: parent_read, write: parent_write } = parent_bell;
+
+        let worker_layout = layout.clone();
+        let (initializer, max_tasks) = (self.initializer, self.max_tasks_per_child);
+        let run_worker = move |slot: usize| -> ! {
+            for (j, fd) in worker_reads.iter().enumerate() {
+                if j != slot {
+                    sys::close_inherited(fd.as_raw_fd());
+                }
+            }
+            use std::os::fd::AsFd;
+            worker::Worker {
+                layout: &worker_layout,
+                slot,
+                bell: worker_reads[slot].as_fd(),
+                parent_bell: parent_write.as_fd(),
+                initializer,
+                max_tasks,
+            }
+            .run()
+        };
+        let side = ZygoteSide { requests: requests_r, reports: reports_w, run_worker };
+        let zygote = Zygote::start(requests_w, reports_r, &parent_only, side)?;
+        let limits = Limits { max_tasks: self.max_tasks_per_child, task_timeout: self.task_timeout };
+        let mut engine = Engine::new(layout, parent_read, worker_writes, zygote, limits);
+        // On failure, dropping the engine kills and reaps whatever started.
+        engine.start_workers()?;
+        Ok(Pool { engine: RefCell::new(engine), processes: n })
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers, forked now.
+    pub fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// Options beyond the worker count.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// How many workers the pool keeps.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The current workers' pids (a replaced worker's pid changes).
+    pub fn pids(&self) -> Vec<i32> {
+        let mut engine = self.engine.borrow_mut();
+        let _ = engine.step();
+        engine.pids()
+    }
+
+    /// Python's default: ceil(len / (4 × processes)).
+    fn default_chunksize(&self, len: usize) -> usize {
+        len.div_ceil(4 * self.processes).max(1)
+    }
+
+    /// Applies `f` to every item, in parallel, and returns the results in
+    /// input order. Returns the first error in input order (a panic, a
+    /// dead worker, a timeout) once every task of the call has ended; the
+    /// pool stays usable.
+    ///
+    /// ```
+    /// fn square(n: i32) -> i32 { n * n }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.map(square, 1..=4)?, vec![1, 4, 9, 16]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<Vec<R>>
+    where
+        A: Wire,
+        R: Wire,
+        I: IntoIterator<Item = A>,
+    {
+        let args: Vec<Vec<u8>> = items.into_iter().map(|a| a.to_bytes()).collect();
+        let chunk = self.default_chunksize(args.len());
+        self.map_encoded(Call::new(f), args, chunk)
+    }
+
+    /// [`Pool::map`] with an explicit number of tasks per batch (0 is an
+    /// error). Bigger chunks cost less per task; smaller ones balance better.
+    pub fn map_chunked<A, R, I>(&self, f: fn(A) -> R, items: I, chunksize: usize) -> Result<Vec<R>>
+    where
+        A: Wire,
+        R: Wire,
+        I: IntoIterator<Item = A>,
+    {
+        if chunksize == 0 {
+            return Err(Error::InvalidArgument("chunksize must be at least 1".into()));
+        }
+        let args: Vec<Vec<u8>> = items.into_iter().map(|a| a.to_bytes()).collect();
+        self.map_encoded(Call::new(f), args, chunksize)
+    }
+
+    fn map_encoded<R: Wire>(&self, call: Call, args: Vec<Vec<u8>>, chunk: usize) -> Result<Vec<R>> {
+        if args.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut engine = self.engine.borrow_mut();
+        let sub = engine.submit(call, args, chunk, 0)?;
+        let waited = engine.pump(None, |e| e.submission(sub).is_none_or(|s| s.is_complete()));
+        let result = waited.and_then(|()| {
+            let s = engine.submission(sub).ok_or(Error::Closed)?;
+            (0..s.len() as u32).map(|i| s.get(i).unwrap_or(Err(Error::Closed)).and_then(decode::<R>)).collect()
+        });
+        engine.release(sub);
+        result
+    }
+
+    /// Runs `f(arg)` on a worker and waits for the result.
+    pub fn apply<A: Wire, R: Wire>(&self, f: fn(A) -> R, arg: A) -> Result<R> {
+        self.apply_async(f, arg)?.get()
+    }
+
+    /// Queues `f(arg)` and returns at once, even with thousands of tasks
+    /// queued behind busy workers (they wait in the parent and enter the
+    /// rings as they drain).
+    ///
+    /// ```
+    /// fn cube(n: u64) -> u64 { n * n * n }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut r = pool.apply_async(cube, 7u64)?;
+    /// assert_eq!(r.get()?, 343);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn apply_async<A: Wire, R: Wire>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<'_, R>> {
+        let sub = self.engine.borrow_mut().submit(Call::new(f), [arg.to_bytes()], 1, 0)?;
+        Ok(AsyncResult { pool: self, sub, taken: false, _value: PhantomData })
+    }
+
+    /// Lazily applies `f` to each item, yielding results in input order.
+    /// Keeps a bounded number of tasks in flight, so an endless iterator runs
+    /// in bounded memory. Each item's outcome is yielded at its position.
+    ///
+    /// ```
+    /// fn double(n: u64) -> u64 { 2 * n }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let firsts: Vec<u64> = pool.imap(double, 0u64..).take(5).collect::<Result<_, _>>()?;
+    /// assert_eq!(firsts, vec![0, 2, 4, 6, 8]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, A, R, I::IntoIter>
+    where
+        A: Wire,
+        R: Wire,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, Call::new(f), items.into_iter(), 1, true)
+    }
+
+    /// Like [`Pool::imap`], but yields results as tasks complete.
+    pub fn imap_unordered<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, A, R, I::IntoIter>
+    where
+        A: Wire,
+        R: Wire,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, Call::new(f), items.into_iter(), 1, false)
+    }
+
+    /// [`Pool::imap`] with `chunksize` tasks per batch.
+    pub fn imap_chunked<A, R, I>(&self, f: fn(A) -> R, items: I, chunksize: usize) -> Imap<'_, A, R, I::IntoIter>
+    where
+        A: Wire,
+        R: Wire,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, Call::new(f), items.into_iter(), chunksize.max(1), true)
+    }
+
+    /// Refuses new work from now on (`Err(Error::Closed)`); queued work
+    /// still runs. Follow with [`Pool::join`].
+    pub fn close(&mut self) {
+        self.engine.get_mut().closed = true;
+    }
+
+    /// Waits for all queued work, then lets every worker exit and reaps it.
+    /// Call [`Pool::close`] first (`Err(Error::InvalidState)` otherwise).
+    pub fn join(&mut self) -> Result<()> {
+        let engine = self.engine.get_mut();
+        if !engine.closed {
+            return Err(Error::InvalidState("join() called before close()"));
+        }
+        if engine.finished {
+            return Ok(());
+        }
+        engine.pump(None, |e| e.idle())?;
+        engine.send_exit()?;
+        while !engine.all_exits_sent() {
+            engine.pump(Some(Instant::now() + Duration::from_millis(1)), |_| false).ok();
+            engine.send_exit()?;
+        }
+        engine.finish()
+    }
+
+    /// Kills every worker now (SIGKILL), reaps them, and ends the pool.
+    /// Work not yet done is dropped. Dropping a pool does the same.
+    pub fn terminate(&mut self) {
+        let _ = self.engine.get_mut().terminate();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = self.engine.get_mut().terminate();
+    }
+}
+
+fn decode<R: Wire>(bytes: &[u8]) -> Result<R> {
+    R::from_bytes(bytes).map_err(Error::Decode)
+}
+
+/// The pending result of [`Pool::apply_async`].
+#[derive(Debug)]
+pub struct AsyncResult<'p, R> {
+    pool: &'p Pool,
+    sub: u64,
+    taken: bool,
+    _value: PhantomData<fn() -> R>,
+}
+
+impl<R: Wire> AsyncResult<'_, R> {
+    /// Whether the result is there (never blocks).
+    pub fn ready(&self) -> bool {
+        let mut engine = self.pool.engine.borrow_mut();
+        let _ = engine.step();
+        engine.submission(self.sub).is_some_and(|s| s.is_complete())
+    }
+
+    /// Waits at most `timeout`. `Err(Error::Timeout)` if the task has not
+    /// finished; the task keeps running and you may ask again. Never kills.
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
+        self.wait(Some(Instant::now() + timeout))
+    }
+
+    /// Waits for the result.
+    pub fn get(&mut self) -> Result<R> {
+        self.wait(None)
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<R> {
+        if self.taken {
+            return Err(Error::InvalidState("the result was already taken"));
+        }
+        let sub = self.sub;
+        let mut engine = self.pool.engine.borrow_mut();
+        engine.pump(deadline, |e| e.submission(sub).is_none_or(|s| s.is_complete()))?;
+        let outcome = engine.submission(sub).and_then(|s| s.get(0)).unwrap_or(Err(Error::Closed)).and_then(decode);
+        self.taken = true;
+        engine.release(sub);
+        outcome
+    }
+}
+
+impl<R> Drop for AsyncResult<'_, R> {
+    fn drop(&mut self) {
+        if let Ok(mut engine) = self.pool.engine.try_borrow_mut() {
+            engine.release(self.sub);
+        }
+    }
+}
+
+/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`].
+#[derive(Debug)]
+pub struct Imap<'p, A, R, I> {
+    pool: &'p Pool,
+    call: Call,
+    input: Option<I>,
+    chunksize: usize,
+    ordered: bool,
+    /// Most tasks submitted and not yet yielded: the memory bound.
+    window: usize,
+    /// Submissions in input order: (id, tasks, which were yielded, how many).
+    pending: VecDeque<(u64, usize, Vec<bool>, usize)>,
+    outstanding: usize,
+    next_index: u64,
+    _types: PhantomData<fn(A) -> R>,
+}
+
+impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
+    fn new(pool: &'p Pool, call: Call, input: I, chunksize: usize, ordered: bool) -> Self {
+        let window = (4 * pool.processes * chunksize).max(64);
+        Imap {
+            pool,
+            call,
+            input: Some(input),
+            chunksize,
+            ordered,
+            window,
+            pending: VecDeque::new(),
+            outstanding: 0,
+            next_index: 0,
+            _types: PhantomData,
+        }
+    }
+
+    /// Submits chunks until the window is full or the input ends.
+    fn refill(&mut self) -> Result<()> {
+        while self.outstanding + self.chunksize <= self.window {
+            let Some(input) = self.input.as_mut() else { return Ok(()) };
+            let chunk: Vec<Vec<u8>> = input.by_ref().take(self.chunksize).map(|a| a.to_bytes()).collect();
+            if chunk.len() < self.chunksize {
+                self.input = None;
+            }
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let n = chunk.len();
+            let sub = self.pool.engine.borrow_mut().submit(self.call, chunk, self.chunksize, self.next_index)?;
+            self.next_index += n as u64;
+            self.outstanding += n;
+            self.pending.push_back((sub, n, vec![false; n], 0));
+        }
+        Ok(())
+    }
+
+    /// The position (in `pending`, in its submission) of a result ready to
+    /// yield now, if any.
+    fn ready_one(&self, engine: &Engine) -> Option<(usize, usize)> {
+        for (p, (sub, n, yielded, _)) in self.pending.iter().enumerate() {
+            let s = engine.submission(*sub)?;
+            for i in 0..*n {
+                if !yielded[i] {
+                    if s.get(i as u32).is_some() {
+                        return Some((p, i));
+                    }
+                    if self.ordered {
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        if let Err(e) = self.refill() {
+            self.input = None;
+            if self.pending.is_empty() {
+                // Report the refusal once, then end.
+                self.window = 0;
+                return if self.outstanding == 0 && self.next_index != u64::MAX {
+                    self.next_index = u64::MAX;
+                    Some(Err(e))
+                } else {
+                    None
+                };
+            }
+        }
+        if self.pending.is_empty() {
+            return None;
+        }
+        let mut engine = self.pool.engine.borrow_mut();
+        let mut found = None;
+        let waited = engine.pump(None, |e| {
+            let hit = self.ready_one(e);
+            hit.is_some() || self.pending.iter().any(|(sub, ..)| e.submission(*sub).is_none())
+        });
+        if let Err(e) = waited {
+            return Some(Err(e));
+        }
+        if let Some(hit) = self.ready_one(&engine) {
+            found = Some(hit);
+        }
+        let Some((p, i)) = found else {
+            // A submission vanished (pool terminated): nothing more to come.
+            self.pending.clear();
+            return Some(Err(Error::Closed));
+        };
+        let (sub, n, yielded, count) = &mut self.pending[p];
+        let outcome = engine.submission(*sub).and_then(|s| s.get(i as u32)).unwrap_or(Err(Error::Closed)).and_then(decode);
+        yielded[i] = true;
+        *count += 1;
+        self.outstanding -= 1;
+        if *count == *n {
+            let sub = *sub;
+            engine.release(sub);
+            self.pending.remove(p);
+        }
+        Some(outcome)
+    }
+}
+
+impl<A, R, I> Drop for Imap<'_, A, R, I> {
+    fn drop(&mut self) {
+        if let Ok(mut engine) = self.pool.engine.try_borrow_mut() {
+            for (sub, ..) in &self.pending {
+                engine.release(*sub);
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The pool's shared memory and doorbells.
+//!
+//! One `MAP_SHARED` mapping, made before the zygote is forked, so the zygote
+//! and every worker it forks see the same pages:
+//!
+//! ```text
+//! +-----------------+------------------+----------------+------------------+---
+//! | control (128 B) | slot 0 (128 B)   | slot 0 tasks   | slot 0 results   | slot 1 ...
+//! | parent_sleeping | worker_sleeping  | ring: parent ->| ring: worker ->  |
+//! |                 |                  | worker         | parent           |
+//! +-----------------+------------------+----------------+------------------+---
+//! ```
+//!
+//! Each side sleeps on exactly one pipe, its doorbell: the parent on
+//! `parent_bell` (any worker may ring it), worker k on `worker_bell[k]`
+//! (only the parent rings it). A waker writes a byte only when the sleeper's
+//! flag says it is asleep, so a busy pool makes no doorbell syscalls.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::ring::RawRing;
+use crate::sys::{self, shm::SharedMapping};
+
+/// One cache-line-sized (two lines: adjacent-line prefetch) sleep flag.
+#[repr(C, align(128))]
+struct SleepFlag {
+    /// 1 while its owner is asleep (or about to be) on its doorbell, else 0.
+    /// Only the owner writes it: a waker that cleared it could lose a later
+    /// wake-up and deadlock both sides.
+    sleeping: AtomicU32,
+    /// `fork_map` only: in the control block, the next item to claim; in a
+    /// slot, 1 + the item its worker is running (0: none).
+    counter: AtomicU64,
+}
+
+const FLAG: usize = std::mem::size_of::<SleepFlag>();
+const _: () = assert!(FLAG == 128 && std::mem::align_of::<SleepFlag>() == 128);
+
+/// The shared mapping, carved into the control flag and one region per slot.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    mapping: Arc<SharedMapping>,
+    slots: usize,
+    ring_capacity: usize,
+}
+
+impl Layout {
+    fn slot_size(ring_capacity: usize) -> usize {
+        FLAG + 2 * RawRing::region_size(ring_capacity)
+    }
+
+    /// Maps room for `slots` workers with rings of `ring_capacity` bytes
+    /// (a power of two). The memory starts zeroed: every flag 0, every ring
+    /// empty.
+    pub(crate) fn new(slots: usize, ring_capacity: usize) -> Result<Layout> {
+        let len = FLAG + slots * Self::slot_size(ring_capacity);
+        let layout = Layout { mapping: Arc::new(SharedMapping::new(len)?), slots, ring_capacity };
+        for slot in 0..slots {
+            layout.reset_slot(slot);
+        }
+        Ok(layout)
+    }
+
+    fn slot_base(&self, slot: usize) -> *mut u8 {
+        assert!(slot < self.slots, "slot {slot} out of range");
+        // SAFETY: the offset stays inside the mapping: FLAG + slot * size +
+        // size <= len by construction in `new`.
+        unsafe { self.mapping.as_ptr().add(FLAG + slot * Self::slot_size(self.ring_capacity)) }
+    }
+
+    fn flag(&self, base: *mut u8) -> &AtomicU32 {
+        // SAFETY: `base` points at a SleepFlag-sized, 128-aligned region of
+        // the mapping (page-aligned base + multiples of 128), which lives as
+        // long as `self`. Atomics are the one sound way to share a word with
+        // another process.
+        unsafe { &(*base.cast::<SleepFlag>()).sleeping }
+    }
+
+    fn counter(&self, base: *mut u8) -> &AtomicU64 {
+        // SAFETY: as in `flag`.
+        unsafe { &(*base.cast::<SleepFlag>()).counter }
+    }
+
+    /// `fork_map`'s shared claim counter.
+    pub(crate) fn claim_counter(&self) -> &AtomicU64 {
+        self.counter(self.mapping.as_ptr())
+    }
+
+    /// `fork_map`: 1 + the item worker `slot` is running, 0 when none.
+    pub(crate) fn running_item(&self, slot: usize) -> &AtomicU64 {
+        self.counter(self.slot_base(slot))
+    }
+
+    /// The parent's sleep flag.
+    pub(crate) fn parent_sleeping(&self) -> &AtomicU32 {
+        self.flag(self.mapping.as_ptr())
+    }
+
+    /// Worker `slot`'s sleep flag.
+    pub(crate) fn worker_sleeping(&self, slot: usize) -> &AtomicU32 {
+        self.flag(self.slot_base(slot))
+    }
+
+    /// The parent-to-worker ring of `slot`.
+    pub(crate) fn task_ring(&self, slot: usize) -> RawRing<'_> {
+        // SAFETY: the region lies inside the mapping (see slot_base) and is
+        // used as this ring and nothing else, for as long as `self` lives.
+        unsafe { RawRing::attach(self.slot_base(slot).add(FLAG), self.ring_capacity) }
+    }
+
+    /// The worker-to-parent ring of `slot`.
+    pub(crate) fn result_ring(&self, slot: usize) -> RawRing<'_> {
+        let offset = FLAG + RawRing::region_size(self.ring_capacity);
+        // SAFETY: as for task_ring, the second ring region of the slot.
+        unsafe { RawRing::attach(self.slot_base(slot).add(offset), self.ring_capacity) }
+    }
+
+    /// Empties both rings of `slot` and clears its flag. Only while no
+    /// worker is attached to the slot (before the first, after a death).
+    pub(crate) fn reset_slot(&self, slot: usize) {
+        self.task_ring(slot).reset();
+        self.result_ring(slot).reset();
+        self.worker_sleeping(slot).store(0, Ordering::SeqCst);
+        self.running_item(slot).store(0, Ordering::SeqCst);
+    }
+}
+
+/// A doorbell: a pipe whose bytes mean only "look again". Both ends are
+/// non-blocking: a full pipe already holds a pending wake-up.
+#[derive(Debug)]
+pub(crate) struct Bell {
+    pub(crate) read: OwnedFd,
+    pub(crate) write: OwnedFd,
+}
+
+impl Bell {
+    pub(crate) fn new() -> Result<Bell> {
+        let (read, write) = sys::pipe()?;
+        sys::set_nonblocking(read.as_fd(), true)?;
+        sys::set_nonblocking(write.as_fd(), true)?;
+        Ok(Bell { read, write })
+    }
+}
+
+/// Wakes a sleeper if its flag is up. Call after publishing the data it
+/// waits for.
+pub(crate) fn wake(flag: &AtomicU32, bell: BorrowedFd<'_>) {
+    // SeqCst fence: orders our earlier publish (ring index store) before the
+    // flag load, pairing with the fence in `sleep` between the sleeper's
+    // flag store and its re-check. One of the two sides must see the other.
+    fence(Ordering::SeqCst);
+    // Relaxed is enough after the fence.
+    if flag.load(Ordering::Relaxed) != 0 {
+        sys::trace!("doorbell ring(fd {:?})", bell);
+        // EAGAIN (pipe full) means a wake-up is already pending; EPIPE means
+        // the sleeper is gone. Neither needs handling here.
+        let _ = sys::write(bell, b"w");
+    }
+}
+
+/// Why `sleep` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woke {
+    /// `ready()` was already true, or something rang.
+    Ready,
+    /// The doorbell's write ends are all closed: the peer is gone.
+    BellClosed,
+    /// The timeout passed, or one of `extra` fds became readable.
+    Other,
+}
+
+/// Spin-then-sleep: spins briefly re-checking `ready`, then raises `flag`,
+/// re-checks, and sleeps in `poll` on `bell` (plus `extra` fds) for at most
+/// `timeout`. The flag is cleared by us, the sleeper, and only by us.
+pub(crate) fn sleep(
+    flag: &AtomicU32,
+    bell: BorrowedFd<'_>,
+    extra: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+    ready: impl Fn() -> bool,
+) -> Result<Woke> {
+    // ~2,000 pauses keep nearly all of the spinning throughput (PERF-NOTES)
+    // without burning a core when idle.
+    for _ in 0..2_000 {
+        if ready() {
+            return Ok(Woke::Ready);
+        }
+        std::hint::spin_loop();
+    }
+    flag.store(1, Ordering::Relaxed);
+    // Pairs with the fence in `wake`: after this, a waker that publishes
+    // later must see the flag, and we must see anything published before.
+    fence(Ordering::SeqCst);
+    if ready() {
+        flag.store(0, Ordering::Relaxed);
+        return Ok(Woke::Ready);
+    }
+    sys::trace!("doorbell wait(fd {:?})", bell);
+    let mut fds = Vec::with_capacity(1 + extra.len());
+    fds.push((bell, true, false));
+    fds.extend(extra.iter().map(|&fd| (fd, true, false)));
+    let polled = sys::poll(&fds, timeout);
+    let woke = match &polled {
+        Ok(ready) if ready[0].readable || ready[0].hangup => drain(bell),
+        _ => Ok(Woke::Other),
+    };
+    // Relaxed: the next `ready()` check by the owner re-reads the ring with
+    // acquire loads of its own; clearing only stops wakers' syscalls.
+    flag.store(0, Ordering::Relaxed);
+    polled?;
+    woke
+}
+
+/// Reads every pending byte of a doorbell; EOF means its writers are gone.
+fn drain(bell: BorrowedFd<'_>) -> Result<Woke> {
+    let mut buf = [0u8; 64];
+    loop {
+        match sys::read(bell, &mut buf) {
+            Ok(0) => return Ok(Woke::BellClosed),
+            Ok(n) if n < buf.len() => return Ok(Woke::Ready),
+            Ok(_) => continue,
+            Err(crate::Error::Os(e)) if e.errno == libc::EAGAIN => return Ok(Woke::Ready),
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The zygote: a small single-threaded process, forked once with the pool,
+//! that forks every worker (the first ones and every replacement), reaps
+//! them, and reports to the parent.
+//!
+//! Why: `fork` in a multi-threaded program copies only the calling thread,
+//! and a lock another thread held stays locked in the child. The user's
+//! program may start threads after making a pool; replacement workers are
+//! forked from the zygote, which never has more than one thread, so they
+//! are always safe to make (Python's forkserver solves the same problem).
+//!
+//! Protocol, over two pipes made before the zygote was forked:
+//! requests (parent -> zygote) and reports (zygote -> parent) are fixed-size
+//! little-endian records, each written with one `write` (< PIPE_BUF, so
+//! never split).
+//!
+//! Parent death: the request pipe reaches EOF; the zygote kills every worker
+//! and exits. Zygote death: each worker has `PR_SET_PDEATHSIG(SIGKILL)` on
+//! Linux and sees its doorbell's EOF elsewhere.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use crate::error::{Error, OsError, Result};
+use crate::status::ExitStatus;
+use crate::sys::{self, Forked};
+
+const REQ_SPAWN: u32 = 1;
+const REQ_SHUTDOWN: u32 = 2;
+const REQ_KILL_ALL: u32 = 3;
+const REQ_LEN: usize = 8;
+
+const REP_SPAWNED: u32 = 1;
+const REP_SPAWN_FAILED: u32 = 2;
+const REP_DIED: u32 = 3;
+const REP_LEN: usize = 20;
+
+/// What the zygote tells the parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// A worker for `slot` is running as `pid`.
+    Spawned { slot: usize, pid: i32 },
+    /// `fork` failed for `slot` with `errno`.
+    SpawnFailed { slot: usize, errno: i32 },
+    /// Worker `pid` of `slot` ended.
+    Died { slot: usize, pid: i32, status: ExitStatus },
+}
+
+impl Report {
+    fn encode(&self) -> [u8; REP_LEN] {
+        let (kind, slot, a, b, c) = match *self {
+            Report::Spawned { slot, pid } => (REP_SPAWNED, slot, pid, 0, 0),
+            Report::SpawnFailed { slot, errno } => (REP_SPAWN_FAILED, slot, 0, errno, 0),
+            Report::Died { slot, pid, status } => match status {
+                ExitStatus::Exited(code) => (REP_DIED, slot, pid, code, -1),
+                ExitStatus::Signaled { signal, core_dumped } => (REP_DIED, slot, pid, signal, core_dumped as i32),
+            },
+        };
+        let mut out = [0u8; REP_LEN];
+        out[0..4].copy_from_slice(&kind.to_le_bytes());
+        out[4..8].copy_from_slice(&(slot as u32).to_le_bytes());
+        out[8..12].copy_from_slice(&a.to_le_bytes());
+        out[12..16].copy_from_slice(&b.to_le_bytes());
+        out[16..20].copy_from_slice(&c.to_le_bytes());
+        out
+    }
+
+    fn decode(rec: &[u8]) -> Option<Report> {
+        let word = |i: usize| -> [u8; 4] { [rec[i], rec[i + 1], rec[i + 2], rec[i + 3]] };
+        let kind = u32::from_le_bytes(word(0));
+        let slot = u32::from_le_bytes(word(4)) as usize;
+        let (a, b, c) =
+            (i32::from_le_bytes(word(8)), i32::from_le_bytes(word(12)), i32::from_le_bytes(word(16)));
+        match kind {
+            REP_SPAWNED => Some(Report::Spawned { slot, pid: a }),
+            REP_SPAWN_FAILED => Some(Report::SpawnFailed { slot, errno: b }),
+            REP_DIED if c < 0 => Some(Report::Died { slot, pid: a, status: ExitStatus::Exited(b) }),
+            REP_DIED => {
+                Some(Report::Died { slot, pid: a, status: ExitStatus::Signaled { signal: b, core_dumped: c != 0 } })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The parent's handle on the zygote.
+#[derive(Debug)]
+pub(crate) struct Zygote {
+    pid: i32,
+    requests: Option<OwnedFd>,
+    reports: OwnedFd,
+    partial: Vec<u8>,
+    reaped: bool,
+}
+
+/// Everything the zygote keeps (its ends of the pipes, and what it needs to
+/// start a worker). Built in the parent before the fork.
+pub(crate) struct ZygoteSide<W: FnMut(usize) -> !> {
+    /// Read end of the request pipe.
+    pub requests: OwnedFd,
+    /// Write end of the report pipe.
+    pub reports: OwnedFd,
+    /// Runs a worker of the given slot in a freshly forked child.
+    pub run_worker: W,
+}
+
+impl Zygote {
+    /// Forks the zygote. `zygote_side` runs in the child; `close_in_child`
+    /// are the parent's descriptors the zygote must not hold (so that their
+    /// peers see EOF when the parent dies).
+    pub(crate) fn start<W: FnMut(usize) -> !>(
+        requests_w: OwnedFd,
+        reports_r: OwnedFd,
+        close_in_child: &[std::os::fd::RawFd],
+        zygote_side: ZygoteSide<W>,
+    ) -> Result<Zygote> {
+        // SAFETY: the child runs only `zygote_main`, which ends in `_exit`.
+        match unsafe { sys::fork() }? {
+            Forked::Child => {
+                sys::close_inherited(requests_w.as_raw_fd());
+                sys::close_inherited(reports_r.as_raw_fd());
+                for &fd in close_in_child {
+                    sys::close_inherited(fd);
+                }
+                std::mem::forget((requests_w, reports_r));
+                zygote_main(zygote_side)
+            }
+            Forked::Parent(pid) => {
+                drop(zygote_side);
+                sys::set_nonblocking(reports_r.as_fd(), true)?;
+                Ok(Zygote { pid, requests: Some(requests_w), reports: reports_r, partial: Vec::new(), reaped: false })
+            }
+        }
+    }
+
+    /// The zygote's pid.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The report pipe, for the parent's `poll`.
+    pub(crate) fn report_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.reports.as_fd()
+    }
+
+    fn request(&self, kind: u32, slot: usize) -> Result<()> {
+        let Some(fd) = &self.requests else { return Err(Error::Closed) };
+        let mut rec = [0u8; REQ_LEN];
+        rec[0..4].copy_from_slice(&kind.to_le_bytes());
+        rec[4..8].copy_from_slice(&(slot as u32).to_le_bytes());
+        sys::write_all(fd.as_fd(), &rec)
+    }
+
+    /// Asks for a worker in `slot`; the answer comes as a report.
+    pub(crate) fn spawn(&self, slot: usize) -> Result<()> {
+        self.request(REQ_SPAWN, slot)
+    }
+
+    /// Reads every complete report available now. `Ok(false)`: the zygote
+    /// has gone (EOF).
+    pub(crate) fn read_reports(&mut self, out: &mut Vec<Report>) -> Result<bool> {
+        let mut buf = [0u8; 64 * REP_LEN];
+        let mut alive = true;
+        loop {
+            match sys::read(self.reports.as_fd(), &mut buf) {
+                Ok(0) => {
+                    alive = false;
+                    break;
+                }
+                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                Err(Error::Os(e)) if e.errno == libc::EAGAIN => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let whole = self.partial.len() / REP_LEN * REP_LEN;
+        out.extend(self.partial[..whole].chunks_exact(REP_LEN).filter_map(Report::decode));
+        self.partial.drain(..whole);
+        Ok(alive)
+    }
+
+    /// Ends the zygote and waits for it. `kill`: workers get `SIGKILL` now;
+    /// otherwise the zygote waits for them to exit on their own (they have
+    /// been told to). Idempotent.
+    pub(crate) fn shutdown(&mut self, kill: bool) -> Result<()> {
+        if self.reaped {
+            return Ok(());
+        }
+        let sent = self.request(if kill { REQ_KILL_ALL } else { REQ_SHUTDOWN }, 0);
+        // Closing the request pipe is the fallback order: EOF means kill all.
+        self.requests = None;
+        let waited = sys::waitpid(self.pid, false);
+        self.reaped = true;
+        sent.or(Ok::<(), Error>(()))?;
+        waited.map(drop)
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        let _ = self.shutdown(true);
+    }
+}
+
+/// The zygote's whole life. Never returns.
+fn zygote_main<W: FnMut(usize) -> !>(mut side: ZygoteSide<W>) -> ! {
+    let code = match zygote_loop(&mut side) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    };
+    sys::exit_now(code)
+}
+
+fn zygote_loop<W: FnMut(usize) -> !>(side: &mut ZygoteSide<W>) -> Result<()> {
+    // Ctrl-C goes to the whole foreground group; the zygote leaves the
+    // decision to its parent, which will tell it (or die, and close the pipe).
+    sys::signal::ignore(libc::SIGINT)?;
+    sys::signal::ignore(libc::SIGQUIT)?;
+    let (sig_r, sig_w) = sys::pipe()?;
+    sys::set_nonblocking(sig_r.as_fd(), true)?;
+    sys::set_nonblocking(sig_w.as_fd(), true)?;
+    sys::signal::sigchld_to_pipe(sig_w.as_raw_fd())?;
+    let zygote_pid = sys::getpid();
+
+    let mut live: HashMap<i32, usize> = HashMap::new();
+    let mut shutting_down = false;
+    loop {
+        if shutting_down && live.is_empty() {
+            return Ok(());
+        }
+        let mut fds = vec![(sig_r.as_fd(), true, false)];
+        if !shutting_down {
+            fds.push((side.requests.as_fd(), true, false));
+        }
+        let ready = sys::poll(&fds, None)?;
+        if ready[0].readable {
+            let mut buf = [0u8; 64];
+            while matches!(sys::read(sig_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
+            while let Some((pid, status)) = sys::wait_any_nohang()? {
+                if let Some(slot) = live.remove(&pid) {
+                    if !shutting_down {
+                        report(side, Report::Died { slot, pid, status });
+                    }
+                }
+            }
+        }
+        if !shutting_down && (ready[1].readable || ready[1].hangup) {
+            let mut rec = [0u8; REQ_LEN];
+            let n = read_record(side.requests.as_fd(), &mut rec)?;
+            let kind = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
+            let slot = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]) as usize;
+            match (n, kind) {
+                (REQ_LEN, REQ_SPAWN) => match spawn_worker(side, slot, zygote_pid, &sig_r, &sig_w) {
+                    Ok(pid) => {
+                        live.insert(pid, slot);
+                        report(side, Report::Spawned { slot, pid });
+                    }
+                    Err(Error::Os(OsError { errno, .. })) => report(side, Report::SpawnFailed { slot, errno }),
+                    Err(_) => report(side, Report::SpawnFailed { slot, errno: libc::EINVAL }),
+                },
+                (REQ_LEN, REQ_SHUTDOWN) => shutting_down = true,
+                // REQ_KILL_ALL, or EOF: the parent is gone or wants it over.
+                _ => {
+                    shutting_down = true;
+                    for &pid in live.keys() {
+                        let _ = sys::kill(-pid, libc::SIGKILL);
+                        let _ = sys::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads one whole request record; returns how many bytes (0 at EOF).
+fn read_record(fd: std::os::fd::BorrowedFd<'_>, rec: &mut [u8; REQ_LEN]) -> Result<usize> {
+    let mut got = 0;
+    while got < REQ_LEN {
+        match sys::read(fd, &mut rec[got..])? {
+            0 => return Ok(got),
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+fn report<W: FnMut(usize) -> !>(side: &ZygoteSide<W>, rep: Report) {
+    // A parent that is gone cannot be told; the request pipe's EOF will end us.
+    let _ = sys::write_all(side.reports.as_fd(), &rep.encode());
+}
+
+fn spawn_worker<W: FnMut(usize) -> !>(
+    side: &mut ZygoteSide<W>,
+    slot: usize,
+    zygote_pid: i32,
+    sig_r: &OwnedFd,
+    sig_w: &OwnedFd,
+) -> Result<i32> {
+    // SAFETY: the zygote is single-threaded, so the child is a full copy;
+    // it ends in `run_worker`, which never returns.
+    match unsafe { sys::fork() }? {
+        Forked::Child => {
+            // The zygote's plumbing is not the worker's business.
+            for fd in [side.requests.as_raw_fd(), side.reports.as_raw_fd(), sig_r.as_raw_fd(), sig_w.as_raw_fd()] {
+                sys::close_inherited(fd);
+            }
+            let _ = sys::signal::reset_for_child();
+            let _ = sys::new_process_group();
+            // Die with the zygote (Linux); and if it already died before the
+            // prctl took effect, we have been re-parented: leave now.
+            let _ = sys::set_parent_death_signal(libc::SIGKILL);
+            if sys::getppid() != zygote_pid {
+                sys::exit_now(1);
+            }
+            (side.run_worker)(slot)
+        }
+        Forked::Parent(pid) => {
+            sys::set_child_process_group(pid);
+            Ok(pid)
+        }
+    }
+}

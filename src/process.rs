@@ -1,0 +1,417 @@
+//! `Process` and typed `spawn`: Python's `multiprocessing.Process`, on `fork`.
+//!
+//! A [`Process`] goes through three states, checked at run time and reported
+//! as [`Error::InvalidState`] rather than asserted:
+//!
+//! ```text
+//!   NotStarted --start()--> Running --join()/is_alive()/...--> Exited
+//!      fork()                 waitpid() reaps the zombie, once
+//! ```
+//!
+//! In the child, the target runs, stdout and stderr are flushed, and the
+//! process ends with `_exit`: the parent's destructors and `atexit` handlers
+//! belong to the parent and never run twice.
+//!
+//! # Exit codes (Python's convention)
+//! | the target...                         | `exitcode()` |
+//! |---------------------------------------|--------------|
+//! | returns                               | `0`          |
+//! | calls `std::process::exit(n)`         | `n`          |
+//! | panics (message printed on stderr)    | `1`          |
+//! | is killed by signal `s`               | `-s`         |
+//!
+//! # Dropping a running process
+//! Like Python at interpreter exit: dropping a started, unjoined `Process`
+//! *joins* it (waits for it) unless it is a daemon ([`Process::daemon`]),
+//! in which case it is killed with `SIGKILL` and then reaped. Either way no
+//! zombie is left behind.
+//!
+//! # Fork in a multi-threaded program
+//! `fork` copies only the calling thread. A lock held by another thread at
+//! that instant (a `Mutex` of yours, `stdout`'s lock) stays locked forever in
+//! the child. glibc's `malloc` and C stdio are made fork-safe by glibc itself,
+//! so allocating in the child is fine on Linux; but a child must not touch a
+//! lock another thread may have held: start processes before you start
+//! threads, or make sure no other thread holds such a lock across `start()`.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::status::ExitStatus;
+use crate::sys::{self, Forked};
+use crate::wire::Wire;
+
+type Target = Box<dyn FnOnce()>;
+
+enum State {
+    NotStarted(Target),
+    /// Forked and not yet reaped. `sentinel` is the read end of a pipe whose
+    /// only write end the child holds: it hangs up when the child dies.
+    Running { pid: i32, sentinel: OwnedFd },
+    /// Reaped: the pid may already belong to someone else; never signal it.
+    Exited { pid: i32, status: ExitStatus },
+    /// Only while `start` moves the target out.
+    Starting,
+}
+
+/// A child process running a closure: Python's `multiprocessing.Process`.
+///
+/// ```
+/// let mut p = mproc::Process::new(|| println!("The square of 5 is {}", 5 * 5));
+/// p.start()?;
+/// assert_eq!(p.join()?, 0);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub struct Process {
+    state: RefCell<State>,
+    daemon: bool,
+}
+
+impl fmt::Debug for Process {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &*self.state.borrow() {
+            State::NotStarted(_) | State::Starting => "not started".to_string(),
+            State::Running { pid, .. } => format!("running as {pid}"),
+            State::Exited { pid, status } => format!("{pid} {status}"),
+        };
+        f.debug_struct("Process").field("state", &state).field("daemon", &self.daemon).finish()
+    }
+}
+
+impl Process {
+    /// Makes a process that will run `target` once started. Nothing is
+    /// forked yet. Values `target` captures are moved into the child at
+    /// `start()` and dropped in the parent right after the fork.
+    pub fn new<F: FnOnce() + 'static>(target: F) -> Process {
+        Process { state: RefCell::new(State::NotStarted(Box::new(target))), daemon: false }
+    }
+
+    /// Marks the process as a daemon: dropping it unjoined kills it
+    /// (`SIGKILL`) instead of waiting for it. Python's `daemon=True`.
+    pub fn daemon(mut self, daemon: bool) -> Process {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Forks the child and runs the target in it.
+    ///
+    /// Errors: [`Error::InvalidState`] if already started; [`Error::Os`]
+    /// naming `fork` or `pipe` if the kernel refuses (e.g. `EAGAIN` under
+    /// `RLIMIT_NPROC`).
+    pub fn start(&mut self) -> Result<()> {
+        let state = self.state.get_mut();
+        if !matches!(state, State::NotStarted(_)) {
+            return Err(Error::InvalidState("process already started"));
+        }
+        let (sentinel, sentinel_w) = sys::pipe()?;
+        let State::NotStarted(target) = std::mem::replace(state, State::Starting) else {
+            unreachable!("checked above")
+        };
+        // SAFETY: the child only runs `target` and then `_exit`s (run_child
+        // never returns); the multi-threaded caveats are the caller's, as
+        // documented on this module.
+        match unsafe { sys::fork() } {
+            Err(e) => {
+                *state = State::NotStarted(target);
+                Err(e)
+            }
+            Ok(Forked::Child) => {
+                // Child: the read end is the parent's; the write end stays
+                // open until this process dies, which is what the parent
+                // polls for.
+                sys::close_inherited(sentinel.as_raw_fd());
+                std::mem::forget(sentinel_w);
+                run_child(target)
+            }
+            Ok(Forked::Parent(pid)) => {
+                // Parent: drop our write end so the child holds the only one;
+                // drop the target, and with it the parent's copies of
+                // everything the closure captured.
+                drop(sentinel_w);
+                drop(target);
+                *state = State::Running { pid, sentinel };
+                Ok(())
+            }
+        }
+    }
+
+    /// The child's pid; `None` before `start()`.
+    pub fn pid(&self) -> Option<i32> {
+        match &*self.state.borrow() {
+            State::Running { pid, .. } | State::Exited { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// Whether the child is still running (a non-blocking `waitpid`; reaps
+    /// it if it has ended). False before `start()`.
+    pub fn is_alive(&self) -> bool {
+        matches!(self.poll_exit(), Ok(None)) && matches!(&*self.state.borrow(), State::Running { .. })
+    }
+
+    /// Waits for the child to end and returns its exit code (see the table
+    /// in the module docs). Joining an already joined process returns the
+    /// same code again.
+    pub fn join(&self) -> Result<i32> {
+        let pid = match &*self.state.borrow() {
+            State::Exited { status, .. } => return Ok(status.exitcode()),
+            State::Running { pid, .. } => *pid,
+            _ => return Err(Error::InvalidState("process was never started")),
+        };
+        let status = sys::waitpid(pid, false)?.ok_or(Error::InvalidState("waitpid returned no status"))?;
+        self.set_exited(pid, status);
+        Ok(status.exitcode())
+    }
+
+    /// Waits at most `timeout`; `Ok(None)` if the child is still running
+    /// then. The wait is a `poll` on the child's sentinel pipe, not a loop.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.poll_exit()? {
+                return Ok(Some(status.exitcode()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let hung_up = {
+                let state = self.state.borrow();
+                let State::Running { sentinel, .. } = &*state else {
+                    return Err(Error::InvalidState("process was never started"));
+                };
+                let ready = sys::poll(&[(sentinel.as_fd(), true, false)], Some(left))?;
+                ready[0].hangup || ready[0].readable
+            };
+            if hung_up {
+                // The child closed its last descriptor: it is exiting. It
+                // may take a moment to become a zombie; a blocking wait is
+                // safe now because only death closes the sentinel (and a
+                // grandchild holding it would have kept it open).
+                if let Some(status) = self.poll_exit()? {
+                    return Ok(Some(status.exitcode()));
+                }
+                std::thread::sleep(Duration::from_micros(200).min(left));
+            }
+        }
+    }
+
+    /// The exit code, once the child has been reaped; `None` while running
+    /// or before `start()`. Does not wait, but does reap a finished child.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.exit_status().map(|s| s.exitcode())
+    }
+
+    /// The full decoded status (exit code, or signal and core dump), once
+    /// the child has been reaped.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.poll_exit().ok().flatten()
+    }
+
+    /// The read end of the child's sentinel pipe, for callers who `poll`
+    /// many processes at once: it becomes readable (end of file) when the
+    /// child dies. `None` unless running.
+    pub fn sentinel(&self) -> Option<RawFd> {
+        match &*self.state.borrow() {
+            State::Running { sentinel, .. } => Some(sentinel.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Sends `SIGTERM`. A no-op once the child has been reaped.
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Sends `SIGKILL`. A no-op once the child has been reaped.
+    pub fn kill(&self) -> Result<()> {
+        self.signal(libc::SIGKILL)
+    }
+
+    fn signal(&self, signal: i32) -> Result<()> {
+        match &*self.state.borrow() {
+            // Running means not yet reaped, so the pid is still ours (at
+            // worst a zombie): it cannot have been recycled.
+            State::Running { pid, .. } => sys::kill(*pid, signal),
+            State::Exited { .. } => Ok(()),
+            _ => Err(Error::InvalidState("process was never started")),
+        }
+    }
+
+    /// Reaps the child if it has ended; `Ok(None)` if running.
+    fn poll_exit(&self) -> Result<Option<ExitStatus>> {
+        let pid = match &*self.state.borrow() {
+            State::Exited { status, .. } => return Ok(Some(*status)),
+            State::Running { pid, .. } => *pid,
+            _ => return Ok(None),
+        };
+        let status = sys::waitpid(pid, true)?;
+        if let Some(status) = status {
+            self.set_exited(pid, status);
+        }
+        Ok(status)
+    }
+
+    fn set_exited(&self, pid: i32, status: ExitStatus) {
+        // Dropping the Running state closes the sentinel.
+        *self.state.borrow_mut() = State::Exited { pid, status };
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let State::Running { pid, .. } = self.state.get_mut() {
+            let pid = *pid;
+            if self.daemon {
+                let _ = sys::kill(pid, libc::SIGKILL);
+            }
+            // Reap, so no zombie outlives the handle. Errors have nowhere to
+            // go from a destructor; ECHILD would mean someone else reaped it.
+            let _ = sys::waitpid(pid, false);
+        }
+    }
+}
+
+/// Runs a target in a freshly forked child and ends the process.
+pub(crate) fn run_child(target: impl FnOnce()) -> ! {
+    let code = match panic::catch_unwind(AssertUnwindSafe(target)) {
+        Ok(()) => 0,
+        // The panic hook has already printed the message on stderr.
+        Err(_) => 1,
+    };
+    sys::flush_stdio();
+    sys::exit_now(code)
+}
+
+/// The text of a panic payload (`panic!("...")` gives `&str` or `String`).
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_string()
+    }
+}
+
+// The child's one message on the result pipe: a tag byte, then the value.
+const RESULT_OK: u8 = 0;
+const RESULT_PANICKED: u8 = 1;
+
+/// A child started by [`spawn`], whose return value comes back through a
+/// pipe. Dropping it unjoined closes the pipe, then waits for the child.
+#[derive(Debug)]
+pub struct JoinHandle<T> {
+    // Declared before `process` so it is closed first on drop: a child
+    // blocked writing a large result then gets EPIPE instead of blocking
+    // the parent's wait forever.
+    result: OwnedFd,
+    process: Process,
+    _value: PhantomData<fn() -> T>,
+}
+
+/// Runs `f` in a forked child and returns a handle to its typed result.
+///
+/// The result is encoded with [`Wire`] and sent back through a pipe; it
+/// may be of any size (the parent reads while the child writes).
+///
+/// ```
+/// let child = mproc::spawn(|| (1..=10u64).map(|n| n * n).sum::<u64>())?;
+/// assert_eq!(child.join()?, 385);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub fn spawn<T, F>(f: F) -> Result<JoinHandle<T>>
+where
+    T: Wire,
+    F: FnOnce() -> T + 'static,
+{
+    let (result_r, result_w) = sys::pipe()?;
+    let parent_end = result_r.as_raw_fd();
+    let mut process = Process::new(move || {
+        sys::close_inherited(parent_end);
+        let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+        let mut msg = Vec::new();
+        match &outcome {
+            Ok(value) => {
+                msg.push(RESULT_OK);
+                value.encode(&mut msg);
+            }
+            Err(payload) => {
+                msg.push(RESULT_PANICKED);
+                panic_message(payload.as_ref()).encode(&mut msg);
+            }
+        }
+        // If the parent is gone there is no one to tell.
+        let _ = sys::write_all(result_w.as_fd(), &msg);
+        if let Err(payload) = outcome {
+            // Exit code 1, as for any panicking target.
+            panic::resume_unwind(payload);
+        }
+    });
+    process.start()?;
+    Ok(JoinHandle { result: result_r, process, _value: PhantomData })
+}
+
+impl<T: Wire> JoinHandle<T> {
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.process.pid().unwrap_or(-1)
+    }
+
+    /// Whether the child is still running.
+    pub fn is_alive(&self) -> bool {
+        self.process.is_alive()
+    }
+
+    /// Sends `SIGTERM` to the child.
+    pub fn terminate(&self) -> Result<()> {
+        self.process.terminate()
+    }
+
+    /// Sends `SIGKILL` to the child.
+    pub fn kill(&self) -> Result<()> {
+        self.process.kill()
+    }
+
+    /// Waits for the child and returns its value.
+    ///
+    /// Errors: [`Error::Panicked`] with the panic's message;
+    /// [`Error::WorkerDied`] if it ended without sending a value (killed,
+    /// or `exit()` called); [`Error::Decode`] if the bytes were malformed.
+    pub fn join(self) -> Result<T> {
+        let mut bytes = Vec::new();
+        // Read to EOF before waiting: a child writing more than a pipe
+        // holds would otherwise block forever while we block in waitpid.
+        let read = sys::read_to_end(self.result.as_fd(), &mut bytes);
+        self.process.join()?;
+        read?;
+        let pid = self.pid();
+        let status = self.process.exit_status().ok_or(Error::InvalidState("child not reaped"))?;
+        let died = || Error::died(pid, status, None);
+        match bytes.split_first() {
+            Some((&RESULT_OK, body)) => match T::from_bytes(body) {
+                Ok(value) => Ok(value),
+                // Cut short by a death: report the death, not the bytes.
+                Err(_) if !status.success() => Err(died()),
+                Err(e) => Err(Error::Decode(e)),
+            },
+            Some((&RESULT_PANICKED, body)) => {
+                let message = String::from_bytes(body).unwrap_or_else(|_| "<unreadable panic message>".into());
+                Err(Error::Panicked { message })
+            }
+            None => Err(died()),
+            Some(_) if !status.success() => Err(died()),
+            Some((tag, _)) => Err(Error::Decode(crate::wire::DecodeError::new(if *tag > 1 {
+                "unknown result tag"
+            } else {
+                "bad result"
+            }))),
+        }
+    }
+}

@@ -1,0 +1,965 @@
+//! A byte ring in shared memory carrying framed messages from one process to
+//! another, with pipes as doorbells and as death detectors.
+//!
+//! # Tour
+//! [`channel`] maps the ring (`MAP_SHARED`, so it survives `fork`) and makes
+//! two pipes. Fork, then each process drops the half it does not use:
+//!
+//! ```
+//! # fn main() -> mproc::Result<()> {
+//! let (mut tx, mut rx) = mproc::ring::channel(64 * 1024)?;
+//! // ... fork here; the producer drops `rx`, the consumer drops `tx` ...
+//! tx.send(b"hello")?;
+//! assert_eq!(rx.recv()?, b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! One [`Sender`] writes, one [`Receiver`] reads (single producer, single
+//! consumer). Messages are byte strings of any length, including lengths far
+//! beyond the ring's capacity: those are streamed in fragments and put back
+//! together by the receiver. The fast path is two plain memory copies and
+//! one atomic store on each side; no system call is made while both sides
+//! keep up.
+//!
+//! # Memory layout
+//! Everything is native-endian; the mapping is page-aligned. `C` is the
+//! capacity, a power of two between 1 KiB and 1 GiB.
+//!
+//! ```text
+//!  offset 0     +-----------------------------+  each row is one 128-byte line,
+//!               | tail: u64                   |  so the two writers never share
+//!               |   (written by the producer) |  a cache line (false sharing)
+//!  offset 128   +-----------------------------+
+//!               | head: u64                   |
+//!               |   (written by the consumer) |
+//!  offset 256   +-----------------------------+
+//!               | consumer_sleeping: u32      |  1 while the consumer may be
+//!               |   (written by the consumer) |  asleep on the data bell
+//!  offset 384   +-----------------------------+
+//!               | producer_sleeping: u32      |  1 while the producer may be
+//!               |   (written by the producer) |  asleep on the space bell
+//!  offset 512   +-----------------------------+
+//!               | data: C bytes               |  byte counter i lives at
+//!               |                             |  data[i & (C - 1)]
+//!  offset 512+C +-----------------------------+
+//! ```
+//!
+//! `head` and `tail` are byte counters that only grow (they never wrap in
+//! practice: 2^64 bytes). `tail - head` bytes are readable, `C - (tail -
+//! head)` writable. Every frame starts at a multiple of 8:
+//!
+//! ```text
+//!  +------------+-------------+--------------------------+---------------+
+//!  | len: u32   | flags: u32  | payload: len bytes       | 0-7 pad bytes |
+//!  +------------+-------------+--------------------------+---------------+
+//!  flags bit 0 = MORE: another fragment of the same message follows.
+//!  Frame size = 8 + round_up(len, 8). The header never wraps (C is a
+//!  multiple of 8); a payload may wrap to data[0].
+//! ```
+//!
+//! A message whose frame fits in `C` goes as one frame once there is room for
+//! all of it. A bigger one is streamed: fragments flagged MORE, each as large
+//! as the free space (the producer waits for at least `C / 4` free, so
+//! fragments stay large), then a last fragment without MORE. The receiver
+//! appends fragments until the one without MORE.
+//!
+//! # The protocol
+//! Producer: copy the frame in at `tail`, store `tail` (release), then load
+//! `consumer_sleeping`; if it is 1, write one byte to the data bell.
+//! Consumer: load `tail` (acquire), copy the frame out at `head`, store
+//! `head` (release), then load `producer_sleeping`; if it is 1, write one
+//! byte to the space bell. The store-then-load pairs are sequentially
+//! consistent (the orderings are justified at each atomic below).
+//!
+//! A side that finds nothing to do spins about 2,000 times, then sleeps:
+//! set its own `*_sleeping` flag, look at the ring once more (so a message
+//! published in between is not missed), `poll` its bell, then drain the bell
+//! and clear its flag. Only the sleeper clears its flag: a producer that
+//! cleared it could miss the consumer's next sleep and never wake it.
+//!
+//! # Death
+//! The data bell's write end is held only by the producer, the space bell's
+//! only by the consumer. When one side dies (or drops its half), the other's
+//! bell reads end of file: a [`Receiver`] then returns what is left in the
+//! ring and after that [`Error::Closed`]; a [`Sender`] that has to wait for
+//! space, or whose ring finds the consumer asleep, returns
+//! [`Error::Closed`]. A producer never learns of a dead consumer while the
+//! ring has room: like data in a socket buffer, those messages are lost.
+//!
+//! Corrupt memory (a frame longer than the ring, one that runs past the
+//! published tail, unknown flags, indices out of range) gives
+//! [`Error::Decode`], never a panic; the receiver then stays in that error.
+//!
+//! # Common deadlocks
+//! - Keeping both halves after `fork`: a process that still holds a copy of
+//!   its peer's half keeps that bell's write end open, so the peer's death
+//!   never reads as end of file. Drop the unused half right after `fork`.
+//! - One process sending a message that does not fit and receiving it
+//!   itself, with the blocking calls: nobody drains the ring. Use
+//!   [`Sender::enqueue`]/[`Sender::flush`] with [`Receiver::try_recv_into`].
+//! - Two rings in opposite directions where each side blocks in `send` on a
+//!   full ring before it reads the other: use the non-blocking interface and
+//!   `poll` both [`Sender::wait_fd`] and [`Receiver::wait_fd`].
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::sys::bell::{self, Rang};
+use crate::sys::shm::SharedMapping;
+use crate::sys::{self, trace};
+use crate::wire::DecodeError;
+
+/// Smallest ring: smaller requests are rounded up to it.
+pub const MIN_CAPACITY: usize = 1024;
+/// Largest ring (frame lengths must fit a `u32`).
+pub const MAX_CAPACITY: usize = 1 << 30;
+
+/// Bytes in front of the data area: four 128-byte lines.
+const HEADER_LEN: usize = 512;
+/// Bytes in a frame header: `len: u32, flags: u32`.
+const FRAME_HEADER: u64 = 8;
+/// Frame flag: another fragment of the same message follows.
+const FLAG_MORE: u32 = 1;
+/// Busy-wait iterations before sleeping on a bell (PERF-NOTES: ~2,000 keeps
+/// nearly all the spinning speed without burning a core when idle).
+const SPIN_LIMIT: u32 = 2000;
+
+/// One cache line (128 bytes: x86's adjacent-line prefetcher pulls lines in
+/// pairs, so 64 would still let the two writers disturb each other).
+#[repr(C, align(128))]
+struct CacheLine<T>(T);
+
+/// The shared header. Lives at offset 0 of the mapping; see the module doc.
+#[repr(C)]
+struct Header {
+    /// Bytes ever published by the producer. Written only by the producer;
+    /// never decreases; `head <= tail <= head + capacity`. Bytes below it
+    /// are complete frames.
+    tail: CacheLine<AtomicU64>,
+    /// Bytes ever consumed. Written only by the consumer; never decreases;
+    /// `head <= tail`. Bytes below it may be overwritten by the producer.
+    head: CacheLine<AtomicU64>,
+    /// 1 while the consumer is about to sleep or asleep on the data bell.
+    /// Set and cleared only by the consumer; read by the producer after
+    /// every publish.
+    consumer_sleeping: CacheLine<AtomicU32>,
+    /// 1 while the producer is about to sleep or asleep on the space bell.
+    /// Set and cleared only by the producer; read by the consumer after it
+    /// frees space.
+    producer_sleeping: CacheLine<AtomicU32>,
+}
+
+const _: () = assert!(std::mem::size_of::<CacheLine<AtomicU64>>() == 128);
+const _: () = assert!(std::mem::size_of::<CacheLine<AtomicU32>>() == 128);
+const _: () = assert!(std::mem::size_of::<Header>() == HEADER_LEN);
+const _: () = assert!(std::mem::align_of::<Header>() == 128);
+// Page alignment of the mapping (>= 4096) covers the header's alignment.
+const _: () = assert!(std::mem::align_of::<Header>() <= 4096);
+
+/// The mapping both halves point into (each process has its own `Arc`).
+struct Shared {
+    map: SharedMapping,
+    /// A power of two; kept locally, not in shared memory, so corrupt shared
+    /// memory cannot change it.
+    capacity: u64,
+}
+
+impl Shared {
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least HEADER_LEN bytes, page-aligned
+        // (more than Header's 128), zero-filled at creation (all-zero atomics
+        // are valid), and outlives `&self`. Other processes touch the header
+        // only through these atomics, which allow shared mutation.
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: HEADER_LEN < the mapping's length (HEADER_LEN + capacity).
+        unsafe { self.map.as_ptr().add(HEADER_LEN) }
+    }
+
+    fn mask(&self) -> u64 {
+        self.capacity - 1
+    }
+
+    /// Copies `src` into the ring at byte counter `pos`, wrapping at the end.
+    ///
+    /// # Safety
+    /// The caller is the producer and owns `[pos, pos + src.len())`: it lies
+    /// between the published tail and `head + capacity`, so the consumer is
+    /// not reading it.
+    unsafe fn write_at(&self, pos: u64, src: &[u8]) {
+        let offset = (pos & self.mask()) as usize;
+        let first = src.len().min(self.capacity as usize - offset);
+        // SAFETY: offset + first <= capacity and src.len() - first <= offset
+        // (src.len() <= capacity), so both ranges are inside the data area;
+        // `src` is our own memory, never the ring, so they do not overlap.
+        unsafe {
+            ptr::copy_nonoverlapping(src.as_ptr(), self.data().add(offset), first);
+            ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data(), src.len() - first);
+        }
+    }
+
+    /// Copies `len` bytes at byte counter `pos` out of the ring to `dst`.
+    ///
+    /// # Safety
+    /// The caller is the consumer and `[pos, pos + len)` lies between its
+    /// head and the tail it loaded (acquire), so the producer has finished
+    /// writing it and will not touch it; `len <= capacity`; `dst` is valid
+    /// for `len` bytes of writes and not inside the ring.
+    unsafe fn read_at(&self, pos: u64, dst: *mut u8, len: usize) {
+        let offset = (pos & self.mask()) as usize;
+        let first = len.min(self.capacity as usize - offset);
+        // SAFETY: as in write_at, both source ranges are inside the data
+        // area; `dst` is the caller's private buffer.
+        unsafe {
+            ptr::copy_nonoverlapping(self.data().add(offset), dst, first);
+            ptr::copy_nonoverlapping(self.data(), dst.add(first), len - first);
+        }
+    }
+
+    /// Appends the `len`-byte payload of the frame at `frame_pos` to `out`.
+    ///
+    /// # Safety
+    /// As for [`Shared::read_at`], for the frame's `frame_len(len)` bytes:
+    /// the consumer validated that they lie between its head and the tail it
+    /// loaded, and within the capacity.
+    unsafe fn append_payload(&self, frame_pos: u64, len: usize, out: &mut Vec<u8>) {
+        out.reserve(len);
+        // SAFETY: the source range is the caller's; `reserve` made room for
+        // `len` bytes past out.len(), which read_at fills completely before
+        // set_len exposes them.
+        unsafe {
+            self.read_at(frame_pos + FRAME_HEADER, out.as_mut_ptr().add(out.len()), len);
+            out.set_len(out.len() + len);
+        }
+    }
+
+    /// Writes a frame header at `pos` (a multiple of 8, so it never wraps).
+    ///
+    /// # Safety
+    /// As for [`Shared::write_at`], for `[pos, pos + 8)`.
+    unsafe fn write_frame_header(&self, pos: u64, len: u32, flags: u32) {
+        let mut bytes = [0u8; FRAME_HEADER as usize];
+        bytes[..4].copy_from_slice(&len.to_ne_bytes());
+        bytes[4..].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: forwarded from the caller.
+        unsafe { self.write_at(pos, &bytes) }
+    }
+
+    /// Reads the frame header at `pos`: `(len, flags)`.
+    ///
+    /// # Safety
+    /// As for [`Shared::read_at`], for `[pos, pos + 8)`.
+    unsafe fn read_frame_header(&self, pos: u64) -> (u32, u32) {
+        let mut bytes = [0u8; FRAME_HEADER as usize];
+        // SAFETY: forwarded from the caller; `bytes` holds 8 bytes.
+        unsafe { self.read_at(pos, bytes.as_mut_ptr(), bytes.len()) };
+        let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let flags = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        (len, flags)
+    }
+}
+
+/// Bytes a frame with `len` payload bytes takes in the ring.
+fn frame_len(len: usize) -> u64 {
+    FRAME_HEADER + (len as u64).div_ceil(8) * 8
+}
+
+fn corrupt(reason: &'static str) -> Error {
+    Error::Decode(DecodeError::new(reason))
+}
+
+/// Makes a ring of at least `capacity` bytes and its two halves.
+///
+/// The capacity is rounded up to a power of two, at least [`MIN_CAPACITY`];
+/// it counts frame headers too (8 bytes per message, payloads padded to 8).
+/// Call it before `fork`; afterwards the producer drops the [`Receiver`] and
+/// the consumer drops the [`Sender`].
+///
+/// Errors: [`Error::InvalidArgument`] for 0 or more than [`MAX_CAPACITY`];
+/// [`Error::Os`] naming `mmap`, `pipe` or `fcntl`.
+pub fn channel(capacity: usize) -> Result<(Sender, Receiver)> {
+    if capacity == 0 || capacity > MAX_CAPACITY {
+        return Err(Error::InvalidArgument(format!(
+            "ring capacity {capacity}: must be between 1 and {MAX_CAPACITY} bytes"
+        )));
+    }
+    let capacity = capacity.max(MIN_CAPACITY).next_power_of_two();
+    let shared = Arc::new(Shared { map: SharedMapping::new(HEADER_LEN + capacity)?, capacity: capacity as u64 });
+    let (data_read, data_write) = sys::pipe()?;
+    let (space_read, space_write) = sys::pipe()?;
+    // All four ends non-blocking: a full bell already means a wake-up is
+    // pending, and a bell is drained until EAGAIN (waits are poll's job).
+    for fd in [&data_read, &data_write, &space_read, &space_write] {
+        sys::set_nonblocking(fd.as_fd(), true)?;
+    }
+    trace!(
+        "ring channel({capacity}): data bell {} -> {}, space bell {} -> {}",
+        data_write.as_raw_fd(),
+        data_read.as_raw_fd(),
+        space_write.as_raw_fd(),
+        space_read.as_raw_fd()
+    );
+    let sender = Sender {
+        shared: Arc::clone(&shared),
+        tail: 0,
+        published: 0,
+        cached_head: 0,
+        outbox: VecDeque::new(),
+        front_sent: 0,
+        data_bell: data_write,
+        space_bell: space_read,
+        peer_gone: Cell::new(false),
+    };
+    let receiver = Receiver {
+        shared,
+        head: 0,
+        cached_tail: 0,
+        partial: Vec::new(),
+        in_message: false,
+        data_bell: data_read,
+        space_bell: space_write,
+        producer_gone: false,
+        poisoned: None,
+    };
+    Ok((sender, receiver))
+}
+
+/// Time left until `deadline`; `None` (wait forever) without one.
+fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+fn expired(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+fn deadline_after(timeout: Duration) -> Option<Instant> {
+    // A timeout too large to represent is the same as none.
+    Instant::now().checked_add(timeout)
+}
+
+// ---------------------------------------------------------------------------
+// the producer
+
+/// The writing half of a ring: one per ring, in one process.
+///
+/// Two interfaces: blocking ([`send`](Sender::send),
+/// [`send_timeout`](Sender::send_timeout)) for a process that only produces,
+/// and non-blocking ([`enqueue`](Sender::enqueue), [`flush`](Sender::flush),
+/// [`prepare_wait`](Sender::prepare_wait), [`wait_fd`](Sender::wait_fd),
+/// [`finish_wait`](Sender::finish_wait)) for a `poll` loop driving many
+/// rings. Messages queued in the local outbox always go out before later
+/// ones, whichever interface sent them. Dropping the sender discards what is
+/// still queued (call `flush` first) and closes the data bell, so the
+/// receiver sees end of file once it has drained the ring.
+pub struct Sender {
+    shared: Arc<Shared>,
+    /// Our tail, including frames written but not yet published.
+    tail: u64,
+    /// The tail the consumer can see (the last value stored in the header).
+    published: u64,
+    /// A head loaded earlier: the real head is at least this, so the free
+    /// space computed from it is a safe underestimate.
+    cached_head: u64,
+    /// Messages accepted but not yet (fully) in the ring, oldest first.
+    outbox: VecDeque<Vec<u8>>,
+    /// Bytes of `outbox[0]` already in the ring as MORE fragments.
+    front_sent: usize,
+    /// Write end: rung when the consumer sleeps.
+    data_bell: OwnedFd,
+    /// Read end: the consumer rings it; end of file = consumer gone.
+    space_bell: OwnedFd,
+    /// The consumer is known to be gone (set by `finish_wait`, which only
+    /// has `&self`).
+    peer_gone: Cell<bool>,
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("capacity", &self.shared.capacity)
+            .field("tail", &self.tail)
+            .field("queued", &self.outbox.len())
+            .field("data_bell", &self.data_bell.as_raw_fd())
+            .field("space_bell", &self.space_bell.as_raw_fd())
+            .finish()
+    }
+}
+
+impl Sender {
+    /// The ring's capacity in bytes (frame headers included).
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity as usize
+    }
+
+    /// Sends one message, waiting (spinning, then sleeping) for room.
+    ///
+    /// Messages queued with [`enqueue`](Sender::enqueue) go first.
+    /// Errors: [`Error::Closed`] if the receiver is found gone (it is found
+    /// when this call has to wait, or when it would wake the receiver: a
+    /// message that fits into a ring whose reader died may still return
+    /// `Ok`); [`Error::Decode`] if the shared indices are corrupt.
+    pub fn send(&mut self, msg: &[u8]) -> Result<()> {
+        self.send_until(msg, None)
+    }
+
+    /// Like [`send`](Sender::send), giving up after `timeout`.
+    ///
+    /// On [`Error::Timeout`] the message is *not* lost and must not be sent
+    /// again: it (or the part of it not yet in the ring) waits in the outbox
+    /// ([`has_pending`](Sender::has_pending) is true) and goes out, before
+    /// anything else, on the next `send`, `send_timeout` or `flush`. That
+    /// way a partly streamed message is always completed.
+    pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<()> {
+        self.send_until(msg, deadline_after(timeout))
+    }
+
+    fn send_until(&mut self, msg: &[u8], deadline: Option<Instant>) -> Result<()> {
+        if self.peer_gone.get() {
+            return Err(Error::Closed);
+        }
+        if self.has_pending() {
+            self.outbox.push_back(msg.to_vec());
+            return self.flush_until(deadline);
+        }
+        let mut sent = 0;
+        loop {
+            let done = self.push_some(msg, &mut sent)?;
+            self.publish()?;
+            if done {
+                return Ok(());
+            }
+            let need = self.need(msg.len(), sent);
+            if !self.wait_for_space(need, deadline)? {
+                // Keep the whole message; `front_sent` says how much of it
+                // is already in the ring.
+                self.outbox.push_back(msg.to_vec());
+                self.front_sent = sent;
+                return Err(Error::Timeout);
+            }
+        }
+    }
+
+    /// Flushes the outbox completely, waiting as needed.
+    fn flush_until(&mut self, deadline: Option<Instant>) -> Result<()> {
+        while !self.flush()? {
+            let need = self.front_need().unwrap_or(0);
+            if !self.wait_for_space(need, deadline)? {
+                return Err(Error::Timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a message in the local outbox. Never blocks, never fails;
+    /// [`flush`](Sender::flush) moves it into the ring.
+    pub fn enqueue(&mut self, msg: Vec<u8>) {
+        self.outbox.push_back(msg);
+    }
+
+    /// Moves as much of the outbox into the ring as fits now, without
+    /// waiting. `Ok(true)` means the outbox is empty.
+    ///
+    /// Errors: [`Error::Closed`] if the receiver is known to be gone (its
+    /// bell hung up, or waking it failed); [`Error::Decode`] for corrupt
+    /// shared indices.
+    pub fn flush(&mut self) -> Result<bool> {
+        if self.peer_gone.get() {
+            return Err(Error::Closed);
+        }
+        while let Some(msg) = self.outbox.pop_front() {
+            let mut sent = self.front_sent;
+            let pushed = self.push_some(&msg, &mut sent);
+            if matches!(pushed, Ok(true)) {
+                self.front_sent = 0;
+                continue;
+            }
+            self.front_sent = sent;
+            self.outbox.push_front(msg);
+            pushed?;
+            break;
+        }
+        // One publish (and at most one wake-up) for everything pushed.
+        self.publish()?;
+        Ok(self.outbox.is_empty())
+    }
+
+    /// Whether the outbox holds messages not yet (fully) in the ring.
+    pub fn has_pending(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// The space bell's read end, for an external `poll` (wait for it to be
+    /// readable). It becomes readable when the receiver frees space while
+    /// [`prepare_wait`](Sender::prepare_wait) is in effect, or hangs up when
+    /// the receiver is gone.
+    pub fn wait_fd(&self) -> BorrowedFd<'_> {
+        self.space_bell.as_fd()
+    }
+
+    /// Announces that this side is about to sleep on
+    /// [`wait_fd`](Sender::wait_fd). Returns `false` (and announces
+    /// nothing) if sleeping would be wrong: the outbox is empty, the next
+    /// piece of it fits now, or the receiver is known to be gone — call
+    /// [`flush`](Sender::flush) instead. After `true`, `poll` the fd, then
+    /// call [`finish_wait`](Sender::finish_wait).
+    pub fn prepare_wait(&self) -> bool {
+        match self.front_need() {
+            Some(need) if !self.peer_gone.get() => self.prepare_wait_for(need),
+            _ => false,
+        }
+    }
+
+    /// Ends a wait begun by [`prepare_wait`](Sender::prepare_wait): drains
+    /// the bell and clears the flag. If the bell hung up, the receiver is
+    /// gone and the next [`flush`](Sender::flush) returns
+    /// [`Error::Closed`].
+    pub fn finish_wait(&self) {
+        // Relaxed: a receiver that still reads 1 rings once more, which
+        // costs one spurious wake-up later, never a lost one.
+        self.shared.header().producer_sleeping.0.store(0, Ordering::Relaxed);
+        // A read error other than EAGAIN cannot happen on a pipe we own;
+        // if it did, the next wait would report the same state again.
+        if let Ok(false) = bell::drain(self.space_bell.as_fd()) {
+            self.peer_gone.set(true);
+        }
+    }
+
+    /// Test hook: publishes a bare frame header with any length and flags,
+    /// to check how the receiver handles corrupt frames. Needs 8 free bytes.
+    #[doc(hidden)]
+    pub fn send_raw_frame_header(&mut self, len: u32, flags: u32) -> Result<()> {
+        if self.free_space(FRAME_HEADER)? < FRAME_HEADER {
+            return Err(Error::InvalidState("ring full"));
+        }
+        // SAFETY: 8 free bytes at our tail are ours (checked just above).
+        unsafe { self.shared.write_frame_header(self.tail, len, flags) };
+        self.tail += FRAME_HEADER;
+        self.publish()
+    }
+
+    /// Free bytes `need` must reach before the rest of a message of
+    /// `total` bytes, `sent` of which are in the ring, can make progress.
+    fn need(&self, total: usize, sent: usize) -> u64 {
+        let whole = frame_len(total - sent);
+        if frame_len(total) > self.shared.capacity {
+            // Streamed: wait for a quarter of the ring, so fragments stay
+            // large instead of following each small free-up.
+            whole.min(self.shared.capacity / 4)
+        } else {
+            whole
+        }
+    }
+
+    fn front_need(&self) -> Option<u64> {
+        self.outbox.front().map(|msg| self.need(msg.len(), self.front_sent))
+    }
+
+    /// Writes as much of `msg[*sent..]` as fits now, advancing `*sent`.
+    /// Fragments are published at once (the receiver can copy one out while
+    /// we write the next); a final frame is left for the caller to publish.
+    /// Returns whether the whole message is in the ring.
+    fn push_some(&mut self, msg: &[u8], sent: &mut usize) -> Result<bool> {
+        loop {
+            let rest = &msg[*sent..];
+            let whole = frame_len(rest.len());
+            let free = self.free_space(whole)?;
+            if whole <= free {
+                // SAFETY: `whole` free bytes at our tail are ours.
+                unsafe { self.write_frame(rest, 0) };
+                *sent = msg.len();
+                return Ok(true);
+            }
+            if free < self.need(msg.len(), *sent) {
+                return Ok(false);
+            }
+            // Streaming: free >= capacity / 4 > 8 and is a multiple of 8, so
+            // the fragment is non-empty; whole > free makes it shorter than
+            // `rest`.
+            let fragment = (free - FRAME_HEADER) as usize;
+            // SAFETY: `free` bytes at our tail are ours; the frame takes
+            // exactly `free`.
+            unsafe { self.write_frame(&rest[..fragment], FLAG_MORE) };
+            *sent += fragment;
+            self.publish()?;
+        }
+    }
+
+    /// Writes one frame at our (unpublished) tail.
+    ///
+    /// # Safety
+    /// `frame_len(payload.len())` bytes at `self.tail` must be free.
+    unsafe fn write_frame(&mut self, payload: &[u8], flags: u32) {
+        // Fits a u32: a frame is at most the capacity, at most 1 GiB.
+        let len = payload.len() as u32;
+        // SAFETY: forwarded from the caller; the payload follows the header
+        // inside the same free frame.
+        unsafe {
+            self.shared.write_frame_header(self.tail, len, flags);
+            self.shared.write_at(self.tail + FRAME_HEADER, payload);
+        }
+        self.tail += frame_len(payload.len());
+    }
+
+    /// Free bytes at our tail; loads the shared head only when the cached
+    /// one does not already show `want` free.
+    fn free_space(&mut self, want: u64) -> Result<u64> {
+        let capacity = self.shared.capacity;
+        let free = capacity - (self.tail - self.cached_head);
+        if free >= want {
+            return Ok(free);
+        }
+        // Acquire: pairs with the consumer's release store of head, so its
+        // copies out of the bytes below head happen before we overwrite them.
+        let head = self.shared.header().head.0.load(Ordering::Acquire);
+        if head < self.cached_head || head > self.published {
+            return Err(corrupt("ring head index out of range"));
+        }
+        self.cached_head = head;
+        Ok(capacity - (self.tail - head))
+    }
+
+    /// Makes the frames written so far visible, and wakes the consumer if
+    /// it is asleep.
+    fn publish(&mut self) -> Result<()> {
+        if self.tail == self.published {
+            return Ok(());
+        }
+        let header = self.shared.header();
+        // SeqCst store: its release half publishes the frame bytes written
+        // above to a consumer that loads tail with acquire; its SeqCst half
+        // orders it before the load of consumer_sleeping below, against the
+        // consumer's SeqCst store of that flag followed by its SeqCst load of
+        // tail (Receiver::prepare_wait). In the single order of those four
+        // operations one side's load comes after the other's store: either
+        // we see the flag and ring, or the consumer sees our tail and does
+        // not sleep. No lost wake-up.
+        header.tail.0.store(self.tail, Ordering::SeqCst);
+        self.published = self.tail;
+        // SeqCst: see above.
+        if header.consumer_sleeping.0.load(Ordering::SeqCst) != 0
+            && bell::ring(self.data_bell.as_fd())? == Rang::PeerGone
+        {
+            self.peer_gone.set(true);
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Sets producer_sleeping unless `need` bytes are already free.
+    fn prepare_wait_for(&self, need: u64) -> bool {
+        let header = self.shared.header();
+        // SeqCst store then SeqCst load: the mirror of the consumer's head
+        // store then producer_sleeping load (Receiver::release): either it
+        // sees our flag and rings the space bell, or we see its head here.
+        header.producer_sleeping.0.store(1, Ordering::SeqCst);
+        let head = header.head.0.load(Ordering::SeqCst);
+        let used = self.tail.wrapping_sub(head);
+        // A corrupt head also ends the wait: flush reports it.
+        if used > self.shared.capacity || self.shared.capacity - used >= need {
+            // Relaxed: see finish_wait.
+            header.producer_sleeping.0.store(0, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Spins, then sleeps, until `need` bytes are free. `Ok(false)` on
+    /// timeout; [`Error::Closed`] if the receiver is gone.
+    fn wait_for_space(&mut self, need: u64, deadline: Option<Instant>) -> Result<bool> {
+        for _ in 0..SPIN_LIMIT {
+            if self.free_space(need)? >= need {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            if self.peer_gone.get() {
+                return Err(Error::Closed);
+            }
+            if expired(deadline) {
+                return Ok(false);
+            }
+            if self.prepare_wait_for(need) {
+                trace!("doorbell wait(fd {}) for {need} free bytes", self.space_bell.as_raw_fd());
+                let polled = sys::poll(&[(self.space_bell.as_fd(), true, false)], remaining(deadline));
+                self.finish_wait();
+                polled?;
+            }
+            if self.free_space(need)? >= need {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the consumer
+
+/// The reading half of a ring: one per ring, in one process.
+///
+/// Blocking calls ([`recv`](Receiver::recv), [`recv_into`](Receiver::recv_into),
+/// [`recv_timeout`](Receiver::recv_timeout)) spin, then sleep on the data
+/// bell. The non-blocking [`try_recv_into`](Receiver::try_recv_into) with
+/// [`prepare_wait`](Receiver::prepare_wait), [`wait_fd`](Receiver::wait_fd)
+/// and [`finish_wait`](Receiver::finish_wait) serve a `poll` loop. A message
+/// that arrives in fragments is kept inside the receiver until it is whole,
+/// across calls. Dropping the receiver closes the space bell, so a waiting
+/// sender gets [`Error::Closed`].
+pub struct Receiver {
+    shared: Arc<Shared>,
+    /// Our head: bytes consumed (each frame is released as soon as it is
+    /// copied out).
+    head: u64,
+    /// A tail loaded earlier: frames below it are complete and ours to read.
+    cached_tail: u64,
+    /// The fragments of a message received so far.
+    partial: Vec<u8>,
+    /// A MORE fragment has been received: `partial` holds a message start.
+    in_message: bool,
+    /// Read end: the producer rings it; end of file = producer gone.
+    data_bell: OwnedFd,
+    /// Write end: rung when the producer sleeps.
+    space_bell: OwnedFd,
+    /// The data bell hung up: no more frames will come.
+    producer_gone: bool,
+    /// A corrupt frame was seen; every later call reports it again.
+    poisoned: Option<DecodeError>,
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("capacity", &self.shared.capacity)
+            .field("head", &self.head)
+            .field("partial", &self.partial.len())
+            .field("data_bell", &self.data_bell.as_raw_fd())
+            .field("space_bell", &self.space_bell.as_raw_fd())
+            .finish()
+    }
+}
+
+impl Receiver {
+    /// The ring's capacity in bytes (frame headers included).
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity as usize
+    }
+
+    /// Receives the next message, waiting (spinning, then sleeping) for it.
+    ///
+    /// Errors: [`Error::Closed`] once the sender is gone and the ring is
+    /// drained (also when it died in the middle of a message);
+    /// [`Error::Decode`] for a corrupt frame.
+    pub fn recv(&mut self) -> Result<Vec<u8>> {
+        let mut msg = Vec::new();
+        self.recv_into(&mut msg)?;
+        Ok(msg)
+    }
+
+    /// Like [`recv`](Receiver::recv), into `buf` (cleared first), reusing
+    /// its allocation.
+    pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+        self.recv_until(buf, None).map(drop)
+    }
+
+    /// Like [`recv`](Receiver::recv), giving up after `timeout`: `Ok(None)`
+    /// then. A message half received stays inside the receiver.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>> {
+        let mut msg = Vec::new();
+        Ok(self.recv_until(&mut msg, deadline_after(timeout))?.then_some(msg))
+    }
+
+    fn recv_until(&mut self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<bool> {
+        loop {
+            if self.try_recv_into(buf)? {
+                return Ok(true);
+            }
+            // The bell hung up before that look at the ring, so the ring
+            // held everything the producer ever published.
+            if self.producer_gone {
+                return Err(Error::Closed);
+            }
+            if expired(deadline) {
+                return Ok(false);
+            }
+            self.wait_for_data(deadline)?;
+        }
+    }
+
+    /// Takes the next whole message into `buf` (cleared first) if there is
+    /// one, without waiting. `Ok(false)`: none yet (`buf` untouched); the
+    /// fragments of a message that has begun are kept inside.
+    ///
+    /// Errors: [`Error::Decode`] for a corrupt frame (and from then on).
+    /// A gone sender is not an error here: watch for
+    /// [`finish_wait`](Receiver::finish_wait) returning `Ok(false)`.
+    pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        if let Some(err) = &self.poisoned {
+            return Err(Error::Decode(err.clone()));
+        }
+        match self.take_message(buf) {
+            Err(Error::Decode(err)) => {
+                self.poisoned = Some(err.clone());
+                Err(Error::Decode(err))
+            }
+            other => other,
+        }
+    }
+
+    fn take_message(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        loop {
+            let available = self.available()?;
+            if available == 0 {
+                return Ok(false);
+            }
+            // SAFETY: available() checked that tail - head is a non-zero
+            // multiple of 8, so 8 bytes at head are below the loaded tail.
+            let (len, flags) = unsafe { self.shared.read_frame_header(self.head) };
+            let frame = frame_len(len as usize);
+            if frame > self.shared.capacity {
+                return Err(corrupt("frame longer than the ring"));
+            }
+            if frame > available {
+                return Err(corrupt("frame runs past the published tail"));
+            }
+            if flags & !FLAG_MORE != 0 {
+                return Err(corrupt("unknown frame flags"));
+            }
+            let more = flags & FLAG_MORE != 0;
+            if !self.in_message && !more {
+                // The common case: a whole message in one frame.
+                buf.clear();
+                // SAFETY: the frame at head was validated above.
+                unsafe { self.shared.append_payload(self.head, len as usize, buf) };
+                self.release(frame)?;
+                return Ok(true);
+            }
+            // SAFETY: the frame at head was validated above.
+            unsafe { self.shared.append_payload(self.head, len as usize, &mut self.partial) };
+            self.release(frame)?;
+            self.in_message = more;
+            if !more {
+                // Hand over the message and keep buf's old allocation.
+                std::mem::swap(buf, &mut self.partial);
+                self.partial.clear();
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Bytes published and not yet consumed; loads the shared tail only
+    /// when everything cached has been consumed.
+    fn available(&mut self) -> Result<u64> {
+        if self.cached_tail != self.head {
+            return Ok(self.cached_tail - self.head);
+        }
+        // Acquire: pairs with the producer's SeqCst (hence release) store of
+        // tail, so the frames below it are fully written before we read them.
+        let tail = self.shared.header().tail.0.load(Ordering::Acquire);
+        if tail < self.head || tail - self.head > self.shared.capacity || (tail - self.head) % 8 != 0 {
+            return Err(corrupt("ring tail index out of range"));
+        }
+        self.cached_tail = tail;
+        Ok(tail - self.head)
+    }
+
+    /// Gives the frame at head back to the producer, waking it if it sleeps.
+    fn release(&mut self, frame: u64) -> Result<()> {
+        self.head += frame;
+        let header = self.shared.header();
+        // SeqCst store: its release half orders our copies out of the frame
+        // before the producer's reuse of its bytes (it loads head with
+        // acquire); its SeqCst half orders it before the load of
+        // producer_sleeping below, against the producer's SeqCst flag store
+        // then head load (Sender::prepare_wait_for): one of us sees the
+        // other's store, so a sleeping producer is always woken.
+        header.head.0.store(self.head, Ordering::SeqCst);
+        // SeqCst: see above. A producer gone is not our error: the ring
+        // still holds what it sent, and its bell will read end of file.
+        if header.producer_sleeping.0.load(Ordering::SeqCst) != 0 {
+            bell::ring(self.space_bell.as_fd())?;
+        }
+        Ok(())
+    }
+
+    /// The data bell's read end, for an external `poll` (wait for it to be
+    /// readable). It becomes readable when the sender publishes while
+    /// [`prepare_wait`](Receiver::prepare_wait) is in effect, or hangs up
+    /// when the sender is gone.
+    pub fn wait_fd(&self) -> BorrowedFd<'_> {
+        self.data_bell.as_fd()
+    }
+
+    /// Announces that this side is about to sleep on
+    /// [`wait_fd`](Receiver::wait_fd). Returns `false` (and announces
+    /// nothing) if there is something to take now, or nothing will ever
+    /// come (sender gone, corrupt ring): call
+    /// [`try_recv_into`](Receiver::try_recv_into) instead. After `true`,
+    /// `poll` the fd, then call [`finish_wait`](Receiver::finish_wait).
+    pub fn prepare_wait(&self) -> bool {
+        if self.producer_gone || self.poisoned.is_some() {
+            return false;
+        }
+        let header = self.shared.header();
+        // SeqCst store then SeqCst load: against the producer's SeqCst tail
+        // store then consumer_sleeping load (Sender::publish), one of us
+        // sees the other's store: either we see the new tail here, or it
+        // sees our flag and rings the data bell.
+        header.consumer_sleeping.0.store(1, Ordering::SeqCst);
+        if header.tail.0.load(Ordering::SeqCst) != self.head {
+            // Relaxed: see finish_wait.
+            header.consumer_sleeping.0.store(0, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Ends a wait begun by [`prepare_wait`](Receiver::prepare_wait):
+    /// drains the bell and clears the flag. `Ok(false)` means the bell hung
+    /// up: the sender is gone — but frames it published before dying may
+    /// still be in the ring, so drain it with
+    /// [`try_recv_into`](Receiver::try_recv_into) before treating the peer
+    /// as dead.
+    pub fn finish_wait(&mut self) -> Result<bool> {
+        // Relaxed: a producer that still reads 1 rings once more, which
+        // costs one spurious wake-up later, never a lost one. Only we, the
+        // sleeper, ever clear this flag.
+        self.shared.header().consumer_sleeping.0.store(0, Ordering::Relaxed);
+        let alive = bell::drain(self.data_bell.as_fd())?;
+        if !alive {
+            self.producer_gone = true;
+        }
+        Ok(alive)
+    }
+
+    /// Spins, then sleeps once on the data bell (until it rings, hangs up or
+    /// the deadline passes). The caller looks at the ring again.
+    fn wait_for_data(&mut self, deadline: Option<Instant>) -> Result<()> {
+        let header = self.shared.header();
+        for _ in 0..SPIN_LIMIT {
+            // Relaxed is enough to notice a change; try_recv_into loads the
+            // tail again with acquire before reading any frame.
+            if header.tail.0.load(Ordering::Relaxed) != self.head {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        if self.prepare_wait() {
+            trace!("doorbell wait(fd {})", self.data_bell.as_raw_fd());
+            let polled = sys::poll(&[(self.data_bell.as_fd(), true, false)], remaining(deadline));
+            let finished = self.finish_wait();
+            polled?;
+            finished?;
+        }
+        Ok(())
+    }
+}

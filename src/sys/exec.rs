@@ -1,0 +1,2 @@
+//! Replacing a child's program image: `execvp` and friends (filled in by the
+//! command runner).

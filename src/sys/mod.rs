@@ -1,0 +1,392 @@
+//! The POSIX layer: every raw call mproc makes lives below this module.
+//!
+//! Each wrapper does three things and nothing else: retries `EINTR`, turns a
+//! `-1` into an [`OsError`] that names the call (and the pid, if any), and
+//! reports itself to `--trace`. File descriptors are [`OwnedFd`] from the
+//! moment they exist, so a forgotten close is impossible.
+//!
+//! Submodules group the calls that belong to one later concept:
+//! [`shm`] (shared mappings) and [`exec`] (replacing a child's image).
+
+use std::fmt;
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, OsError, Result};
+use crate::status::{signal_abbrev, ExitStatus};
+
+pub(crate) mod bell;
+pub(crate) mod exec;
+pub(crate) mod shm;
+pub(crate) mod signal;
+
+// ---------------------------------------------------------------------------
+// errors, EINTR, tracing
+
+/// The calling thread's `errno`.
+pub(crate) fn last_errno() -> i32 {
+    errno::errno().0
+}
+
+/// Makes the `Error` for a call that just failed, from `errno`.
+pub(crate) fn os_error(call: &'static str, pid: Option<i32>) -> Error {
+    Error::Os(OsError { call, pid, errno: last_errno() })
+}
+
+/// Runs `f` until it returns something other than `-1`/`EINTR`; turns the
+/// remaining `-1` into an error naming `call`. The one place EINTR is handled.
+fn retry<T: Copy + PartialEq + From<i8>>(
+    call: &'static str,
+    pid: Option<i32>,
+    mut f: impl FnMut() -> T,
+) -> Result<T> {
+    loop {
+        let ret = f();
+        if ret != T::from(-1) {
+            return Ok(ret);
+        }
+        if last_errno() != libc::EINTR {
+            return Err(os_error(call, pid));
+        }
+    }
+}
+
+static TRACE: AtomicBool = AtomicBool::new(false);
+
+/// Turns `--trace` on or off for this process and the children it forks.
+pub fn set_trace(on: bool) {
+    // Relaxed: a plain flag; no other memory is published through it.
+    TRACE.store(on, Ordering::Relaxed);
+}
+
+/// Whether `--trace` is on.
+pub fn tracing() -> bool {
+    TRACE.load(Ordering::Relaxed)
+}
+
+/// Prints one strace-style line, `[pid] call(args) = result`, to stderr.
+///
+/// Written with one `write(2)` on fd 2, not through `std::io::stderr()`: that
+/// lock may be held by another thread at `fork`, and a child must never wait
+/// on it. One write per line keeps lines from different processes whole.
+pub(crate) fn trace_line(args: fmt::Arguments<'_>) {
+    if !tracing() {
+        return;
+    }
+    let mut line = Vec::with_capacity(96);
+    // Writing into a Vec cannot fail.
+    let _ = write!(line, "[{}] {}\n", getpid(), args);
+    let _ = write_all_raw(2, &line);
+}
+
+macro_rules! trace {
+    ($($arg:tt)*) => {
+        if $crate::sys::tracing() {
+            $crate::sys::trace_line(format_args!($($arg)*))
+        }
+    };
+}
+pub(crate) use trace;
+
+// ---------------------------------------------------------------------------
+// processes
+
+/// What `fork` returned, on each side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forked {
+    /// In the parent: the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// Flushes Rust's and C's stdio buffers, so text buffered before a `fork`
+/// is not printed twice (once by each side).
+pub(crate) fn flush_stdio() {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: fflush(NULL) flushes every C stdio stream; it takes no pointer
+    // from us and is always safe to call.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
+}
+
+/// `fork(2)`, after flushing stdio.
+///
+/// # Safety
+/// In the child, only the calling thread exists. If the parent had other
+/// threads, any lock they held (allocator, stdout, a user's `Mutex`) stays
+/// locked forever in the child; the child must not wait on such locks and
+/// must end with [`exit_now`], never by returning into the parent's code.
+pub(crate) unsafe fn fork() -> Result<Forked> {
+    flush_stdio();
+    // SAFETY: the caller upholds the post-fork rules above.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => {
+            let err = os_error("fork", None);
+            trace!("fork() = -1 ({err})");
+            Err(err)
+        }
+        0 => Ok(Forked::Child),
+        child => {
+            trace!("fork() = {child}");
+            Ok(Forked::Parent(child))
+        }
+    }
+}
+
+/// `waitpid(2)` for one child. With `nohang`, `Ok(None)` means still running.
+pub(crate) fn waitpid(pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
+    let flags = if nohang { libc::WNOHANG } else { 0 };
+    let mut raw: libc::c_int = 0;
+    // SAFETY: `raw` is a valid, writable int for the duration of the call.
+    let ret = retry("waitpid", Some(pid), || unsafe { libc::waitpid(pid, &mut raw, flags) })?;
+    if ret == 0 {
+        return Ok(None);
+    }
+    let status = ExitStatus::from_raw(raw);
+    trace!("waitpid({pid}) = {status}");
+    Ok(Some(status))
+}
+
+/// `kill(2)`. A process that is already gone (`ESRCH`) is not an error:
+/// every caller wants it gone. A negative `pid` names a process group.
+pub(crate) fn kill(pid: i32, signal: i32) -> Result<()> {
+    trace!("kill({pid}, {})", signal_abbrev(signal));
+    // SAFETY: kill takes only integers.
+    if unsafe { libc::kill(pid, signal) } == -1 && last_errno() != libc::ESRCH {
+        return Err(os_error("kill", Some(pid)));
+    }
+    Ok(())
+}
+
+/// `_exit(2)`: ends the process now, without running atexit handlers or
+/// destructors (they belong to the parent's copy of the program).
+pub(crate) fn exit_now(code: i32) -> ! {
+    trace!("_exit({code})");
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// `getpid(2)`.
+pub(crate) fn getpid() -> i32 {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// `getppid(2)`.
+pub(crate) fn getppid() -> i32 {
+    // SAFETY: getppid cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// `setpgid(0, 0)`: puts the caller in a new process group named after
+/// itself, so one `kill(-pid, …)` reaches everything it starts.
+pub(crate) fn new_process_group() -> Result<()> {
+    // SAFETY: integers only.
+    retry("setpgid", None, || unsafe { libc::setpgid(0, 0) }).map(drop)
+}
+
+/// Asks the kernel to send `signal` to the caller when its parent dies.
+/// Linux only; elsewhere children notice a dead parent by pipe EOF.
+pub(crate) fn set_parent_death_signal(signal: i32) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_PDEATHSIG takes an integer signal number.
+        retry("prctl", None, || unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0)
+        })?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = signal;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// pipes and file descriptors
+
+/// `pipe(2)` with both ends close-on-exec: `(read end, write end)`.
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    #[cfg(any(target_os = "linux", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd"))]
+    {
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        retry("pipe", None, || unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd")))]
+    {
+        // No pipe2 (macOS): set FD_CLOEXEC right after. A concurrent fork+exec
+        // in another thread could leak these two; documented in the crate docs.
+        // SAFETY: `fds` has room for the two descriptors pipe writes.
+        retry("pipe", None, || unsafe { libc::pipe(fds.as_mut_ptr()) })?;
+        for fd in fds {
+            // SAFETY: fd was just returned by pipe and is open.
+            retry("fcntl", None, || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+        }
+    }
+    trace!("pipe() = [{}, {}]", fds[0], fds[1]);
+    // SAFETY: pipe returned two fresh descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `read(2)` into `buf`; `Ok(0)` is end of file.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = retry("read", None, || unsafe {
+        libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    Ok(n as usize)
+}
+
+/// Reads until end of file, appending to `out`.
+pub(crate) fn read_to_end(fd: BorrowedFd<'_>, out: &mut Vec<u8>) -> Result<()> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match read(fd, &mut chunk)? {
+            0 => return Ok(()),
+            n => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+        let n = retry("write", None, || unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Writes all of `buf`, retrying short writes.
+pub(crate) fn write_all(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<()> {
+    write_all_raw(fd.as_raw_fd(), buf)
+}
+
+/// `write(2)` once; returns how many bytes went (for non-blocking fds).
+pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = retry("write", None, || unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })?;
+    Ok(n as usize)
+}
+
+/// Sets or clears `O_NONBLOCK`.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl on an fd we borrow; F_GETFL/F_SETFL take integers.
+    let flags = retry("fcntl", None, || unsafe { libc::fcntl(raw, libc::F_GETFL) })?;
+    let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    // SAFETY: as above.
+    retry("fcntl", None, || unsafe { libc::fcntl(raw, libc::F_SETFL, flags) }).map(drop)
+}
+
+/// What `poll` reported for one descriptor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Ready {
+    /// Data to read (or EOF: read to find out).
+    pub readable: bool,
+    /// Room to write.
+    pub writable: bool,
+    /// The other end is closed (`POLLHUP`/`POLLERR`).
+    pub hangup: bool,
+}
+
+/// `poll(2)` on `fds` with `(fd, want_read, want_write)`; `None` waits forever.
+/// A signal does not shorten the wait: EINTR restarts it with the time left.
+pub(crate) fn poll(fds: &[(BorrowedFd<'_>, bool, bool)], timeout: Option<Duration>) -> Result<Vec<Ready>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&(fd, r, w)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: (if r { libc::POLLIN } else { 0 }) | (if w { libc::POLLOUT } else { 0 }),
+            revents: 0,
+        })
+        .collect();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up, so a 0.5 ms wait does not become a busy 0 ms poll.
+                left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
+            }
+        };
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if n >= 0 {
+            break;
+        }
+        if last_errno() != libc::EINTR {
+            return Err(os_error("poll", None));
+        }
+    }
+    Ok(pfds
+        .iter()
+        .map(|p| Ready {
+            readable: p.revents & libc::POLLIN != 0,
+            writable: p.revents & libc::POLLOUT != 0,
+            hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+        })
+        .collect())
+}
+
+/// `dup2(2)`: makes `target` a copy of `fd` (used to wire up a child's stdio).
+pub(crate) fn dup2(fd: RawFd, target: RawFd) -> Result<()> {
+    // SAFETY: integers only; an invalid fd is reported as EBADF.
+    retry("dup2", None, || unsafe { libc::dup2(fd, target) }).map(drop)
+}
+
+/// Counts this process's open file descriptors (for leak checks in tests
+/// and the CLI's self-checks). Linux reads `/proc/self/fd`; elsewhere
+/// `/dev/fd`.
+pub fn open_fd_count() -> usize {
+    let dir = if cfg!(target_os = "linux") { "/proc/self/fd" } else { "/dev/fd" };
+    // One entry is the directory handle read_dir itself holds open.
+    std::fs::read_dir(dir).map(|d| d.count().saturating_sub(1)).unwrap_or(0)
+}
+
+/// Closes a descriptor this process inherited through `fork` but must not
+/// keep (the parent's end of a pipe, say).
+///
+/// Only for a freshly forked child: the `OwnedFd` that owns `fd` lives in
+/// the parent's copy of memory, and the child never touches that object
+/// again, so closing the number here cannot invalidate a live owner.
+pub(crate) fn close_inherited(fd: RawFd) {
+    trace!("close({fd})");
+    // SAFETY: per the rule above, no live OwnedFd in this process will use
+    // `fd` after this point; a failure (EBADF) changes nothing.
+    unsafe { libc::close(fd) };
+}
+
+/// `waitpid(-1, WNOHANG)`: reaps any one ended child; `None` when no child
+/// has ended (or there are no children left: `ECHILD` is the normal end of
+/// a reap loop).
+pub(crate) fn wait_any_nohang() -> Result<Option<(i32, ExitStatus)>> {
+    let mut raw: libc::c_int = 0;
+    loop {
+        // SAFETY: `raw` is a valid, writable int for the duration of the call.
+        let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
+        match pid {
+            0 => return Ok(None),
+            -1 if last_errno() == libc::EINTR => continue,
+            -1 if last_errno() == libc::ECHILD => return Ok(None),
+            -1 => return Err(os_error("waitpid", None)),
+            pid => {
+                let status = ExitStatus::from_raw(raw);
+                trace!("waitpid(-1) = {pid} {status}");
+                return Ok(Some((pid, status)));
+            }
+        }
+    }
+}
+
+/// `setpgid(pid, pid)` from the parent's side (the child does the same for
+/// itself; whichever runs first wins the race, so a signal to the group
+/// never misses). `EACCES` (the child already exec'd) and `ESRCH` are fine.
+pub(crate) fn set_child_process_group(pid: i32) {
+    // SAFETY: integers only.
+    unsafe { libc::setpgid(pid, pid) };
+}
