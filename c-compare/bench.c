@@ -2,22 +2,31 @@
  * bench.c - the C floor for mproc's process and pipe costs: what the same
  * operations cost when written directly against POSIX.
  *
- * Mirrors: the C column of `make compare`, next to the process and pipe
- *          figures of `mproc bench` (Process start+join, pipe ping-pong).
+ * Mirrors: the C column of `make compare`, next to the figures of
+ *          `mproc bench` (Process start+join, pipe ping-pong, ring
+ *          messages/s).
  *
- * Usage:   bench fork ITER     fork + child _exit(0) + waitpid, ITER times
- *          bench pipe ITER     1-byte round trip to a forked child over two
- *                              pipes, ITER times
+ * Usage:   bench fork ITER        fork + child _exit(0) + waitpid, ITER times
+ *          bench pipe ITER        1-byte round trip to a forked child over
+ *                                 two pipes, ITER times
+ *          bench ring SIZE COUNT  COUNT 8-byte messages from a forked
+ *                                 producer to the parent through a SIZE-byte
+ *                                 ring (ring.h, the twin of src/ring.rs)
  *
- * Method: one untimed warm-up, then ROUNDS (5) timed rounds of ITER
- * operations each, timed with clock_gettime(CLOCK_MONOTONIC); the figure is
- * the median of the rounds' means, which shrugs off one round disturbed by a
- * noisy neighbour. The Rust side measures the same way, so the two figures
- * of one run can be divided.
+ * Method: one untimed warm-up, then ROUNDS (5) timed rounds, timed with
+ * clock_gettime(CLOCK_MONOTONIC); the figure is the median of the rounds,
+ * which shrugs off one round disturbed by a noisy neighbour. fork and pipe
+ * report each round's mean time per operation; ring reports each round's
+ * messages per second, timed by the consumer from the end of the previous
+ * round (the warm-up message for the first) to its COUNT-th receive. The
+ * producer sends its sequence numbers and the consumer checks every one.
+ * The Rust side measures the same way, so the two figures of one run can be
+ * divided.
  *
  * Output (stdout): one line, NAME<TAB>VALUE<TAB>UNIT, e.g.
  *     fork_wait	172.3	us
  *     pipe_pingpong	44.0	us
+ *     ring_msgs	41234567	msgs/s
  *
  * Exit status: 0 on success; 1 if a system call fails or a child does not
  * exit 0; 2 on bad usage.
@@ -27,10 +36,15 @@
  */
 #if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE  /* glibc: MAP_ANONYMOUS is not in POSIX.1-2008 */
+#define _DARWIN_C_SOURCE /* macOS: nor is MAP_ANON */
 #endif
 
 #include <errno.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdnoreturn.h>
@@ -39,6 +53,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "ring.h"
 
 #define EXIT_USAGE 2
 #define ROUNDS 5
@@ -60,23 +76,27 @@ static noreturn void die(const char *call)
     exit(EXIT_FAILURE);
 }
 
+#define USAGE "usage: bench fork ITER | bench pipe ITER | bench ring SIZE COUNT\n"
+
 static noreturn void usage(void)
 {
-    fprintf(stderr, "usage: %s fork ITER | %s pipe ITER\n", progname, progname);
+    fputs(USAGE, stderr);
     exit(EXIT_USAGE);
 }
 
-/* Parses a whole string as a positive decimal integer. */
-static bool parse_count(const char *s, long *out)
+/* Parses a whole string as a decimal integer in [1, max]; exits 2 if it is not. */
+static long long parse_count(const char *name, const char *s, long long max)
 {
     char *end;
 
     errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < 1)
-        return false;
-    *out = v;
-    return true;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < 1 || v > max) {
+        fprintf(stderr, "%s: %s must be an integer from 1 to %lld, not '%s'\n", progname, name,
+                max, s);
+        exit(EXIT_USAGE);
+    }
+    return v;
 }
 
 static double now_us(void)
@@ -234,41 +254,120 @@ static double bench_pipe(long iterations)
     return median(means, ROUNDS);
 }
 
+/* The producer: sends 0, 1, 2, ... as 8-byte messages, then exits. */
+static noreturn void ring_producer(struct ring *ring, long total)
+{
+    struct ring_sender tx;
+
+    ring_keep_producer(ring, &tx);
+    for (uint64_t seq = 0; seq < (uint64_t)total; seq++) {
+        enum ring_status st = ring_send(&tx, &seq, sizeof seq);
+        if (st != RING_OK) {
+            fprintf(stderr, "%s: producer: %s\n", progname,
+                    st == RING_CLOSED ? "the consumer is gone" : "the ring is corrupt");
+            _exit(EXIT_FAILURE);
+        }
+    }
+    /* Closing the data bell's write end tells the consumer we are done. */
+    ring_destroy(ring);
+    _exit(EXIT_SUCCESS);
+}
+
+/* Receives message number `expected`, which must be exactly that 8-byte number. */
+static void ring_receive(struct ring_receiver *rx, struct ring_buf *msg, uint64_t expected)
+{
+    uint64_t seq;
+    enum ring_status st = ring_recv(rx, msg);
+
+    if (st != RING_OK) {
+        fprintf(stderr, "%s: consumer: %s at message %llu\n", progname,
+                st == RING_CLOSED ? "the producer went away" : "the ring is corrupt",
+                (unsigned long long)expected);
+        exit(EXIT_FAILURE);
+    }
+    if (msg->len != sizeof seq || (memcpy(&seq, msg->bytes, sizeof seq), seq != expected)) {
+        fprintf(stderr, "%s: consumer: message %llu is wrong\n", progname,
+                (unsigned long long)expected);
+        exit(EXIT_FAILURE);
+    }
+}
+
+static double bench_ring(uint64_t size, long count)
+{
+    struct ring ring;
+    struct ring_receiver rx;
+    struct ring_buf msg = { 0 };
+    double rates[ROUNDS];
+    pid_t pid;
+
+    /* Ringing the bell of a dead peer must return EPIPE, not kill us. */
+    if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+        die("signal");
+    if (!ring_create(&ring, size))
+        die("ring_create");
+
+    switch (pid = fork()) {
+    case -1:
+        die("fork");
+    case 0:
+        in_child = true;
+        ring_producer(&ring, 1 + ROUNDS * count);
+    default:
+        break;
+    }
+
+    ring_keep_consumer(&ring, &rx);
+    ring_receive(&rx, &msg, 0); /* warm-up: the producer is running */
+    uint64_t seq = 1;
+    for (int r = 0; r < ROUNDS; r++) {
+        double start = now_us();
+        for (long i = 0; i < count; i++)
+            ring_receive(&rx, &msg, seq++);
+        rates[r] = (double)count / ((now_us() - start) / 1e6);
+    }
+
+    /* The producer's exit must read as the end, not as one more message. */
+    if (ring_recv(&rx, &msg) != RING_CLOSED) {
+        fprintf(stderr, "%s: consumer: a message after the last one\n", progname);
+        exit(EXIT_FAILURE);
+    }
+    join(pid);
+    ring_buf_free(&msg);
+    ring_buf_free(&rx.partial);
+    ring_destroy(&ring);
+    return median(rates, ROUNDS);
+}
+
 int main(int argc, char *argv[])
 {
-    long iterations;
-    const char *name;
-    double value;
+    const char *mode = argc > 1 ? argv[1] : "";
+    int printed;
 
-    if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
-        printf("usage: %s fork ITER | %s pipe ITER\n"
-               "Prints NAME<TAB>VALUE<TAB>UNIT: the median of %d rounds' mean.\n",
-               progname, progname, ROUNDS);
+    if (strcmp(mode, "-h") == 0 || strcmp(mode, "--help") == 0) {
+        printf(USAGE "Prints NAME<TAB>VALUE<TAB>UNIT: the median of %d timed rounds.\n", ROUNDS);
         return EXIT_SUCCESS;
-    }
-    if (argc != 3)
-        usage();
-    if (!parse_count(argv[2], &iterations)) {
-        fprintf(stderr, "%s: ITER must be a positive integer, not '%s'\n", progname, argv[2]);
-        return EXIT_USAGE;
     }
 
     /* Nothing may sit in a buffer that every child would inherit. */
     if (fflush(stdout) == EOF)
         die("fflush");
 
-    if (strcmp(argv[1], "fork") == 0) {
-        name = "fork_wait";
-        value = bench_fork(iterations);
-    } else if (strcmp(argv[1], "pipe") == 0) {
-        name = "pipe_pingpong";
-        value = bench_pipe(iterations);
+    if (strcmp(mode, "fork") == 0 && argc == 3) {
+        double us = bench_fork(parse_count("ITER", argv[2], LONG_MAX));
+        printed = printf("fork_wait\t%.1f\tus\n", us);
+    } else if (strcmp(mode, "pipe") == 0 && argc == 3) {
+        double us = bench_pipe(parse_count("ITER", argv[2], LONG_MAX));
+        printed = printf("pipe_pingpong\t%.1f\tus\n", us);
+    } else if (strcmp(mode, "ring") == 0 && argc == 4) {
+        uint64_t size = (uint64_t)parse_count("SIZE", argv[2], (long long)RING_MAX_CAPACITY);
+        /* ROUNDS * COUNT + 1 sequence numbers must fit a long. */
+        long count = (long)parse_count("COUNT", argv[3], (LONG_MAX - 1) / ROUNDS);
+        printed = printf("ring_msgs\t%.0f\tmsgs/s\n", bench_ring(size, count));
     } else {
-        fprintf(stderr, "%s: unknown benchmark '%s'\n", progname, argv[1]);
         usage();
     }
 
-    if (printf("%s\t%.1f\tus\n", name, value) < 0)
+    if (printed < 0)
         die("printf");
     if (fflush(stdout) == EOF)
         die("fflush");

@@ -8,8 +8,8 @@
  *
  * Usage:   cube_pool [--processes N] [NUMBERS...]
  *              N from 1 to 1024, default 3; NUMBERS are 64-bit integers,
- *              default 1 2 3 4 5 (put "--" before a list that starts with a
- *              negative number only if you like; "-3" is read as a number)
+ *              negative ones too, default 1 2 3 4 5. The cube is exact for
+ *              any of them (wideint.h).
  *
  * Output (stdout): one line per number, printed by whichever worker got it,
  * in no fixed order, then the parent's line, always last:

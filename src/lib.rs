@@ -9,8 +9,11 @@ pub(crate) mod sys;
 pub mod wire;
 pub mod process;
 pub mod ring;
+pub mod pool;
+pub mod runner;
 
 pub use error::{Error, OsError, Result};
+pub use pool::{exit_cleanly_on_signals, fork_map, AsyncResult, Imap, Pool, PoolBuilder};
 pub use process::{spawn, JoinHandle, Process};
 pub use status::ExitStatus;
 pub use sys::{open_fd_count, set_trace, tracing};

@@ -33,11 +33,11 @@
 //!               | head: u64                   |
 //!               |   (written by the consumer) |
 //!  offset 256   +-----------------------------+
-//!               | consumer_sleeping: u32      |  1 while the consumer may be
-//!               |   (written by the consumer) |  asleep on the data bell
+//!               | consumer_sleeping: u64      |  non-zero while the consumer
+//!               |   (written by the consumer) |  may be asleep on the data bell
 //!  offset 384   +-----------------------------+
-//!               | producer_sleeping: u32      |  1 while the producer may be
-//!               |   (written by the producer) |  asleep on the space bell
+//!               | producer_sleeping: u64      |  non-zero while the producer
+//!               |   (written by the producer) |  may be asleep on the space bell
 //!  offset 512   +-----------------------------+
 //!               | data: C bytes               |  byte counter i lives at
 //!               |                             |  data[i & (C - 1)]
@@ -65,17 +65,22 @@
 //!
 //! # The protocol
 //! Producer: copy the frame in at `tail`, store `tail` (release), then load
-//! `consumer_sleeping`; if it is 1, write one byte to the data bell.
-//! Consumer: load `tail` (acquire), copy the frame out at `head`, store
-//! `head` (release), then load `producer_sleeping`; if it is 1, write one
-//! byte to the space bell. The store-then-load pairs are sequentially
-//! consistent (the orderings are justified at each atomic below).
+//! `consumer_sleeping`; if it is non-zero and not the value it last rang
+//! for, write one byte to the data bell. Consumer: load `tail` (acquire),
+//! copy the frame out at `head`, store `head` (release), then load
+//! `producer_sleeping`; if it is non-zero and not the value it last rang
+//! for, write one byte to the space bell. The store-then-load pairs are
+//! sequentially consistent (the orderings are justified at each atomic
+//! below).
 //!
 //! A side that finds nothing to do spins about 2,000 times, then sleeps:
-//! set its own `*_sleeping` flag, look at the ring once more (so a message
-//! published in between is not missed), `poll` its bell, then drain the bell
-//! and clear its flag. Only the sleeper clears its flag: a producer that
-//! cleared it could miss the consumer's next sleep and never wake it.
+//! store a new sleep number (1, 2, 3, ...: never 0, never reused) in its own
+//! `*_sleeping` word, look at the ring once more (so a message published in
+//! between is not missed), `poll` its bell, then store 0 and drain the bell.
+//! The sleep number lets the peer ring once per sleep instead of once per
+//! message while the sleeper wakes up (a wake-up takes ~20 µs, long enough
+//! for thousands of messages). Only the sleeper clears its word: a producer
+//! that cleared it could miss the consumer's next sleep and never wake it.
 //!
 //! # Death
 //! The data bell's write end is held only by the producer, the space bell's
@@ -106,7 +111,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -146,43 +151,67 @@ struct Header {
     /// Bytes ever consumed. Written only by the consumer; never decreases;
     /// `head <= tail`. Bytes below it may be overwritten by the producer.
     head: CacheLine<AtomicU64>,
-    /// 1 while the consumer is about to sleep or asleep on the data bell.
-    /// Set and cleared only by the consumer; read by the producer after
-    /// every publish.
-    consumer_sleeping: CacheLine<AtomicU32>,
-    /// 1 while the producer is about to sleep or asleep on the space bell.
-    /// Set and cleared only by the producer; read by the consumer after it
-    /// frees space.
-    producer_sleeping: CacheLine<AtomicU32>,
+    /// 0 while the consumer is awake; while it is about to sleep or asleep
+    /// on the data bell, the number of that sleep (counting from 1, so each
+    /// sleep has its own value). Set and cleared only by the consumer; read
+    /// by the producer after every publish.
+    consumer_sleeping: CacheLine<AtomicU64>,
+    /// The same for the producer asleep on the space bell. Set and cleared
+    /// only by the producer; read by the consumer after it frees space.
+    producer_sleeping: CacheLine<AtomicU64>,
 }
 
 const _: () = assert!(std::mem::size_of::<CacheLine<AtomicU64>>() == 128);
-const _: () = assert!(std::mem::size_of::<CacheLine<AtomicU32>>() == 128);
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_LEN);
 const _: () = assert!(std::mem::align_of::<Header>() == 128);
 // Page alignment of the mapping (>= 4096) covers the header's alignment.
 const _: () = assert!(std::mem::align_of::<Header>() <= 4096);
 
-/// The mapping both halves point into (each process has its own `Arc`).
-struct Shared {
-    map: SharedMapping,
-    /// A power of two; kept locally, not in shared memory, so corrupt shared
-    /// memory cannot change it.
+/// Where one ring lives: `HEADER_LEN + capacity` bytes at `offset` in a
+/// shared mapping (each half, in each process, holds its own `Arc`).
+///
+/// Invariant, checked by [`Region::new`]: `offset` is a multiple of 128 and
+/// the whole region lies inside the mapping; `capacity` is a power of two
+/// between [`MIN_CAPACITY`] and [`MAX_CAPACITY`].
+#[derive(Clone)]
+struct Region {
+    map: Arc<SharedMapping>,
+    offset: usize,
+    /// Kept locally, not in shared memory, so corrupt shared memory cannot
+    /// change it.
     capacity: u64,
 }
 
-impl Shared {
+impl Region {
+    fn new(map: Arc<SharedMapping>, offset: usize, capacity: usize) -> Result<Region> {
+        if !capacity.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
+            return Err(Error::InvalidArgument(format!(
+                "ring capacity {capacity}: must be a power of two between {MIN_CAPACITY} and {MAX_CAPACITY}"
+            )));
+        }
+        let fits = offset.checked_add(region_size(capacity)).is_some_and(|end| end <= map.len());
+        if offset % 128 != 0 || !fits {
+            return Err(Error::InvalidArgument(format!(
+                "ring at offset {offset} of {capacity} bytes does not fit a {}-byte mapping",
+                map.len()
+            )));
+        }
+        Ok(Region { map, offset, capacity: capacity as u64 })
+    }
+
     fn header(&self) -> &Header {
-        // SAFETY: the mapping is at least HEADER_LEN bytes, page-aligned
-        // (more than Header's 128), zero-filled at creation (all-zero atomics
-        // are valid), and outlives `&self`. Other processes touch the header
+        // SAFETY: per the Region invariant, HEADER_LEN bytes at `offset` lie
+        // inside the mapping and are 128-aligned (the mapping is
+        // page-aligned); every bit pattern is a valid AtomicU64; the mapping
+        // outlives `&self` (we hold an Arc). Other processes touch the header
         // only through these atomics, which allow shared mutation.
-        unsafe { &*self.map.as_ptr().cast::<Header>() }
+        unsafe { &*self.map.as_ptr().add(self.offset).cast::<Header>() }
     }
 
     fn data(&self) -> *mut u8 {
-        // SAFETY: HEADER_LEN < the mapping's length (HEADER_LEN + capacity).
-        unsafe { self.map.as_ptr().add(HEADER_LEN) }
+        // SAFETY: per the Region invariant, offset + HEADER_LEN + capacity
+        // is inside the mapping.
+        unsafe { self.map.as_ptr().add(self.offset + HEADER_LEN) }
     }
 
     fn mask(&self) -> u64 {
@@ -203,7 +232,9 @@ impl Shared {
         // `src` is our own memory, never the ring, so they do not overlap.
         unsafe {
             ptr::copy_nonoverlapping(src.as_ptr(), self.data().add(offset), first);
-            ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data(), src.len() - first);
+            if first < src.len() {
+                ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data(), src.len() - first);
+            }
         }
     }
 
@@ -221,7 +252,9 @@ impl Shared {
         // area; `dst` is the caller's private buffer.
         unsafe {
             ptr::copy_nonoverlapping(self.data().add(offset), dst, first);
-            ptr::copy_nonoverlapping(self.data(), dst.add(first), len - first);
+            if first < len {
+                ptr::copy_nonoverlapping(self.data(), dst.add(first), len - first);
+            }
         }
     }
 
@@ -247,11 +280,11 @@ impl Shared {
     /// # Safety
     /// As for [`Shared::write_at`], for `[pos, pos + 8)`.
     unsafe fn write_frame_header(&self, pos: u64, len: u32, flags: u32) {
-        let mut bytes = [0u8; FRAME_HEADER as usize];
-        bytes[..4].copy_from_slice(&len.to_ne_bytes());
-        bytes[4..].copy_from_slice(&flags.to_ne_bytes());
-        // SAFETY: forwarded from the caller.
-        unsafe { self.write_at(pos, &bytes) }
+        let offset = (pos & self.mask()) as usize;
+        // SAFETY: the range is the caller's; offset is a multiple of 8 and
+        // at most capacity - 8, and the data area starts 512 bytes into a
+        // page-aligned mapping, so the write is in bounds and aligned.
+        unsafe { ptr::write(self.data().add(offset).cast::<[u32; 2]>(), [len, flags]) }
     }
 
     /// Reads the frame header at `pos`: `(len, flags)`.
@@ -259,12 +292,36 @@ impl Shared {
     /// # Safety
     /// As for [`Shared::read_at`], for `[pos, pos + 8)`.
     unsafe fn read_frame_header(&self, pos: u64) -> (u32, u32) {
-        let mut bytes = [0u8; FRAME_HEADER as usize];
-        // SAFETY: forwarded from the caller; `bytes` holds 8 bytes.
-        unsafe { self.read_at(pos, bytes.as_mut_ptr(), bytes.len()) };
-        let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        let flags = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        let offset = (pos & self.mask()) as usize;
+        // SAFETY: as in write_frame_header: in bounds, aligned, and the
+        // caller's to read.
+        let [len, flags] = unsafe { ptr::read(self.data().add(offset).cast::<[u32; 2]>()) };
         (len, flags)
+    }
+}
+
+/// The two ends of the doorbell pipes one half holds: `wake` (a write end)
+/// to ring the peer's bell, `wait` (a read end) to sleep on its own.
+struct Bells {
+    wake: OwnedFd,
+    wait: OwnedFd,
+}
+
+impl fmt::Debug for Bells {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "wake fd {}, wait fd {}", self.wake.as_raw_fd(), self.wait.as_raw_fd())
+    }
+}
+
+/// What the blocking calls of a half made by [`attach`] return when they
+/// would have to sleep: such a half has no bell to sleep on.
+const NO_BELL: &str = "this ring half has no doorbell: its owner must wait on its own";
+
+/// The fd a half sleeps on; see the `# Panics` of the `wait_fd` methods.
+fn wait_end(bells: &Option<Bells>) -> BorrowedFd<'_> {
+    match bells {
+        Some(bells) => bells.wait.as_fd(),
+        None => panic!("{NO_BELL}"),
     }
 }
 
@@ -293,7 +350,7 @@ pub fn channel(capacity: usize) -> Result<(Sender, Receiver)> {
         )));
     }
     let capacity = capacity.max(MIN_CAPACITY).next_power_of_two();
-    let shared = Arc::new(Shared { map: SharedMapping::new(HEADER_LEN + capacity)?, capacity: capacity as u64 });
+    let region = Region::new(Arc::new(SharedMapping::new(region_size(capacity))?), 0, capacity)?;
     let (data_read, data_write) = sys::pipe()?;
     let (space_read, space_write) = sys::pipe()?;
     // All four ends non-blocking: a full bell already means a wake-up is
@@ -308,27 +365,86 @@ pub fn channel(capacity: usize) -> Result<(Sender, Receiver)> {
         space_write.as_raw_fd(),
         space_read.as_raw_fd()
     );
+    let sender_bells = Bells { wake: data_write, wait: space_read };
+    let receiver_bells = Bells { wake: space_write, wait: data_read };
+    halves(region, Some(sender_bells), Some(receiver_bells))
+}
+
+/// Bytes one ring of `capacity` bytes (a power of two) takes in a mapping:
+/// its header and its data.
+pub(crate) fn region_size(capacity: usize) -> usize {
+    HEADER_LEN + capacity
+}
+
+/// The two halves of a ring living at `offset` (a multiple of 128) in a
+/// mapping made by someone else — the pool carves many rings out of one
+/// mapping. They have no doorbells: the owner sleeps and wakes its own
+/// way, so only the non-blocking calls are of use ([`Sender::try_send_partial`],
+/// [`Sender::has_room`], [`Receiver::try_recv_into`], [`Receiver::has_data`]);
+/// a blocking call that would have to sleep returns
+/// [`Error::InvalidState`]. The halves start at the ring's current indices.
+///
+/// Errors: [`Error::InvalidArgument`] if the capacity is not a power of two
+/// in range or the ring does not fit in the mapping; [`Error::Decode`] if the
+/// indices found there are corrupt.
+pub(crate) fn attach(map: Arc<SharedMapping>, offset: usize, capacity: usize) -> Result<(Sender, Receiver)> {
+    halves(Region::new(map, offset, capacity)?, None, None)
+}
+
+/// Empties the ring at `offset` in `map` (both indices and both sleep words
+/// to 0). Only while no half in any process is using it. Does nothing if
+/// the header would not lie inside the mapping at a multiple of 128.
+pub(crate) fn reset(map: &SharedMapping, offset: usize) {
+    let fits = offset.checked_add(HEADER_LEN).is_some_and(|end| end <= map.len());
+    if offset % 128 != 0 || !fits {
+        return;
+    }
+    // SAFETY: HEADER_LEN bytes at a 128-aligned offset inside the mapping
+    // (checked above); all access is through the header's atomics.
+    let header = unsafe { &*map.as_ptr().add(offset).cast::<Header>() };
+    // SeqCst: a plain reset with no one attached; the strongest ordering
+    // costs nothing here and needs no argument.
+    for word in [&header.tail, &header.head, &header.consumer_sleeping, &header.producer_sleeping] {
+        word.0.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Makes the two halves of `region`, starting at its current indices.
+fn halves(
+    region: Region,
+    sender_bells: Option<Bells>,
+    receiver_bells: Option<Bells>,
+) -> Result<(Sender, Receiver)> {
+    // Acquire: pairs with the release halves of earlier users' stores.
+    let tail = region.header().tail.0.load(Ordering::Acquire);
+    let head = region.header().head.0.load(Ordering::Acquire);
+    if tail < head || tail - head > region.capacity || tail % 8 != 0 || head % 8 != 0 {
+        return Err(corrupt("ring indices out of range"));
+    }
     let sender = Sender {
-        shared: Arc::clone(&shared),
-        tail: 0,
-        published: 0,
-        cached_head: 0,
+        region: region.clone(),
+        tail,
+        published: tail,
+        cached_head: head,
         outbox: VecDeque::new(),
         front_sent: 0,
-        data_bell: data_write,
-        space_bell: space_read,
+        wanted: 0,
+        bells: sender_bells,
         peer_gone: Cell::new(false),
+        sleeps: Cell::new(0),
+        rang_for: 0,
     };
     let receiver = Receiver {
-        shared,
-        head: 0,
-        cached_tail: 0,
+        region,
+        head,
+        cached_tail: head,
         partial: Vec::new(),
         in_message: false,
-        data_bell: data_read,
-        space_bell: space_write,
+        bells: receiver_bells,
         producer_gone: false,
         poisoned: None,
+        sleeps: Cell::new(0),
+        rang_for: 0,
     };
     Ok((sender, receiver))
 }
@@ -362,7 +478,7 @@ fn deadline_after(timeout: Duration) -> Option<Instant> {
 /// still queued (call `flush` first) and closes the data bell, so the
 /// receiver sees end of file once it has drained the ring.
 pub struct Sender {
-    shared: Arc<Shared>,
+    region: Region,
     /// Our tail, including frames written but not yet published.
     tail: u64,
     /// The tail the consumer can see (the last value stored in the header).
@@ -374,23 +490,29 @@ pub struct Sender {
     outbox: VecDeque<Vec<u8>>,
     /// Bytes of `outbox[0]` already in the ring as MORE fragments.
     front_sent: usize,
-    /// Write end: rung when the consumer sleeps.
-    data_bell: OwnedFd,
-    /// Read end: the consumer rings it; end of file = consumer gone.
-    space_bell: OwnedFd,
+    /// Free bytes the last `try_send_partial` that could not finish needs
+    /// (for `has_room`).
+    wanted: u64,
+    /// Wake: the data bell's write end, rung when the consumer sleeps.
+    /// Wait: the space bell's read end; end of file = consumer gone.
+    /// `None` for halves made by [`attach`].
+    bells: Option<Bells>,
     /// The consumer is known to be gone (set by `finish_wait`, which only
     /// has `&self`).
     peer_gone: Cell<bool>,
+    /// Our sleeps on the space bell so far (the last number we announced).
+    sleeps: Cell<u64>,
+    /// The consumer's sleep number we last rang the data bell for.
+    rang_for: u64,
 }
 
 impl fmt::Debug for Sender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sender")
-            .field("capacity", &self.shared.capacity)
+            .field("capacity", &self.region.capacity)
             .field("tail", &self.tail)
             .field("queued", &self.outbox.len())
-            .field("data_bell", &self.data_bell.as_raw_fd())
-            .field("space_bell", &self.space_bell.as_raw_fd())
+            .field("bells", &self.bells)
             .finish()
     }
 }
@@ -398,7 +520,7 @@ impl fmt::Debug for Sender {
 impl Sender {
     /// The ring's capacity in bytes (frame headers included).
     pub fn capacity(&self) -> usize {
-        self.shared.capacity as usize
+        self.region.capacity as usize
     }
 
     /// Sends one message, waiting (spinning, then sleeping) for room.
@@ -498,12 +620,48 @@ impl Sender {
         !self.outbox.is_empty()
     }
 
+    /// Writes as much of `msg[*sent..]` as fits now and publishes it,
+    /// advancing `*sent`; `Ok(true)` once the whole message is in the ring.
+    /// Call again with the same `msg` and `sent` until it returns true.
+    /// Never blocks and never rings a bell of its own: for owners that wake
+    /// the receiver their own way. Queued messages go first: while the
+    /// outbox cannot be flushed, nothing of `msg` is written.
+    pub(crate) fn try_send_partial(&mut self, msg: &[u8], sent: &mut usize) -> Result<bool> {
+        if !self.flush()? {
+            self.wanted = self.front_need().unwrap_or(0);
+            return Ok(false);
+        }
+        let done = self.push_some(msg, sent)?;
+        self.publish()?;
+        self.wanted = if done { 0 } else { self.need(msg.len(), *sent) };
+        Ok(done)
+    }
+
+    /// Whether the message [`try_send_partial`](Sender::try_send_partial)
+    /// (or [`flush`](Sender::flush)) last left unfinished can make progress
+    /// now; true when nothing is unfinished. For owners that sleep their
+    /// own way.
+    pub(crate) fn has_room(&self) -> bool {
+        let need = self.front_need().unwrap_or(self.wanted);
+        // Acquire: pairs with the consumer's release store of head, like
+        // `free_space`; a caller that sleeps on the answer orders its own
+        // sleep announcement before this load (SeqCst fence or store).
+        let head = self.region.header().head.0.load(Ordering::Acquire);
+        let used = self.tail.wrapping_sub(head);
+        // A corrupt head counts as room: the next send reports it.
+        used > self.region.capacity || self.region.capacity - used >= need
+    }
+
     /// The space bell's read end, for an external `poll` (wait for it to be
     /// readable). It becomes readable when the receiver frees space while
     /// [`prepare_wait`](Sender::prepare_wait) is in effect, or hangs up when
     /// the receiver is gone.
+    ///
+    /// # Panics
+    /// Never for a half made by [`channel`]; only the crate's own
+    /// bell-less halves (which never call it) have no fd to give.
     pub fn wait_fd(&self) -> BorrowedFd<'_> {
-        self.space_bell.as_fd()
+        wait_end(&self.bells)
     }
 
     /// Announces that this side is about to sleep on
@@ -514,23 +672,26 @@ impl Sender {
     /// call [`finish_wait`](Sender::finish_wait).
     pub fn prepare_wait(&self) -> bool {
         match self.front_need() {
-            Some(need) if !self.peer_gone.get() => self.prepare_wait_for(need),
+            Some(need) if !self.peer_gone.get() && self.bells.is_some() => self.prepare_wait_for(need),
             _ => false,
         }
     }
 
-    /// Ends a wait begun by [`prepare_wait`](Sender::prepare_wait): drains
-    /// the bell and clears the flag. If the bell hung up, the receiver is
+    /// Ends a wait begun by [`prepare_wait`](Sender::prepare_wait): clears
+    /// the sleep announcement and drains the bell. If the bell hung up, the receiver is
     /// gone and the next [`flush`](Sender::flush) returns
     /// [`Error::Closed`].
     pub fn finish_wait(&self) {
-        // Relaxed: a receiver that still reads 1 rings once more, which
-        // costs one spurious wake-up later, never a lost one.
-        self.shared.header().producer_sleeping.0.store(0, Ordering::Relaxed);
+        // Relaxed: a receiver that still reads our old number rings once
+        // more at most, which costs one spurious wake-up later, never a lost
+        // one. Only we, the sleeper, ever clear this word.
+        self.region.header().producer_sleeping.0.store(0, Ordering::Relaxed);
         // A read error other than EAGAIN cannot happen on a pipe we own;
         // if it did, the next wait would report the same state again.
-        if let Ok(false) = bell::drain(self.space_bell.as_fd()) {
-            self.peer_gone.set(true);
+        if let Some(bells) = &self.bells {
+            if let Ok(false) = bell::drain(bells.wait.as_fd()) {
+                self.peer_gone.set(true);
+            }
         }
     }
 
@@ -542,7 +703,7 @@ impl Sender {
             return Err(Error::InvalidState("ring full"));
         }
         // SAFETY: 8 free bytes at our tail are ours (checked just above).
-        unsafe { self.shared.write_frame_header(self.tail, len, flags) };
+        unsafe { self.region.write_frame_header(self.tail, len, flags) };
         self.tail += FRAME_HEADER;
         self.publish()
     }
@@ -551,10 +712,10 @@ impl Sender {
     /// `total` bytes, `sent` of which are in the ring, can make progress.
     fn need(&self, total: usize, sent: usize) -> u64 {
         let whole = frame_len(total - sent);
-        if frame_len(total) > self.shared.capacity {
+        if frame_len(total) > self.region.capacity {
             // Streamed: wait for a quarter of the ring, so fragments stay
             // large instead of following each small free-up.
-            whole.min(self.shared.capacity / 4)
+            whole.min(self.region.capacity / 4)
         } else {
             whole
         }
@@ -604,8 +765,8 @@ impl Sender {
         // SAFETY: forwarded from the caller; the payload follows the header
         // inside the same free frame.
         unsafe {
-            self.shared.write_frame_header(self.tail, len, flags);
-            self.shared.write_at(self.tail + FRAME_HEADER, payload);
+            self.region.write_frame_header(self.tail, len, flags);
+            self.region.write_at(self.tail + FRAME_HEADER, payload);
         }
         self.tail += frame_len(payload.len());
     }
@@ -613,14 +774,14 @@ impl Sender {
     /// Free bytes at our tail; loads the shared head only when the cached
     /// one does not already show `want` free.
     fn free_space(&mut self, want: u64) -> Result<u64> {
-        let capacity = self.shared.capacity;
+        let capacity = self.region.capacity;
         let free = capacity - (self.tail - self.cached_head);
         if free >= want {
             return Ok(free);
         }
         // Acquire: pairs with the consumer's release store of head, so its
         // copies out of the bytes below head happen before we overwrite them.
-        let head = self.shared.header().head.0.load(Ordering::Acquire);
+        let head = self.region.header().head.0.load(Ordering::Acquire);
         if head < self.cached_head || head > self.published {
             return Err(corrupt("ring head index out of range"));
         }
@@ -634,38 +795,46 @@ impl Sender {
         if self.tail == self.published {
             return Ok(());
         }
-        let header = self.shared.header();
+        let header = self.region.header();
         // SeqCst store: its release half publishes the frame bytes written
         // above to a consumer that loads tail with acquire; its SeqCst half
         // orders it before the load of consumer_sleeping below, against the
-        // consumer's SeqCst store of that flag followed by its SeqCst load of
+        // consumer's SeqCst store of that word followed by its SeqCst load of
         // tail (Receiver::prepare_wait). In the single order of those four
         // operations one side's load comes after the other's store: either
-        // we see the flag and ring, or the consumer sees our tail and does
+        // we see its sleep number and ring, or the consumer sees our tail and does
         // not sleep. No lost wake-up.
         header.tail.0.store(self.tail, Ordering::SeqCst);
         self.published = self.tail;
         // SeqCst: see above.
-        if header.consumer_sleeping.0.load(Ordering::SeqCst) != 0
-            && bell::ring(self.data_bell.as_fd())? == Rang::PeerGone
-        {
-            self.peer_gone.set(true);
-            return Err(Error::Closed);
+        let sleep = header.consumer_sleeping.0.load(Ordering::SeqCst);
+        if sleep != 0 && sleep != self.rang_for {
+            // One byte per sleep: the consumer re-checks the ring after it
+            // wakes, before it can sleep again (with a new number).
+            self.rang_for = sleep;
+            if let Some(bells) = &self.bells {
+                if bell::ring(bells.wake.as_fd())? == Rang::PeerGone {
+                    self.peer_gone.set(true);
+                    return Err(Error::Closed);
+                }
+            }
         }
         Ok(())
     }
 
-    /// Sets producer_sleeping unless `need` bytes are already free.
+    /// Announces a sleep unless `need` bytes are already free.
     fn prepare_wait_for(&self, need: u64) -> bool {
-        let header = self.shared.header();
+        let header = self.region.header();
+        let sleep = self.sleeps.get() + 1;
+        self.sleeps.set(sleep);
         // SeqCst store then SeqCst load: the mirror of the consumer's head
         // store then producer_sleeping load (Receiver::release): either it
-        // sees our flag and rings the space bell, or we see its head here.
-        header.producer_sleeping.0.store(1, Ordering::SeqCst);
+        // sees our number and rings the space bell, or we see its head here.
+        header.producer_sleeping.0.store(sleep, Ordering::SeqCst);
         let head = header.head.0.load(Ordering::SeqCst);
         let used = self.tail.wrapping_sub(head);
         // A corrupt head also ends the wait: flush reports it.
-        if used > self.shared.capacity || self.shared.capacity - used >= need {
+        if used > self.region.capacity || self.region.capacity - used >= need {
             // Relaxed: see finish_wait.
             header.producer_sleeping.0.store(0, Ordering::Relaxed);
             return false;
@@ -689,9 +858,12 @@ impl Sender {
             if expired(deadline) {
                 return Ok(false);
             }
+            let Some(bells) = &self.bells else {
+                return Err(Error::InvalidState(NO_BELL));
+            };
             if self.prepare_wait_for(need) {
-                trace!("doorbell wait(fd {}) for {need} free bytes", self.space_bell.as_raw_fd());
-                let polled = sys::poll(&[(self.space_bell.as_fd(), true, false)], remaining(deadline));
+                trace!("doorbell wait(fd {}) for {need} free bytes", bells.wait.as_raw_fd());
+                let polled = sys::poll(&[(bells.wait.as_fd(), true, false)], remaining(deadline));
                 self.finish_wait();
                 polled?;
             }
@@ -716,7 +888,7 @@ impl Sender {
 /// across calls. Dropping the receiver closes the space bell, so a waiting
 /// sender gets [`Error::Closed`].
 pub struct Receiver {
-    shared: Arc<Shared>,
+    region: Region,
     /// Our head: bytes consumed (each frame is released as soon as it is
     /// copied out).
     head: u64,
@@ -726,24 +898,27 @@ pub struct Receiver {
     partial: Vec<u8>,
     /// A MORE fragment has been received: `partial` holds a message start.
     in_message: bool,
-    /// Read end: the producer rings it; end of file = producer gone.
-    data_bell: OwnedFd,
-    /// Write end: rung when the producer sleeps.
-    space_bell: OwnedFd,
+    /// Wake: the space bell's write end, rung when the producer sleeps.
+    /// Wait: the data bell's read end; end of file = producer gone.
+    /// `None` for halves made by [`attach`].
+    bells: Option<Bells>,
     /// The data bell hung up: no more frames will come.
     producer_gone: bool,
     /// A corrupt frame was seen; every later call reports it again.
     poisoned: Option<DecodeError>,
+    /// Our sleeps on the data bell so far (the last number we announced).
+    sleeps: Cell<u64>,
+    /// The producer's sleep number we last rang the space bell for.
+    rang_for: u64,
 }
 
 impl fmt::Debug for Receiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receiver")
-            .field("capacity", &self.shared.capacity)
+            .field("capacity", &self.region.capacity)
             .field("head", &self.head)
             .field("partial", &self.partial.len())
-            .field("data_bell", &self.data_bell.as_raw_fd())
-            .field("space_bell", &self.space_bell.as_raw_fd())
+            .field("bells", &self.bells)
             .finish()
     }
 }
@@ -751,7 +926,7 @@ impl fmt::Debug for Receiver {
 impl Receiver {
     /// The ring's capacity in bytes (frame headers included).
     pub fn capacity(&self) -> usize {
-        self.shared.capacity as usize
+        self.region.capacity as usize
     }
 
     /// Receives the next message, waiting (spinning, then sleeping) for it.
@@ -823,9 +998,9 @@ impl Receiver {
             }
             // SAFETY: available() checked that tail - head is a non-zero
             // multiple of 8, so 8 bytes at head are below the loaded tail.
-            let (len, flags) = unsafe { self.shared.read_frame_header(self.head) };
+            let (len, flags) = unsafe { self.region.read_frame_header(self.head) };
             let frame = frame_len(len as usize);
-            if frame > self.shared.capacity {
+            if frame > self.region.capacity {
                 return Err(corrupt("frame longer than the ring"));
             }
             if frame > available {
@@ -839,12 +1014,12 @@ impl Receiver {
                 // The common case: a whole message in one frame.
                 buf.clear();
                 // SAFETY: the frame at head was validated above.
-                unsafe { self.shared.append_payload(self.head, len as usize, buf) };
+                unsafe { self.region.append_payload(self.head, len as usize, buf) };
                 self.release(frame)?;
                 return Ok(true);
             }
             // SAFETY: the frame at head was validated above.
-            unsafe { self.shared.append_payload(self.head, len as usize, &mut self.partial) };
+            unsafe { self.region.append_payload(self.head, len as usize, &mut self.partial) };
             self.release(frame)?;
             self.in_message = more;
             if !more {
@@ -864,8 +1039,8 @@ impl Receiver {
         }
         // Acquire: pairs with the producer's SeqCst (hence release) store of
         // tail, so the frames below it are fully written before we read them.
-        let tail = self.shared.header().tail.0.load(Ordering::Acquire);
-        if tail < self.head || tail - self.head > self.shared.capacity || (tail - self.head) % 8 != 0 {
+        let tail = self.region.header().tail.0.load(Ordering::Acquire);
+        if tail < self.head || tail - self.head > self.region.capacity || (tail - self.head) % 8 != 0 {
             return Err(corrupt("ring tail index out of range"));
         }
         self.cached_tail = tail;
@@ -875,28 +1050,50 @@ impl Receiver {
     /// Gives the frame at head back to the producer, waking it if it sleeps.
     fn release(&mut self, frame: u64) -> Result<()> {
         self.head += frame;
-        let header = self.shared.header();
+        let header = self.region.header();
         // SeqCst store: its release half orders our copies out of the frame
         // before the producer's reuse of its bytes (it loads head with
         // acquire); its SeqCst half orders it before the load of
-        // producer_sleeping below, against the producer's SeqCst flag store
+        // producer_sleeping below, against the producer's SeqCst sleep-number store
         // then head load (Sender::prepare_wait_for): one of us sees the
         // other's store, so a sleeping producer is always woken.
         header.head.0.store(self.head, Ordering::SeqCst);
-        // SeqCst: see above. A producer gone is not our error: the ring
-        // still holds what it sent, and its bell will read end of file.
-        if header.producer_sleeping.0.load(Ordering::SeqCst) != 0 {
-            bell::ring(self.space_bell.as_fd())?;
+        // SeqCst: see above.
+        let sleep = header.producer_sleeping.0.load(Ordering::SeqCst);
+        if sleep != 0 && sleep != self.rang_for {
+            // One byte per sleep, as in Sender::publish. A producer gone is
+            // not our error: the ring still holds what it sent, and its bell
+            // will read end of file.
+            self.rang_for = sleep;
+            if let Some(bells) = &self.bells {
+                bell::ring(bells.wake.as_fd())?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether [`try_recv_into`](Receiver::try_recv_into) has something to
+    /// look at: frames published and not yet taken (perhaps only part of a
+    /// message), or an error to report. For owners that sleep their own way.
+    pub(crate) fn has_data(&self) -> bool {
+        // Acquire: pairs with the producer's release store of tail, like
+        // `available`; a caller that sleeps on the answer orders its own
+        // sleep announcement before this load (SeqCst fence or store).
+        self.poisoned.is_some()
+            || self.cached_tail != self.head
+            || self.region.header().tail.0.load(Ordering::Acquire) != self.head
     }
 
     /// The data bell's read end, for an external `poll` (wait for it to be
     /// readable). It becomes readable when the sender publishes while
     /// [`prepare_wait`](Receiver::prepare_wait) is in effect, or hangs up
     /// when the sender is gone.
+    ///
+    /// # Panics
+    /// Never for a half made by [`channel`]; only the crate's own
+    /// bell-less halves (which never call it) have no fd to give.
     pub fn wait_fd(&self) -> BorrowedFd<'_> {
-        self.data_bell.as_fd()
+        wait_end(&self.bells)
     }
 
     /// Announces that this side is about to sleep on
@@ -906,15 +1103,17 @@ impl Receiver {
     /// [`try_recv_into`](Receiver::try_recv_into) instead. After `true`,
     /// `poll` the fd, then call [`finish_wait`](Receiver::finish_wait).
     pub fn prepare_wait(&self) -> bool {
-        if self.producer_gone || self.poisoned.is_some() {
+        if self.producer_gone || self.poisoned.is_some() || self.bells.is_none() {
             return false;
         }
-        let header = self.shared.header();
+        let header = self.region.header();
+        let sleep = self.sleeps.get() + 1;
+        self.sleeps.set(sleep);
         // SeqCst store then SeqCst load: against the producer's SeqCst tail
         // store then consumer_sleeping load (Sender::publish), one of us
         // sees the other's store: either we see the new tail here, or it
-        // sees our flag and rings the data bell.
-        header.consumer_sleeping.0.store(1, Ordering::SeqCst);
+        // sees our number and rings the data bell.
+        header.consumer_sleeping.0.store(sleep, Ordering::SeqCst);
         if header.tail.0.load(Ordering::SeqCst) != self.head {
             // Relaxed: see finish_wait.
             header.consumer_sleeping.0.store(0, Ordering::Relaxed);
@@ -924,17 +1123,20 @@ impl Receiver {
     }
 
     /// Ends a wait begun by [`prepare_wait`](Receiver::prepare_wait):
-    /// drains the bell and clears the flag. `Ok(false)` means the bell hung
+    /// clears the sleep announcement and drains the bell. `Ok(false)` means the bell hung
     /// up: the sender is gone — but frames it published before dying may
     /// still be in the ring, so drain it with
     /// [`try_recv_into`](Receiver::try_recv_into) before treating the peer
     /// as dead.
     pub fn finish_wait(&mut self) -> Result<bool> {
-        // Relaxed: a producer that still reads 1 rings once more, which
-        // costs one spurious wake-up later, never a lost one. Only we, the
-        // sleeper, ever clear this flag.
-        self.shared.header().consumer_sleeping.0.store(0, Ordering::Relaxed);
-        let alive = bell::drain(self.data_bell.as_fd())?;
+        // Relaxed: a producer that still reads our old number rings once
+        // more at most, which costs one spurious wake-up later, never a lost
+        // one. Only we, the sleeper, ever clear this word.
+        self.region.header().consumer_sleeping.0.store(0, Ordering::Relaxed);
+        let Some(bells) = &self.bells else {
+            return Ok(true);
+        };
+        let alive = bell::drain(bells.wait.as_fd())?;
         if !alive {
             self.producer_gone = true;
         }
@@ -944,7 +1146,7 @@ impl Receiver {
     /// Spins, then sleeps once on the data bell (until it rings, hangs up or
     /// the deadline passes). The caller looks at the ring again.
     fn wait_for_data(&mut self, deadline: Option<Instant>) -> Result<()> {
-        let header = self.shared.header();
+        let header = self.region.header();
         for _ in 0..SPIN_LIMIT {
             // Relaxed is enough to notice a change; try_recv_into loads the
             // tail again with acquire before reading any frame.
@@ -953,13 +1155,112 @@ impl Receiver {
             }
             std::hint::spin_loop();
         }
+        let Some(bells) = &self.bells else {
+            return Err(Error::InvalidState(NO_BELL));
+        };
         if self.prepare_wait() {
-            trace!("doorbell wait(fd {})", self.data_bell.as_raw_fd());
-            let polled = sys::poll(&[(self.data_bell.as_fd(), true, false)], remaining(deadline));
+            trace!("doorbell wait(fd {})", bells.wait.as_raw_fd());
+            let polled = sys::poll(&[(bells.wait.as_fd(), true, false)], remaining(deadline));
             let finished = self.finish_wait();
             polled?;
             finished?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The crate-internal interface the pool uses: rings carved out of one
+    //! mapping, without doorbells. (The public interface is tested in
+    //! tests/ring.rs.)
+
+    use super::*;
+
+    fn mapping(rings: usize, capacity: usize) -> Arc<SharedMapping> {
+        Arc::new(SharedMapping::new(rings * region_size(capacity)).expect("mmap"))
+    }
+
+    #[test]
+    fn attach_rejects_regions_that_do_not_fit_or_are_misaligned() {
+        let map = mapping(1, 4096);
+        for (offset, capacity) in [(0, 8192), (64, 4096), (0, 3000), (0, 512), (usize::MAX - 10, 4096)] {
+            assert!(
+                matches!(attach(map.clone(), offset, capacity), Err(Error::InvalidArgument(_))),
+                "offset {offset}, capacity {capacity} accepted"
+            );
+        }
+        assert!(attach(map, 0, 4096).is_ok());
+    }
+
+    #[test]
+    fn rings_carved_from_one_mapping_stay_apart() {
+        let map = mapping(2, 1024);
+        let (mut tx0, mut rx0) = attach(map.clone(), 0, 1024).expect("ring 0");
+        let (mut tx1, mut rx1) = attach(map.clone(), region_size(1024), 1024).expect("ring 1");
+        let mut sent = 0;
+        assert!(tx0.try_send_partial(&[0; 1000], &mut sent).expect("send 0"));
+        sent = 0;
+        assert!(tx1.try_send_partial(&[1; 1000], &mut sent).expect("send 1"));
+        let mut buf = Vec::new();
+        assert!(rx1.try_recv_into(&mut buf).expect("recv 1"));
+        assert_eq!(buf, [1; 1000]);
+        assert!(rx0.try_recv_into(&mut buf).expect("recv 0"));
+        assert_eq!(buf, [0; 1000]);
+    }
+
+    #[test]
+    fn try_send_partial_streams_a_big_message_and_has_room_follows_the_reader() {
+        let map = mapping(1, 1024);
+        let (mut tx, mut rx) = attach(map, 0, 1024).expect("ring");
+        let msg: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let (mut sent, mut buf, mut rounds) = (0, Vec::new(), 0);
+        assert!(!rx.has_data());
+        while !tx.try_send_partial(&msg, &mut sent).expect("send") {
+            assert!(!tx.has_room(), "a stuck sender must see no room");
+            assert!(rx.has_data());
+            assert!(!rx.try_recv_into(&mut buf).expect("recv"), "message complete too early");
+            assert!(tx.has_room(), "the reader freed the ring");
+            rounds += 1;
+        }
+        assert!(rounds >= 4);
+        assert!(rx.try_recv_into(&mut buf).expect("recv"));
+        assert_eq!(buf, msg);
+        assert!(!rx.has_data());
+        assert!(tx.has_room());
+    }
+
+    #[test]
+    fn blocking_calls_on_a_bell_less_half_fail_instead_of_hanging() {
+        let map = mapping(1, 1024);
+        let (mut tx, mut rx) = attach(map, 0, 1024).expect("ring");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)), Err(Error::InvalidState(NO_BELL)));
+        tx.send(&[0; 1000]).expect("fits");
+        assert_eq!(tx.send(&[0; 1000]), Err(Error::InvalidState(NO_BELL)));
+        assert!(!rx.prepare_wait());
+    }
+
+    #[test]
+    fn reattaching_resumes_at_the_current_indices_and_reset_empties() {
+        let map = mapping(1, 1024);
+        let (mut tx, _) = attach(map.clone(), 0, 1024).expect("ring");
+        let mut sent = 0;
+        assert!(tx.try_send_partial(b"kept", &mut sent).expect("send"));
+        drop(tx);
+        // A new pair (another process, say) sees the message still queued.
+        let (_, mut rx) = attach(map.clone(), 0, 1024).expect("ring");
+        let mut buf = Vec::new();
+        assert!(rx.try_recv_into(&mut buf).expect("recv"));
+        assert_eq!(buf, b"kept");
+        let (mut tx, _) = attach(map.clone(), 0, 1024).expect("ring");
+        sent = 0;
+        assert!(tx.try_send_partial(b"dropped", &mut sent).expect("send"));
+        reset(&map, 0);
+        let (_, mut rx) = attach(map.clone(), 0, 1024).expect("ring");
+        assert!(!rx.try_recv_into(&mut buf).expect("recv"));
+        // Corrupt indices are refused, not trusted.
+        let header = Region::new(map.clone(), 0, 1024).expect("region");
+        header.header().tail.0.store(1 << 40, Ordering::SeqCst);
+        assert!(matches!(attach(map, 0, 1024), Err(Error::Decode(_))));
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::message::{self, Call, ResultTag};
 use super::shared::{self, Layout};
+use crate::ring::{Receiver, Sender};
 use super::zygote::{Report, Zygote};
 use crate::error::{Error, OsError, Result};
 use crate::status::ExitStatus;
@@ -123,6 +124,12 @@ enum SlotState {
 #[derive(Debug)]
 struct Slot {
     state: SlotState,
+    /// Our ends of the slot's rings: tasks out, results in.
+    tasks: Sender,
+    results: Receiver,
+    /// The message being written into `tasks` (header + the batch at
+    /// `inflight[sending]`), kept until all of it is in the ring.
+    out_msg: Vec<u8>,
     /// Batches sent or being sent, oldest first. The worker answers their
     /// tasks in exactly this order.
     inflight: VecDeque<Batch>,
@@ -145,9 +152,14 @@ struct Slot {
 }
 
 impl Slot {
-    fn new() -> Slot {
-        Slot {
+    fn new(layout: &Layout, k: usize) -> Result<Slot> {
+        let (tasks, _) = layout.task_channel(k)?;
+        let (_, results) = layout.result_channel(k)?;
+        Ok(Slot {
             state: SlotState::Spawning,
+            tasks,
+            results,
+            out_msg: Vec::new(),
             inflight: VecDeque::new(),
             head_done: 0,
             sending: 0,
@@ -159,7 +171,7 @@ impl Slot {
             exit_sent: false,
             retry_spawn_at: None,
             result_buf: Vec::new(),
-        }
+        })
     }
 
     fn tasks_in_flight(&self) -> usize {
@@ -198,9 +210,9 @@ impl Engine {
         worker_bells: Vec<OwnedFd>,
         zygote: Zygote,
         limits: Limits,
-    ) -> Engine {
-        let slots = (0..worker_bells.len()).map(|_| Slot::new()).collect();
-        Engine {
+    ) -> Result<Engine> {
+        let slots = (0..worker_bells.len()).map(|k| Slot::new(&layout, k)).collect::<Result<Vec<_>>>()?;
+        Ok(Engine {
             layout,
             parent_bell,
             worker_bells,
@@ -213,7 +225,7 @@ impl Engine {
             closed: false,
             finished: false,
             reports: Vec::new(),
-        }
+        })
     }
 
     /// Asks the zygote for the first workers and waits until each is
@@ -337,13 +349,11 @@ impl Engine {
             let wake_at = [deadline, self.next_timer()].into_iter().flatten().min();
             let timeout = wake_at.map(|t| t.saturating_duration_since(now));
             let reports = self.zygote.report_fd();
-            let layout = &self.layout;
             let slots = &self.slots;
-            shared::sleep(layout.parent_sleeping(), self.parent_bell.as_fd(), &[reports], timeout, || {
-                slots.iter().enumerate().any(|(k, s)| {
+            shared::sleep(self.layout.parent_sleeping(), self.parent_bell.as_fd(), &[reports], timeout, || {
+                slots.iter().any(|s| {
                     matches!(s.state, SlotState::Live { .. })
-                        && (layout.result_ring(k).readable()
-                            || (s.sending < s.inflight.len() && layout.task_ring(k).writable()))
+                        && (s.results.has_data() || (s.sending < s.inflight.len() && s.tasks.has_room()))
                 })
             })?;
         }
@@ -361,11 +371,10 @@ impl Engine {
 
     /// Drains slot `k`'s result ring.
     fn collect(&mut self, k: usize) -> Result<()> {
-        let ring = self.layout.result_ring(k);
         let mut got_any = false;
         loop {
             let slot = &mut self.slots[k];
-            let more = match ring.try_read(&mut slot.result_buf) {
+            let more = match slot.results.try_recv_into(&mut slot.result_buf) {
                 Ok(more) => more,
                 Err(e) => {
                     // The ring can no longer be trusted: end the worker; its
@@ -380,8 +389,6 @@ impl Engine {
             got_any = true;
             let msg = std::mem::take(&mut self.slots[k].result_buf);
             self.deliver(k, &msg);
-            let mut msg = msg;
-            msg.clear();
             self.slots[k].result_buf = msg;
         }
         if got_any {
@@ -484,7 +491,14 @@ impl Engine {
         for b in requeue.into_iter().rev() {
             self.queue.push_front(b);
         }
+        // The worker is gone: nobody else touches the slot's rings now.
         self.layout.reset_slot(k);
+        let (tasks, _) = self.layout.task_channel(k)?;
+        let (_, results) = self.layout.result_channel(k)?;
+        let slot = &mut self.slots[k];
+        slot.tasks = tasks;
+        slot.results = results;
+        slot.out_msg.clear();
         self.maybe_respawn(k)
     }
 
@@ -588,18 +602,16 @@ impl Engine {
 
     /// Writes as much of slot `k`'s unsent batches as its ring takes.
     fn flush(&mut self, k: usize) -> Result<()> {
-        let ring = self.layout.task_ring(k);
         let slot = &mut self.slots[k];
         let mut wrote = false;
-        let mut header = Vec::with_capacity(32);
         while let Some(batch) = slot.inflight.get(slot.sending) {
-            header.clear();
-            message::encode_batch(batch.call, std::iter::empty(), &mut header);
-            // encode_batch wrote count 0: patch in the real count.
-            let n = header.len();
-            header[n - 4..].copy_from_slice(&batch.count.to_le_bytes());
+            if slot.sent_bytes == 0 {
+                slot.out_msg.clear();
+                message::encode_batch_header(batch.call, batch.count, &mut slot.out_msg);
+                slot.out_msg.extend_from_slice(&batch.payload);
+            }
             let before = slot.sent_bytes;
-            let done = ring.try_write_parts(&[&header, &batch.payload], &mut slot.sent_bytes)?;
+            let done = slot.tasks.try_send_partial(&slot.out_msg, &mut slot.sent_bytes)?;
             wrote |= slot.sent_bytes != before;
             if !done {
                 break;
@@ -620,8 +632,10 @@ impl Engine {
                 continue;
             }
             let mut sent = 0;
-            let ring = self.layout.task_ring(k);
-            if ring.try_write_parts(&[&message::exit_message()], &mut sent)? {
+            if self.slots[k].sending < self.slots[k].inflight.len() {
+                continue; // a batch is still being written
+            }
+            if self.slots[k].tasks.try_send_partial(&message::exit_message(), &mut sent)? {
                 self.slots[k].exit_sent = true;
                 shared::wake(self.layout.worker_sleeping(k), self.worker_bells[k].as_fd());
             }

@@ -114,7 +114,7 @@ fn work<T, R: Wire, F: Fn(&T) -> R>(
     items: &[T],
     f: &F,
 ) -> Result<()> {
-    let ring = layout.result_ring(slot);
+    let (mut ring, _) = layout.result_channel(slot)?;
     let mut out = Vec::new();
     loop {
         // Relaxed: the counter only hands out distinct numbers; the items
@@ -140,7 +140,7 @@ fn work<T, R: Wire, F: Fn(&T) -> R>(
         };
         let _ = tag;
         let mut sent = 0;
-        while !ring.try_write_parts(&[&out], &mut sent)? {
+        while !ring.try_send_partial(&out, &mut sent)? {
             shared::wake(layout.parent_sleeping(), parent_bell);
             // Nobody rings our bell: poll briefly for space instead.
             std::thread::sleep(std::time::Duration::from_micros(50));
@@ -154,13 +154,12 @@ fn collect<R: Wire>(layout: &Layout, bell: &Bell, len: usize, children: &mut [Ch
     let mut filled = 0;
     let mut buf = Vec::new();
     let mut last_death: Option<Error> = None;
+    let mut rings = (0..children.len()).map(|k| Ok(layout.result_channel(k)?.1)).collect::<Result<Vec<_>>>()?;
     while filled < len {
         // Results first: a dead worker's last results are still good.
-        for slot in 0..children.len() {
-            let ring = layout.result_ring(slot);
-            while ring.try_read(&mut buf)? {
+        for ring in rings.iter_mut() {
+            while ring.try_recv_into(&mut buf)? {
                 filled += file(&mut results, &buf);
-                buf.clear();
             }
         }
         for (slot, c) in children.iter_mut().enumerate() {
@@ -171,10 +170,8 @@ fn collect<R: Wire>(layout: &Layout, bell: &Bell, len: usize, children: &mut [Ch
             if !(ready[0].hangup || ready[0].readable) {
                 continue;
             }
-            let ring = layout.result_ring(slot);
-            while ring.try_read(&mut buf)? {
+            while rings[slot].try_recv_into(&mut buf)? {
                 filled += file(&mut results, &buf);
-                buf.clear();
             }
             let status = sys::waitpid(c.pid, false)?.ok_or(Error::InvalidState("no status"))?;
             c.reaped = true;
@@ -200,7 +197,7 @@ fn collect<R: Wire>(layout: &Layout, bell: &Bell, len: usize, children: &mut [Ch
             break;
         }
         let sentinels: Vec<_> = children.iter().filter(|c| !c.reaped).map(|c| c.sentinel.as_fd()).collect();
-        let rings_ready = || (0..children.len()).any(|k| layout.result_ring(k).readable());
+        let rings_ready = || rings.iter().any(|r| r.has_data());
         if shared::sleep(layout.parent_sleeping(), bell.read.as_fd(), &sentinels, None, rings_ready)?
             == Woke::BellClosed
         {

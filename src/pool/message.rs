@@ -74,13 +74,20 @@ impl Call {
     }
 }
 
-/// Encodes a batch of already-encoded arguments for one function.
-pub(crate) fn encode_batch<'a>(call: Call, args: impl ExactSizeIterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
+/// Encodes the header of a batch of `count` tasks; the arguments follow
+/// as `count` x (len u32, bytes).
+pub(crate) fn encode_batch_header(call: Call, count: u32, out: &mut Vec<u8>) {
     out.push(KIND_BATCH);
     out.extend_from_slice(&(call.entry as u64).to_le_bytes());
     out.extend_from_slice(&(call.func as u64).to_le_bytes());
     out.extend_from_slice(&call.check().to_le_bytes());
-    out.extend_from_slice(&(args.len() as u32).to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+}
+
+/// Encodes a whole batch of already-encoded arguments for one function.
+#[cfg(test)]
+fn encode_batch<'a>(call: Call, args: impl ExactSizeIterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
+    encode_batch_header(call, args.len() as u32, out);
     for arg in args {
         out.extend_from_slice(&(arg.len() as u32).to_le_bytes());
         out.extend_from_slice(arg);

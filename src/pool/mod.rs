@@ -160,7 +160,7 @@ impl PoolBuilder {
 
         let worker_layout = layout.clone();
         let (initializer, max_tasks) = (self.initializer, self.max_tasks_per_child);
-        let run_worker = move |slot: usize| -> ! {
+        let run_worker = move |slot: usize| {
             for (j, fd) in worker_reads.iter().enumerate() {
                 if j != slot {
                     sys::close_inherited(fd.as_raw_fd());
@@ -180,7 +180,7 @@ impl PoolBuilder {
         let side = ZygoteSide { requests: requests_r, reports: reports_w, run_worker };
         let zygote = Zygote::start(requests_w, reports_r, &parent_only, side)?;
         let limits = Limits { max_tasks: self.max_tasks_per_child, task_timeout: self.task_timeout };
-        let mut engine = Engine::new(layout, parent_read, worker_writes, zygote, limits);
+        let mut engine = Engine::new(layout, parent_read, worker_writes, zygote, limits)?;
         // On failure, dropping the engine kills and reaps whatever started.
         engine.start_workers()?;
         Ok(Pool { engine: RefCell::new(engine), processes: n })
@@ -553,4 +553,17 @@ impl<A, R, I> Drop for Imap<'_, A, R, I> {
             }
         }
     }
+}
+
+/// Makes `SIGINT` (Ctrl-C) and `SIGTERM` end the program cleanly: every
+/// live pool's workers are killed and reaped, then the process exits with
+/// status 130 or 143, as a shell reports a death by those signals. Without
+/// it the default action kills the parent at once; the pools' zygotes then
+/// see their request pipes close and kill the workers themselves, but the
+/// zygotes are reaped by `init`, not by you.
+///
+/// Children forked after this call inherit the handler; in them it does
+/// nothing but die of the signal, so their exit codes stay `-signal`.
+pub fn exit_cleanly_on_signals() -> Result<()> {
+    sys::signal::exit_on_signals(zygote::kill_all_pools)
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::ring::RawRing;
+use crate::ring::{self, Receiver, Sender};
 use crate::sys::{self, shm::SharedMapping};
 
 /// One cache-line-sized (two lines: adjacent-line prefetch) sleep flag.
@@ -50,7 +50,12 @@ pub(crate) struct Layout {
 
 impl Layout {
     fn slot_size(ring_capacity: usize) -> usize {
-        FLAG + 2 * RawRing::region_size(ring_capacity)
+        FLAG + 2 * ring::region_size(ring_capacity)
+    }
+
+    fn slot_offset(&self, slot: usize) -> usize {
+        assert!(slot < self.slots, "slot {slot} out of range");
+        FLAG + slot * Self::slot_size(self.ring_capacity)
     }
 
     /// Maps room for `slots` workers with rings of `ring_capacity` bytes
@@ -66,10 +71,9 @@ impl Layout {
     }
 
     fn slot_base(&self, slot: usize) -> *mut u8 {
-        assert!(slot < self.slots, "slot {slot} out of range");
         // SAFETY: the offset stays inside the mapping: FLAG + slot * size +
         // size <= len by construction in `new`.
-        unsafe { self.mapping.as_ptr().add(FLAG + slot * Self::slot_size(self.ring_capacity)) }
+        unsafe { self.mapping.as_ptr().add(self.slot_offset(slot)) }
     }
 
     fn flag(&self, base: *mut u8) -> &AtomicU32 {
@@ -105,25 +109,24 @@ impl Layout {
         self.flag(self.slot_base(slot))
     }
 
-    /// The parent-to-worker ring of `slot`.
-    pub(crate) fn task_ring(&self, slot: usize) -> RawRing<'_> {
-        // SAFETY: the region lies inside the mapping (see slot_base) and is
-        // used as this ring and nothing else, for as long as `self` lives.
-        unsafe { RawRing::attach(self.slot_base(slot).add(FLAG), self.ring_capacity) }
+    /// The parent-to-worker ring of `slot`: the parent keeps the sender,
+    /// the worker the receiver. No doorbells: the pool rings its own.
+    pub(crate) fn task_channel(&self, slot: usize) -> Result<(Sender, Receiver)> {
+        ring::attach(self.mapping.clone(), self.slot_offset(slot) + FLAG, self.ring_capacity)
     }
 
-    /// The worker-to-parent ring of `slot`.
-    pub(crate) fn result_ring(&self, slot: usize) -> RawRing<'_> {
-        let offset = FLAG + RawRing::region_size(self.ring_capacity);
-        // SAFETY: as for task_ring, the second ring region of the slot.
-        unsafe { RawRing::attach(self.slot_base(slot).add(offset), self.ring_capacity) }
+    /// The worker-to-parent ring of `slot`: the worker keeps the sender.
+    pub(crate) fn result_channel(&self, slot: usize) -> Result<(Sender, Receiver)> {
+        let offset = self.slot_offset(slot) + FLAG + ring::region_size(self.ring_capacity);
+        ring::attach(self.mapping.clone(), offset, self.ring_capacity)
     }
 
-    /// Empties both rings of `slot` and clears its flag. Only while no
+    /// Empties both rings of `slot` and clears its flags. Only while no
     /// worker is attached to the slot (before the first, after a death).
     pub(crate) fn reset_slot(&self, slot: usize) {
-        self.task_ring(slot).reset();
-        self.result_ring(slot).reset();
+        let offset = self.slot_offset(slot) + FLAG;
+        ring::reset(&self.mapping, offset);
+        ring::reset(&self.mapping, offset + ring::region_size(self.ring_capacity));
         self.worker_sleeping(slot).store(0, Ordering::SeqCst);
         self.running_item(slot).store(0, Ordering::SeqCst);
     }
@@ -155,7 +158,7 @@ pub(crate) fn wake(flag: &AtomicU32, bell: BorrowedFd<'_>) {
     fence(Ordering::SeqCst);
     // Relaxed is enough after the fence.
     if flag.load(Ordering::Relaxed) != 0 {
-        sys::trace!("doorbell ring(fd {:?})", bell);
+        sys::trace!("doorbell ring(fd {})", std::os::fd::AsRawFd::as_raw_fd(&bell));
         // EAGAIN (pipe full) means a wake-up is already pending; EPIPE means
         // the sleeper is gone. Neither needs handling here.
         let _ = sys::write(bell, b"w");
@@ -199,7 +202,7 @@ pub(crate) fn sleep(
         flag.store(0, Ordering::Relaxed);
         return Ok(Woke::Ready);
     }
-    sys::trace!("doorbell wait(fd {:?})", bell);
+    sys::trace!("doorbell wait(fd {})", std::os::fd::AsRawFd::as_raw_fd(&bell));
     let mut fds = Vec::with_capacity(1 + extra.len());
     fds.push((bell, true, false));
     fds.extend(extra.iter().map(|&fd| (fd, true, false)));

@@ -4,11 +4,11 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 
 use super::message::{self, Batch, ResultTag};
 use super::shared::{self, Layout, Woke};
 use crate::error::{Error, Result};
+use crate::ring::Sender;
 use crate::sys;
 
 /// What a worker needs; the zygote builds one per fork.
@@ -45,17 +45,19 @@ impl Worker<'_> {
     }
 
     fn serve(&self) -> Result<()> {
-        let tasks = self.layout.task_ring(self.slot);
+        let (_, mut tasks) = self.layout.task_channel(self.slot)?;
+        let (mut results, _) = self.layout.result_channel(self.slot)?;
         let mut msg = Vec::new();
         let mut result = Vec::new();
+        let mut out = Vec::new();
         let mut done = 0usize;
         loop {
             // Take the next message, sleeping on our bell when the ring is empty.
             loop {
-                if tasks.try_read(&mut msg)? {
+                if tasks.try_recv_into(&mut msg)? {
                     break;
                 }
-                if self.sleep(|| tasks.readable())? == Woke::BellClosed && !tasks.readable() {
+                if self.sleep(|| tasks.has_data())? == Woke::BellClosed && !tasks.has_data() {
                     return Ok(()); // the parent is gone
                 }
             }
@@ -67,13 +69,13 @@ impl Worker<'_> {
                 Err(_) => {
                     // Unreadable batch: say so for its first task and leave;
                     // the parent re-queues the rest when it sees us die.
-                    self.send_result(ResultTag::Corrupt, &[])?;
+                    self.send_result(&mut results, &mut out, ResultTag::Corrupt, &[])?;
                     return Err(Error::InvalidState("corrupt task message"));
                 }
             };
             for arg in batch.args() {
                 let tag = run_task(&batch, arg, &mut result);
-                self.send_result(tag, &result)?;
+                self.send_result(&mut results, &mut out, tag, &result)?;
                 done += 1;
                 if self.max_tasks == Some(done) {
                     return Ok(());
@@ -82,13 +84,14 @@ impl Worker<'_> {
         }
     }
 
-    fn send_result(&self, tag: ResultTag, payload: &[u8]) -> Result<()> {
-        let results = self.layout.result_ring(self.slot);
+    fn send_result(&self, results: &mut Sender, out: &mut Vec<u8>, tag: ResultTag, payload: &[u8]) -> Result<()> {
+        out.clear();
+        out.push(tag as u8);
+        out.extend_from_slice(payload);
         let mut sent = 0;
-        let parts: [&[u8]; 2] = [&[tag as u8], payload];
-        while !results.try_write_parts(&parts, &mut sent)? {
+        while !results.try_send_partial(out, &mut sent)? {
             shared::wake(self.layout.parent_sleeping(), self.parent_bell);
-            if self.sleep(|| results.writable())? == Woke::BellClosed {
+            if self.sleep(|| results.has_room())? == Woke::BellClosed {
                 return Err(Error::Closed);
             }
         }
@@ -116,8 +119,3 @@ fn run_task(batch: &Batch<'_>, arg: &[u8], out: &mut Vec<u8>) -> ResultTag {
         }
     }
 }
-
-// Ordering note: all cross-process ordering of task and result bytes is the
-// ring's (release on publish, acquire on consume); the sleep flags' ordering
-// is in `shared`. Nothing here needs more.
-const _: Ordering = Ordering::Relaxed;

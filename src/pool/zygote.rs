@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, OsError, Result};
 use crate::status::ExitStatus;
@@ -82,6 +83,37 @@ impl Report {
     }
 }
 
+/// Live zygotes of this process, for the signal handler: `pid << 32 | fd`
+/// of the request pipe, 0 when free. Lock-free so a handler can read it.
+static LIVE: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+
+fn register(pid: i32, fd: i32) -> Option<usize> {
+    let entry = (pid as u64) << 32 | fd as u32 as u64;
+    // AcqRel/Acquire: the entry becomes visible to a handler on this thread
+    // at once; other threads only need the slot claimed exactly once.
+    (0..LIVE.len()).find(|&i| LIVE[i].compare_exchange(0, entry, Ordering::AcqRel, Ordering::Acquire).is_ok())
+}
+
+/// Kills every pool's workers and reaps every zygote. Async-signal-safe:
+/// only `write` and `waitpid` on values read from atomics.
+pub(crate) fn kill_all_pools() {
+    let mut rec = [0u8; REQ_LEN];
+    rec[0..4].copy_from_slice(&REQ_KILL_ALL.to_le_bytes());
+    for entry in &LIVE {
+        let e = entry.load(Ordering::Acquire);
+        if e != 0 {
+            let (pid, fd) = ((e >> 32) as i32, e as u32 as i32);
+            // SAFETY: async-signal-safe calls on integers and a stack buffer.
+            // The fd stays open while registered (unregistered before close).
+            unsafe {
+                libc::write(fd, rec.as_ptr().cast(), REQ_LEN);
+                let mut status = 0;
+                while libc::waitpid(pid, &mut status, 0) == -1 && crate::sys::last_errno() == libc::EINTR {}
+            }
+        }
+    }
+}
+
 /// The parent's handle on the zygote.
 #[derive(Debug)]
 pub(crate) struct Zygote {
@@ -90,16 +122,18 @@ pub(crate) struct Zygote {
     reports: OwnedFd,
     partial: Vec<u8>,
     reaped: bool,
+    registered: Option<usize>,
 }
 
 /// Everything the zygote keeps (its ends of the pipes, and what it needs to
 /// start a worker). Built in the parent before the fork.
-pub(crate) struct ZygoteSide<W: FnMut(usize) -> !> {
+pub(crate) struct ZygoteSide<W: FnMut(usize)> {
     /// Read end of the request pipe.
     pub requests: OwnedFd,
     /// Write end of the report pipe.
     pub reports: OwnedFd,
-    /// Runs a worker of the given slot in a freshly forked child.
+    /// Runs a worker of the given slot in a freshly forked child; never
+    /// returns (it ends with `_exit`).
     pub run_worker: W,
 }
 
@@ -107,7 +141,7 @@ impl Zygote {
     /// Forks the zygote. `zygote_side` runs in the child; `close_in_child`
     /// are the parent's descriptors the zygote must not hold (so that their
     /// peers see EOF when the parent dies).
-    pub(crate) fn start<W: FnMut(usize) -> !>(
+    pub(crate) fn start<W: FnMut(usize)>(
         requests_w: OwnedFd,
         reports_r: OwnedFd,
         close_in_child: &[std::os::fd::RawFd],
@@ -126,8 +160,17 @@ impl Zygote {
             }
             Forked::Parent(pid) => {
                 drop(zygote_side);
-                sys::set_nonblocking(reports_r.as_fd(), true)?;
-                Ok(Zygote { pid, requests: Some(requests_w), reports: reports_r, partial: Vec::new(), reaped: false })
+                let registered = register(pid, requests_w.as_raw_fd());
+                let zygote = Zygote {
+                    pid,
+                    requests: Some(requests_w),
+                    reports: reports_r,
+                    partial: Vec::new(),
+                    reaped: false,
+                    registered,
+                };
+                sys::set_nonblocking(zygote.reports.as_fd(), true)?;
+                Ok(zygote)
             }
         }
     }
@@ -184,6 +227,9 @@ impl Zygote {
         if self.reaped {
             return Ok(());
         }
+        if let Some(i) = self.registered.take() {
+            LIVE[i].store(0, Ordering::Release);
+        }
         let sent = self.request(if kill { REQ_KILL_ALL } else { REQ_SHUTDOWN }, 0);
         // Closing the request pipe is the fallback order: EOF means kill all.
         self.requests = None;
@@ -201,7 +247,7 @@ impl Drop for Zygote {
 }
 
 /// The zygote's whole life. Never returns.
-fn zygote_main<W: FnMut(usize) -> !>(mut side: ZygoteSide<W>) -> ! {
+fn zygote_main<W: FnMut(usize)>(mut side: ZygoteSide<W>) -> ! {
     let code = match zygote_loop(&mut side) {
         Ok(()) => 0,
         Err(_) => 1,
@@ -209,9 +255,10 @@ fn zygote_main<W: FnMut(usize) -> !>(mut side: ZygoteSide<W>) -> ! {
     sys::exit_now(code)
 }
 
-fn zygote_loop<W: FnMut(usize) -> !>(side: &mut ZygoteSide<W>) -> Result<()> {
+fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>) -> Result<()> {
     // Ctrl-C goes to the whole foreground group; the zygote leaves the
     // decision to its parent, which will tell it (or die, and close the pipe).
+    sys::signal::reset_for_child()?;
     sys::signal::ignore(libc::SIGINT)?;
     sys::signal::ignore(libc::SIGQUIT)?;
     let (sig_r, sig_w) = sys::pipe()?;
@@ -282,12 +329,12 @@ fn read_record(fd: std::os::fd::BorrowedFd<'_>, rec: &mut [u8; REQ_LEN]) -> Resu
     Ok(got)
 }
 
-fn report<W: FnMut(usize) -> !>(side: &ZygoteSide<W>, rep: Report) {
+fn report<W: FnMut(usize)>(side: &ZygoteSide<W>, rep: Report) {
     // A parent that is gone cannot be told; the request pipe's EOF will end us.
     let _ = sys::write_all(side.reports.as_fd(), &rep.encode());
 }
 
-fn spawn_worker<W: FnMut(usize) -> !>(
+fn spawn_worker<W: FnMut(usize)>(
     side: &mut ZygoteSide<W>,
     slot: usize,
     zygote_pid: i32,
@@ -310,7 +357,9 @@ fn spawn_worker<W: FnMut(usize) -> !>(
             if sys::getppid() != zygote_pid {
                 sys::exit_now(1);
             }
-            (side.run_worker)(slot)
+            (side.run_worker)(slot);
+            // run_worker ends the process itself; this is only a backstop.
+            sys::exit_now(1)
         }
         Forked::Parent(pid) => {
             sys::set_child_process_group(pid);

@@ -68,3 +68,43 @@ pub(crate) fn reset_for_child() -> Result<()> {
     }
     Ok(())
 }
+
+/// The process that installed the exit handlers; children that inherit
+/// them (forked before they could reset) must not act on its behalf.
+static HANDLER_OWNER: AtomicI32 = AtomicI32::new(0);
+/// A cleanup routine the handler runs first (async-signal-safe only).
+static CLEANUP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn on_exit_signal(signal: libc::c_int) {
+    // SAFETY: getpid is async-signal-safe.
+    let me = unsafe { libc::getpid() };
+    if HANDLER_OWNER.load(Ordering::Relaxed) != me {
+        // An inherited handler in a child: die of the signal as if no
+        // handler had been installed, so the parent sees -signal.
+        // SAFETY: signal/raise are async-signal-safe.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+        return;
+    }
+    let cleanup = CLEANUP.load(Ordering::Relaxed);
+    if cleanup != 0 {
+        // SAFETY: CLEANUP only ever holds a `fn()` stored by
+        // `exit_on_signals`, whose contract is async-signal safety.
+        let f = unsafe { std::mem::transmute::<usize, fn()>(cleanup) };
+        f();
+    }
+    // SAFETY: _exit is async-signal-safe; 128 + signal is the shell's code.
+    unsafe { libc::_exit(128 + signal) };
+}
+
+/// On `SIGINT` and `SIGTERM`, runs `cleanup` (which must be
+/// async-signal-safe) and exits with status 128 + signal (130, 143).
+pub(crate) fn exit_on_signals(cleanup: fn()) -> Result<()> {
+    CLEANUP.store(cleanup as usize, Ordering::Relaxed);
+    HANDLER_OWNER.store(crate::sys::getpid(), Ordering::Relaxed);
+    let handler = on_exit_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    set_handler(libc::SIGINT, handler)?;
+    set_handler(libc::SIGTERM, handler)
+}

@@ -85,8 +85,28 @@ pub fn numbers(args: NumbersArgs) -> u8 {
 
 /// `mproc cube`: the seed's pool of three. Twin: `c-compare/cube_pool.c`.
 pub fn cube(args: CubeArgs) -> u8 {
-    let _ = args;
-    fail("cube", &Error::InvalidState("not yet"))
+    let mut pool = match mproc::Pool::new(args.processes as usize) {
+        Ok(pool) => pool,
+        Err(e) => return fail("cube", &e),
+    };
+    if let Err(e) = pool.map(print_cube, args.numbers) {
+        return fail("cube", &e);
+    }
+    pool.close();
+    if let Err(e) = pool.join() {
+        return fail("cube", &e);
+    }
+    println!("Main process completed");
+    0
+}
+
+/// Runs in a worker: prints one line and returns the cube to the parent.
+fn print_cube(n: i64) -> i128 {
+    // i128: the cube of an i64 up to 2^42 in magnitude fits; beyond that
+    // wrapping would print nonsense, so saturate instead.
+    let result = i128::from(n).saturating_mul(i128::from(n)).saturating_mul(i128::from(n));
+    println!("The cube of {n} is {result}");
+    result
 }
 
 /// One variable with one address in every process forked from us.

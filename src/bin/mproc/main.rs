@@ -59,6 +59,11 @@ fn main() -> ExitCode {
         Err(err) => return usage_error(err),
     };
     mproc::set_trace(cli.trace);
+    // Ctrl-C or SIGTERM: kill and reap every pool's workers, exit 130/143.
+    // (`mproc run` installs its own handling for its jobs.)
+    if let Err(e) = mproc::exit_cleanly_on_signals() {
+        return ExitCode::from(fail("signals", &e));
+    }
     let code = match cli.command {
         Command::Square(args) => demos::square(args),
         Command::Numbers(args) => demos::numbers(args),

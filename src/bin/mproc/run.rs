@@ -1,6 +1,264 @@
-//! `mproc run` (being written).
+//! `mproc run`: runs a command once per input, in parallel, with grouped
+//! output. Parses arguments, reads the inputs, calls
+//! [`mproc::runner::run`], writes the job log, maps the result to an exit
+//! status.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mproc::runner::{self, JobStdin, Options, Order, Output, Template, JOBLOG_HEADER};
+
+use crate::EXIT_USAGE;
+
+/// Exit status cap for failed jobs (GNU parallel's convention).
+const EXIT_MAX_FAILED: u8 = 101;
+/// Exit status when the runner itself failed (fork, pipe, spill file, job
+/// log), as distinct from failed jobs.
+const EXIT_RUNNER_FAILED: u8 = 255;
+/// Exit status when our stdout was closed under us (a shell's 128 + SIGPIPE).
+const EXIT_BROKEN_PIPE: u8 = 141;
+
+const AFTER_HELP: &str = "\
+Inputs come after ::: or, without :::, one per line from stdin. In COMMAND and ARGS, \
+{} is the input, {.} the input without extension, {/} its basename, {//} its directory, \
+{/.} its basename without extension; with none of these, the input is appended.
+
+Exit status: 0 all jobs succeeded; 1-100 that many jobs failed; 101 more than 100 failed; \
+2 usage error; 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP; 141 output closed; \
+255 the runner itself failed.
+
+Examples:
+  mproc run gzip -k ::: *.txt
+  find . -name '*.png' | mproc run -j 4 convert {} {.}.jpg
+  mproc run --timeout 30s --joblog log.tsv ./test.sh ::: 1 2 3";
+
+/// Runs a command once per input, in parallel, with grouped output.
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {}
-pub fn main(_args: RunArgs) -> u8 {
-    1
+#[command(after_help = AFTER_HELP)]
+pub struct RunArgs {
+    /// Run N jobs at once [default: the number of CPUs]
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = parse_jobs)]
+    jobs: Option<usize>,
+
+    /// Print each job's output in input order (the default)
+    #[arg(short = 'k', long, overrides_with = "unordered")]
+    keep_order: bool,
+
+    /// Print each job's output as soon as the job completes
+    #[arg(long, overrides_with = "keep_order")]
+    unordered: bool,
+
+    /// Kill a job running longer than DURATION (500ms, 2s, 1.5, 1m, 1h): SIGTERM to its process group, SIGKILL 200ms later
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+
+    /// After the first failed job, start no new jobs; running ones complete
+    #[arg(long)]
+    halt_on_error: bool,
+
+    /// Print the commands, one per line, shell-quoted, without running them
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Write a tab-separated line per completed job to FILE
+    #[arg(long, value_name = "FILE")]
+    joblog: Option<PathBuf>,
+
+    /// Inputs on stdin are separated by NUL bytes instead of newlines
+    #[arg(short = '0', long)]
+    null: bool,
+
+    /// COMMAND [ARGS...] [::: INPUT...]
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
+    command: Vec<OsString>,
+}
+
+pub fn main(args: RunArgs) -> u8 {
+    let (words, listed_inputs) = match split_command(args.command) {
+        Ok(split) => split,
+        Err(msg) => return usage(&msg),
+    };
+    let template = match Template::new(words) {
+        Ok(t) => t,
+        Err(err) => return usage(&err.to_string()),
+    };
+    let stdin_inputs = listed_inputs.is_none();
+    let inputs = match listed_inputs {
+        Some(inputs) => inputs,
+        None => match read_inputs(if args.null { b'\0' } else { b'\n' }) {
+            Ok(inputs) => inputs,
+            Err(err) => return runner_failed(&format!("reading inputs from stdin: {err}")),
+        },
+    };
+    if args.dry_run {
+        return dry_run(&template, &inputs);
+    }
+
+    let mut joblog = match args.joblog.as_deref().map(open_joblog).transpose() {
+        Ok(log) => log,
+        Err(msg) => return runner_failed(&msg),
+    };
+    let options = Options {
+        jobs: args.jobs.unwrap_or_else(|| Options::default().jobs),
+        order: if args.unordered { Order::Unordered } else { Order::Keep },
+        timeout: args.timeout,
+        halt_on_error: args.halt_on_error,
+        stdin: if stdin_inputs { JobStdin::Null } else { JobStdin::Inherit },
+        handle_signals: true,
+        ..Options::default()
+    };
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    let output = Output { stdout: stdout.as_fd(), stderr: stderr.as_fd() };
+    let mut log_error: Option<std::io::Error> = None;
+    let result = runner::run(&template, inputs, &options, output, &mut |report| {
+        if let (Some(log), None) = (joblog.as_mut(), log_error.as_ref()) {
+            if let Err(err) = log.write_all(&report.joblog_line()) {
+                log_error = Some(err);
+            }
+        }
+    });
+
+    match result {
+        Err(mproc::Error::Os(e)) if e.errno == libc::EPIPE => EXIT_BROKEN_PIPE,
+        Err(err) => runner_failed(&err.to_string()),
+        Ok(summary) => {
+            if let Some(signal) = summary.interrupted {
+                return (128 + signal) as u8;
+            }
+            if let Some(err) = log_error {
+                return runner_failed(&format!("writing the job log: {err}"));
+            }
+            summary.failed.min(u64::from(EXIT_MAX_FAILED)) as u8
+        }
+    }
+}
+
+/// Words of a command line, or inputs, as bytes.
+type Words = Vec<Vec<u8>>;
+
+/// Splits `COMMAND [ARGS...] [::: INPUT...]`; `None` inputs: read stdin.
+fn split_command(words: Vec<OsString>) -> Result<(Words, Option<Words>), String> {
+    let mut words: Words = words.into_iter().map(OsString::into_vec).collect();
+    let inputs = match words.iter().position(|w| w == b":::") {
+        None => None,
+        Some(at) => {
+            let inputs = words.split_off(at + 1);
+            words.pop(); // the ":::" itself
+            if inputs.iter().any(|w| w == b":::") {
+                return Err("only one ::: list of inputs is supported".into());
+            }
+            Some(inputs)
+        }
+    };
+    if words.is_empty() {
+        return Err("missing COMMAND (usage: mproc run [OPTIONS] COMMAND [ARGS...] [::: INPUT...])".into());
+    }
+    Ok((words, inputs))
+}
+
+/// All of stdin, split at `separator`; a final separator ends the last
+/// input rather than starting an empty one.
+fn read_inputs(separator: u8) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut data = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut data)?;
+    if data.last() == Some(&separator) {
+        data.pop();
+    } else if data.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(data.split(|&b| b == separator).map(<[u8]>::to_vec).collect())
+}
+
+fn dry_run(template: &Template, inputs: &[Vec<u8>]) -> u8 {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = inputs.iter().try_for_each(|input| {
+        out.write_all(&runner::shell_line(&template.expand(input)))?;
+        out.write_all(b"\n")
+    });
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => EXIT_BROKEN_PIPE,
+        Err(err) => runner_failed(&format!("writing: {err}")),
+    }
+}
+
+fn open_joblog(path: &std::path::Path) -> Result<File, String> {
+    let mut file =
+        File::create(path).map_err(|e| format!("cannot create job log {}: {e}", path.display()))?;
+    file.write_all(JOBLOG_HEADER.as_bytes())
+        .map_err(|e| format!("writing job log {}: {e}", path.display()))?;
+    Ok(file)
+}
+
+fn usage(msg: &str) -> u8 {
+    eprintln!("mproc: run: {msg}");
+    EXIT_USAGE
+}
+
+fn runner_failed(msg: &str) -> u8 {
+    eprintln!("mproc: run: {msg}");
+    EXIT_RUNNER_FAILED
+}
+
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a number of jobs")),
+    }
+}
+
+/// `500ms`, `2s`, `1.5` (seconds), `1m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("'{s}' is not a duration (examples: 500ms, 2s, 1.5, 1m)");
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale = match unit {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("'{s}': the timeout must be positive"));
+    }
+    Duration::try_from_secs_f64(value * scale).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_the_documented_forms() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "x", "2x", "0", "-1", "nan", "inf", "1.5.2s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn command_and_inputs_split_at_the_marker() {
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let b = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            split_command(os(&["echo", "{}", ":::", "a", "b"])),
+            Ok((b(&["echo", "{}"]), Some(b(&["a", "b"]))))
+        );
+        assert_eq!(split_command(os(&["echo", ":::"])), Ok((b(&["echo"]), Some(vec![]))));
+        assert_eq!(split_command(os(&["echo"])), Ok((b(&["echo"]), None)));
+        assert!(split_command(os(&[":::", "a"])).is_err());
+        assert!(split_command(os(&["echo", ":::", "a", ":::", "b"])).is_err());
+    }
 }

@@ -1,6 +1,222 @@
-//! `mproc bench run` (being written).
+//! `mproc bench run`: jobs per second of `mproc run` against `xargs -P N
+//! -n 1` and, when installed, GNU `parallel -j N`, all measured in this run.
+//!
+//! Every tool runs as its own process, reads the same inputs from a file on
+//! stdin, and writes to `/dev/null`, so each pays for its own start-up as a
+//! user would. Rounds are interleaved (mproc, xargs, parallel, mproc, ...)
+//! so drift on a shared machine hits every tool alike; the median round is
+//! reported. Two workloads: `/bin/true` (pure fork/exec cost) and `echo`
+//! (each job prints a line, so mproc's output grouping is exercised, while
+//! xargs lets lines mix freely).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use super::{median, Table};
+
 #[derive(clap::Args, Debug)]
-pub struct Args {}
-pub fn main(_args: Args) -> u8 {
-    1
+pub struct Args {
+    /// Jobs running at once [default: the number of CPUs]
+    #[arg(short = 'j', long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Jobs per measurement (GNU parallel, being slower, gets a fifth of them)
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    count: usize,
+    /// Measurements per tool; the median is reported
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    rounds: usize,
+    /// Print `name<TAB>value<TAB>unit` lines (for `make compare`) instead of the table
+    #[arg(long)]
+    tsv: bool,
+}
+
+/// One command line to measure.
+struct Contender {
+    label: &'static str,
+    tsv_name: &'static str,
+    argv: Vec<String>,
+    jobs: usize,
+    rates: Vec<f64>,
+}
+
+pub fn main(args: Args) -> u8 {
+    if args.count == 0 || args.rounds == 0 || args.jobs == Some(0) {
+        eprintln!("mproc: bench run: --count, --rounds and --jobs must be at least 1");
+        return crate::EXIT_USAGE;
+    }
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mproc = match std::env::current_exe() {
+        Ok(path) => path.to_string_lossy().into_owned(),
+        Err(err) => return failed(&format!("cannot find the mproc binary: {err}")),
+    };
+    let parallel = gnu_parallel_installed();
+    let n = jobs.to_string();
+    let mut contenders = vec![
+        Contender::new(
+            "mproc run /bin/true",
+            "run_jobs",
+            &[&mproc, "run", "-j", &n, "/bin/true"],
+            args.count,
+        ),
+        Contender::new(
+            "xargs -P N -n 1 /bin/true",
+            "run_jobs_xargs",
+            &["xargs", "-P", &n, "-n", "1", "/bin/true"],
+            args.count,
+        ),
+    ];
+    if parallel {
+        let fifth = (args.count / 5).max(1);
+        contenders.push(Contender::new(
+            "parallel -j N /bin/true",
+            "run_jobs_parallel",
+            &["parallel", "--will-cite", "-j", &n, "/bin/true"],
+            fifth,
+        ));
+    }
+    contenders.push(Contender::new(
+        "mproc run echo",
+        "run_jobs_echo",
+        &[&mproc, "run", "-j", &n, "echo"],
+        args.count,
+    ));
+    contenders.push(Contender::new(
+        "xargs -P N -n 1 echo",
+        "run_jobs_echo_xargs",
+        &["xargs", "-P", &n, "-n", "1", "echo"],
+        args.count,
+    ));
+
+    let inputs = match InputFile::create(args.count) {
+        Ok(f) => f,
+        Err(err) => return failed(&format!("cannot write the input file: {err}")),
+    };
+    if !args.tsv {
+        println!("mproc bench run: jobs/s, {} rounds (median), -j {jobs}", args.rounds);
+    }
+    for _ in 0..args.rounds {
+        for c in &mut contenders {
+            match c.measure(&inputs) {
+                Ok(rate) => c.rates.push(rate),
+                Err(msg) => return failed(&msg),
+            }
+        }
+    }
+    let rates: Vec<f64> = contenders.iter_mut().map(|c| median(&mut c.rates)).collect();
+
+    if args.tsv {
+        for (c, rate) in contenders.iter().zip(&rates) {
+            println!("{}\t{rate:.0}\tjobs/s", c.tsv_name);
+        }
+        return 0;
+    }
+    let echo_row = contenders.iter().position(|c| c.tsv_name == "run_jobs_echo").unwrap_or(0);
+    let mut table = Table::new(&["command", "jobs", "jobs/s", "mproc run ÷ this"]);
+    for (i, (c, rate)) in contenders.iter().zip(&rates).enumerate() {
+        // Compare like with like: each /bin/true row against mproc's
+        // /bin/true row, each echo row against mproc's echo row.
+        let base = if i >= echo_row { rates[echo_row] } else { rates[0] };
+        table.row(&[
+            c.label.to_string(),
+            c.jobs.to_string(),
+            format!("{rate:.0}"),
+            format!("{:.2}×", base / rate),
+        ]);
+    }
+    table.print();
+    if !parallel {
+        println!("  (GNU parallel is not installed: skipped)");
+    }
+    0
+}
+
+impl Contender {
+    fn new(label: &'static str, tsv_name: &'static str, argv: &[&str], jobs: usize) -> Contender {
+        Contender {
+            label,
+            tsv_name,
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            jobs,
+            rates: Vec::new(),
+        }
+    }
+
+    /// Jobs/s of one run: `jobs` inputs on stdin, output discarded.
+    fn measure(&self, inputs: &InputFile) -> Result<f64, String> {
+        let stdin = inputs.first(self.jobs).map_err(|e| format!("reading the input file: {e}"))?;
+        let start = Instant::now();
+        let status = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(stdin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("{}: {e}", self.argv[0]))?;
+        let secs = start.elapsed().as_secs_f64();
+        if !status.success() {
+            return Err(format!("`{}` failed: {status}", self.argv.join(" ")));
+        }
+        Ok(self.jobs as f64 / secs)
+    }
+}
+
+/// The inputs `1`..`count`, one per line, in an unlinked temporary file.
+struct InputFile {
+    path: PathBuf,
+    /// Byte offset just after line `i + 1`.
+    line_ends: Vec<u64>,
+}
+
+impl InputFile {
+    fn create(count: usize) -> std::io::Result<InputFile> {
+        let path = std::env::temp_dir().join(format!(".mproc-bench-run-{}", std::process::id()));
+        let mut text = String::new();
+        let mut line_ends = Vec::with_capacity(count);
+        for i in 1..=count {
+            text.push_str(&i.to_string());
+            text.push('\n');
+            line_ends.push(text.len() as u64);
+        }
+        File::create(&path)?.write_all(text.as_bytes())?;
+        Ok(InputFile { path, line_ends })
+    }
+
+    /// The first `n` lines as a stdin: a fresh open, truncated to size via a
+    /// copy of just those lines when fewer than all are wanted.
+    fn first(&self, n: usize) -> std::io::Result<Stdio> {
+        if n >= self.line_ends.len() {
+            return Ok(Stdio::from(File::open(&self.path)?));
+        }
+        let part = self.path.with_extension(format!("first{n}"));
+        let bytes = std::fs::read(&self.path)?;
+        std::fs::write(&part, &bytes[..self.line_ends[n - 1] as usize])?;
+        let file = File::open(&part)?;
+        std::fs::remove_file(&part)?;
+        Ok(Stdio::from(file))
+    }
+}
+
+impl Drop for InputFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// True when `parallel` is GNU parallel (moreutils ships a different one).
+fn gnu_parallel_installed() -> bool {
+    Command::new("parallel")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("GNU parallel"))
+        .unwrap_or(false)
+}
+
+fn failed(msg: &str) -> u8 {
+    eprintln!("mproc: bench run: {msg}");
+    crate::EXIT_FAILURE
 }

@@ -1,0 +1,784 @@
+//! The scheduling loop: start jobs, one `poll` over every job's pipes and a
+//! self-pipe for signals, route output, reap, enforce deadlines.
+//!
+//! A job's life, as fields of [`Job`]:
+//!
+//! ```text
+//! spawned ──► pipes open, leader running
+//!   │   (stdout and stderr reach EOF: every process holding them is gone)
+//!   ▼
+//! pipes closed ──► waitpid(WNOHANG) on each wake-up (SIGCHLD) ──► status
+//!   ▼
+//! completed: outcome decided, reported (job log), counted
+//!   ▼
+//! printed (keep-order: when it reaches the head) and removed
+//! ```
+//!
+//! The leader is reaped only after its pipes close (or after it was sent
+//! SIGKILL). Until then it stays a zombie at worst, which keeps its pid —
+//! the process group id we signal — from being reused by another process.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::spool::{io_error, Budget, SpillFile, Spool};
+use super::{shell_line, JobReport, JobStdin, Options, Order, Outcome, Output, Summary, Template};
+use crate::error::{Error, Result};
+use crate::status::ExitStatus;
+use crate::sys::{self, exec, trace};
+
+/// How long `poll` may sleep while a job's pipes are closed but its exit has
+/// not been seen: a safety net should a SIGCHLD go to a handler other than
+/// ours (another thread re-installing one). Normally SIGCHLD wakes us first.
+const REAP_RECHECK: Duration = Duration::from_millis(50);
+
+/// Read size per pipe per wake-up: a full default pipe buffer.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Signals that stop a run (when `Options::handle_signals` is set).
+const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+static RUN_ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// Runs `template` once per input; see the [module docs](super).
+///
+/// Jobs are started in input order, at most `options.jobs` at a time, each
+/// in a process group of its own. Their output goes to `output`, grouped per
+/// job (see [`Order`]). `on_finish` is called once per completed job, in
+/// completion order, before its output is printed.
+///
+/// Returns when every started job has completed and been reaped. A stop
+/// signal (SIGINT, SIGTERM, SIGHUP) ends the run early: running jobs get the
+/// same signal, SIGKILL after [`Options::kill_grace`], are reaped, and
+/// nothing more is printed; [`Summary::interrupted`] names the signal.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for `jobs == 0`; [`Error::InvalidState`] when
+/// another `run` is active in this process (signal handlers are
+/// process-wide); [`Error::Os`] when the machinery fails (`pipe`, `fork`,
+/// writing the output, the spill file). Even then, every job already
+/// started has been stopped and reaped before `run` returns.
+pub fn run<I>(
+    template: &Template,
+    inputs: I,
+    options: &Options,
+    output: Output<'_>,
+    on_finish: &mut dyn FnMut(&JobReport),
+) -> Result<Summary>
+where
+    I: IntoIterator<Item = Vec<u8>>,
+{
+    if options.jobs == 0 {
+        return Err(Error::InvalidArgument("jobs must be at least 1".into()));
+    }
+    exec::ensure_standard_fds()?;
+    let _active = ActiveRun::claim()?;
+    let signals = SignalGuard::install(options.handle_signals)?;
+    let job_stdin = match options.stdin {
+        JobStdin::Null => true,
+        // A job in its own process group that reads the terminal would be
+        // stopped by SIGTTIN and never finish.
+        JobStdin::Inherit => std::io::IsTerminal::is_terminal(&std::io::stdin()),
+    };
+    let devnull = match job_stdin {
+        true => Some(File::open("/dev/null").map_err(|e| io_error("open", e))?),
+        false => None,
+    };
+    let mut engine = Engine {
+        template,
+        options,
+        out: output.stdout,
+        err: output.stderr,
+        on_finish,
+        inputs: inputs.into_iter(),
+        exhausted: false,
+        next_seq: 0,
+        jobs: BTreeMap::new(),
+        live: Vec::new(),
+        unordered_ready: VecDeque::new(),
+        budget: Budget { per_stream: options.buffer_per_stream, total: options.buffer_total, used: 0 },
+        spill: SpillFile::default(),
+        halted: false,
+        stop: None,
+        started: 0,
+        failed: 0,
+        wake: signals.wake_read.as_fd(),
+        devnull,
+        reset_signals: exec::signals_to_reset(),
+        buf: vec![0; READ_CHUNK],
+    };
+    engine.run_loop()?;
+    let summary = Summary { started: engine.started, failed: engine.failed, interrupted: None };
+    match engine.stop.take() {
+        None => Ok(summary),
+        Some(Stop::Signal(signal)) => Ok(Summary { interrupted: Some(signal), ..summary }),
+        Some(Stop::Failed(err)) => Err(err),
+    }
+}
+
+/// Only one run per process: the signal handlers and the self-pipe are
+/// process-wide.
+struct ActiveRun;
+
+impl ActiveRun {
+    fn claim() -> Result<ActiveRun> {
+        // AcqRel/Acquire: a plain mutual-exclusion flag.
+        RUN_ACTIVE
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ActiveRun)
+            .map_err(|_| Error::InvalidState("another mproc run is active in this process"))
+    }
+}
+
+impl Drop for ActiveRun {
+    fn drop(&mut self) {
+        RUN_ACTIVE.store(false, Ordering::Release);
+    }
+}
+
+/// The run's signal handlers and self-pipe; Drop puts everything back.
+struct SignalGuard {
+    saved: Vec<exec::SavedAction>,
+    old_mask: Option<exec::SigMask>,
+    wake_read: OwnedFd,
+    _wake_write: OwnedFd,
+}
+
+impl SignalGuard {
+    fn install(stop_signals: bool) -> Result<SignalGuard> {
+        let (wake_read, wake_write) = sys::pipe()?;
+        // Non-blocking both ways: the handler must never block on a full
+        // pipe, and draining stops at "empty" instead of waiting.
+        sys::set_nonblocking(wake_read.as_fd(), true)?;
+        sys::set_nonblocking(wake_write.as_fd(), true)?;
+        exec::take_pending_signals();
+        exec::set_wake_fd(wake_write.as_raw_fd());
+        // Built before installing, so Drop undoes a half-done install.
+        let mut guard = SignalGuard { saved: Vec::new(), old_mask: None, wake_read, _wake_write: wake_write };
+        guard.saved.push(exec::install_handler(libc::SIGCHLD)?);
+        let mut unblock = vec![libc::SIGCHLD];
+        if stop_signals {
+            for sig in STOP_SIGNALS {
+                // An ignored signal stays ignored (`nohup`, `cmd &` in sh).
+                if !exec::is_ignored(sig)? {
+                    guard.saved.push(exec::install_handler(sig)?);
+                    unblock.push(sig);
+                }
+            }
+        }
+        // A thread that blocks SIGCHLD would never hear of its jobs ending.
+        guard.old_mask = Some(exec::SigMask::unblock(&unblock)?);
+        Ok(guard)
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        for saved in self.saved.iter().rev() {
+            // Nothing sensible to do if putting a disposition back fails.
+            let _ = exec::restore_handler(saved);
+        }
+        if let Some(mask) = &self.old_mask {
+            mask.restore();
+        }
+        exec::set_wake_fd(-1);
+    }
+}
+
+/// Which of a job's output streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// Where a job is in being killed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kill {
+    /// Not being killed.
+    No,
+    /// Sent SIGTERM (or the stop signal); SIGKILL follows at this instant.
+    Term { sigkill_at: Instant },
+    /// Sent SIGKILL: it will be reaped even if its pipes stay open.
+    Killed,
+}
+
+/// Why the run is stopping early.
+enum Stop {
+    /// A stop signal arrived.
+    Signal(i32),
+    /// The machinery failed (fork, write, spill file).
+    Failed(Error),
+}
+
+struct Job {
+    command: Vec<Vec<u8>>,
+    /// `None` when the command could not even be built (a NUL byte in it).
+    pid: Option<i32>,
+    /// Read ends of the job's stdout and stderr pipes; `None` after EOF.
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    out: Spool,
+    err: Spool,
+    started: SystemTime,
+    start: Instant,
+    deadline: Option<Instant>,
+    kill: Kill,
+    timed_out: bool,
+    /// Set when the leader has been reaped.
+    status: Option<ExitStatus>,
+    /// Set when the job completed; then it only waits to be printed.
+    outcome: Option<Outcome>,
+}
+
+impl Job {
+    fn pipes_closed(&self) -> bool {
+        self.stdout.is_none() && self.stderr.is_none()
+    }
+
+    /// The next instant at which something must happen to this job.
+    fn next_deadline(&self) -> Option<Instant> {
+        if self.status.is_some() {
+            return None;
+        }
+        match self.kill {
+            Kill::No => self.deadline,
+            Kill::Term { sigkill_at } => Some(sigkill_at),
+            Kill::Killed => None,
+        }
+    }
+
+    /// Sends `signal` to the job's process group, while the group id is
+    /// still ours (the leader not yet reaped).
+    fn signal_group(&self, signal: i32) {
+        if let (Some(pid), None) = (self.pid, self.status) {
+            // The only failures left after ESRCH are EPERM (a process in the
+            // group changed its credentials); there is nothing better to do
+            // than carry on: SIGKILL follows, then the leader is reaped.
+            let _ = sys::kill(-pid, signal);
+        }
+    }
+}
+
+struct Engine<'a, I> {
+    template: &'a Template,
+    options: &'a Options,
+    out: BorrowedFd<'a>,
+    err: BorrowedFd<'a>,
+    on_finish: &'a mut dyn FnMut(&JobReport),
+    inputs: I,
+    exhausted: bool,
+    next_seq: u64,
+    /// Started jobs not yet printed, by sequence number. In keep-order mode
+    /// the first entry is the head: the one job whose stdout streams
+    /// straight to our stdout.
+    jobs: BTreeMap<u64, Job>,
+    /// Jobs not yet completed (at most `options.jobs`).
+    live: Vec<u64>,
+    /// Unordered mode: completed jobs, in completion order, to print.
+    unordered_ready: VecDeque<u64>,
+    budget: Budget,
+    spill: SpillFile,
+    /// `--halt-on-error` saw a failure: start nothing more.
+    halted: bool,
+    stop: Option<Stop>,
+    started: u64,
+    failed: u64,
+    wake: BorrowedFd<'a>,
+    devnull: Option<File>,
+    reset_signals: Vec<libc::c_int>,
+    buf: Vec<u8>,
+}
+
+impl<I: Iterator<Item = Vec<u8>>> Engine<'_, I> {
+    fn run_loop(&mut self) -> Result<()> {
+        loop {
+            // Completing first frees the slots of jobs reaped in the last
+            // pass, so their successors start in this one, not a wake-up
+            // later.
+            self.complete_finished();
+            self.print_ready();
+            self.start_jobs();
+            if self.live.is_empty() {
+                // start_jobs filled no slot: inputs exhausted, halted or stopping.
+                return Ok(());
+            }
+            self.wait_and_service()?;
+        }
+    }
+
+    fn may_start(&self) -> bool {
+        self.stop.is_none() && !self.halted && !self.exhausted
+    }
+
+    fn start_jobs(&mut self) {
+        while self.may_start() && self.live.len() < self.options.jobs {
+            let Some(input) = self.inputs.next() else {
+                self.exhausted = true;
+                break;
+            };
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            let command = self.template.expand(&input);
+            match self.spawn_job(seq, command) {
+                Ok(job) => {
+                    self.started += 1;
+                    self.jobs.insert(seq, job);
+                    self.live.push(seq);
+                }
+                Err(err) => self.begin_stop(Stop::Failed(err)),
+            }
+        }
+    }
+
+    fn spawn_job(&mut self, seq: u64, command: Vec<Vec<u8>>) -> Result<Job> {
+        let mut job = Job {
+            command,
+            pid: None,
+            stdout: None,
+            stderr: None,
+            out: Spool::default(),
+            err: Spool::default(),
+            started: SystemTime::now(),
+            start: Instant::now(),
+            deadline: None,
+            kill: Kill::No,
+            timed_out: false,
+            status: None,
+            outcome: None,
+        };
+        let argv = match exec::Argv::new(&job.command) {
+            Ok(argv) => argv,
+            Err(err) => {
+                // Fails like a command that cannot be executed, without a fork.
+                let msg = format!("mproc: job {seq}: {err}\n");
+                job.err.push(msg.as_bytes(), &mut self.budget, &mut self.spill)?;
+                job.status = Some(ExitStatus::Exited(exec::EXEC_FAILED));
+                return Ok(job);
+            }
+        };
+        // The read ends stay blocking: they are read only after poll said
+        // so (one read each), which saves two fcntl calls per pipe per job.
+        let (out_read, out_write) = sys::pipe()?;
+        let (err_read, err_write) = sys::pipe()?;
+        let mut prefix = b"mproc: ".to_vec();
+        prefix.extend_from_slice(argv.program());
+        prefix.extend_from_slice(b": ");
+        let plan = exec::ChildPlan {
+            argv: &argv,
+            stdin: self.devnull.as_ref().map(|f| f.as_raw_fd()),
+            stdout: out_write.as_raw_fd(),
+            stderr: err_write.as_raw_fd(),
+            reset_signals: &self.reset_signals,
+            exec_error_prefix: &prefix,
+        };
+        job.started = SystemTime::now();
+        job.start = Instant::now();
+        let pid = exec::spawn(&plan)?;
+        // Close our copies of the write ends now: the child has its own, and
+        // EOF must come as soon as the job (and all it started) is done.
+        drop((out_write, err_write));
+        job.pid = Some(pid);
+        job.stdout = Some(out_read);
+        job.stderr = Some(err_read);
+        job.deadline = self.options.timeout.map(|t| job.start + t);
+        Ok(job)
+    }
+
+    /// One `poll` over the self-pipe and every open job pipe, then whatever
+    /// became due: reading, reaping, deadlines.
+    fn wait_and_service(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let mut wait: Option<Duration> = None;
+        let mut shorten = |d: Duration| wait = Some(wait.map_or(d, |w| w.min(d)));
+        for seq in &self.live {
+            let job = &self.jobs[seq];
+            if let Some(at) = job.next_deadline() {
+                shorten(at.saturating_duration_since(now));
+            }
+            if job.pipes_closed() {
+                // Done but not yet completed (a job that never forked):
+                // don't sleep. Pipes closed, exit not yet seen: recheck.
+                shorten(if job.status.is_some() { Duration::ZERO } else { REAP_RECHECK });
+            }
+        }
+
+        let mut targets: Vec<(u64, Stream)> = Vec::new();
+        let ready = {
+            let mut fds = vec![(self.wake, true, false)];
+            for &seq in &self.live {
+                let job = &self.jobs[&seq];
+                if let Some(fd) = &job.stdout {
+                    fds.push((fd.as_fd(), true, false));
+                    targets.push((seq, Stream::Out));
+                }
+                if let Some(fd) = &job.stderr {
+                    fds.push((fd.as_fd(), true, false));
+                    targets.push((seq, Stream::Err));
+                }
+            }
+            sys::poll(&fds, wait)?
+        };
+
+        if ready[0].readable || ready[0].hangup {
+            self.handle_signals();
+        }
+        for (i, &(seq, stream)) in targets.iter().enumerate() {
+            let r = ready[i + 1];
+            if r.readable || r.hangup {
+                self.read_once(seq, stream);
+            }
+        }
+        self.reap()?;
+        self.enforce_deadlines(Instant::now());
+        Ok(())
+    }
+
+    fn handle_signals(&mut self) {
+        let mut drain = [0u8; 64];
+        while matches!(sys::read(self.wake, &mut drain), Ok(n) if n > 0) {}
+        let pending = exec::take_pending_signals();
+        // SIGCHLD needs nothing here: reap() runs after every wake-up.
+        for sig in STOP_SIGNALS {
+            if pending & (1 << sig) != 0 {
+                trace!("caught {}", crate::status::signal_abbrev(sig));
+                self.begin_stop(Stop::Signal(sig));
+            }
+        }
+    }
+
+    /// Reads once from one pipe that poll reported ready; EOF closes it.
+    /// Returns whether data was read.
+    fn read_once(&mut self, seq: u64, stream: Stream) -> bool {
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.read_into(seq, stream, &mut buf);
+        self.buf = buf;
+        result
+    }
+
+    fn read_into(&mut self, seq: u64, stream: Stream, buf: &mut [u8]) -> bool {
+        let Some(job) = self.jobs.get_mut(&seq) else { return false };
+        let slot = match stream {
+            Stream::Out => &mut job.stdout,
+            Stream::Err => &mut job.stderr,
+        };
+        let Some(fd) = slot else { return false };
+        // No error is expected on our own pipe; should one happen, end the
+        // stream rather than fail the run.
+        let n = sys::read(fd.as_fd(), buf).unwrap_or(0);
+        if n == 0 {
+            *slot = None;
+            return false;
+        }
+        self.route(seq, stream, &buf[..n]);
+        true
+    }
+
+    /// Whether a read on the pipe would return at once (data or EOF).
+    fn pipe_ready(&self, seq: u64, stream: Stream) -> Result<bool> {
+        let Some(job) = self.jobs.get(&seq) else { return Ok(false) };
+        let fd = match stream {
+            Stream::Out => &job.stdout,
+            Stream::Err => &job.stderr,
+        };
+        let Some(fd) = fd else { return Ok(false) };
+        let ready = sys::poll(&[(fd.as_fd(), true, false)], Some(Duration::ZERO))?;
+        Ok(ready[0].readable || ready[0].hangup)
+    }
+
+    /// Sends bytes a job wrote where they belong: straight to our stdout
+    /// when the job is the keep-order head, else into its spool.
+    fn route(&mut self, seq: u64, stream: Stream, data: &[u8]) {
+        if self.stop.is_some() {
+            return; // stopping: nothing more is printed
+        }
+        let is_head = self.options.order == Order::Keep
+            && stream == Stream::Out
+            && self.jobs.first_key_value().map(|(&s, _)| s) == Some(seq);
+        let result = if is_head {
+            // Invariant: the head's stdout spool was drained when it became
+            // the head (print_ready), so these bytes come right after it.
+            debug_assert!(self.jobs.get(&seq).is_some_and(|job| job.out.is_empty()));
+            write_fd(self.out, data)
+        } else {
+            match self.jobs.get_mut(&seq) {
+                Some(job) => {
+                    let spool = if stream == Stream::Out { &mut job.out } else { &mut job.err };
+                    spool.push(data, &mut self.budget, &mut self.spill)
+                }
+                None => Ok(()),
+            }
+        };
+        if let Err(err) = result {
+            self.begin_stop(Stop::Failed(err));
+        }
+    }
+
+    /// Collects the exit of every job whose pipes are closed (or that was
+    /// sent SIGKILL). Called after every wake-up, SIGCHLD included.
+    fn reap(&mut self) -> Result<()> {
+        for i in 0..self.live.len() {
+            let seq = self.live[i];
+            let job = &self.jobs[&seq];
+            let (Some(pid), None) = (job.pid, job.status) else { continue };
+            if !job.pipes_closed() && job.kill != Kill::Killed {
+                continue;
+            }
+            // ECHILD here means someone else reaped our child: an error of
+            // the program around us, reported, never swallowed.
+            let Some(status) = sys::waitpid(pid, true)? else { continue };
+            if let Some(job) = self.jobs.get_mut(&seq) {
+                job.status = Some(status);
+            }
+            // Killed, yet its pipes are open: a process that left the group
+            // holds them. Take what is there and stop waiting for EOF.
+            for stream in [Stream::Out, Stream::Err] {
+                // Bounded: a writer that keeps going must not keep us here.
+                for _ in 0..16 {
+                    if !self.pipe_ready(seq, stream)? || !self.read_once(seq, stream) {
+                        break;
+                    }
+                }
+                if let Some(job) = self.jobs.get_mut(&seq) {
+                    match stream {
+                        Stream::Out => job.stdout = None,
+                        Stream::Err => job.stderr = None,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Timeouts: SIGTERM to the group, then SIGKILL after the grace period.
+    fn enforce_deadlines(&mut self, now: Instant) {
+        let grace = self.options.kill_grace;
+        for seq in &self.live {
+            let Some(job) = self.jobs.get_mut(seq) else { continue };
+            if job.status.is_some() {
+                continue;
+            }
+            match job.kill {
+                Kill::No if job.deadline.is_some_and(|d| now >= d) => {
+                    job.timed_out = true;
+                    job.signal_group(libc::SIGTERM);
+                    job.kill = Kill::Term { sigkill_at: now + grace };
+                }
+                Kill::Term { sigkill_at } if now >= sigkill_at => {
+                    job.signal_group(libc::SIGKILL);
+                    job.kill = Kill::Killed;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Starts stopping the run: no new jobs, running ones signalled (SIGKILL
+    /// after the grace period), nothing more printed. A second stop signal
+    /// sends SIGKILL at once.
+    fn begin_stop(&mut self, reason: Stop) {
+        let now = Instant::now();
+        let (signal, escalate) = match (&self.stop, &reason) {
+            (None, Stop::Signal(sig)) => (*sig, false),
+            (None, Stop::Failed(_)) => (libc::SIGTERM, false),
+            (Some(_), Stop::Signal(_)) => (libc::SIGKILL, true),
+            (Some(_), Stop::Failed(_)) => return, // keep the first reason
+        };
+        if self.stop.is_none() {
+            self.stop = Some(reason);
+        }
+        for seq in &self.live {
+            let Some(job) = self.jobs.get_mut(seq) else { continue };
+            match (job.kill, escalate) {
+                (Kill::No, false) => {
+                    job.signal_group(signal);
+                    job.kill = Kill::Term { sigkill_at: now + self.options.kill_grace };
+                }
+                (Kill::No | Kill::Term { .. }, true) => {
+                    job.signal_group(libc::SIGKILL);
+                    job.kill = Kill::Killed;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Decides the outcome of every job that is done (pipes closed, leader
+    /// reaped): counts it, reports it, queues it for printing.
+    fn complete_finished(&mut self) {
+        let mut i = 0;
+        while i < self.live.len() {
+            let seq = self.live[i];
+            let job = &self.jobs[&seq];
+            let Some(status) = job.status.filter(|_| job.pipes_closed()) else {
+                i += 1;
+                continue;
+            };
+            self.live.swap_remove(i);
+            if self.stop.is_some() {
+                // Stopped by us, or ended in the middle of the stop: neither
+                // reported nor printed.
+                if let Some(mut job) = self.jobs.remove(&seq) {
+                    let _ = job.out.discard(&mut self.budget, &mut self.spill);
+                    let _ = job.err.discard(&mut self.budget, &mut self.spill);
+                }
+                continue;
+            }
+            let outcome = if job.timed_out { Outcome::TimedOut(status) } else { Outcome::Completed(status) };
+            let report = JobReport {
+                seq,
+                command: job.command.clone(),
+                started: job.started,
+                runtime: job.start.elapsed(),
+                outcome,
+            };
+            if !outcome.success() {
+                self.failed += 1;
+                if self.options.halt_on_error {
+                    self.halted = true;
+                }
+            }
+            (self.on_finish)(&report);
+            if let Some(job) = self.jobs.get_mut(&seq) {
+                job.outcome = Some(outcome);
+            }
+            if self.options.order == Order::Unordered {
+                self.unordered_ready.push_back(seq);
+            }
+        }
+        // swap_remove shuffles; keep `live` in start order for fair polling.
+        self.live.sort_unstable();
+    }
+
+    /// Prints every job whose turn it is. Keep-order: the head's saved
+    /// stdout (it streams from now on), and, once the head has completed,
+    /// its stderr and status line; then the next job becomes the head.
+    fn print_ready(&mut self) {
+        if self.stop.is_some() {
+            return;
+        }
+        let result = match self.options.order {
+            Order::Keep => self.print_heads(),
+            Order::Unordered => self.print_unordered(),
+        };
+        if let Err(err) = result {
+            self.begin_stop(Stop::Failed(err));
+        }
+    }
+
+    fn print_heads(&mut self) -> Result<()> {
+        let (out, err) = (self.out, self.err);
+        while let Some(mut entry) = self.jobs.first_entry() {
+            let seq = *entry.key();
+            let job = entry.get_mut();
+            job.out.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(out, b))?;
+            let Some(outcome) = job.outcome else { return Ok(()) };
+            job.err.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(err, b))?;
+            if let Some(line) = status_line(seq, &job.command, outcome, self.options.timeout) {
+                write_fd(err, line.as_bytes())?;
+            }
+            entry.remove();
+        }
+        Ok(())
+    }
+
+    fn print_unordered(&mut self) -> Result<()> {
+        let (out, err) = (self.out, self.err);
+        while let Some(seq) = self.unordered_ready.pop_front() {
+            let Some(mut job) = self.jobs.remove(&seq) else { continue };
+            job.out.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(out, b))?;
+            job.err.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(err, b))?;
+            if let Some(outcome) = job.outcome {
+                if let Some(line) = status_line(seq, &job.command, outcome, self.options.timeout) {
+                    write_fd(err, line.as_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<I> Drop for Engine<'_, I> {
+    /// The backstop for an error that left the loop early: no job outlives
+    /// the run, and none stays a zombie.
+    fn drop(&mut self) {
+        for seq in &self.live {
+            let Some(job) = self.jobs.get(seq) else { continue };
+            if let (Some(pid), None) = (job.pid, job.status) {
+                let _ = sys::kill(-pid, libc::SIGKILL);
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::waitpid(pid, false);
+            }
+        }
+    }
+}
+
+/// The one line printed after a job that timed out or was killed by a
+/// signal, e.g. `mproc: job 3 timed out after 2s: sleep 30`.
+fn status_line(seq: u64, command: &[Vec<u8>], outcome: Outcome, timeout: Option<Duration>) -> Option<String> {
+    let what = match outcome {
+        Outcome::TimedOut(_) => format!("timed out after {}", format_duration(timeout.unwrap_or_default())),
+        Outcome::Completed(status @ ExitStatus::Signaled { .. }) => status.to_string(),
+        Outcome::Completed(ExitStatus::Exited(_)) => return None,
+    };
+    Some(format!("mproc: job {seq} {what}: {}\n", String::from_utf8_lossy(&shell_line(command))))
+}
+
+/// `2s`, `1.5s`, `250ms`.
+pub(crate) fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", (ms as f64 / 1000.0))
+    }
+}
+
+/// Writes all of `data`, waiting for room if the descriptor happens to be
+/// non-blocking (an inherited `O_NONBLOCK` we must not change: the file
+/// description is shared with other processes).
+fn write_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<()> {
+    while !data.is_empty() {
+        match sys::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(Error::Os(e)) if e.errno == libc::EAGAIN || e.errno == libc::EWOULDBLOCK => {
+                sys::poll(&[(fd, false, true)], None)?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_short() {
+        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn status_lines_name_the_job_and_the_cause() {
+        let cmd = vec![b"sleep".to_vec(), b"30".to_vec()];
+        let timed_out = Outcome::TimedOut(ExitStatus::Signaled { signal: libc::SIGTERM, core_dumped: false });
+        assert_eq!(
+            status_line(3, &cmd, timed_out, Some(Duration::from_secs(2))).as_deref(),
+            Some("mproc: job 3 timed out after 2s: sleep 30\n")
+        );
+        let segv = Outcome::Completed(ExitStatus::Signaled { signal: libc::SIGSEGV, core_dumped: false });
+        assert_eq!(
+            status_line(1, &cmd, segv, None).as_deref(),
+            Some("mproc: job 1 killed by SIGSEGV (Segmentation fault): sleep 30\n")
+        );
+        assert_eq!(status_line(1, &cmd, Outcome::Completed(ExitStatus::Exited(1)), None), None);
+    }
+}

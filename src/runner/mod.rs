@@ -1,0 +1,239 @@
+//! A parallel command runner on `fork` + `execvp` — the engine of `mproc run`.
+//!
+//! ```no_run
+//! use std::os::fd::AsFd;
+//! use mproc::runner::{self, Options, Output, Template};
+//!
+//! let template = Template::new(vec![b"gzip".to_vec(), b"-k".to_vec(), b"{}".to_vec()])?;
+//! let inputs = ["a.txt", "b.txt"].map(|s| s.as_bytes().to_vec());
+//! let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+//! let output = Output { stdout: stdout.as_fd(), stderr: stderr.as_fd() };
+//! let summary = runner::run(&template, inputs, &Options::default(), output, &mut |_| {})?;
+//! assert_eq!(summary.failed, 0);
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! # How it works
+//! - **One process per job**, forked and exec'd by [`run`] itself (no
+//!   `std::process::Command`). The child does only async-signal-safe work
+//!   between `fork` and `exec` (the argv is built before the fork), puts
+//!   itself in a new process group, and sees exactly fds 0, 1 and 2: every
+//!   descriptor mproc opens is close-on-exec.
+//! - **One thread, one `poll`** over every job's stdout and stderr pipe plus
+//!   a self-pipe that the SIGCHLD/SIGINT/SIGTERM/SIGHUP handlers write to.
+//! - **Grouped output.** Each job's stdout is printed whole, then its
+//!   stderr whole (stdout first, so a job's results come before its
+//!   complaints), never interleaved with another job's. With
+//!   [`Order::Keep`] jobs are printed in input order and the output is
+//!   byte-identical to running them one by one; the job at the head of the
+//!   order streams straight through, so a job printing gigabytes needs no
+//!   buffer. Output that must wait is kept in memory up to
+//!   [`Options::buffer_per_stream`] per stream and [`Options::buffer_total`]
+//!   in all, then spills to one unlinked temporary file in `$TMPDIR`.
+//! - **A job ends** when its pipes reach end-of-file *and* its process has
+//!   exited — like a shell's `$(...)`, a background process still holding
+//!   the job's stdout keeps the job running (a timeout kills it too, as it
+//!   is in the job's process group).
+//! - **Killing** (timeouts, stop signals) signals the job's whole process
+//!   group, then sends SIGKILL after [`Options::kill_grace`].
+//!
+//! # Common traps
+//! - Jobs run in their own process groups, so a job cannot read from a
+//!   terminal (it would be stopped by SIGTTIN): when stdin is a terminal,
+//!   jobs get `/dev/null`.
+//! - The signal handlers are process-wide; only one [`run`] may be active in
+//!   a process at a time.
+//! - mproc writes its output with blocking writes: a reader that stops
+//!   reading mproc's output stops the jobs (they block on their own full
+//!   pipes) — and signals are acted upon only once such a write returns.
+
+mod engine;
+mod spool;
+mod template;
+
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, SystemTime};
+
+pub use engine::run;
+pub use template::{shell_line, shell_quote, Template};
+
+use crate::status::{signal_abbrev, ExitStatus};
+
+/// The order in which jobs' output is printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// In input order (GNU parallel's `--keep-order`): the output equals
+    /// that of running the jobs one after the other.
+    #[default]
+    Keep,
+    /// Each job as soon as it completes.
+    Unordered,
+}
+
+/// What a job gets as its stdin.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JobStdin {
+    /// mproc's own stdin (unless it is a terminal: then `/dev/null`).
+    #[default]
+    Inherit,
+    /// `/dev/null` (used when the inputs themselves came from stdin).
+    Null,
+}
+
+/// How to run the jobs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Jobs running at once; at least 1.
+    pub jobs: usize,
+    /// Output order.
+    pub order: Order,
+    /// Kill a job that runs longer than this (SIGTERM to its process group,
+    /// SIGKILL after `kill_grace`); it then counts as failed.
+    pub timeout: Option<Duration>,
+    /// Time between SIGTERM (or the stop signal) and SIGKILL.
+    pub kill_grace: Duration,
+    /// Start no new job after the first failure; running jobs complete.
+    pub halt_on_error: bool,
+    /// The jobs' stdin.
+    pub stdin: JobStdin,
+    /// Stop the run on SIGINT, SIGTERM and SIGHUP (those not ignored): the
+    /// running jobs' groups get the signal, SIGKILL after `kill_grace`, are
+    /// reaped, and [`Summary::interrupted`] is set. A second signal sends
+    /// SIGKILL at once. Without it these signals keep their dispositions.
+    pub handle_signals: bool,
+    /// Bytes of one stream of one job kept in memory before spilling.
+    pub buffer_per_stream: usize,
+    /// Bytes kept in memory across all jobs before spilling.
+    pub buffer_total: usize,
+}
+
+impl Default for Options {
+    /// One job per CPU, keep-order, no timeout, 200 ms grace, 1 MiB per
+    /// stream and 32 MiB in all.
+    fn default() -> Options {
+        Options {
+            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            order: Order::Keep,
+            timeout: None,
+            kill_grace: Duration::from_millis(200),
+            halt_on_error: false,
+            stdin: JobStdin::Inherit,
+            handle_signals: false,
+            buffer_per_stream: 1 << 20,
+            buffer_total: 32 << 20,
+        }
+    }
+}
+
+/// Where the jobs' output goes (usually mproc's own stdout and stderr).
+#[derive(Clone, Copy, Debug)]
+pub struct Output<'a> {
+    /// Receives every job's stdout.
+    pub stdout: BorrowedFd<'a>,
+    /// Receives every job's stderr and the runner's per-job status lines.
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// How a job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ended by itself. A command that could not be executed exits 127.
+    Completed(ExitStatus),
+    /// It ran past the timeout and was killed; the status is how it died.
+    TimedOut(ExitStatus),
+}
+
+impl Outcome {
+    /// True only for `Completed(Exited(0))`.
+    pub fn success(&self) -> bool {
+        matches!(self, Outcome::Completed(status) if status.success())
+    }
+
+    /// The job log's `Exitval` field: the exit code (`0`, `127`), the
+    /// signal's name (`SIGSEGV`), or `timeout`.
+    pub fn joblog_field(&self) -> String {
+        match self {
+            Outcome::Completed(ExitStatus::Exited(code)) => code.to_string(),
+            Outcome::Completed(ExitStatus::Signaled { signal, .. }) => match signal_abbrev(*signal) {
+                "SIG?" => format!("SIG{signal}"),
+                name => name.to_string(),
+            },
+            Outcome::TimedOut(_) => "timeout".to_string(),
+        }
+    }
+}
+
+/// The header line of a job log ([`JobReport::joblog_line`]).
+pub const JOBLOG_HEADER: &str = "Seq\tStarttime\tRuntime\tExitval\tCommand\n";
+
+/// One completed job, as passed to `run`'s `on_finish`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobReport {
+    /// The job's number: its input's position, from 1.
+    pub seq: u64,
+    /// The command line that ran, after substitution.
+    pub command: Vec<Vec<u8>>,
+    /// When it was started.
+    pub started: SystemTime,
+    /// From start to completion (exit and end of its output).
+    pub runtime: Duration,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl JobReport {
+    /// The job log line: `Seq`, `Starttime` (seconds since the epoch, with
+    /// milliseconds), `Runtime` (seconds, with milliseconds), `Exitval`
+    /// ([`Outcome::joblog_field`]), `Command` (shell-quoted, one line),
+    /// separated by tabs and ended by a newline.
+    pub fn joblog_line(&self) -> Vec<u8> {
+        let start = self.started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let mut line = format!(
+            "{}\t{}.{:03}\t{}.{:03}\t{}\t",
+            self.seq,
+            start.as_secs(),
+            start.subsec_millis(),
+            self.runtime.as_secs(),
+            self.runtime.subsec_millis(),
+            self.outcome.joblog_field()
+        )
+        .into_bytes();
+        line.extend_from_slice(&shell_line(&self.command));
+        line.push(b'\n');
+        line
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Jobs started.
+    pub started: u64,
+    /// Jobs that completed without success (non-zero exit, signal, timeout,
+    /// could not be executed).
+    pub failed: u64,
+    /// The stop signal that ended the run early, if one did.
+    pub interrupted: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joblog_line_has_five_tab_separated_fields() {
+        let report = JobReport {
+            seq: 7,
+            command: vec![b"echo".to_vec(), b"a b".to_vec()],
+            started: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            runtime: Duration::from_millis(2_045),
+            outcome: Outcome::Completed(ExitStatus::Exited(3)),
+        };
+        assert_eq!(report.joblog_line(), b"7\t1700000000.123\t2.045\t3\techo 'a b'\n");
+        let killed = Outcome::Completed(ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false });
+        assert_eq!(killed.joblog_field(), "SIGKILL");
+        assert!(!killed.success());
+        assert_eq!(Outcome::TimedOut(ExitStatus::Exited(0)).joblog_field(), "timeout");
+        assert!(Outcome::Completed(ExitStatus::Exited(0)).success());
+    }
+}

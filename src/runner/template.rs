@@ -1,0 +1,248 @@
+//! The command template: `COMMAND [ARGS...]` with replacement strings, and
+//! the shell quoting used to show a command (`--dry-run`, the job log).
+
+use crate::error::{Error, Result};
+
+/// A replacement string, with GNU parallel's meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sub {
+    /// `{}`: the input.
+    Whole,
+    /// `{.}`: the input without its extension (`dir/a.tar.gz` → `dir/a.tar`).
+    NoExt,
+    /// `{/}`: the input's basename (`dir/a.txt` → `a.txt`).
+    Base,
+    /// `{//}`: the input's directory (`dir/a.txt` → `dir`; `a.txt` → `.`).
+    Dir,
+    /// `{/.}`: the basename without its extension (`dir/a.txt` → `a`).
+    BaseNoExt,
+}
+
+/// Longest first, so `{//}` is not read as `{/}` followed by `/}`.
+const SUBS: [(&[u8], Sub); 5] = [
+    (b"{//}", Sub::Dir),
+    (b"{/.}", Sub::BaseNoExt),
+    (b"{/}", Sub::Base),
+    (b"{.}", Sub::NoExt),
+    (b"{}", Sub::Whole),
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Piece {
+    Literal(Vec<u8>),
+    Input(Sub),
+}
+
+/// A command line with replacement strings, expanded once per input.
+///
+/// Replacement strings may appear anywhere inside any word, the command
+/// name included: `{}` (the input), `{.}` (without extension), `{/}`
+/// (basename), `{//}` (directory) and `{/.}` (basename without extension).
+/// When no word holds one, the input is appended as a last argument, as
+/// `xargs -n 1` and GNU parallel do.
+#[derive(Clone, Debug)]
+pub struct Template {
+    words: Vec<Vec<Piece>>,
+    append_input: bool,
+}
+
+impl Template {
+    /// Parses `COMMAND [ARGS...]`. Fails on an empty command line.
+    pub fn new(words: Vec<Vec<u8>>) -> Result<Template> {
+        if words.is_empty() {
+            return Err(Error::InvalidArgument("empty command".into()));
+        }
+        let words: Vec<Vec<Piece>> = words.iter().map(|w| parse_word(w)).collect();
+        let append_input = !words.iter().flatten().any(|p| matches!(p, Piece::Input(_)));
+        Ok(Template { words, append_input })
+    }
+
+    /// The command line for one input.
+    pub fn expand(&self, input: &[u8]) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = self
+            .words
+            .iter()
+            .map(|pieces| {
+                let mut word = Vec::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Literal(bytes) => word.extend_from_slice(bytes),
+                        Piece::Input(sub) => word.extend_from_slice(&substitute(*sub, input)),
+                    }
+                }
+                word
+            })
+            .collect();
+        if self.append_input {
+            out.push(input.to_vec());
+        }
+        out
+    }
+}
+
+fn parse_word(word: &[u8]) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut literal = Vec::new();
+    let mut i = 0;
+    'scan: while i < word.len() {
+        if word[i] == b'{' {
+            for (token, sub) in SUBS {
+                if word[i..].starts_with(token) {
+                    if !literal.is_empty() {
+                        pieces.push(Piece::Literal(std::mem::take(&mut literal)));
+                    }
+                    pieces.push(Piece::Input(sub));
+                    i += token.len();
+                    continue 'scan;
+                }
+            }
+        }
+        literal.push(word[i]);
+        i += 1;
+    }
+    if !literal.is_empty() || pieces.is_empty() {
+        pieces.push(Piece::Literal(literal));
+    }
+    pieces
+}
+
+fn substitute(sub: Sub, input: &[u8]) -> Vec<u8> {
+    match sub {
+        Sub::Whole => input.to_vec(),
+        Sub::NoExt => strip_extension(input).to_vec(),
+        Sub::Base => basename(input).to_vec(),
+        Sub::Dir => match input.iter().rposition(|&b| b == b'/') {
+            Some(slash) => input[..slash].to_vec(),
+            None => b".".to_vec(),
+        },
+        Sub::BaseNoExt => strip_extension(basename(input)).to_vec(),
+    }
+}
+
+/// GNU parallel's `s:^.*/::`.
+fn basename(input: &[u8]) -> &[u8] {
+    match input.iter().rposition(|&b| b == b'/') {
+        Some(slash) => &input[slash + 1..],
+        None => input,
+    }
+}
+
+/// GNU parallel's `s:\.[^/.]*$::`: the last dot, if no slash follows it.
+fn strip_extension(input: &[u8]) -> &[u8] {
+    match input.iter().rposition(|&b| b == b'.' || b == b'/') {
+        Some(i) if input[i] == b'.' => &input[..i],
+        _ => input,
+    }
+}
+
+/// Quotes one word so a POSIX shell reads it back unchanged.
+///
+/// Plain words stay bare; others go in single quotes (`'it'\''s'`). Words
+/// with control characters use `$'...'` with escapes (`$'a\tb'`, understood
+/// by bash, zsh, ksh and POSIX.1-2024 sh), so a quoted command always fits
+/// on one line — which the one-command-per-line outputs rely on.
+pub fn shell_quote(word: &[u8]) -> Vec<u8> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b) || b >= 0x80;
+    if !word.is_empty() && word.iter().all(|&b| plain(b)) {
+        return word.to_vec();
+    }
+    if !word.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        let mut out = vec![b'\''];
+        for &b in word {
+            if b == b'\'' {
+                out.extend_from_slice(b"'\\''");
+            } else {
+                out.push(b);
+            }
+        }
+        out.push(b'\'');
+        return out;
+    }
+    let mut out = b"$'".to_vec();
+    for &b in word {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\'' => out.extend_from_slice(b"\\'"),
+            b if b < 0x20 || b == 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            b => out.push(b),
+        }
+    }
+    out.push(b'\'');
+    out
+}
+
+/// A whole command line, each word quoted with [`shell_quote`], separated
+/// by spaces.
+pub fn shell_line(words: &[Vec<u8>]) -> Vec<u8> {
+    let mut line = Vec::new();
+    for (i, word) in words.iter().enumerate() {
+        if i > 0 {
+            line.push(b' ');
+        }
+        line.extend_from_slice(&shell_quote(word));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(list: &[&str]) -> Vec<Vec<u8>> {
+        list.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    fn expand(template: &[&str], input: &str) -> Vec<String> {
+        Template::new(words(template))
+            .unwrap()
+            .expand(input.as_bytes())
+            .into_iter()
+            .map(|w| String::from_utf8(w).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn replacement_strings_follow_gnu_parallel() {
+        let t = ["echo", "{}", "{.}", "{/}", "{//}", "{/.}"];
+        assert_eq!(
+            expand(&t, "dir.d/a.tar.gz"),
+            ["echo", "dir.d/a.tar.gz", "dir.d/a.tar", "a.tar.gz", "dir.d", "a.tar"]
+        );
+        assert_eq!(
+            expand(&t, "sub.dir/bar"),
+            ["echo", "sub.dir/bar", "sub.dir/bar", "bar", "sub.dir", "bar"]
+        );
+        assert_eq!(expand(&t, "plain"), ["echo", "plain", "plain", "plain", ".", "plain"]);
+    }
+
+    #[test]
+    fn replacement_inside_words_and_in_the_command() {
+        assert_eq!(expand(&["cp", "{}", "out/{/.}.bak"], "in/x.txt"), ["cp", "in/x.txt", "out/x.bak"]);
+        assert_eq!(expand(&["{}", "-n"], "/bin/echo"), ["/bin/echo", "-n"]);
+        assert_eq!(expand(&["echo", "{x}", "{"], "a"), ["echo", "{x}", "{", "a"]);
+    }
+
+    #[test]
+    fn input_is_appended_without_replacement_strings() {
+        assert_eq!(expand(&["echo", "-n"], "a b"), ["echo", "-n", "a b"]);
+        assert_eq!(expand(&["echo", ""], ""), ["echo", "", ""]);
+    }
+
+    #[test]
+    fn empty_command_is_rejected() {
+        assert!(Template::new(vec![]).is_err());
+    }
+
+    #[test]
+    fn quoting_follows_posix_shell_rules() {
+        assert_eq!(shell_quote(b"abc/d-e.f"), b"abc/d-e.f");
+        assert_eq!(shell_quote(b""), b"''");
+        assert_eq!(shell_quote(b"a b"), b"'a b'");
+        assert_eq!(shell_quote(b"it's"), b"'it'\\''s'");
+        assert_eq!(shell_quote(b"a\tb\n'"), b"$'a\\tb\\n\\''");
+        assert_eq!(shell_line(&words(&["echo", "a b", "$x"])), b"echo 'a b' '$x'");
+    }
+}

@@ -1,0 +1,343 @@
+//! The `mproc` binary, run the way a user runs it, with stdout a pipe (or a
+//! file): the seed demos' exact output, usage errors, help, and `--trace`.
+//!
+//! `Command::output` waits for (reaps) every process it starts.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::process::{Command, Output, Stdio};
+
+fn mproc_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mproc"));
+    cmd.args(args).stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `mproc ARGS` with stdout and stderr through pipes.
+fn mproc(args: &[&str]) -> Output {
+    mproc_command(args).output().expect("run mproc")
+}
+
+/// Runs `mproc ARGS` with stdout redirected to a file; returns the exit
+/// code and the file's contents.
+fn mproc_to_file(args: &[&str], name: &str) -> (Option<i32>, String) {
+    let path = std::env::temp_dir().join(format!("mproc-cli-{}-{name}.out", std::process::id()));
+    let file = fs::File::create(&path).expect("create output file");
+    let out = mproc_command(args).stdout(file).output().expect("run mproc");
+    let text = fs::read_to_string(&path).expect("read output file");
+    let _ = fs::remove_file(&path);
+    (out.status.code(), text)
+}
+
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).expect("stderr is UTF-8")
+}
+
+/// Runs a command that must succeed and returns its stdout.
+fn success_stdout(args: &[&str]) -> String {
+    let out = mproc(args);
+    assert_eq!(out.status.code(), Some(0), "mproc {args:?} failed; stderr: {}", stderr_of(&out));
+    stdout_of(&out)
+}
+
+// ---------------------------------------------------------------------------
+// square
+
+#[test]
+fn square_prints_the_seed_lines_exactly() {
+    assert_eq!(success_stdout(&["square"]), "The square of 5 is 25\nMain process completed\n");
+}
+
+#[test]
+fn square_takes_a_number() {
+    assert_eq!(success_stdout(&["square", "12"]), "The square of 12 is 144\nMain process completed\n");
+    assert_eq!(success_stdout(&["square", "-3"]), "The square of -3 is 9\nMain process completed\n");
+}
+
+#[test]
+fn square_of_the_largest_i64_does_not_overflow() {
+    let n = i64::MAX;
+    let expected =
+        format!("The square of {n} is {}\nMain process completed\n", i128::from(n) * i128::from(n));
+    assert_eq!(success_stdout(&["square", &n.to_string()]), expected);
+}
+
+#[test]
+fn square_into_a_file_is_the_same_as_into_a_pipe() {
+    let (code, text) = mproc_to_file(&["square"], "square");
+    assert_eq!(code, Some(0));
+    assert_eq!(text, "The square of 5 is 25\nMain process completed\n");
+}
+
+// ---------------------------------------------------------------------------
+// numbers
+
+/// Checks `numbers` output: one `Process i: i` line for each i in 1..=count,
+/// in any order, no duplicates, then `Main process completed` last.
+fn assert_numbers_output(text: &str, count: u32) {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), count as usize + 1, "{text:?}");
+    assert_eq!(lines.last(), Some(&"Main process completed"), "{text:?}");
+    let got: BTreeSet<&str> = lines[..count as usize].iter().copied().collect();
+    let expected: Vec<String> = (1..=count).map(|i| format!("Process {i}: {i}")).collect();
+    let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
+    assert_eq!(got, expected, "{text:?}");
+    assert!(text.ends_with('\n'), "{text:?}");
+}
+
+#[test]
+fn numbers_prints_four_lines_then_completion() {
+    assert_numbers_output(&success_stdout(&["numbers"]), 4);
+}
+
+#[test]
+fn numbers_takes_a_count() {
+    assert_numbers_output(&success_stdout(&["numbers", "--count", "7"]), 7);
+}
+
+#[test]
+fn numbers_with_count_zero_only_completes() {
+    assert_eq!(success_stdout(&["numbers", "--count", "0"]), "Main process completed\n");
+}
+
+#[test]
+fn numbers_into_a_file_is_the_same_as_into_a_pipe() {
+    let (code, text) = mproc_to_file(&["numbers", "--count", "6"], "numbers");
+    assert_eq!(code, Some(0));
+    assert_numbers_output(&text, 6);
+}
+
+// ---------------------------------------------------------------------------
+// isolation
+
+/// One `... counter = VALUE at ADDRESS` line.
+#[derive(Debug)]
+struct CounterLine<'a> {
+    /// `"fork"` or `"thread"`: the part of the demo.
+    part: &'a str,
+    /// The words between the part and `counter`, e.g. `"child sets"`.
+    who: &'a str,
+    value: i64,
+    address: &'a str,
+}
+
+fn parse_counter_line(line: &str) -> Option<CounterLine<'_>> {
+    let (part, rest) = line.split_once(": ")?;
+    let (who, rest) = rest.split_once(" counter = ")?;
+    let (value, address) = rest.split_once(" at ")?;
+    Some(CounterLine { part, who, value: value.parse().ok()?, address })
+}
+
+/// Checks the isolation demo: 8 lines, the six counter lines with the
+/// values a fork and a thread must show and one address throughout, and a
+/// plain-words conclusion after each half.
+fn assert_isolation_output(text: &str) {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8, "{text:?}");
+    let counters: Vec<CounterLine> = [0, 1, 2, 4, 5, 6]
+        .iter()
+        .map(|&i| parse_counter_line(lines[i]).unwrap_or_else(|| panic!("line {i}: {:?}", lines[i])))
+        .collect();
+    // (part, a word naming who speaks, the value it must report)
+    let expected = [
+        ("fork", "parent", 100),
+        ("fork", "child", 200),
+        ("fork", "parent", 100),
+        ("thread", "main", 100),
+        ("thread", "thread", 200),
+        ("thread", "main", 200),
+    ];
+    for (line, (part, who, value)) in counters.iter().zip(expected) {
+        assert_eq!((line.part, line.value), (part, value), "{line:?}");
+        assert!(line.who.contains(who), "{line:?} should name the {who}");
+    }
+    assert!(counters[2].who.contains("after join"), "{:?}", counters[2]);
+    assert!(counters[5].who.contains("after join"), "{:?}", counters[5]);
+
+    let address = counters[0].address;
+    assert!(address.starts_with("0x") && address.len() > 2, "{address:?}");
+    assert!(u64::from_str_radix(&address[2..], 16).is_ok(), "{address:?}");
+    for line in &counters {
+        assert_eq!(line.address, address, "every line shows the same address");
+    }
+
+    for (i, part) in [(3, "fork: "), (7, "thread: ")] {
+        assert!(lines[i].starts_with(part), "{:?}", lines[i]);
+        assert!(parse_counter_line(lines[i]).is_none(), "{:?}", lines[i]);
+        assert!(lines[i].contains("same address"), "{:?}", lines[i]);
+    }
+}
+
+#[test]
+fn isolation_shows_a_copy_for_fork_and_sharing_for_threads() {
+    assert_isolation_output(&success_stdout(&["isolation"]));
+}
+
+#[test]
+fn isolation_into_a_file_is_the_same_as_into_a_pipe() {
+    let (code, text) = mproc_to_file(&["isolation"], "isolation");
+    assert_eq!(code, Some(0));
+    assert_isolation_output(&text);
+}
+
+// ---------------------------------------------------------------------------
+// bad input
+
+/// A usage error: status 2, nothing on stdout, one `mproc: ` line on stderr.
+fn assert_usage_error(args: &[&str]) {
+    let out = mproc(args);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "mproc {args:?}; stderr: {stderr}");
+    assert_eq!(stdout_of(&out), "", "mproc {args:?} wrote to stdout");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "mproc {args:?}: want one line, got {stderr:?}");
+    assert!(lines[0].starts_with("mproc: ") && lines[0].len() > "mproc: ".len(), "{stderr:?}");
+    assert!(stderr.ends_with('\n'), "{stderr:?}");
+}
+
+#[test]
+fn square_rejects_a_non_number() {
+    assert_usage_error(&["square", "abc"]);
+}
+
+#[test]
+fn square_rejects_a_number_too_large_for_i64() {
+    assert_usage_error(&["square", "9223372036854775808"]);
+}
+
+#[test]
+fn numbers_rejects_a_negative_count() {
+    assert_usage_error(&["numbers", "--count", "-1"]);
+}
+
+#[test]
+fn numbers_rejects_a_non_numeric_count() {
+    assert_usage_error(&["numbers", "--count", "x"]);
+}
+
+#[test]
+fn numbers_rejects_a_count_above_the_limit() {
+    assert_usage_error(&["numbers", "--count", "10001"]);
+}
+
+#[test]
+fn unknown_subcommand_is_a_usage_error() {
+    assert_usage_error(&["frobnicate"]);
+}
+
+#[test]
+fn unknown_option_is_a_usage_error() {
+    assert_usage_error(&["square", "--bogus"]);
+}
+
+#[test]
+fn usage_error_names_the_bad_value() {
+    let out = mproc(&["square", "abc"]);
+    assert!(stderr_of(&out).contains("abc"), "{:?}", stderr_of(&out));
+}
+
+// ---------------------------------------------------------------------------
+// help
+
+/// `mproc ARGS --help`: status 0, nothing on stderr, and every `word` in it.
+fn assert_help_mentions(args: &[&str], words: &[&str]) {
+    let out = mproc(args);
+    let help = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(0), "mproc {args:?}");
+    assert_eq!(stderr_of(&out), "", "mproc {args:?}");
+    for word in words {
+        assert!(help.contains(word), "mproc {args:?} does not mention {word:?}:\n{help}");
+    }
+}
+
+#[test]
+fn help_lists_every_subcommand_and_global_option() {
+    assert_help_mentions(
+        &["--help"],
+        &[
+            "square",
+            "numbers",
+            "cube",
+            "isolation",
+            "speedup",
+            "bench",
+            "run",
+            "--trace",
+            "--help",
+            "--version",
+        ],
+    );
+}
+
+#[test]
+fn square_help_describes_its_argument() {
+    assert_help_mentions(&["square", "--help"], &["[N]", "default: 5", "--trace", "--help"]);
+}
+
+#[test]
+fn numbers_help_describes_count() {
+    assert_help_mentions(&["numbers", "--help"], &["--count <N>", "default: 4", "--trace", "--help"]);
+}
+
+#[test]
+fn isolation_help_is_available() {
+    assert_help_mentions(&["isolation", "--help"], &["--trace", "--help"]);
+}
+
+// ---------------------------------------------------------------------------
+// --trace
+
+/// Splits a trace line `[pid] call...` into the pid and the call.
+fn parse_trace_line(line: &str) -> Option<(i32, &str)> {
+    let rest = line.strip_prefix('[')?;
+    let (pid, call) = rest.split_once("] ")?;
+    Some((pid.parse().ok()?, call))
+}
+
+#[test]
+fn trace_shows_fork_and_waitpid_of_the_same_child_on_stderr() {
+    let out = mproc(&["--trace", "square"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout_of(&out), "The square of 5 is 25\nMain process completed\n", "stdout is unchanged");
+
+    let stderr = stderr_of(&out);
+    let calls: Vec<(i32, &str)> = stderr
+        .lines()
+        .map(|l| parse_trace_line(l).unwrap_or_else(|| panic!("not a trace line: {l:?}")))
+        .collect();
+    let forks: Vec<(i32, i32)> = calls
+        .iter()
+        .filter_map(|&(pid, call)| Some((pid, call.strip_prefix("fork() = ")?.parse().ok()?)))
+        .collect();
+    assert_eq!(forks.len(), 1, "one fork: {stderr}");
+    let (parent, child) = forks[0];
+    assert!(child > 0 && child != parent, "{stderr}");
+    assert!(calls.contains(&(parent, &format!("waitpid({child}) = exited 0"))), "no waitpid line: {stderr}");
+    assert!(calls.contains(&(child, "_exit(0)")), "the child traces its own _exit: {stderr}");
+
+    // Order: the fork happens before the wait that reaps it.
+    let fork_at = calls.iter().position(|&(_, c)| c.starts_with("fork() = ")).unwrap_or(usize::MAX);
+    let wait_at = calls.iter().position(|&(_, c)| c.starts_with("waitpid(")).unwrap_or(0);
+    assert!(fork_at < wait_at, "{stderr}");
+}
+
+#[test]
+fn trace_after_the_subcommand_works_too() {
+    let out = mproc(&["numbers", "--count", "2", "--trace"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_numbers_output(&stdout_of(&out), 2);
+    let stderr = stderr_of(&out);
+    let forks = stderr.lines().filter(|l| l.contains("] fork() = ")).count();
+    let waits = stderr.lines().filter(|l| l.contains("] waitpid(") && l.ends_with(") = exited 0")).count();
+    assert_eq!((forks, waits), (2, 2), "{stderr}");
+}
+
+#[test]
+fn without_trace_stderr_is_empty() {
+    let out = mproc(&["square"]);
+    assert_eq!(stderr_of(&out), "");
+}

@@ -1,0 +1,602 @@
+//! `mproc run`, end to end: the binary is run as a user would run it.
+//!
+//! Run with `cargo nextest run --test run` (one process per test: the
+//! resource-usage and child-process checks look at the test's own children).
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const MPROC: &str = env!("CARGO_BIN_EXE_mproc");
+
+fn mproc(args: &[&str]) -> Command {
+    let mut cmd = Command::new(MPROC);
+    cmd.arg("run").args(args).stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `mproc run ARGS` with `stdin` as its input.
+fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(MPROC)
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn run(args: &[&str]) -> Output {
+    mproc(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A scratch directory for one test, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("mproc-run-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pids whose parent is `pid` (from /proc/*/stat).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // The fields after the command, which is in parentheses and may
+        // contain spaces: state, ppid, ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        if rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            kids.push(child);
+        }
+    }
+    kids
+}
+
+/// Whether `pid` is still a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').map(|i| &stat[i + 2..i + 3]) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}
+
+/// Waits for a child with a time limit; kills it and fails if it hangs.
+fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mproc did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill takes integers only.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+// ---------------------------------------------------------------------------
+// inputs and substitution
+
+#[test]
+fn replacement_strings_are_substituted_in_every_word() {
+    let out = run(&["-j2", "echo", "{}", "{.}", "{/}", "{//}", "{/.}", "x{}y", ":::", "dir.d/a.tar.gz", "b"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "dir.d/a.tar.gz dir.d/a.tar a.tar.gz dir.d a.tar xdir.d/a.tar.gzy\nb b b . b xby\n"
+    );
+}
+
+#[test]
+fn input_is_appended_when_there_is_no_replacement_string() {
+    let out = run(&["echo", "-n", "[", ":::", "a b", "c"]);
+    assert_eq!(text(&out.stdout), "[ a b[ c");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn inputs_come_from_stdin_one_per_line_and_jobs_read_dev_null() {
+    // `cat` reads the job's stdin: /dev/null, not the rest of the inputs.
+    let out = run_with_stdin(&["-j3", "sh", "-c", "cat; echo \"<$1>\"", "sh"], b"a\nb c\n\nd");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "<a>\n<b c>\n<>\n<d>\n");
+}
+
+#[test]
+fn null_separated_inputs_may_hold_newlines() {
+    let out = run_with_stdin(&["-0", "printf", "[%s]"], b"a\nb\0c\0");
+    assert_eq!(text(&out.stdout), "[a\nb][c]");
+}
+
+#[test]
+fn an_input_with_a_nul_byte_fails_its_job_only() {
+    let out = run_with_stdin(&["echo"], b"a\nb\0c\nd\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "a\nd\n");
+    assert!(
+        text(&out.stderr).contains("mproc: job 2: invalid argument: argument contains a NUL byte"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_empty_input_list_runs_nothing_and_succeeds() {
+    let out = run(&["echo", "x", ":::"]);
+    assert_eq!((out.status.code(), out.stdout.len(), out.stderr.len()), (Some(0), 0, 0));
+    let out = run_with_stdin(&["echo", "x"], b"");
+    assert_eq!((out.status.code(), out.stdout.len(), out.stderr.len()), (Some(0), 0, 0));
+}
+
+// ---------------------------------------------------------------------------
+// output order and grouping
+
+/// Writes binary files; returns inputs `DELAY:FILE` for [`BINARY_JOB`].
+fn binary_inputs(dir: &TempDir) -> Vec<String> {
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect(); // > a pipe buffer
+    let contents =
+        [("0.3", all_bytes.clone()), ("0.1", big), ("0.2", b"\0\0\r\n\xff".to_vec()), ("0", all_bytes)];
+    let mut inputs = Vec::new();
+    for (i, (delay, data)) in contents.iter().enumerate() {
+        let file = dir.path(&format!("f{i}"));
+        std::fs::write(&file, data).unwrap();
+        inputs.push(format!("{delay}:{file}"));
+    }
+    inputs
+}
+
+/// Sleeps DELAY, copies FILE to stdout, names FILE on stderr.
+const BINARY_JOB: &str = r#"sleep "${1%%:*}"; cat "${1#*:}"; echo "err ${1##*/}" >&2"#;
+
+#[test]
+fn keep_order_output_equals_sequential_output_byte_for_byte() {
+    let dir = TempDir::new("keep");
+    let inputs = binary_inputs(&dir);
+    // The reference: the same jobs, one after the other, without mproc.
+    let (mut seq_out, mut seq_err) = (Vec::new(), Vec::new());
+    for input in &inputs {
+        let o = Command::new("sh").args(["-c", BINARY_JOB, "sh", input]).output().unwrap();
+        seq_out.extend(o.stdout);
+        seq_err.extend(o.stderr);
+    }
+    // In parallel they finish in another order (the 0.1 s job first), and
+    // the 300 KB one must wait behind the head.
+    let mut args = vec!["-j4", "sh", "-c", BINARY_JOB, "sh", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == seq_out,
+        "stdout differs from the sequential run ({} vs {} bytes)",
+        out.stdout.len(),
+        seq_out.len()
+    );
+    assert_eq!(text(&out.stderr), text(&seq_err));
+}
+
+#[test]
+fn unordered_prints_each_job_whole_as_it_completes() {
+    let out = run(&[
+        "--unordered",
+        "-j3",
+        "sh",
+        "-c",
+        "sleep $1; echo out $1; echo err $1 >&2",
+        "sh",
+        ":::",
+        "0.6",
+        "0",
+        "0.3",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "out 0\nout 0.3\nout 0.6\n");
+    assert_eq!(text(&out.stderr), "err 0\nerr 0.3\nerr 0.6\n");
+}
+
+/// Checks that `output` is made of whole blocks, one per job, each holding
+/// exactly that job's `lines` lines in order; returns the jobs' order.
+fn whole_blocks(output: &str, stream: &str, lines: usize) -> Vec<String> {
+    let mut order = Vec::new();
+    let all: Vec<&str> = output.lines().collect();
+    assert_eq!(all.len() % lines, 0, "{stream}: {} lines", all.len());
+    for block in all.chunks(lines) {
+        let job = block[0].split(' ').next().unwrap().to_string();
+        for (n, line) in block.iter().enumerate() {
+            assert_eq!(*line, format!("{job} {stream} {}", n + 1), "{stream}: interleaved output");
+        }
+        order.push(job);
+    }
+    order
+}
+
+#[test]
+fn concurrent_writers_never_interleave() {
+    // 6 jobs at once, each writing 20,000 lines (~250 KB, several pipe
+    // buffers) to stdout and to stderr, alternating: the interleaving this
+    // targets is one job's bytes landing inside another's.
+    let job = r#"seq -f "$1 out %g" 20000 & seq -f "$1 err %g" 20000 >&2; wait"#;
+    let inputs = ["j1", "j2", "j3", "j4", "j5", "j6"];
+    for order in ["--keep-order", "--unordered"] {
+        let mut args = vec![order, "-j6", "sh", "-c", job, "sh", ":::"];
+        args.extend(inputs);
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(0));
+        let out_order = whole_blocks(&text(&out.stdout), "out", 20000);
+        let err_order = whole_blocks(&text(&out.stderr), "err", 20000);
+        assert_eq!(out_order, err_order, "{order}: stdout and stderr groups in the same order");
+        let mut sorted = out_order.clone();
+        sorted.sort();
+        assert_eq!(sorted, inputs, "{order}: every job exactly once");
+        if order == "--keep-order" {
+            assert_eq!(out_order, inputs);
+        }
+    }
+}
+
+/// The largest resident set of any waited-for child of this test process
+/// (the runner; its jobs are tiny), in bytes.
+fn children_peak_rss() -> u64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    usage.ru_maxrss as u64 * 1024
+}
+
+/// Runs mproc with stdout read in chunks (never all held in memory);
+/// returns (number of leading zero bytes, the bytes after them, status).
+fn count_zero_stream(args: &[&str]) -> (u64, Vec<u8>, std::process::ExitStatus) {
+    let mut child = mproc(args).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut zeros, mut tail) = (0u64, Vec::new());
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if b == 0 && tail.is_empty() {
+                zeros += 1;
+            } else {
+                tail.push(b);
+            }
+        }
+    }
+    (zeros, tail, wait_with_limit(&mut child, Duration::from_secs(60)))
+}
+
+#[test]
+fn a_200_mb_job_at_the_head_streams_through_in_bounded_memory() {
+    let (zeros, tail, status) = count_zero_stream(&[
+        "-j3",
+        "sh",
+        "-c",
+        "eval \"$1\"",
+        "sh",
+        ":::",
+        "head -c 200000000 /dev/zero",
+        "echo two",
+        "sleep 0.2; echo three",
+    ]);
+    assert!(status.success());
+    assert_eq!(zeros, 200_000_000);
+    assert_eq!(text(&tail), "two\nthree\n");
+    let peak = children_peak_rss();
+    assert!(peak < 40 << 20, "runner peak RSS {} MiB", peak >> 20);
+}
+
+#[test]
+fn a_large_job_waiting_its_turn_spills_instead_of_growing() {
+    // Job 2 writes 100 MB while job 1 (the head) still sleeps: it must wait,
+    // in at most 1 MiB of memory, the rest in the spill file.
+    let (zeros, tail, status) = count_zero_stream(&[
+        "-j2",
+        "sh",
+        "-c",
+        "eval \"$1\"",
+        "sh",
+        ":::",
+        "sleep 0.5",
+        "head -c 100000000 /dev/zero; echo end",
+    ]);
+    assert!(status.success());
+    assert_eq!((zeros, text(&tail).as_str()), (100_000_000, "end\n"));
+    let peak = children_peak_rss();
+    assert!(peak < 40 << 20, "runner peak RSS {} MiB", peak >> 20);
+}
+
+// ---------------------------------------------------------------------------
+// exit status and failures
+
+#[test]
+fn exit_status_is_the_number_of_failed_jobs() {
+    let out = run(&["sh", "-c", "exit $1", "sh", ":::", "0", "1", "2", "0", "127"]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn exit_status_is_capped_at_101() {
+    let inputs: Vec<String> = (0..150).map(|i| i.to_string()).collect();
+    let mut args = vec!["-j4", "false", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    assert_eq!(run(&args).status.code(), Some(101));
+}
+
+#[test]
+fn a_missing_command_fails_with_127_and_says_why() {
+    let dir = TempDir::new("missing");
+    let log = dir.path("log");
+    let out = run(&["--joblog", &log, "mproc-no-such-command", ":::", "a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "mproc: mproc-no-such-command: No such file or directory\n");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(log.lines().nth(1).unwrap().split('\t').nth(3), Some("127"));
+}
+
+#[test]
+fn a_job_killed_by_a_signal_is_reported() {
+    let out = run(&["sh", "-c", "kill -KILL $$", "sh", ":::", "a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "mproc: job 1 killed by SIGKILL (Killed): sh -c 'kill -KILL $$' sh a\n");
+}
+
+// ---------------------------------------------------------------------------
+// timeouts, halting
+
+#[test]
+fn timeout_kills_a_job_that_runs_too_long() {
+    let dir = TempDir::new("timeout");
+    let log = dir.path("log");
+    let start = Instant::now();
+    let out = run(&["--timeout", "300ms", "--joblog", &log, "sleep", "{}", ":::", "30", "0"]);
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "mproc: job 1 timed out after 300ms: sleep 30\n");
+    let log = std::fs::read_to_string(&log).unwrap();
+    let exitvals: Vec<&str> = log.lines().skip(1).map(|l| l.split('\t').nth(3).unwrap()).collect();
+    assert_eq!(exitvals.len(), 2);
+    assert!(exitvals.contains(&"timeout") && exitvals.contains(&"0"), "{log}");
+}
+
+#[test]
+fn timeout_kills_the_jobs_children_too() {
+    // The job's shell starts a background sleep (which keeps stdout open)
+    // and waits: both are in the job's process group, both must die.
+    let start = Instant::now();
+    let out = run(&["--timeout", "0.3", "sh", "-c", "sleep 30 & echo $!; wait", "sh", ":::", "a"]);
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert_eq!(out.status.code(), Some(1));
+    let grandchild: u32 = text(&out.stdout).trim().parse().unwrap();
+    assert!(wait_until(Duration::from_secs(2), || !alive(grandchild)), "the background sleep survived");
+}
+
+#[test]
+fn timeout_escalates_to_sigkill_when_sigterm_is_ignored() {
+    let start = Instant::now();
+    let out = run(&["--timeout", "200ms", "sh", "-c", "trap '' TERM; sleep 30", "sh", ":::", "a"]);
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("timed out after 200ms"));
+}
+
+#[test]
+fn halt_on_error_starts_no_new_jobs() {
+    let out =
+        run(&["-j1", "--halt-on-error", "sh", "-c", "echo $1; [ $1 != 2 ]", "sh", ":::", "1", "2", "3", "4"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "1\n2\n");
+}
+
+#[test]
+fn halt_on_error_lets_running_jobs_finish() {
+    let job = "if [ $1 = fail ]; then exit 1; fi; sleep 0.4; echo $1";
+    let out = run(&["-j2", "--halt-on-error", "sh", "-c", job, "sh", ":::", "slow", "fail", "never"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "slow\n");
+}
+
+// ---------------------------------------------------------------------------
+// dry run, job log
+
+#[test]
+fn dry_run_prints_quoted_commands_and_runs_nothing() {
+    let dir = TempDir::new("dry");
+    let target = dir.path("it's here");
+    let out = run(&["--dry-run", "touch", "{}", ":::", &target, "plain"]);
+    assert_eq!(out.status.code(), Some(0));
+    let quoted = format!("'{}'", target.replace('\'', r"'\''"));
+    assert_eq!(text(&out.stdout), format!("touch {quoted}\ntouch plain\n"));
+    assert!(!Path::new(&target).exists() && !Path::new("plain").exists());
+}
+
+#[test]
+fn dry_run_output_runs_the_same_commands_in_a_shell() {
+    let inputs = ["it's", "a b", "$HOME", "*", "", "x\\y", "é"];
+    let mut args = vec!["printf", "[%s]\\n", ":::"];
+    args.extend(inputs);
+    let real = run(&args);
+    let mut dry_args = vec!["--dry-run"];
+    dry_args.extend(&args);
+    let dry = run(&dry_args);
+    assert_eq!(text(&dry.stdout).lines().count(), inputs.len());
+    let replayed = Command::new("sh").arg("-c").arg(text(&dry.stdout)).output().unwrap();
+    assert_eq!(text(&replayed.stdout), text(&real.stdout));
+    assert_eq!(text(&real.stdout), "[it's]\n[a b]\n[$HOME]\n[*]\n[]\n[x\\y]\n[é]\n");
+    // Control characters use $'...', which bash (not every sh) reads.
+    if Path::new("/bin/bash").exists() {
+        let dry = run(&["--dry-run", "printf", "[%s]", ":::", "tab\there\nnewline"]);
+        assert_eq!(text(&dry.stdout), "printf '[%s]' $'tab\\there\\nnewline'\n");
+        let replayed = Command::new("bash").arg("-c").arg(text(&dry.stdout)).output().unwrap();
+        assert_eq!(text(&replayed.stdout), "[tab\there\nnewline]");
+    }
+}
+
+#[test]
+fn joblog_has_a_header_and_one_line_per_job() {
+    let dir = TempDir::new("joblog");
+    let log = dir.path("log");
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let out = run(&["--joblog", &log, "sh", "-c", "sleep 0.1; exit $1", "sh", ":::", "0", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], "Seq\tStarttime\tRuntime\tExitval\tCommand");
+    let mut rows: Vec<Vec<&str>> = lines[1..].iter().map(|l| l.split('\t').collect()).collect();
+    rows.sort();
+    assert_eq!(rows.len(), 2);
+    for (row, (seq, exitval)) in rows.iter().zip([("1", "0"), ("2", "3")]) {
+        assert_eq!(row.len(), 5, "{row:?}");
+        assert_eq!((row[0], row[3]), (seq, exitval));
+        let start: f64 = row[1].parse().unwrap();
+        let runtime: f64 = row[2].parse().unwrap();
+        assert!(start >= before - 1.0 && start < before + 10.0, "start {start}");
+        assert!((0.1..5.0).contains(&runtime), "runtime {runtime}");
+        assert!(row[1].split('.').nth(1).is_some_and(|ms| ms.len() == 3));
+        assert_eq!(row[4], format!("sh -c 'sleep 0.1; exit $1' sh {exitval}"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// signals, fds, usage
+
+/// Starts `mproc run ARGS` and waits until it has `jobs` children.
+fn start_and_wait_for_jobs(args: &[&str], jobs: usize) -> (Child, Vec<u32>) {
+    let child = mproc(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let mut kids = Vec::new();
+    let started = wait_until(Duration::from_secs(5), || {
+        kids = children_of(pid);
+        kids.len() >= jobs
+    });
+    assert!(started, "jobs did not start: {kids:?}");
+    // Let them exec, so the signal reaches `sleep`, not the child before exec.
+    std::thread::sleep(Duration::from_millis(100));
+    (child, kids)
+}
+
+fn stop_with(sig: i32, expected: i32) {
+    // Job 2 has printed a line by then, held back behind job 1: it must not
+    // appear once the run is stopped.
+    let args = ["-j2", "sh", "-c", "echo partial $1; exec sleep 30", "sh", ":::", "1", "2", "3"];
+    let (mut child, kids) = start_and_wait_for_jobs(&args, 2);
+    signal(child.id(), sig);
+    let status = wait_with_limit(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(expected));
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    assert!(!stdout.contains("partial 2"), "{stdout}");
+    for kid in kids {
+        assert!(!alive(kid), "job {kid} still running");
+    }
+}
+
+#[test]
+fn sigint_stops_the_jobs_and_exits_130() {
+    stop_with(libc::SIGINT, 130);
+}
+
+#[test]
+fn sigterm_stops_the_jobs_and_exits_143() {
+    stop_with(libc::SIGTERM, 143);
+}
+
+#[test]
+fn a_closed_stdout_ends_the_run_without_hanging() {
+    let mut child = mproc(&["-j2", "seq", "{}", ":::", "1000000", "1000000", "1000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 2];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"1\n");
+    drop(child.stdout.take());
+    let pid = child.id();
+    let status = wait_with_limit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(141));
+    assert!(children_of(pid).is_empty());
+}
+
+fn fd_numbers(listing: &str) -> BTreeSet<String> {
+    listing.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn jobs_see_no_descriptor_of_the_runner() {
+    // The reference: the same listing without mproc in between. Anything
+    // the test harness itself passes down shows up in both.
+    let list = "exec ls /proc/self/fd";
+    let direct = Command::new("sh").args(["-c", list]).stdin(Stdio::null()).output().unwrap();
+    let expected = fd_numbers(&text(&direct.stdout));
+    assert!(["0", "1", "2"].iter().all(|fd| expected.contains(*fd)));
+    // Several jobs at once, so other jobs' pipes exist while each forks.
+    let out = run(&["-j4", "sh", "-c", list, "sh", ":::", "a", "b", "c", "d", "e", "f"]);
+    assert_eq!(out.status.code(), Some(0));
+    // The union of what every job saw: one extra fd in any job shows up.
+    assert_eq!(fd_numbers(&text(&out.stdout)), expected);
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    for args in [
+        &[][..],
+        &[":::", "a"],
+        &["--no-such-option", "echo"],
+        &["-j", "0", "echo"],
+        &["-j", "many", "echo"],
+        &["--timeout", "5x", "echo"],
+        &["--timeout", "0", "echo"],
+        &["echo", ":::", "a", ":::", "b"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("mproc: "), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+}
