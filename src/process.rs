@@ -249,7 +249,7 @@ impl Process {
         let pid = match &*self.state.borrow() {
             State::Exited { status, .. } => return Ok(Some(*status)),
             State::Running { pid, .. } => *pid,
-            _ => return Ok(None),
+            _ => return Err(Error::InvalidState("process was never started")),
         };
         let status = sys::waitpid(pid, true)?;
         if let Some(status) = status {

@@ -375,8 +375,8 @@ fn buffered_rust_stdout_is_printed_once() {
 fn buffered_c_stdout_is_printed_once() {
     // C stdio on a pipe is fully buffered.
     let output = helper_output(|| {
-        // SAFETY: a NUL-terminated format string without conversions.
-        unsafe { libc::printf(b"unfinished \0".as_ptr().cast()) };
+        // SAFETY: a C string literal (NUL-terminated) without conversions.
+        unsafe { libc::printf(c"unfinished ".as_ptr()) };
     });
     assert_eq!(output, "unfinished child\nparent\n");
 }

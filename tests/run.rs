@@ -2,11 +2,17 @@
 //!
 //! Run with `cargo nextest run --test run` (one process per test: the
 //! resource-usage and child-process checks look at the test's own children).
+//! Checks that read `/proc` (children, descriptors, memory) are Linux-only.
 
+#[cfg(target_os = "linux")]
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+#[cfg(target_os = "linux")]
+use std::io::Read;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+#[cfg(target_os = "linux")]
+use std::process::Child;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const MPROC: &str = env!("CARGO_BIN_EXE_mproc");
@@ -62,6 +68,7 @@ impl Drop for TempDir {
 }
 
 /// Pids whose parent is `pid` (from /proc/*/stat).
+#[cfg(target_os = "linux")]
 fn children_of(pid: u32) -> Vec<u32> {
     let mut kids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -78,6 +85,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// Whether `pid` is still a live (not zombie) process.
+#[cfg(target_os = "linux")]
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat.rfind(')').map(|i| &stat[i + 2..i + 3]) != Some("Z"),
@@ -85,6 +93,7 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -97,6 +106,7 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// Waits for a child with a time limit; kills it and fails if it hangs.
+#[cfg(target_os = "linux")]
 fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
@@ -112,6 +122,7 @@ fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStat
     }
 }
 
+#[cfg(target_os = "linux")]
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill takes integers only.
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
@@ -279,6 +290,7 @@ fn concurrent_writers_never_interleave() {
 
 /// The largest resident set of any waited-for child of this test process
 /// (the runner; its jobs are tiny), in bytes.
+#[cfg(target_os = "linux")]
 fn children_peak_rss() -> u64 {
     // SAFETY: getrusage fills the struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -288,6 +300,7 @@ fn children_peak_rss() -> u64 {
 
 /// Runs mproc with stdout read in chunks (never all held in memory);
 /// returns (number of leading zero bytes, the bytes after them, status).
+#[cfg(target_os = "linux")]
 fn count_zero_stream(args: &[&str]) -> (u64, Vec<u8>, std::process::ExitStatus) {
     let mut child = mproc(args).stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
@@ -309,6 +322,7 @@ fn count_zero_stream(args: &[&str]) -> (u64, Vec<u8>, std::process::ExitStatus) 
     (zeros, tail, wait_with_limit(&mut child, Duration::from_secs(60)))
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn a_200_mb_job_at_the_head_streams_through_in_bounded_memory() {
     let (zeros, tail, status) = count_zero_stream(&[
@@ -329,6 +343,7 @@ fn a_200_mb_job_at_the_head_streams_through_in_bounded_memory() {
     assert!(peak < 40 << 20, "runner peak RSS {} MiB", peak >> 20);
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn a_large_job_waiting_its_turn_spills_instead_of_growing() {
     // Job 2 writes 100 MB while job 1 (the head) still sleeps: it must wait,
@@ -402,6 +417,7 @@ fn timeout_kills_a_job_that_runs_too_long() {
     assert!(exitvals.contains(&"timeout") && exitvals.contains(&"0"), "{log}");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn timeout_kills_the_jobs_children_too() {
     // The job's shell starts a background sleep (which keeps stdout open)
@@ -504,6 +520,7 @@ fn joblog_has_a_header_and_one_line_per_job() {
 // signals, fds, usage
 
 /// Starts `mproc run ARGS` and waits until it has `jobs` children.
+#[cfg(target_os = "linux")]
 fn start_and_wait_for_jobs(args: &[&str], jobs: usize) -> (Child, Vec<u32>) {
     let child = mproc(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
@@ -518,6 +535,7 @@ fn start_and_wait_for_jobs(args: &[&str], jobs: usize) -> (Child, Vec<u32>) {
     (child, kids)
 }
 
+#[cfg(target_os = "linux")]
 fn stop_with(sig: i32, expected: i32) {
     // Job 2 has printed a line by then, held back behind job 1: it must not
     // appear once the run is stopped.
@@ -534,16 +552,19 @@ fn stop_with(sig: i32, expected: i32) {
     }
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn sigint_stops_the_jobs_and_exits_130() {
     stop_with(libc::SIGINT, 130);
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn sigterm_stops_the_jobs_and_exits_143() {
     stop_with(libc::SIGTERM, 143);
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn a_closed_stdout_ends_the_run_without_hanging() {
     let mut child = mproc(&["-j2", "seq", "{}", ":::", "1000000", "1000000", "1000000"])
@@ -561,10 +582,12 @@ fn a_closed_stdout_ends_the_run_without_hanging() {
     assert!(children_of(pid).is_empty());
 }
 
+#[cfg(target_os = "linux")]
 fn fd_numbers(listing: &str) -> BTreeSet<String> {
     listing.split_whitespace().map(str::to_string).collect()
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn jobs_see_no_descriptor_of_the_runner() {
     // The reference: the same listing without mproc in between. Anything

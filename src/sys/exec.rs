@@ -172,15 +172,9 @@ unsafe fn move_fd(fd: RawFd, target: RawFd) -> bool {
         // SAFETY: integers only.
         return unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != -1;
     }
-    loop {
-        // SAFETY: integers only; dup2 clears FD_CLOEXEC on the new fd.
-        if unsafe { libc::dup2(fd, target) } != -1 {
-            return true;
-        }
-        if super::last_errno() != libc::EINTR {
-            return false;
-        }
-    }
+    // dup2 clears FD_CLOEXEC on the new fd. The wrapper only retries EINTR
+    // and builds an allocation-free error: async-signal-safe.
+    super::dup2(fd, target).is_ok()
 }
 
 /// `write(2)` until done or an error; async-signal-safe, for the child.

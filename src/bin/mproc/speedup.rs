@@ -16,7 +16,7 @@ pub struct SpeedupArgs {
     #[arg(long, value_name = "M", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     tasks: u32,
     /// Numbers each task checks for primality (the size of one task)
-    #[arg(long, value_name = "W", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    #[arg(long, value_name = "W", default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     work: u64,
 }
 

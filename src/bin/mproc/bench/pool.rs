@@ -117,7 +117,7 @@ pub fn main(args: Args) -> u8 {
         Ok(v) => v,
         Err(e) => return crate::fail("bench pool", &e),
     };
-    let ranges: Vec<(u64, u64)> = (0..16u64).map(|i| (i * 60_000, 60_000)).collect();
+    let ranges: Vec<(u64, u64)> = (0..16u64).map(|i| (i * 250_000, 250_000)).collect();
     let timings = match speedup::measure(workers, &ranges) {
         Ok(t) => t,
         Err(e) => {

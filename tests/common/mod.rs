@@ -1,0 +1,50 @@
+//! Helpers shared by the integration tests that run programs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `mproc` binary built for these tests.
+pub fn mproc() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mproc"))
+}
+
+/// Runs a command with stdout and stderr piped (so the program's output
+/// goes through a pipe, as in `mproc ... | cat`).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// The path of a C twin from `c-compare/`: the one `make` built (in
+/// `$MPROC_C_DIR`) when there is one, else compiled here with the
+/// project's flags.
+pub fn c_program(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("MPROC_C_DIR") {
+        let built = Path::new(&dir).join(name);
+        if built.is_file() {
+            return built;
+        }
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c-compare").join(format!("{name}.c"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c");
+    std::fs::create_dir_all(&dir).expect("create the C build dir");
+    // One output name per test process, then renamed: tests run in
+    // parallel processes and must not see a half-written binary.
+    let out = dir.join(name);
+    let tmp = dir.join(format!("{name}.{}", std::process::id()));
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .arg("-pthread")
+        .status()
+        .expect("run the C compiler");
+    assert!(status.success(), "compiling {} failed", src.display());
+    std::fs::rename(&tmp, &out).expect("move the C binary into place");
+    out
+}
+
+/// Stdout as lines.
+pub fn lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}

@@ -1,0 +1,120 @@
+//! `--trace` tells the truth: under `strace -f`, the forks and waits mproc
+//! reports are exactly the ones the kernel saw.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+fn have_strace() -> bool {
+    Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success())
+}
+
+/// (parent, child) pairs of process-creating clones/forks seen by strace,
+/// and (waiter, reaped) pairs of successful wait4/waitid calls.
+fn from_strace(log: &str) -> (BTreeSet<(i32, i32)>, BTreeSet<(i32, i32)>) {
+    let mut forks = BTreeSet::new();
+    let mut waits = BTreeSet::new();
+    // A call interrupted by another process's output is split in two:
+    // `clone(flags... <unfinished ...>` then `<... clone resumed>...) = N`.
+    let mut unfinished: std::collections::HashMap<i32, String> = Default::default();
+    for line in log.lines() {
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else { continue };
+        let Ok(pid) = pid.parse::<i32>() else { continue };
+        let mut rest = rest.trim_start().to_string();
+        if rest.ends_with("<unfinished ...>") {
+            unfinished.insert(pid, rest);
+            continue;
+        }
+        if rest.starts_with("<... ") {
+            let start = unfinished.remove(&pid).unwrap_or_default();
+            rest = format!("{start}{rest}");
+        }
+        let rest = rest.as_str();
+        let ret = rest.rsplit_once(" = ").and_then(|(_, r)| r.split_whitespace().next()?.parse::<i32>().ok());
+        let Some(ret) = ret else { continue };
+        let is_fork = rest.starts_with("fork(") || rest.starts_with("vfork(") || rest.starts_with("clone");
+        if is_fork && !rest.contains("CLONE_THREAD") && ret > 0 {
+            forks.insert((pid, ret));
+        }
+        if (rest.starts_with("wait4(") || rest.starts_with("waitid(")) && ret > 0 {
+            waits.insert((pid, ret));
+        }
+    }
+    (forks, waits)
+}
+
+/// The same pairs from mproc's own `[pid] fork() = child` and
+/// `[pid] waitpid(child) = ...` / `[pid] waitpid(-1) = child ...` lines.
+fn from_trace(stderr: &str) -> (BTreeSet<(i32, i32)>, BTreeSet<(i32, i32)>) {
+    let mut forks = BTreeSet::new();
+    let mut waits = BTreeSet::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix('[') else { continue };
+        let Some((pid, call)) = rest.split_once("] ") else { continue };
+        let Ok(pid) = pid.parse::<i32>() else { continue };
+        if let Some(child) = call.strip_prefix("fork() = ") {
+            if let Ok(child) = child.parse::<i32>() {
+                forks.insert((pid, child));
+            }
+        } else if let Some(args) = call.strip_prefix("waitpid(") {
+            let (target, result) = args.split_once(") = ").expect("waitpid line shape");
+            let child = if target == "-1" {
+                result.split_whitespace().next().and_then(|c| c.parse().ok()).expect("reaped pid")
+            } else {
+                target.parse().expect("waited pid")
+            };
+            waits.insert((pid, child));
+        }
+    }
+    (forks, waits)
+}
+
+fn check(args: &[&str]) {
+    if !have_strace() {
+        eprintln!("strace not installed: skipping (CI installs it)");
+        return;
+    }
+    let log = std::env::temp_dir().join(format!("mproc-strace-{}-{}.log", std::process::id(), args.join("_")));
+    let out = common::run(
+        Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=fork,vfork,clone,clone3,wait4,waitid", "-o"])
+            .arg(&log)
+            .arg(env!("CARGO_BIN_EXE_mproc"))
+            .arg("--trace")
+            .args(args),
+    );
+    assert!(out.status.success(), "mproc {args:?} under strace: {}", String::from_utf8_lossy(&out.stderr));
+    let strace_log = std::fs::read_to_string(&log).expect("strace log");
+    let _ = std::fs::remove_file(&log);
+    let (k_forks, k_waits) = from_strace(&strace_log);
+    let (m_forks, m_waits) = from_trace(&String::from_utf8_lossy(&out.stderr));
+    assert!(!m_forks.is_empty(), "no fork traced for {args:?}");
+    assert_eq!(m_forks, k_forks, "forks for {args:?}\nstrace log:\n{strace_log}");
+    assert_eq!(m_waits, k_waits, "waits for {args:?}\nstrace log:\n{strace_log}");
+}
+
+#[test]
+fn traced_forks_and_waits_match_strace_for_square() {
+    check(&["square"]);
+}
+
+#[test]
+fn traced_forks_and_waits_match_strace_for_numbers() {
+    check(&["numbers", "--count", "3"]);
+}
+
+#[test]
+fn traced_forks_and_waits_match_strace_for_the_pool() {
+    check(&["cube"]);
+}
+
+#[test]
+fn trace_lines_name_the_calls_of_the_lesson() {
+    let out = common::run(common::mproc().args(["--trace", "square"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(common::lines(&out), ["The square of 5 is 25", "Main process completed"]);
+    for call in ["pipe() = [", "fork() = ", "_exit(0)", "waitpid("] {
+        assert!(err.contains(call), "no {call:?} in trace:\n{err}");
+    }
+}
