@@ -10,7 +10,8 @@ CFLAGS  ?= -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE
 LDLIBS  ?= -pthread
 BUILD   ?= build
 
-MPROC   := target/release/mproc
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+MPROC   ?= $(TARGET_DIR)/release/mproc
 C_SRCS  := $(wildcard c-compare/*.c)
 C_PROGS := $(patsubst c-compare/%.c,$(BUILD)/c/%,$(C_SRCS))
 MANPAGES := man/mproc.1 man/mproc.7
@@ -25,8 +26,8 @@ else
 RUST_TESTS = $(CARGO) test --no-fail-fast -- --test-threads=1
 endif
 
-.PHONY: all help release c demo test test-rust fmt-check clippy man-lint bench compare man \
-        install uninstall clean
+.PHONY: all help release c demo test test-rust fmt-check clippy doc man-lint install-check bench \
+        compare man install uninstall clean
 
 all: release c
 
@@ -61,7 +62,7 @@ demo: release
 	@echo "== mproc isolation: processes copy memory, threads share it"
 	@$(MPROC) isolation
 
-test: fmt-check clippy c test-rust man-lint
+test: fmt-check clippy c test-rust doc man-lint install-check
 
 fmt-check:
 	$(CARGO) fmt --check
@@ -71,6 +72,9 @@ clippy:
 
 test-rust:
 	MPROC_C_DIR=$(CURDIR)/$(BUILD)/c $(RUST_TESTS)
+
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
 man-lint:
 	@for page in $(MANPAGES); do \
@@ -86,7 +90,7 @@ bench: release
 	$(MPROC) bench run
 
 compare: release c
-	$(MPROC) bench compare --c-bench $(BUILD)/c/bench
+	$(MPROC) bench compare --c-dir $(BUILD)/c
 
 man:
 	@mkdir -p $(BUILD)/man
@@ -95,7 +99,8 @@ man:
 	    echo "$(BUILD)/man/$$(basename $$page).txt"; \
 	done
 
-install: release
+install:
+	@test -x $(MPROC) || $(CARGO) build --release
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man7
 	install -m 755 $(MPROC) $(DESTDIR)$(BINDIR)/mproc
 	install -m 644 man/mproc.1 $(DESTDIR)$(MANDIR)/man1/mproc.1
@@ -103,6 +108,18 @@ install: release
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/mproc $(DESTDIR)$(MANDIR)/man1/mproc.1 $(DESTDIR)$(MANDIR)/man7/mproc.7
+
+# Installs into a temporary prefix, reads both pages with man -M, uninstalls.
+install-check:
+	@tmp=$$(mktemp -d) && \
+	$(MAKE) --no-print-directory install PREFIX=$$tmp MPROC=$(TARGET_DIR)/debug/mproc >/dev/null && \
+	$$tmp/bin/mproc square >/dev/null && \
+	MANPAGER=cat man -M $$tmp/share/man 1 mproc 2>/dev/null | grep -q 'isolation' && \
+	MANPAGER=cat man -M $$tmp/share/man 7 mproc 2>/dev/null | grep -q 'zygote' && \
+	$(MAKE) --no-print-directory uninstall PREFIX=$$tmp >/dev/null && \
+	test ! -e $$tmp/bin/mproc && test ! -e $$tmp/share/man/man1/mproc.1 && \
+	test ! -e $$tmp/share/man/man7/mproc.7 && \
+	rm -rf $$tmp && echo "install-check: make install, man -M, make uninstall: ok"
 
 clean:
 	$(CARGO) clean

@@ -7,7 +7,7 @@
  *          pool.map(print_cube, [1, 2, 3, 4, 5]).
  *
  * Usage:   cube_pool [--processes N] [NUMBERS...]
- *              N from 1 to 1024, default 3; NUMBERS are 64-bit integers,
+ *              N from 1 to 256, default 3; NUMBERS are 64-bit integers,
  *              negative ones too, default 1 2 3 4 5. The cube is exact for
  *              any of them (wideint.h).
  *
@@ -68,7 +68,7 @@
 #include "wideint.h"
 
 #define EXIT_USAGE 2
-#define MAX_PROCESSES 1024
+#define MAX_PROCESSES 256
 
 /* Parent -> worker: one number to cube. */
 struct task {
@@ -490,7 +490,7 @@ int main(int argc, char *argv[])
             usage_error("numbers must be 64-bit integers, not", arg);
         }
         if (!parse_ll(value, &processes) || processes < 1 || processes > MAX_PROCESSES)
-            usage_error("--processes must be an integer from 1 to 1024, not", value);
+            usage_error("--processes must be an integer from 1 to 256, not", value);
     }
     if (ntasks == 0) {
         memcpy(numbers, default_numbers, sizeof default_numbers);

@@ -6,7 +6,7 @@
  * Lesson:  the seed's Q6, four multiprocessing.Process objects started in a
  *          loop and joined in a second loop.
  *
- * Usage:   numbers [--count N]     N from 0 to 10000, default 4
+ * Usage:   numbers [--count N]     N from 0 to 1000, default 4
  *
  * Output (stdout): one line per child, in whatever order the scheduler runs
  * them, then the parent's line, always last:
@@ -40,7 +40,7 @@
 #include <unistd.h>
 
 #define EXIT_USAGE 2
-#define MAX_COUNT 10000
+#define MAX_COUNT 1000
 
 static const char *progname = "numbers";
 static bool in_child = false;
@@ -162,7 +162,7 @@ int main(int argc, char *argv[])
             usage_error("unexpected argument", arg);
         }
         if (!parse_range(value, 0, MAX_COUNT, &count))
-            usage_error("--count must be an integer from 0 to 10000, not", value);
+            usage_error("--count must be an integer from 0 to 1000, not", value);
     }
 
     /* Anything still buffered would be copied into each child and printed again. */

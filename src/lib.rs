@@ -1,7 +1,83 @@
 //! mproc: Python's `multiprocessing` — `Process` and `Pool` — built directly
 //! on `fork`, `waitpid`, pipes and a ring buffer in shared memory.
+//!
+//! # A short tour
+//!
+//! **[`Process`]** runs a closure in a forked child, with Python's
+//! lifecycle and exit codes (`0`; `n` from `exit(n)`; `1` for a panic;
+//! `-signal` when killed):
+//!
+//! ```
+//! let mut p = mproc::Process::new(|| println!("The square of 5 is 25"));
+//! p.start()?;
+//! assert_eq!(p.join()?, 0);
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! **[`spawn`]** does the same and brings a typed value back through a
+//! pipe, encoded with **[`Wire`]** (integers, floats, strings, vectors,
+//! options, results, tuples, arrays — or your own types):
+//!
+//! ```
+//! let child = mproc::spawn(|| vec![1u32, 2, 3].iter().sum::<u32>())?;
+//! assert_eq!(child.join()?, 6);
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! **[`Pool`]** keeps worker processes and feeds them through rings in
+//! shared memory ([`ring`]): `map`, `imap`, `imap_unordered`, `apply`,
+//! `apply_async`, with crash isolation (a dead worker costs one task an
+//! [`Error::WorkerDied`], and is replaced) and per-task timeouts that kill:
+//!
+//! ```
+//! fn cube(n: u64) -> u64 { n * n * n }
+//! let pool = mproc::Pool::new(3)?;
+//! assert_eq!(pool.map(cube, vec![1u64, 2, 3, 4, 5])?, vec![1, 8, 27, 64, 125]);
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! **[`fork_map`]** forks its workers at the call, so the closure may
+//! capture anything and the input is shared by copy-on-write, never encoded.
+//!
+//! **[`runner`]** is the engine of `mproc run`, a parallel command runner on
+//! `fork` + `execvp`.
+//!
+//! Every system call lives in one private module, retries `EINTR`, and
+//! reports failure as [`Error::Os`] naming the call; [`set_trace`] prints
+//! each one as it happens (the CLI's `--trace`).
+//!
+//! # Rules of `fork`, and common deadlocks
+//!
+//! - **Threads.** `fork` copies only the calling thread. A lock held by
+//!   another thread at that instant — a `Mutex` of yours, Rust's `stdout`
+//!   lock — stays locked forever in the child. Start [`Process`]es and
+//!   [`fork_map`] before you start threads, or make sure no other thread
+//!   holds such a lock across the call. [`Pool`] forks once, at
+//!   [`Pool::new`]; every later worker comes from its single-threaded
+//!   zygote, so a pool stays safe after you start threads.
+//! - **Buffered output.** mproc flushes Rust's and C's stdio before every
+//!   fork, and children end with `_exit` after flushing their own, so no
+//!   line is printed twice. Bypass it (a `BufWriter` of your own) and you
+//!   must flush it yourself before `start()`.
+//! - **Pipes that never close.** A child inherits every descriptor the
+//!   parent had open at `fork`. A pipe's reader sees end-of-file only when
+//!   *every* copy of the write end is closed; a grandchild your task starts
+//!   and leaves running keeps them open (mproc's own pipes are
+//!   close-on-exec, so an `exec`'d grandchild does not).
+//! - **A child blocked writing, a parent blocked waiting.** A child that
+//!   writes more than a pipe holds blocks until someone reads. [`JoinHandle::join`]
+//!   reads to end-of-file *before* `waitpid` for that reason; do the same
+//!   with your own pipes.
+//! - **Dropping a running [`Process`]** waits for it (Python joins
+//!   non-daemon children at exit); mark it [`Process::daemon`] to have drop
+//!   kill it instead.
+//!
+//! # Signals
+//! [`exit_cleanly_on_signals`] makes `SIGINT`/`SIGTERM` kill and reap every
+//! pool's workers before the program exits with 130/143 — what the CLI
+//! does.
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod error;
 pub mod status;
@@ -18,3 +94,11 @@ pub use process::{spawn, JoinHandle, Process};
 pub use status::ExitStatus;
 pub use sys::{open_fd_count, set_trace, tracing};
 pub use wire::{DecodeError, Wire};
+
+/// Restores the default action of `SIGPIPE`, which Rust's runtime ignores:
+/// a program writing into a closed pipe (`mproc numbers | head -1`) then
+/// ends quietly, killed by the signal (status 141 in a shell), instead of
+/// panicking on the next `println!`. Children forked afterwards inherit it.
+pub fn restore_default_sigpipe() -> Result<()> {
+    sys::signal::default_sigpipe()
+}

@@ -38,13 +38,13 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::status::ExitStatus;
-use crate::sys::{self, Forked};
+use crate::sys::{self, Forked, ParentOnlyFd};
 use crate::wire::Wire;
 
 type Target = Box<dyn FnOnce()>;
@@ -53,7 +53,7 @@ enum State {
     NotStarted(Target),
     /// Forked and not yet reaped. `sentinel` is the read end of a pipe whose
     /// only write end the child holds: it hangs up when the child dies.
-    Running { pid: i32, sentinel: OwnedFd },
+    Running { pid: i32, sentinel: ParentOnlyFd },
     /// Reaped: the pid may already belong to someone else; never signal it.
     Exited { pid: i32, status: ExitStatus },
     /// Only while `start` moves the target out.
@@ -110,6 +110,9 @@ impl Process {
             return Err(Error::InvalidState("process already started"));
         }
         let (sentinel, sentinel_w) = sys::pipe()?;
+        // Registered so every later fork closes it in the child: siblings
+        // must not hold each other's sentinels.
+        let sentinel = ParentOnlyFd::new(sentinel);
         let State::NotStarted(target) = std::mem::replace(state, State::Starting) else {
             unreachable!("checked above")
         };
@@ -122,10 +125,10 @@ impl Process {
                 Err(e)
             }
             Ok(Forked::Child) => {
-                // Child: the read end is the parent's; the write end stays
-                // open until this process dies, which is what the parent
-                // polls for.
-                sys::close_inherited(sentinel.as_raw_fd());
+                // Child: `fork` already closed the read end (parent-only);
+                // the write end stays open until this process dies, which is
+                // what the parent polls for. Never drop the parent's objects.
+                std::mem::forget(sentinel);
                 std::mem::forget(sentinel_w);
                 run_child(target)
             }
@@ -311,7 +314,7 @@ pub struct JoinHandle<T> {
     // Declared before `process` so it is closed first on drop: a child
     // blocked writing a large result then gets EPIPE instead of blocking
     // the parent's wait forever.
-    result: OwnedFd,
+    result: ParentOnlyFd,
     process: Process,
     _value: PhantomData<fn() -> T>,
 }
@@ -332,9 +335,9 @@ where
     F: FnOnce() -> T + 'static,
 {
     let (result_r, result_w) = sys::pipe()?;
-    let parent_end = result_r.as_raw_fd();
+    // Parent-only: `fork` closes it in the child, and in every later child.
+    let result_r = ParentOnlyFd::new(result_r);
     let mut process = Process::new(move || {
-        sys::close_inherited(parent_end);
         let outcome = panic::catch_unwind(AssertUnwindSafe(f));
         let mut msg = Vec::new();
         match &outcome {

@@ -1,7 +1,7 @@
 //! Wait statuses, decoded once.
 //!
 //! The kernel packs a child's end into one `int`; the `W*` macros unpack it.
-//! [`ExitStatus`] is that unpacking done once, in [`crate::sys::waitpid`], so
+//! [`ExitStatus`] is that unpacking done once, in the crate's private `sys::waitpid`, so
 //! no other code in the crate looks at raw status bits.
 
 use std::fmt;

@@ -221,7 +221,7 @@ fn numbers_rejects_a_non_numeric_count() {
 
 #[test]
 fn numbers_rejects_a_count_above_the_limit() {
-    assert_usage_error(&["numbers", "--count", "10001"]);
+    assert_usage_error(&["numbers", "--count", "1001"]);
 }
 
 #[test]

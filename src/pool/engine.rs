@@ -3,57 +3,59 @@
 //!
 //! Every task is in exactly one place at a time: the queue (not yet sent),
 //! a slot's in-flight list (sent to that worker, in order), or its
-//! submission's results (a value or an error). A worker's death moves its
-//! first unfinished task to "error" and its other in-flight tasks back to
-//! the front of the queue, so nothing is lost and nothing runs twice after
-//! it has produced a result.
+//! submission's results (a value or an error). A worker's death gives the
+//! task it was running an error (see [`Engine::on_death`]) and moves its
+//! other in-flight tasks back to the front of the queue, so every task gets
+//! exactly one outcome. A task whose result had not reached the parent when
+//! its worker died (still packed in the worker, see `worker`) runs again.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::message::{self, Call, ResultTag};
 use super::shared::{self, Layout};
-use crate::ring::{Receiver, Sender};
 use super::zygote::{Report, Zygote};
 use crate::error::{Error, OsError, Result};
+use crate::ring::{Receiver, Sender};
 use crate::status::ExitStatus;
 use crate::sys;
-use crate::wire::DecodeError;
+use crate::wire::{DecodeError, Wire};
 
-/// After SIGTERM, how long a timed-out worker gets before SIGKILL.
+/// After SIGTERM, how long a timed-out worker's process group gets before
+/// SIGKILL.
 pub(crate) const TERM_GRACE: Duration = Duration::from_millis(200);
 /// Batches a worker may hold at once: one running, one ready behind it.
 const BATCHES_IN_FLIGHT: usize = 2;
+/// How long to wait before asking the zygote again after a failed fork.
+const SPAWN_RETRY: Duration = Duration::from_millis(100);
 
-/// A run of consecutive tasks of one submission, for one function.
+/// A run of consecutive tasks of one submission, for one function, as the
+/// task message that carries it.
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub sub: u64,
     pub first: u32,
     pub count: u32,
     pub call: Call,
-    /// `count` x (len u32, encoded argument).
-    pub payload: Vec<u8>,
+    /// The whole task message: header (with `count`) and the arguments.
+    pub msg: Vec<u8>,
 }
 
 impl Batch {
     /// Splits off the tasks from `at` on (re-queueing after a death, or
     /// honouring `max_tasks_per_child`).
     fn split_off(&mut self, at: u32) -> Batch {
-        let mut offset = 0usize;
-        for _ in 0..at {
-            let len = u32::from_le_bytes(self.payload[offset..offset + 4].try_into().unwrap_or([0; 4]));
-            offset += 4 + len as usize;
-        }
-        let tail = Batch {
-            sub: self.sub,
-            first: self.first + at,
-            count: self.count - at,
-            call: self.call,
-            payload: self.payload.split_off(offset),
-        };
+        let offset = message::arg_offset(&self.msg, at);
+        let mut msg = Vec::with_capacity(message::BATCH_HEADER_LEN + self.msg.len() - offset);
+        message::begin_batch(self.call, &mut msg);
+        msg.extend_from_slice(&self.msg[offset..]);
+        message::set_batch_count(&mut msg, self.count - at);
+        let tail = Batch { sub: self.sub, first: self.first + at, count: self.count - at, call: self.call, msg };
+        self.msg.truncate(offset);
         self.count = at;
+        message::set_batch_count(&mut self.msg, at);
         tail
     }
 }
@@ -93,6 +95,8 @@ impl Submission {
         self.spans.len()
     }
 
+    /// Files task `i`'s outcome; a second outcome for the same task (which
+    /// the engine never produces) is ignored.
     fn set(&mut self, i: u32, outcome: Result<&[u8]>) {
         if self.spans[i as usize].1 != PENDING {
             return;
@@ -127,24 +131,23 @@ struct Slot {
     /// Our ends of the slot's rings: tasks out, results in.
     tasks: Sender,
     results: Receiver,
-    /// The message being written into `tasks` (header + the batch at
-    /// `inflight[sending]`), kept until all of it is in the ring.
-    out_msg: Vec<u8>,
     /// Batches sent or being sent, oldest first. The worker answers their
     /// tasks in exactly this order.
     inflight: VecDeque<Batch>,
     /// Results received for `inflight[0]`.
     head_done: u32,
-    /// Index into `inflight` of the batch being written, and bytes written.
+    /// Index into `inflight` of the batch being written, and bytes of it
+    /// already in the ring.
     sending: usize,
     sent_bytes: usize,
     /// Tasks handed to this worker (for max_tasks_per_child).
     assigned: usize,
-    /// When the task now at the head started (as near as the parent knows).
-    head_started: Instant,
+    /// Results received from this worker (compared with its progress word
+    /// when it dies).
+    received: u64,
     /// Set when we signalled the worker to end it: since when, escalated?
     killing: Option<(Instant, bool)>,
-    /// What the head task's outcome is when the worker dies by our hand.
+    /// The outcome of the task it runs, when the worker dies by our hand.
     kill_cause: Option<Error>,
     exit_sent: bool,
     retry_spawn_at: Option<Instant>,
@@ -159,13 +162,12 @@ impl Slot {
             state: SlotState::Spawning,
             tasks,
             results,
-            out_msg: Vec::new(),
             inflight: VecDeque::new(),
             head_done: 0,
             sending: 0,
             sent_bytes: 0,
             assigned: 0,
-            head_started: Instant::now(),
+            received: 0,
             killing: None,
             kill_cause: None,
             exit_sent: false,
@@ -174,8 +176,8 @@ impl Slot {
         })
     }
 
-    fn tasks_in_flight(&self) -> usize {
-        self.inflight.iter().map(|b| b.count as usize).sum::<usize>() - self.head_done as usize
+    fn is_live(&self) -> bool {
+        matches!(self.state, SlotState::Live { .. })
     }
 }
 
@@ -198,6 +200,9 @@ pub(crate) struct Engine {
     subs: HashMap<u64, Submission>,
     next_sub: u64,
     limits: Limits,
+    /// Process groups of timed-out workers that died before their grace
+    /// period ended: what they started still gets SIGKILL at that instant.
+    group_kills: Vec<(i32, Instant)>,
     pub closed: bool,
     pub finished: bool,
     reports: Vec<Report>,
@@ -222,6 +227,7 @@ impl Engine {
             subs: HashMap::new(),
             next_sub: 0,
             limits,
+            group_kills: Vec::new(),
             closed: false,
             finished: false,
             reports: Vec::new(),
@@ -229,14 +235,14 @@ impl Engine {
     }
 
     /// Asks the zygote for the first workers and waits until each is
-    /// running. A failed fork fails the whole start, naming `fork`.
+    /// running. A failed fork fails the whole start, naming `fork`; the
+    /// caller drops the engine, which kills and reaps what did start.
     pub(crate) fn start_workers(&mut self) -> Result<()> {
         for slot in 0..self.slots.len() {
             self.zygote.spawn(slot)?;
         }
-        while self.slots.iter().any(|s| s.state == SlotState::Spawning) {
-            let ready = sys::poll(&[(self.zygote.report_fd(), true, false)], None)?;
-            let _ = ready;
+        while self.spawning() {
+            sys::poll(&[(self.zygote.report_fd(), true, false)], None)?;
             let mut reports = Vec::new();
             let alive = self.zygote.read_reports(&mut reports)?;
             for rep in reports {
@@ -246,11 +252,10 @@ impl Engine {
                         return Err(Error::Os(OsError { call: "fork", pid: None, errno }))
                     }
                     Report::Died { slot, pid, status } => {
-                        // Died before doing anything (e.g. its initializer
-                        // panicked): report it as such.
-                        return Err(Error::died(pid, status, None)).inspect_err(|_| {
-                            self.slots[slot].state = SlotState::Empty;
-                        });
+                        // Died before doing anything (its initializer
+                        // panicked, say): report it as such.
+                        self.slots[slot].state = SlotState::Empty;
+                        return Err(Error::died(pid, status, None));
                     }
                 }
             }
@@ -271,15 +276,21 @@ impl Engine {
             .collect()
     }
 
-    /// Queues a new submission of `args` (encoded), in batches of `chunk`.
-    /// Never blocks: dispatch happens in `pump`.
-    pub(crate) fn submit(
+    /// Whether a worker has been asked for and not yet reported.
+    pub(crate) fn spawning(&self) -> bool {
+        self.slots.iter().any(|s| s.state == SlotState::Spawning)
+    }
+
+    /// Queues a new submission of `items`, encoded straight into task
+    /// messages of `chunk` tasks each. Never blocks: dispatch happens in
+    /// `pump`. Returns the submission's id and its number of tasks.
+    pub(crate) fn submit<A: Wire>(
         &mut self,
         call: Call,
-        args: impl IntoIterator<Item = Vec<u8>>,
+        items: impl Iterator<Item = A>,
         chunk: usize,
         base_index: u64,
-    ) -> Result<u64> {
+    ) -> Result<(u64, usize)> {
         if self.closed || self.finished {
             return Err(Error::Closed);
         }
@@ -288,17 +299,20 @@ impl Engine {
         let chunk = chunk.clamp(1, u32::MAX as usize / 2) as u32;
         let mut count = 0u32;
         let mut batch: Option<Batch> = None;
-        for arg in args {
-            let b = batch.get_or_insert_with(|| Batch { sub, first: count, count: 0, call, payload: Vec::new() });
-            b.payload.extend_from_slice(&(arg.len() as u32).to_le_bytes());
-            b.payload.extend_from_slice(&arg);
+        for arg in items {
+            let b = batch.get_or_insert_with(|| {
+                let mut msg = Vec::new();
+                message::begin_batch(call, &mut msg);
+                Batch { sub, first: count, count: 0, call, msg }
+            });
+            message::push_arg(&mut b.msg, &arg);
             b.count += 1;
             count += 1;
             if b.count == chunk {
-                self.queue.extend(batch.take());
+                self.queue_batch(batch.take());
             }
         }
-        self.queue.extend(batch.take());
+        self.queue_batch(batch.take());
         self.subs.insert(
             sub,
             Submission {
@@ -311,7 +325,14 @@ impl Engine {
             },
         );
         self.dispatch()?;
-        Ok(sub)
+        Ok((sub, count as usize))
+    }
+
+    fn queue_batch(&mut self, batch: Option<Batch>) {
+        if let Some(mut b) = batch {
+            message::set_batch_count(&mut b.msg, b.count);
+            self.queue.push_back(b);
+        }
     }
 
     pub(crate) fn submission(&self, sub: u64) -> Option<&Submission> {
@@ -346,14 +367,13 @@ impl Engine {
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::Timeout);
             }
-            let wake_at = [deadline, self.next_timer()].into_iter().flatten().min();
+            let wake_at = [deadline, self.next_timer(now)].into_iter().flatten().min();
             let timeout = wake_at.map(|t| t.saturating_duration_since(now));
             let reports = self.zygote.report_fd();
             let slots = &self.slots;
             shared::sleep(self.layout.parent_sleeping(), self.parent_bell.as_fd(), &[reports], timeout, || {
                 slots.iter().any(|s| {
-                    matches!(s.state, SlotState::Live { .. })
-                        && (s.results.has_data() || (s.sending < s.inflight.len() && s.tasks.has_room()))
+                    s.is_live() && (s.results.has_data() || (s.sending < s.inflight.len() && s.tasks.has_room()))
                 })
             })?;
         }
@@ -371,56 +391,68 @@ impl Engine {
 
     /// Drains slot `k`'s result ring.
     fn collect(&mut self, k: usize) -> Result<()> {
-        let mut got_any = false;
         loop {
             let slot = &mut self.slots[k];
-            let more = match slot.results.try_recv_into(&mut slot.result_buf) {
-                Ok(more) => more,
-                Err(e) => {
-                    // The ring can no longer be trusted: end the worker; its
-                    // head task gets the decode error.
-                    self.kill_slot(k, e, libc::SIGKILL)?;
-                    return Ok(());
+            let filed = match slot.results.try_recv_into(&mut slot.result_buf) {
+                Ok(false) => break,
+                Ok(true) => {
+                    let msg = std::mem::take(&mut slot.result_buf);
+                    let filed = self.deliver_all(k, &msg);
+                    self.slots[k].result_buf = msg;
+                    filed
                 }
+                Err(Error::Decode(e)) => Err(e),
+                Err(e) => return Err(e),
             };
-            if !more {
+            if let Err(e) = filed {
+                // The worker and we no longer agree on what its bytes mean:
+                // end it; the task it runs gets the decode error.
+                self.kill_slot(k, Error::Decode(e), libc::SIGKILL)?;
                 break;
             }
-            got_any = true;
-            let msg = std::mem::take(&mut self.slots[k].result_buf);
-            self.deliver(k, &msg);
-            self.slots[k].result_buf = msg;
         }
-        if got_any {
-            // We freed ring space a blocked worker may be waiting for.
-            shared::wake(self.layout.worker_sleeping(k), self.worker_bells[k].as_fd());
+        // Taking results (whole messages, or fragments of one bigger than
+        // the ring) freed room a worker may be asleep waiting for.
+        shared::wake(self.layout.worker_sleeping(k), self.worker_bells[k].as_fd());
+        Ok(())
+    }
+
+    /// Files every record of one result message against slot `k`'s tasks.
+    fn deliver_all(&mut self, k: usize, msg: &[u8]) -> std::result::Result<(), DecodeError> {
+        for record in message::result_records(msg) {
+            let (tag, payload) = record?;
+            let outcome = match ResultTag::from_byte(tag) {
+                Some(ResultTag::Ok) => Ok(payload),
+                Some(ResultTag::Panicked) => {
+                    Err(Error::Panicked { message: String::from_utf8_lossy(payload).into_owned() })
+                }
+                Some(ResultTag::ArgDecode) => {
+                    Err(Error::Decode(DecodeError::new("the task's argument did not decode in the worker")))
+                }
+                Some(ResultTag::Corrupt) | None => return Err(DecodeError::new("corrupt result frame")),
+            };
+            if !self.deliver(k, outcome) {
+                return Err(DecodeError::new("a result for a task that was never sent"));
+            }
         }
         Ok(())
     }
 
-    /// Files one result message against slot `k`'s head task.
-    fn deliver(&mut self, k: usize, msg: &[u8]) {
+    /// Files one outcome against slot `k`'s first unanswered task; false if
+    /// it has none.
+    fn deliver(&mut self, k: usize, outcome: Result<&[u8]>) -> bool {
         let slot = &mut self.slots[k];
-        let Some(head) = slot.inflight.front() else { return };
+        let Some(head) = slot.inflight.front() else { return false };
         let (sub, i) = (head.sub, head.first + slot.head_done);
-        let outcome = match msg.split_first().map(|(t, p)| (ResultTag::from_byte(*t), p)) {
-            Some((Some(ResultTag::Ok), payload)) => Ok(payload),
-            Some((Some(ResultTag::Panicked), payload)) => {
-                Err(Error::Panicked { message: String::from_utf8_lossy(payload).into_owned() })
-            }
-            Some((Some(ResultTag::ArgDecode), _)) => {
-                Err(Error::Decode(DecodeError::new("the task's argument did not decode in the worker")))
-            }
-            _ => Err(Error::Decode(DecodeError::new("corrupt result frame"))),
-        };
+        slot.received += 1;
         slot.head_done += 1;
         if slot.head_done == head.count {
             slot.inflight.pop_front();
             slot.head_done = 0;
             slot.sending = slot.sending.saturating_sub(1);
         }
-        slot.head_started = Instant::now();
         self.file(sub, i, outcome);
+        true
     }
 
     fn file(&mut self, sub: u64, i: u32, outcome: Result<&[u8]>) {
@@ -442,8 +474,8 @@ impl Engine {
                 }
                 Report::SpawnFailed { slot, errno } => {
                     self.slots[slot].state = SlotState::Empty;
-                    self.slots[slot].retry_spawn_at = Some(Instant::now() + Duration::from_millis(100));
-                    if !self.slots.iter().any(|s| matches!(s.state, SlotState::Live { .. })) {
+                    self.slots[slot].retry_spawn_at = Some(Instant::now() + SPAWN_RETRY);
+                    if !self.slots.iter().any(|s| s.is_live() || s.state == SlotState::Spawning) {
                         // Nobody left to run the queue: fail it, don't hang.
                         let err = Error::Os(OsError { call: "fork", pid: None, errno });
                         self.fail_queue(&err);
@@ -462,35 +494,79 @@ impl Engine {
         Ok(())
     }
 
+    /// Worker `pid` of slot `k` has ended and been reaped by the zygote.
+    ///
+    /// Which task ends with it, from its progress word (`2 × finished`,
+    /// `+ 1` while running) and the results we have: the `finished -
+    /// received` tasks after the last result we got had finished but their
+    /// results were still packed in the worker (they run again); the next
+    /// one, if it was running, is the one that killed it, and gets
+    /// `WorkerDied` (or the cause, if we killed it: `Timeout`, `Decode`).
+    /// A worker that dies before it starts any task (its initializer
+    /// failed) takes its first task with it, so a worker that can never
+    /// work fails the tasks one by one instead of being replaced forever.
+    /// A worker killed between tasks takes none: all its tasks run again.
     fn on_death(&mut self, k: usize, pid: i32, status: ExitStatus) -> Result<()> {
         // Results it published before dying are good: take them first.
+        // (Empty first, so a corrupt ring found now signals no one: the pid
+        // is reaped and may be reused.)
+        self.slots[k].state = SlotState::Empty;
         self.collect(k)?;
+        // Acquire: pairs with the worker's Release stores; its exit, the
+        // zygote's waitpid and the report pipe order them before this anyway.
+        let progress = self.layout.progress(k).load(Ordering::Acquire);
+        let (finished, running) = (progress / 2, progress % 2 == 1);
         let slot = &mut self.slots[k];
         let cause = slot.kill_cause.take();
+        let unsent = finished.saturating_sub(slot.received);
+        let blamed = if running || finished == 0 || cause.is_some() { Some(unsent) } else { None };
+        if let Some((since, escalated)) = slot.killing.take() {
+            // A timed-out worker's group may outlive it (a child that
+            // ignores SIGTERM): it still gets SIGKILL when the grace ends.
+            if !escalated {
+                self.group_kills.push((pid, since + TERM_GRACE));
+            }
+        }
+        let mut rest: VecDeque<Batch> = std::mem::take(&mut slot.inflight);
+        if let Some(head) = rest.front_mut() {
+            if slot.head_done > 0 {
+                *head = head.split_off(slot.head_done);
+            }
+        }
         let mut requeue = Vec::new();
-        if let Some(mut head) = slot.inflight.pop_front() {
-            let i = head.first + slot.head_done;
-            let sub = head.sub;
+        let mut victim = None;
+        let mut skip = blamed;
+        while let Some(mut batch) = rest.pop_front() {
+            match skip {
+                Some(n) if n < u64::from(batch.count) => {
+                    let mut hit = batch.split_off(n as u32);
+                    let after = hit.split_off(1);
+                    victim = Some((hit.sub, hit.first));
+                    requeue.extend([batch, after].into_iter().filter(|b| b.count > 0));
+                    skip = None;
+                }
+                Some(n) => {
+                    skip = Some(n - u64::from(batch.count));
+                    requeue.push(batch);
+                }
+                None => requeue.push(batch),
+            }
+        }
+        if let Some((sub, i)) = victim {
             let index = self.subs.get(&sub).map_or(0, |s| s.base_index) + u64::from(i);
             let err = cause.unwrap_or_else(|| Error::died(pid, status, Some(index)));
-            let rest = head.split_off(slot.head_done + 1);
-            if rest.count > 0 {
-                requeue.push(rest);
-            }
-            requeue.extend(slot.inflight.drain(..));
             self.file(sub, i, Err(err));
+        }
+        for b in requeue.into_iter().rev() {
+            self.queue.push_front(b);
         }
         let slot = &mut self.slots[k];
         slot.head_done = 0;
         slot.sending = 0;
         slot.sent_bytes = 0;
         slot.assigned = 0;
-        slot.killing = None;
+        slot.received = 0;
         slot.exit_sent = false;
-        slot.state = SlotState::Empty;
-        for b in requeue.into_iter().rev() {
-            self.queue.push_front(b);
-        }
         // The worker is gone: nobody else touches the slot's rings now.
         self.layout.reset_slot(k);
         let (tasks, _) = self.layout.task_channel(k)?;
@@ -498,7 +574,6 @@ impl Engine {
         let slot = &mut self.slots[k];
         slot.tasks = tasks;
         slot.results = results;
-        slot.out_msg.clear();
         self.maybe_respawn(k)
     }
 
@@ -531,8 +606,25 @@ impl Engine {
         Ok(())
     }
 
+    /// The start time (monotonic ns) of the task worker `k` is running, if
+    /// it is running one and the pool stamps tasks.
+    fn running_since(&self, k: usize) -> Option<u64> {
+        // Acquire, then Relaxed: pairs with the worker's stamp store then
+        // Release progress store, so the stamp is at least that task's.
+        let progress = self.layout.progress(k).load(Ordering::Acquire);
+        (progress % 2 == 1).then(|| self.layout.task_started_ns(k).load(Ordering::Relaxed))
+    }
+
     fn check_timers(&mut self) -> Result<()> {
         let now = Instant::now();
+        self.group_kills.retain(|&(pgid, at)| {
+            if now < at {
+                return true;
+            }
+            let _ = sys::kill(-pgid, libc::SIGKILL);
+            false
+        });
+        let now_ns = sys::monotonic_ns();
         for k in 0..self.slots.len() {
             let slot = &self.slots[k];
             if let Some((since, escalated)) = slot.killing {
@@ -544,8 +636,11 @@ impl Engine {
                     self.slots[k].killing = Some((since, true));
                 }
             } else if let Some(limit) = self.limits.task_timeout {
-                if !slot.inflight.is_empty() && now >= slot.head_started + limit {
-                    self.kill_slot(k, Error::Timeout, libc::SIGTERM)?;
+                if slot.is_live() && !slot.inflight.is_empty() {
+                    let started = self.running_since(k);
+                    if started.is_some_and(|t| now_ns.saturating_sub(t) >= limit.as_nanos() as u64) {
+                        self.kill_slot(k, Error::Timeout, libc::SIGTERM)?;
+                    }
                 }
             }
             if self.slots[k].state == SlotState::Empty {
@@ -556,24 +651,30 @@ impl Engine {
     }
 
     /// The next instant a timer needs attention.
-    fn next_timer(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .filter_map(|s| match (s.killing, s.state) {
-                (Some((since, false)), _) => Some(since + TERM_GRACE),
-                (Some(_), _) => None,
-                (None, SlotState::Empty) => s.retry_spawn_at,
-                (None, _) if !s.inflight.is_empty() => self.limits.task_timeout.map(|t| s.head_started + t),
-                _ => None,
-            })
-            .min()
+    fn next_timer(&self, now: Instant) -> Option<Instant> {
+        let now_ns = sys::monotonic_ns();
+        let slot_timers = self.slots.iter().enumerate().filter_map(|(k, s)| match (s.killing, s.state) {
+            (Some((since, false)), _) => Some(since + TERM_GRACE),
+            (Some(_), _) => None,
+            (None, SlotState::Empty) => s.retry_spawn_at,
+            (None, SlotState::Live { .. }) if !s.inflight.is_empty() => {
+                let limit = self.limits.task_timeout?;
+                // Not running yet: whatever starts now ends its time no
+                // sooner than `limit` from now; look again then.
+                let started = self.running_since(k).unwrap_or(now_ns);
+                let ends = started.saturating_add(limit.as_nanos() as u64);
+                Some(now + Duration::from_nanos(ends.saturating_sub(now_ns)))
+            }
+            _ => None,
+        });
+        slot_timers.chain(self.group_kills.iter().map(|&(_, at)| at)).min()
     }
 
     /// Hands queued batches to live workers with room, and pushes pending
     /// bytes into their task rings. Never blocks.
     fn dispatch(&mut self) -> Result<()> {
         for k in 0..self.slots.len() {
-            if !matches!(self.slots[k].state, SlotState::Live { .. }) || self.slots[k].killing.is_some() {
+            if !self.slots[k].is_live() || self.slots[k].killing.is_some() {
                 continue;
             }
             while self.slots[k].inflight.len() < BATCHES_IN_FLIGHT && !self.slots[k].exit_sent {
@@ -589,9 +690,6 @@ impl Engine {
                         self.queue.push_front(batch.split_off(allowed));
                     }
                 }
-                if slot.inflight.is_empty() {
-                    slot.head_started = Instant::now();
-                }
                 slot.assigned += batch.count as usize;
                 slot.inflight.push_back(batch);
             }
@@ -605,13 +703,8 @@ impl Engine {
         let slot = &mut self.slots[k];
         let mut wrote = false;
         while let Some(batch) = slot.inflight.get(slot.sending) {
-            if slot.sent_bytes == 0 {
-                slot.out_msg.clear();
-                message::encode_batch_header(batch.call, batch.count, &mut slot.out_msg);
-                slot.out_msg.extend_from_slice(&batch.payload);
-            }
             let before = slot.sent_bytes;
-            let done = slot.tasks.try_send_partial(&slot.out_msg, &mut slot.sent_bytes)?;
+            let done = slot.tasks.try_send_partial(&batch.msg, &mut slot.sent_bytes)?;
             wrote |= slot.sent_bytes != before;
             if !done {
                 break;
@@ -628,15 +721,13 @@ impl Engine {
     /// Tells every live worker to exit once its work is done (join).
     pub(crate) fn send_exit(&mut self) -> Result<()> {
         for k in 0..self.slots.len() {
-            if !matches!(self.slots[k].state, SlotState::Live { .. }) || self.slots[k].exit_sent {
+            let slot = &mut self.slots[k];
+            if !slot.is_live() || slot.exit_sent || slot.sending < slot.inflight.len() {
                 continue;
             }
             let mut sent = 0;
-            if self.slots[k].sending < self.slots[k].inflight.len() {
-                continue; // a batch is still being written
-            }
-            if self.slots[k].tasks.try_send_partial(&message::exit_message(), &mut sent)? {
-                self.slots[k].exit_sent = true;
+            if slot.tasks.try_send_partial(&message::exit_message(), &mut sent)? {
+                slot.exit_sent = true;
                 shared::wake(self.layout.worker_sleeping(k), self.worker_bells[k].as_fd());
             }
         }
@@ -644,7 +735,7 @@ impl Engine {
     }
 
     pub(crate) fn all_exits_sent(&self) -> bool {
-        self.slots.iter().all(|s| s.exit_sent || !matches!(s.state, SlotState::Live { .. }))
+        self.slots.iter().all(|s| s.exit_sent || !s.is_live())
     }
 
     fn fail_queue(&mut self, err: &Error) {
@@ -666,7 +757,11 @@ impl Engine {
                     self.file(b.sub, i, Err(err.clone()));
                 }
             }
-            self.slots[k].state = SlotState::Empty;
+            let slot = &mut self.slots[k];
+            slot.state = SlotState::Empty;
+            slot.head_done = 0;
+            slot.sending = 0;
+            slot.sent_bytes = 0;
         }
     }
 
@@ -678,6 +773,9 @@ impl Engine {
         }
         self.finished = true;
         self.closed = true;
+        for (pgid, _) in self.group_kills.drain(..) {
+            let _ = sys::kill(-pgid, libc::SIGKILL);
+        }
         let result = self.zygote.shutdown(true);
         self.fail_everything(&Error::Closed);
         result
@@ -687,6 +785,9 @@ impl Engine {
     /// for the workers to exit on their own, then exits itself.
     pub(crate) fn finish(&mut self) -> Result<()> {
         self.finished = true;
+        for (pgid, _) in self.group_kills.drain(..) {
+            let _ = sys::kill(-pgid, libc::SIGKILL);
+        }
         self.zygote.shutdown(false)
     }
 }

@@ -4,9 +4,15 @@
 //! The workers inherit the closure (with its captures) and the whole input
 //! slice by copy-on-write; they claim items with one atomic counter in
 //! shared memory (uneven work balances itself), and only results come back,
-//! through one result ring per worker.
+//! through one result ring per worker. Each side sleeps on its own doorbell
+//! as in the pool: the parent on one, worker k on its own (rung when the
+//! parent frees room in its ring; it reads end of file if the parent dies).
+//!
+//! A worker that dies takes the item it was running with it (that item's
+//! outcome is `WorkerDied`) and is replaced while items remain, so the
+//! other items still get done.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
@@ -14,7 +20,7 @@ use super::message::ResultTag;
 use super::shared::{self, Bell, Layout, Woke};
 use crate::error::{Error, Result};
 use crate::sys::{self, Forked};
-use crate::wire::Wire;
+use crate::wire::{DecodeError, Wire};
 
 const RING_CAPACITY: usize = 64 * 1024;
 
@@ -22,7 +28,6 @@ struct Child {
     pid: i32,
     /// Read end of a pipe only the child holds open: EOF = it died.
     sentinel: OwnedFd,
-    reaped: bool,
 }
 
 /// Applies `f` to every item on `processes` workers forked now, and returns
@@ -54,157 +59,205 @@ where
         return Ok(Vec::new());
     }
     let n = processes.min(items.len());
-    let layout = Layout::new(n, RING_CAPACITY)?;
-    let bell = Bell::new()?;
-    let mut children: Vec<Child> = Vec::with_capacity(n);
-    let mut outcome = start_workers(&layout, &bell, n, items, &f, &mut children)
-        .and_then(|()| collect::<R>(&layout, &bell, items.len(), &mut children));
-    // Whatever happened, no child outlives the call.
-    for c in children.iter_mut().filter(|c| !c.reaped) {
+    let mut run = Run {
+        layout: Layout::new(n, RING_CAPACITY)?,
+        parent_bell: Bell::new()?,
+        bells: (0..n).map(|_| Bell::new()).collect::<Result<Vec<_>>>()?,
+        children: (0..n).map(|_| None).collect(),
+    };
+    let mut outcome = (0..n).try_for_each(|slot| run.spawn(slot, items, &f)).and_then(|()| run.collect(items, &f));
+    // Whatever happened, no child outlives the call. On success every child
+    // has run out of items and is exiting on its own.
+    for child in run.children.iter_mut().filter_map(Option::take) {
         if outcome.is_err() {
-            let _ = sys::kill(c.pid, libc::SIGKILL);
+            let _ = sys::kill(child.pid, libc::SIGKILL);
         }
-        if let Err(e) = sys::waitpid(c.pid, false) {
+        if let Err(e) = sys::waitpid(child.pid, false) {
             outcome = outcome.and(Err(e));
         }
     }
     outcome
 }
 
-fn start_workers<T, R: Wire, F: Fn(&T) -> R>(
-    layout: &Layout,
-    bell: &Bell,
-    n: usize,
-    items: &[T],
-    f: &F,
-    children: &mut Vec<Child>,
-) -> Result<()> {
-    for slot in 0..n {
+/// The parent's state for one call.
+struct Run {
+    layout: Layout,
+    parent_bell: Bell,
+    /// Worker k's doorbell: k holds the read end, only the parent the write
+    /// end.
+    bells: Vec<Bell>,
+    /// The live (unreaped) child of each slot.
+    children: Vec<Option<Child>>,
+}
+
+impl Run {
+    /// Forks the worker of `slot` (the first one, or a replacement).
+    fn spawn<T, R: Wire, F: Fn(&T) -> R>(&mut self, slot: usize, items: &[T], f: &F) -> Result<()> {
         let (sentinel, sentinel_w) = sys::pipe()?;
+        let parent = sys::getpid();
         // SAFETY: the child runs only `work` and `_exit`s.
         match unsafe { sys::fork() }? {
             Forked::Child => {
-                // Child: keep the sentinel's write end until death; the
-                // parent's ends (and earlier siblings' sentinels) are not ours.
+                // Child: keep the sentinel's write end until death and our
+                // bell's read end. Everything else here is the parent's:
+                // its bell's read end, every bell's write end (so ours
+                // reads EOF when the parent dies), the other workers' bells
+                // and sentinels.
                 sys::close_inherited(sentinel.as_raw_fd());
-                sys::close_inherited(bell.read.as_raw_fd());
-                for c in children.iter() {
+                sys::close_inherited(self.parent_bell.read.as_raw_fd());
+                for (k, bell) in self.bells.iter().enumerate() {
+                    sys::close_inherited(bell.write.as_raw_fd());
+                    if k != slot {
+                        sys::close_inherited(bell.read.as_raw_fd());
+                    }
+                }
+                for c in self.children.iter().flatten() {
                     sys::close_inherited(c.sentinel.as_raw_fd());
                 }
                 std::mem::forget(sentinel_w);
+                // Die with the parent (Linux); if it died before that took
+                // effect, we have been re-parented: leave now.
+                let _ = sys::set_parent_death_signal(libc::SIGKILL);
+                if sys::getppid() != parent {
+                    sys::exit_now(1);
+                }
                 panic::set_hook(Box::new(|_| {}));
-                let code = if work(layout, bell.write.as_fd(), slot, items, f).is_ok() { 0 } else { 1 };
+                let worker = Worker {
+                    layout: &self.layout,
+                    slot,
+                    bell: self.bells[slot].read.as_fd(),
+                    parent_bell: self.parent_bell.write.as_fd(),
+                };
+                let code = if worker.work(items, f).is_ok() { 0 } else { 1 };
                 sys::flush_stdio();
                 sys::exit_now(code)
             }
             Forked::Parent(pid) => {
                 drop(sentinel_w);
-                children.push(Child { pid, sentinel, reaped: false });
+                self.children[slot] = Some(Child { pid, sentinel });
+                Ok(())
             }
         }
     }
-    Ok(())
+
+    /// Gathers every item's outcome, replacing workers that die.
+    fn collect<T, R: Wire, F: Fn(&T) -> R>(&mut self, items: &[T], f: &F) -> Result<Vec<R>> {
+        let len = items.len();
+        let mut results: Vec<Option<Result<R>>> = (0..len).map(|_| None).collect();
+        let mut filled = 0;
+        let mut buf = Vec::new();
+        let mut last_death: Option<Error> = None;
+        let n = self.children.len();
+        let mut rings = (0..n).map(|k| Ok(self.layout.result_channel(k)?.1)).collect::<Result<Vec<_>>>()?;
+        loop {
+            for (k, ring) in rings.iter_mut().enumerate() {
+                while ring.try_recv_into(&mut buf)? {
+                    filled += file(&mut results, &buf);
+                }
+                // We freed room in its ring: the worker may be asleep on it.
+                shared::wake(self.layout.worker_sleeping(k), self.bells[k].write.as_fd());
+            }
+            if filled >= len {
+                break;
+            }
+            let sentinels: Vec<BorrowedFd<'_>> = self.children.iter().flatten().map(|c| c.sentinel.as_fd()).collect();
+            if sentinels.is_empty() {
+                // Every worker is gone and items are left that no one
+                // claimed (a worker died between claiming and starting).
+                let err = last_death.clone().unwrap_or(Error::Closed);
+                for r in results.iter_mut().filter(|r| r.is_none()) {
+                    *r = Some(Err(err.clone()));
+                }
+                break;
+            }
+            let rings_ready = || rings.iter().any(|r| r.has_data());
+            let woke = shared::sleep(self.layout.parent_sleeping(), self.parent_bell.read.as_fd(), &sentinels, None, rings_ready)?;
+            if woke != Woke::Other {
+                continue;
+            }
+            // A sentinel hung up: reap that worker, file its running item,
+            // and replace it while items remain unclaimed.
+            for k in 0..n {
+                let Some(child) = &self.children[k] else { continue };
+                let ready = sys::poll(&[(child.sentinel.as_fd(), true, false)], Some(std::time::Duration::ZERO))?;
+                if !(ready[0].hangup || ready[0].readable) {
+                    continue;
+                }
+                let pid = child.pid;
+                // Results it published before dying are good.
+                while rings[k].try_recv_into(&mut buf)? {
+                    filled += file(&mut results, &buf);
+                }
+                let status = sys::waitpid(pid, false)?.ok_or(Error::InvalidState("waitpid returned no status"))?;
+                self.children[k] = None;
+                // Relaxed: its exit and our waitpid order its stores before this.
+                let running = self.layout.running_item(k).load(Ordering::Relaxed);
+                if let Some(slot) = running.checked_sub(1).and_then(|i| results.get_mut(i as usize)) {
+                    if slot.is_none() {
+                        *slot = Some(Err(Error::died(pid, status, Some(running - 1))));
+                        filled += 1;
+                    }
+                }
+                if !status.success() {
+                    last_death = Some(Error::died(pid, status, None));
+                }
+                if (self.layout.claim_counter().load(Ordering::Relaxed) as usize) < len {
+                    // Nobody uses the slot's ring now: start it afresh.
+                    self.layout.reset_slot(k);
+                    rings[k] = self.layout.result_channel(k)?.1;
+                    self.spawn(k, items, f)?;
+                }
+            }
+        }
+        results.into_iter().map(|r| r.unwrap_or(Err(Error::Closed))).collect()
+    }
 }
 
-/// A worker: claim, run, send, until the items run out.
-fn work<T, R: Wire, F: Fn(&T) -> R>(
-    layout: &Layout,
-    parent_bell: std::os::fd::BorrowedFd<'_>,
+/// A forked worker's view.
+struct Worker<'a> {
+    layout: &'a Layout,
     slot: usize,
-    items: &[T],
-    f: &F,
-) -> Result<()> {
-    let (mut ring, _) = layout.result_channel(slot)?;
-    let mut out = Vec::new();
-    loop {
-        // Relaxed: the counter only hands out distinct numbers; the items
-        // themselves were copied at fork and never change.
-        let i = layout.claim_counter().fetch_add(1, Ordering::Relaxed) as usize;
-        if i >= items.len() {
-            return Ok(());
-        }
-        layout.running_item(slot).store(i as u64 + 1, Ordering::Relaxed);
-        out.clear();
-        out.extend_from_slice(&(i as u64).to_le_bytes());
-        let tag = match panic::catch_unwind(AssertUnwindSafe(|| f(&items[i]))) {
-            Ok(value) => {
-                out.push(ResultTag::Ok as u8);
-                value.encode(&mut out);
-                ResultTag::Ok
-            }
-            Err(payload) => {
-                out.push(ResultTag::Panicked as u8);
-                out.extend_from_slice(crate::process::panic_message(payload.as_ref()).as_bytes());
-                ResultTag::Panicked
-            }
-        };
-        let _ = tag;
-        let mut sent = 0;
-        while !ring.try_send_partial(&out, &mut sent)? {
-            shared::wake(layout.parent_sleeping(), parent_bell);
-            // Nobody rings our bell: poll briefly for space instead.
-            std::thread::sleep(std::time::Duration::from_micros(50));
-        }
-        shared::wake(layout.parent_sleeping(), parent_bell);
-    }
+    bell: BorrowedFd<'a>,
+    parent_bell: BorrowedFd<'a>,
 }
 
-fn collect<R: Wire>(layout: &Layout, bell: &Bell, len: usize, children: &mut [Child]) -> Result<Vec<R>> {
-    let mut results: Vec<Option<Result<R>>> = (0..len).map(|_| None).collect();
-    let mut filled = 0;
-    let mut buf = Vec::new();
-    let mut last_death: Option<Error> = None;
-    let mut rings = (0..children.len()).map(|k| Ok(layout.result_channel(k)?.1)).collect::<Result<Vec<_>>>()?;
-    while filled < len {
-        // Results first: a dead worker's last results are still good.
-        for ring in rings.iter_mut() {
-            while ring.try_recv_into(&mut buf)? {
-                filled += file(&mut results, &buf);
+impl Worker<'_> {
+    /// Claim, run, send, until the items run out.
+    fn work<T, R: Wire, F: Fn(&T) -> R>(&self, items: &[T], f: &F) -> Result<()> {
+        let (mut ring, _) = self.layout.result_channel(self.slot)?;
+        let mut out = Vec::new();
+        loop {
+            // Relaxed: the counter only hands out distinct numbers; the
+            // items themselves were copied at fork and never change.
+            let i = self.layout.claim_counter().fetch_add(1, Ordering::Relaxed) as usize;
+            if i >= items.len() {
+                return Ok(());
             }
-        }
-        for (slot, c) in children.iter_mut().enumerate() {
-            if c.reaped {
-                continue;
+            // Relaxed: read by the parent only after our death (waitpid).
+            self.layout.running_item(self.slot).store(i as u64 + 1, Ordering::Relaxed);
+            out.clear();
+            out.extend_from_slice(&(i as u64).to_le_bytes());
+            match panic::catch_unwind(AssertUnwindSafe(|| f(&items[i]))) {
+                Ok(value) => {
+                    out.push(ResultTag::Ok as u8);
+                    value.encode(&mut out);
+                }
+                Err(payload) => {
+                    out.push(ResultTag::Panicked as u8);
+                    out.extend_from_slice(crate::process::panic_message(payload.as_ref()).as_bytes());
+                }
             }
-            let ready = sys::poll(&[(c.sentinel.as_fd(), true, false)], Some(std::time::Duration::ZERO))?;
-            if !(ready[0].hangup || ready[0].readable) {
-                continue;
+            let mut sent = 0;
+            while !ring.try_send_partial(&out, &mut sent)? {
+                shared::wake(self.layout.parent_sleeping(), self.parent_bell);
+                let sleeper = self.layout.worker_sleeping(self.slot);
+                if shared::sleep(sleeper, self.bell, &[], None, || ring.has_room())? == Woke::BellClosed {
+                    return Err(Error::Closed); // the parent is gone
+                }
             }
-            while rings[slot].try_recv_into(&mut buf)? {
-                filled += file(&mut results, &buf);
-            }
-            let status = sys::waitpid(c.pid, false)?.ok_or(Error::InvalidState("no status"))?;
-            c.reaped = true;
-            let running = layout.running_item(slot).load(Ordering::Relaxed);
-            if running > 0 && results[running as usize - 1].is_none() {
-                let i = running as usize - 1;
-                results[i] = Some(Err(Error::died(c.pid, status, Some(i as u64))));
-                filled += 1;
-            }
-            if !status.success() {
-                last_death = Some(Error::died(c.pid, status, None));
-            }
-        }
-        if filled >= len {
-            break;
-        }
-        if children.iter().all(|c| c.reaped) {
-            // Every worker is gone and items are left: they cannot run.
-            let err = last_death.clone().unwrap_or(Error::Closed);
-            for r in results.iter_mut().filter(|r| r.is_none()) {
-                *r = Some(Err(err.clone()));
-            }
-            break;
-        }
-        let sentinels: Vec<_> = children.iter().filter(|c| !c.reaped).map(|c| c.sentinel.as_fd()).collect();
-        let rings_ready = || rings.iter().any(|r| r.has_data());
-        if shared::sleep(layout.parent_sleeping(), bell.read.as_fd(), &sentinels, None, rings_ready)?
-            == Woke::BellClosed
-        {
-            continue;
+            shared::wake(self.layout.parent_sleeping(), self.parent_bell);
         }
     }
-    results.into_iter().map(|r| r.unwrap_or(Err(Error::Closed))).collect()
 }
 
 /// Files one result message (`index u64 | tag | payload`); returns 1 if it
@@ -213,8 +266,9 @@ fn file<R: Wire>(results: &mut [Option<Result<R>>], msg: &[u8]) -> usize {
     if msg.len() < 9 {
         return 0;
     }
-    let i = u64::from_le_bytes(msg[..8].try_into().unwrap_or([0xff; 8])) as usize;
-    let Some(slot) = results.get_mut(i) else { return 0 };
+    let mut index = [0u8; 8];
+    index.copy_from_slice(&msg[..8]);
+    let Some(slot) = results.get_mut(u64::from_le_bytes(index) as usize) else { return 0 };
     if slot.is_some() {
         return 0;
     }
@@ -222,7 +276,7 @@ fn file<R: Wire>(results: &mut [Option<Result<R>>], msg: &[u8]) -> usize {
     *slot = Some(match ResultTag::from_byte(msg[8]) {
         Some(ResultTag::Ok) => R::from_bytes(payload).map_err(Error::Decode),
         Some(ResultTag::Panicked) => Err(Error::Panicked { message: String::from_utf8_lossy(payload).into_owned() }),
-        _ => Err(Error::Decode(crate::wire::DecodeError::new("corrupt result frame"))),
+        _ => Err(Error::Decode(DecodeError::new("corrupt result frame"))),
     });
     1
 }

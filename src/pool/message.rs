@@ -1,14 +1,20 @@
 //! What travels through the pool's rings.
 //!
-//! Task message (parent -> worker):
+//! Task message (parent -> worker), built in place by the parent:
 //!
 //! ```text
 //! kind u8 = 1 | entry u64 | func u64 | check u64 | count u32 | count x (len u32, arg bytes)
 //! kind u8 = 2                                                  (exit now)
 //! ```
-//! Result message (worker -> parent), one per task, in task order:
-//! `tag u8 | payload` where the payload is the encoded result, or the
-//! panic message for `Panicked`.
+//! Result message (worker -> parent): one or more records, one per task, in
+//! task order; a worker packs the results of quick tasks together (see
+//! `worker`), so the parent pays one ring message for many tasks:
+//!
+//! ```text
+//! (tag u8 | len u32 | payload) ...
+//! ```
+//! where the payload is the encoded result, or the panic message for
+//! `Panicked`.
 //!
 //! `entry` and `func` are code addresses. They are valid in the worker
 //! because the worker is a `fork` of the parent's program image (through
@@ -74,29 +80,110 @@ impl Call {
     }
 }
 
-/// Encodes the header of a batch of `count` tasks; the arguments follow
-/// as `count` x (len u32, bytes).
-pub(crate) fn encode_batch_header(call: Call, count: u32, out: &mut Vec<u8>) {
+/// Bytes before the first argument of a task message.
+pub(crate) const BATCH_HEADER_LEN: usize = 1 + 8 + 8 + 8 + 4;
+
+/// Starts a task message for `call` in `out` (cleared first), with a count
+/// of 0; append arguments with [`push_arg`], then [`set_batch_count`].
+pub(crate) fn begin_batch(call: Call, out: &mut Vec<u8>) {
+    out.clear();
     out.push(KIND_BATCH);
     out.extend_from_slice(&(call.entry as u64).to_le_bytes());
     out.extend_from_slice(&(call.func as u64).to_le_bytes());
     out.extend_from_slice(&call.check().to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// Appends one encoded argument to a task message.
+pub(crate) fn push_arg<A: Wire>(out: &mut Vec<u8>, arg: &A) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    arg.encode(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Appends one already-encoded argument (length prefix and bytes).
+#[cfg(test)]
+fn push_raw_arg(out: &mut Vec<u8>, arg: &[u8]) {
+    out.extend_from_slice(&(arg.len() as u32).to_le_bytes());
+    out.extend_from_slice(arg);
+}
+
+/// Writes the task count into a message begun by [`begin_batch`].
+pub(crate) fn set_batch_count(msg: &mut [u8], count: u32) {
+    msg[BATCH_HEADER_LEN - 4..BATCH_HEADER_LEN].copy_from_slice(&count.to_le_bytes());
+}
+
+/// Where the arguments after the first `skip` ones start in a task message
+/// the parent built (so its lengths are trusted).
+pub(crate) fn arg_offset(msg: &[u8], skip: u32) -> usize {
+    let mut offset = BATCH_HEADER_LEN;
+    for _ in 0..skip {
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&msg[offset..offset + 4]);
+        offset += 4 + u32::from_le_bytes(len) as usize;
+    }
+    offset
 }
 
 /// Encodes a whole batch of already-encoded arguments for one function.
 #[cfg(test)]
 fn encode_batch<'a>(call: Call, args: impl ExactSizeIterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
-    encode_batch_header(call, args.len() as u32, out);
+    begin_batch(call, out);
+    let count = args.len() as u32;
     for arg in args {
-        out.extend_from_slice(&(arg.len() as u32).to_le_bytes());
-        out.extend_from_slice(arg);
+        push_raw_arg(out, arg);
     }
+    set_batch_count(out, count);
 }
 
 /// The message that tells a worker to exit.
 pub(crate) fn exit_message() -> Vec<u8> {
     vec![KIND_EXIT]
+}
+
+/// Starts a result record at the end of `out`; returns where it starts,
+/// for [`finish_result`]. The payload is appended after it.
+pub(crate) fn begin_result(out: &mut Vec<u8>) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0; 5]);
+    at
+}
+
+/// Completes the record begun at `at`: its tag, and the length of
+/// everything appended since.
+pub(crate) fn finish_result(out: &mut [u8], at: usize, tag: ResultTag) {
+    let len = (out.len() - at - 5) as u32;
+    out[at] = tag as u8;
+    out[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
+}
+
+/// The records of one result message: `(tag byte, payload)` each, or an
+/// error if the message is cut short (then iteration ends).
+pub(crate) fn result_records(msg: &[u8]) -> impl Iterator<Item = Result<(u8, &[u8]), DecodeError>> + '_ {
+    let mut rest = msg;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let record = (|| {
+            let head = rest.get(..5)?;
+            let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let payload = rest.get(5..5usize.checked_add(len)?)?;
+            Some((head[0], payload, &rest[5 + len..]))
+        })();
+        match record {
+            Some((tag, payload, tail)) => {
+                rest = tail;
+                Some(Ok((tag, payload)))
+            }
+            None => {
+                rest = &[];
+                Some(Err(DecodeError::new("corrupt result message")))
+            }
+        }
+    })
 }
 
 /// A decoded batch, borrowing the message bytes.

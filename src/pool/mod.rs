@@ -160,6 +160,7 @@ impl PoolBuilder {
 
         let worker_layout = layout.clone();
         let (initializer, max_tasks) = (self.initializer, self.max_tasks_per_child);
+        let stamp_tasks = self.task_timeout.is_some();
         let run_worker = move |slot: usize| {
             for (j, fd) in worker_reads.iter().enumerate() {
                 if j != slot {
@@ -174,6 +175,7 @@ impl PoolBuilder {
                 parent_bell: parent_write.as_fd(),
                 initializer,
                 max_tasks,
+                stamp_tasks,
             }
             .run()
         };
@@ -232,9 +234,20 @@ impl Pool {
         R: Wire,
         I: IntoIterator<Item = A>,
     {
-        let args: Vec<Vec<u8>> = items.into_iter().map(|a| a.to_bytes()).collect();
-        let chunk = self.default_chunksize(args.len());
-        self.map_encoded(Call::new(f), args, chunk)
+        let items = items.into_iter();
+        match items.size_hint() {
+            (len, Some(upper)) if len == upper => {
+                let chunk = self.default_chunksize(len);
+                self.map_items(Call::new(f), items, chunk)
+            }
+            _ => {
+                // The default chunksize needs the length: hold the items
+                // (not their encodings) to count them, as Python does.
+                let items: Vec<A> = items.collect();
+                let chunk = self.default_chunksize(items.len());
+                self.map_items(Call::new(f), items.into_iter(), chunk)
+            }
+        }
     }
 
     /// [`Pool::map`] with an explicit number of tasks per batch (0 is an
@@ -248,20 +261,20 @@ impl Pool {
         if chunksize == 0 {
             return Err(Error::InvalidArgument("chunksize must be at least 1".into()));
         }
-        let args: Vec<Vec<u8>> = items.into_iter().map(|a| a.to_bytes()).collect();
-        self.map_encoded(Call::new(f), args, chunksize)
+        self.map_items(Call::new(f), items.into_iter(), chunksize)
     }
 
-    fn map_encoded<R: Wire>(&self, call: Call, args: Vec<Vec<u8>>, chunk: usize) -> Result<Vec<R>> {
-        if args.is_empty() {
-            return Ok(Vec::new());
-        }
+    fn map_items<A: Wire, R: Wire>(&self, call: Call, items: impl Iterator<Item = A>, chunk: usize) -> Result<Vec<R>> {
         let mut engine = self.engine.borrow_mut();
-        let sub = engine.submit(call, args, chunk, 0)?;
+        let (sub, len) = engine.submit(call, items, chunk, 0)?;
         let waited = engine.pump(None, |e| e.submission(sub).is_none_or(|s| s.is_complete()));
         let result = waited.and_then(|()| {
             let s = engine.submission(sub).ok_or(Error::Closed)?;
-            (0..s.len() as u32).map(|i| s.get(i).unwrap_or(Err(Error::Closed)).and_then(decode::<R>)).collect()
+            let mut out = Vec::with_capacity(len);
+            for i in 0..s.len() as u32 {
+                out.push(s.get(i).unwrap_or(Err(Error::Closed)).and_then(decode::<R>)?);
+            }
+            Ok(out)
         });
         engine.release(sub);
         result
@@ -284,7 +297,7 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn apply_async<A: Wire, R: Wire>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<'_, R>> {
-        let sub = self.engine.borrow_mut().submit(Call::new(f), [arg.to_bytes()], 1, 0)?;
+        let (sub, _) = self.engine.borrow_mut().submit(Call::new(f), std::iter::once(arg), 1, 0)?;
         Ok(AsyncResult { pool: self, sub, taken: false, _value: PhantomData })
     }
 
@@ -344,10 +357,16 @@ impl Pool {
         if engine.finished {
             return Ok(());
         }
-        engine.pump(None, |e| e.idle())?;
+        // Every task has its outcome, and no worker is still on its way: a
+        // worker forked after the exit orders went out would wait for tasks
+        // forever, and the zygote (told to wait for its workers) with it.
+        engine.pump(None, |e| e.idle() && !e.spawning())?;
         engine.send_exit()?;
         while !engine.all_exits_sent() {
-            engine.pump(Some(Instant::now() + Duration::from_millis(1)), |_| false).ok();
+            match engine.pump(Some(Instant::now() + Duration::from_millis(1)), |_| false) {
+                Ok(()) | Err(Error::Timeout) => {}
+                Err(e) => return Err(e),
+            }
             engine.send_exit()?;
         }
         engine.finish()
@@ -425,16 +444,32 @@ impl<R> Drop for AsyncResult<'_, R> {
 pub struct Imap<'p, A, R, I> {
     pool: &'p Pool,
     call: Call,
+    /// The items not yet submitted; `None` once they ran out (or the pool
+    /// refused more).
     input: Option<I>,
     chunksize: usize,
     ordered: bool,
     /// Most tasks submitted and not yet yielded: the memory bound.
     window: usize,
-    /// Submissions in input order: (id, tasks, which were yielded, how many).
-    pending: VecDeque<(u64, usize, Vec<bool>, usize)>,
+    /// Submitted chunks, in input order.
+    pending: VecDeque<Chunk>,
+    /// Tasks submitted and not yet yielded.
     outstanding: usize,
     next_index: u64,
+    /// A refusal to report once, after everything submitted was yielded.
+    refused: Option<Error>,
     _types: PhantomData<fn(A) -> R>,
+}
+
+/// One submitted chunk of an [`Imap`].
+#[derive(Debug)]
+struct Chunk {
+    sub: u64,
+    /// Which of its tasks were yielded.
+    yielded: Vec<bool>,
+    /// Every task before this one was yielded.
+    cursor: usize,
+    count: usize,
 }
 
 impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
@@ -450,6 +485,7 @@ impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             pending: VecDeque::new(),
             outstanding: 0,
             next_index: 0,
+            refused: None,
             _types: PhantomData,
         }
     }
@@ -458,35 +494,36 @@ impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
     fn refill(&mut self) -> Result<()> {
         while self.outstanding + self.chunksize <= self.window {
             let Some(input) = self.input.as_mut() else { return Ok(()) };
-            let chunk: Vec<Vec<u8>> = input.by_ref().take(self.chunksize).map(|a| a.to_bytes()).collect();
-            if chunk.len() < self.chunksize {
+            let chunk = input.by_ref().take(self.chunksize);
+            let (sub, n) = self.pool.engine.borrow_mut().submit(self.call, chunk, self.chunksize, self.next_index)?;
+            if n < self.chunksize {
                 self.input = None;
             }
-            if chunk.is_empty() {
+            if n == 0 {
+                self.pool.engine.borrow_mut().release(sub);
                 return Ok(());
             }
-            let n = chunk.len();
-            let sub = self.pool.engine.borrow_mut().submit(self.call, chunk, self.chunksize, self.next_index)?;
             self.next_index += n as u64;
             self.outstanding += n;
-            self.pending.push_back((sub, n, vec![false; n], 0));
+            self.pending.push_back(Chunk { sub, yielded: vec![false; n], cursor: 0, count: 0 });
         }
         Ok(())
     }
 
-    /// The position (in `pending`, in its submission) of a result ready to
-    /// yield now, if any.
+    /// The position (in `pending`, in its chunk) of a result to yield now.
+    /// In order: only the first task not yet yielded qualifies.
     fn ready_one(&self, engine: &Engine) -> Option<(usize, usize)> {
-        for (p, (sub, n, yielded, _)) in self.pending.iter().enumerate() {
-            let s = engine.submission(*sub)?;
-            for i in 0..*n {
-                if !yielded[i] {
-                    if s.get(i as u32).is_some() {
-                        return Some((p, i));
-                    }
-                    if self.ordered {
-                        return None;
-                    }
+        for (p, chunk) in self.pending.iter().enumerate() {
+            let s = engine.submission(chunk.sub)?;
+            for i in chunk.cursor..chunk.yielded.len() {
+                if chunk.yielded[i] {
+                    continue;
+                }
+                if s.get(i as u32).is_some() {
+                    return Some((p, i));
+                }
+                if self.ordered {
+                    return None;
                 }
             }
         }
@@ -499,46 +536,37 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
 
     fn next(&mut self) -> Option<Result<R>> {
         if let Err(e) = self.refill() {
+            // No more submissions; what was submitted still comes out.
             self.input = None;
-            if self.pending.is_empty() {
-                // Report the refusal once, then end.
-                self.window = 0;
-                return if self.outstanding == 0 && self.next_index != u64::MAX {
-                    self.next_index = u64::MAX;
-                    Some(Err(e))
-                } else {
-                    None
-                };
-            }
+            self.refused = Some(e);
         }
         if self.pending.is_empty() {
-            return None;
+            return self.refused.take().map(Err);
         }
         let mut engine = self.pool.engine.borrow_mut();
-        let mut found = None;
         let waited = engine.pump(None, |e| {
-            let hit = self.ready_one(e);
-            hit.is_some() || self.pending.iter().any(|(sub, ..)| e.submission(*sub).is_none())
+            self.ready_one(e).is_some() || self.pending.iter().any(|c| e.submission(c.sub).is_none())
         });
         if let Err(e) = waited {
             return Some(Err(e));
         }
-        if let Some(hit) = self.ready_one(&engine) {
-            found = Some(hit);
-        }
-        let Some((p, i)) = found else {
-            // A submission vanished (pool terminated): nothing more to come.
+        let Some((p, i)) = self.ready_one(&engine) else {
+            // A submission vanished (the pool ended): nothing more to come.
             self.pending.clear();
+            self.input = None;
             return Some(Err(Error::Closed));
         };
-        let (sub, n, yielded, count) = &mut self.pending[p];
-        let outcome = engine.submission(*sub).and_then(|s| s.get(i as u32)).unwrap_or(Err(Error::Closed)).and_then(decode);
-        yielded[i] = true;
-        *count += 1;
+        let chunk = &mut self.pending[p];
+        let outcome =
+            engine.submission(chunk.sub).and_then(|s| s.get(i as u32)).unwrap_or(Err(Error::Closed)).and_then(decode);
+        chunk.yielded[i] = true;
+        chunk.count += 1;
+        while chunk.cursor < chunk.yielded.len() && chunk.yielded[chunk.cursor] {
+            chunk.cursor += 1;
+        }
         self.outstanding -= 1;
-        if *count == *n {
-            let sub = *sub;
-            engine.release(sub);
+        if chunk.count == chunk.yielded.len() {
+            engine.release(chunk.sub);
             self.pending.remove(p);
         }
         Some(outcome)
@@ -548,8 +576,8 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
 impl<A, R, I> Drop for Imap<'_, A, R, I> {
     fn drop(&mut self) {
         if let Ok(mut engine) = self.pool.engine.try_borrow_mut() {
-            for (sub, ..) in &self.pending {
-                engine.release(*sub);
+            for chunk in &self.pending {
+                engine.release(chunk.sub);
             }
         }
     }

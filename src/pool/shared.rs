@@ -25,16 +25,23 @@ use crate::error::Result;
 use crate::ring::{self, Receiver, Sender};
 use crate::sys::{self, shm::SharedMapping};
 
-/// One cache-line-sized (two lines: adjacent-line prefetch) sleep flag.
+/// One cache-line-sized (two lines: adjacent-line prefetch) sleep flag,
+/// with the words its owner publishes about its progress.
 #[repr(C, align(128))]
 struct SleepFlag {
     /// 1 while its owner is asleep (or about to be) on its doorbell, else 0.
     /// Only the owner writes it: a waker that cleared it could lose a later
     /// wake-up and deadlock both sides.
     sleeping: AtomicU32,
-    /// `fork_map` only: in the control block, the next item to claim; in a
-    /// slot, 1 + the item its worker is running (0: none).
+    /// Written only by the slot's worker. Pool: the worker's progress,
+    /// `2 × tasks finished + 1` while a task runs (`2 × tasks finished`
+    /// between tasks), counted since the worker was forked. `fork_map`: in
+    /// the control block, the next item to claim; in a slot, 1 + the item
+    /// its worker is running (0: none).
     counter: AtomicU64,
+    /// Pool with a task timeout only: when the running task started, in
+    /// `CLOCK_MONOTONIC` nanoseconds (one clock for every process).
+    stamp: AtomicU64,
 }
 
 const FLAG: usize = std::mem::size_of::<SleepFlag>();
@@ -89,6 +96,26 @@ impl Layout {
         unsafe { &(*base.cast::<SleepFlag>()).counter }
     }
 
+    fn stamp(&self, base: *mut u8) -> &AtomicU64 {
+        // SAFETY: as in `flag`.
+        unsafe { &(*base.cast::<SleepFlag>()).stamp }
+    }
+
+    /// Pool: worker `slot`'s progress word (see [`SleepFlag`]).
+    pub(crate) fn progress(&self, slot: usize) -> &AtomicU64 {
+        self.counter(self.slot_base(slot))
+    }
+
+    /// Pool: when worker `slot`'s running task started (task timeouts only).
+    pub(crate) fn task_started_ns(&self, slot: usize) -> &AtomicU64 {
+        self.stamp(self.slot_base(slot))
+    }
+
+    /// Each ring's capacity in bytes.
+    pub(crate) fn ring_capacity(&self) -> usize {
+        self.ring_capacity
+    }
+
     /// `fork_map`'s shared claim counter.
     pub(crate) fn claim_counter(&self) -> &AtomicU64 {
         self.counter(self.mapping.as_ptr())
@@ -129,6 +156,7 @@ impl Layout {
         ring::reset(&self.mapping, offset + ring::region_size(self.ring_capacity));
         self.worker_sleeping(slot).store(0, Ordering::SeqCst);
         self.running_item(slot).store(0, Ordering::SeqCst);
+        self.task_started_ns(slot).store(0, Ordering::SeqCst);
     }
 }
 

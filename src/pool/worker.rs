@@ -1,15 +1,34 @@
 //! A worker's life: run the initializer, then take batches of tasks from
 //! the task ring, run each, and put each result on the result ring, in
 //! order. The parent matches results to tasks by that order alone.
+//!
+//! Results of quick tasks travel together: the worker packs records into
+//! one message until it holds a quarter of the ring, the batch ends, or
+//! about [`FLUSH_INTERVAL`] has passed since the last message. One message
+//! per thousand trivial tasks instead of one per task is most of the
+//! pool's speed; the time limit keeps slow tasks' results flowing one by
+//! one. A result still packed when its worker dies is lost, and its task
+//! runs again (see `engine`).
+//!
+//! Progress is published in the slot's shared `progress` word (and, with a
+//! task timeout, the start time of the running task), so the parent knows
+//! which task a dead worker was running without any message.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::message::{self, Batch, ResultTag};
 use super::shared::{self, Layout, Woke};
 use crate::error::{Error, Result};
-use crate::ring::Sender;
+use crate::ring::{Receiver, Sender};
 use crate::sys;
+
+/// Results wait at most about this long in a worker before they are sent.
+const FLUSH_INTERVAL: Duration = Duration::from_micros(200);
+/// At most this many tasks between two looks at the clock.
+const MAX_CLOCK_STRIDE: u32 = 16;
 
 /// What a worker needs; the zygote builds one per fork.
 pub(crate) struct Worker<'a> {
@@ -22,6 +41,44 @@ pub(crate) struct Worker<'a> {
     pub parent_bell: BorrowedFd<'a>,
     pub initializer: Option<fn()>,
     pub max_tasks: Option<usize>,
+    /// Publish each task's start time (the pool has a task timeout).
+    pub stamp_tasks: bool,
+}
+
+/// Decides when packed results go out: by size, or by time. Reading the
+/// clock costs about as much as a trivial task, so with quick tasks it is
+/// read only every few tasks (the stride doubles while tasks are quick and
+/// drops to 1 as soon as they are not).
+struct Pacer {
+    last_send: Instant,
+    stride: u32,
+    since_look: u32,
+}
+
+impl Pacer {
+    fn new() -> Pacer {
+        Pacer { last_send: Instant::now(), stride: 1, since_look: 0 }
+    }
+
+    /// Called after each task: whether the packed results are due.
+    fn due(&mut self) -> bool {
+        self.since_look += 1;
+        if self.since_look < self.stride {
+            return false;
+        }
+        self.since_look = 0;
+        if self.last_send.elapsed() >= FLUSH_INTERVAL {
+            self.stride = 1;
+            return true;
+        }
+        self.stride = (self.stride * 2).min(MAX_CLOCK_STRIDE);
+        false
+    }
+
+    fn sent(&mut self) {
+        self.last_send = Instant::now();
+        self.since_look = 0;
+    }
 }
 
 impl Worker<'_> {
@@ -47,47 +104,80 @@ impl Worker<'_> {
     fn serve(&self) -> Result<()> {
         let (_, mut tasks) = self.layout.task_channel(self.slot)?;
         let (mut results, _) = self.layout.result_channel(self.slot)?;
+        let progress = self.layout.progress(self.slot);
+        let started_ns = self.layout.task_started_ns(self.slot);
+        let send_at = self.layout.ring_capacity() / 4;
         let mut msg = Vec::new();
-        let mut result = Vec::new();
         let mut out = Vec::new();
-        let mut done = 0usize;
+        let mut done = 0u64;
+        let mut pacer = Pacer::new();
         loop {
-            // Take the next message, sleeping on our bell when the ring is empty.
-            loop {
-                if tasks.try_recv_into(&mut msg)? {
-                    break;
-                }
-                if self.sleep(|| tasks.has_data())? == Woke::BellClosed && !tasks.has_data() {
-                    return Ok(()); // the parent is gone
-                }
+            if !self.next_message(&mut tasks, &mut msg)? {
+                return Ok(()); // the parent is gone
             }
-            // We freed ring space; a parent streaming a big batch may wait on it.
-            shared::wake(self.layout.parent_sleeping(), self.parent_bell);
             let batch = match message::decode_task_message(&msg) {
                 Ok(Some(batch)) => batch,
                 Ok(None) => return Ok(()), // told to exit
                 Err(_) => {
                     // Unreadable batch: say so for its first task and leave;
                     // the parent re-queues the rest when it sees us die.
-                    self.send_result(&mut results, &mut out, ResultTag::Corrupt, &[])?;
+                    let at = message::begin_result(&mut out);
+                    message::finish_result(&mut out, at, ResultTag::Corrupt);
+                    self.send(&mut results, &mut out)?;
                     return Err(Error::InvalidState("corrupt task message"));
                 }
             };
+            pacer.sent();
             for arg in batch.args() {
-                let tag = run_task(&batch, arg, &mut result);
-                self.send_result(&mut results, &mut out, tag, &result)?;
-                done += 1;
-                if self.max_tasks == Some(done) {
-                    return Ok(());
+                if self.stamp_tasks {
+                    // Relaxed: the Release store of `progress` below
+                    // publishes it (the parent loads progress, then this).
+                    started_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
                 }
+                // Release: a parent that sees "running" also sees the stamp.
+                // The parent reads this word mostly after our death, which
+                // the zygote's waitpid and report pipe order anyway.
+                progress.store(2 * done + 1, Ordering::Release);
+                let at = message::begin_result(&mut out);
+                let tag = run_task(&batch, arg, &mut out, at + 5);
+                message::finish_result(&mut out, at, tag);
+                done += 1;
+                progress.store(2 * done, Ordering::Release);
+                if self.max_tasks.is_some_and(|max| done >= max as u64) {
+                    return self.send(&mut results, &mut out);
+                }
+                if out.len() >= send_at || pacer.due() {
+                    self.send(&mut results, &mut out)?;
+                    pacer.sent();
+                }
+            }
+            if !out.is_empty() {
+                self.send(&mut results, &mut out)?;
             }
         }
     }
 
-    fn send_result(&self, results: &mut Sender, out: &mut Vec<u8>, tag: ResultTag, payload: &[u8]) -> Result<()> {
-        out.clear();
-        out.push(tag as u8);
-        out.extend_from_slice(payload);
+    /// Takes the next whole message into `msg`, sleeping on our bell while
+    /// the ring is empty. `Ok(false)`: the parent is gone.
+    fn next_message(&self, tasks: &mut Receiver, msg: &mut Vec<u8>) -> Result<bool> {
+        loop {
+            let whole = tasks.try_recv_into(msg)?;
+            // We freed ring space (a whole message, or fragments of a batch
+            // bigger than the ring): a parent streaming into it may be
+            // asleep waiting for exactly that.
+            shared::wake(self.layout.parent_sleeping(), self.parent_bell);
+            if whole {
+                return Ok(true);
+            }
+            if self.sleep(|| tasks.has_data())? == Woke::BellClosed && !tasks.has_data() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Sends the packed results in `out` (then empties it), waiting for
+    /// room as needed.
+    fn send(&self, results: &mut Sender, out: &mut Vec<u8>) -> Result<()> {
         let mut sent = 0;
         while !results.try_send_partial(out, &mut sent)? {
             shared::wake(self.layout.parent_sleeping(), self.parent_bell);
@@ -96,6 +186,7 @@ impl Worker<'_> {
             }
         }
         shared::wake(self.layout.parent_sleeping(), self.parent_bell);
+        out.clear();
         Ok(())
     }
 
@@ -104,16 +195,18 @@ impl Worker<'_> {
     }
 }
 
-/// Runs one task through its type-erased entry point, leaving the encoded
-/// result (or panic message) in `out`.
-fn run_task(batch: &Batch<'_>, arg: &[u8], out: &mut Vec<u8>) -> ResultTag {
-    out.clear();
+/// Runs one task through its type-erased entry point, appending the
+/// encoded result (or the panic message) to `out` from `start` on.
+fn run_task(batch: &Batch<'_>, arg: &[u8], out: &mut Vec<u8>, start: usize) -> ResultTag {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| batch.call(arg, out)));
     match outcome {
         Ok(Ok(())) => ResultTag::Ok,
-        Ok(Err(_decode)) => ResultTag::ArgDecode,
+        Ok(Err(_decode)) => {
+            out.truncate(start);
+            ResultTag::ArgDecode
+        }
         Err(payload) => {
-            out.clear();
+            out.truncate(start);
             out.extend_from_slice(crate::process::panic_message(payload.as_ref()).as_bytes());
             ResultTag::Panicked
         }

@@ -14,8 +14,15 @@
 //! never split).
 //!
 //! Parent death: the request pipe reaches EOF; the zygote kills every worker
-//! and exits. Zygote death: each worker has `PR_SET_PDEATHSIG(SIGKILL)` on
-//! Linux and sees its doorbell's EOF elsewhere.
+//! and exits. The pipe's write end can outlive the parent in a process the
+//! user forked later (it inherits every descriptor), so on Linux the zygote
+//! also asks for `PR_SET_PDEATHSIG` — as `SIGCHLD`, which it already turns
+//! into a wake-up — and checks `getppid()` whenever it wakes: a changed
+//! parent means the parent is gone. (The death signal follows the *thread*
+//! that forked the zygote; if only that thread ended, the parent pid is
+//! unchanged and the pool lives on.) Zygote death: each worker has
+//! `PR_SET_PDEATHSIG(SIGKILL)` on Linux and sees its doorbell's EOF
+//! elsewhere.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -147,6 +154,7 @@ impl Zygote {
         close_in_child: &[std::os::fd::RawFd],
         zygote_side: ZygoteSide<W>,
     ) -> Result<Zygote> {
+        let parent = sys::getpid();
         // SAFETY: the child runs only `zygote_main`, which ends in `_exit`.
         match unsafe { sys::fork() }? {
             Forked::Child => {
@@ -156,7 +164,7 @@ impl Zygote {
                     sys::close_inherited(fd);
                 }
                 std::mem::forget((requests_w, reports_r));
-                zygote_main(zygote_side)
+                zygote_main(zygote_side, parent)
             }
             Forked::Parent(pid) => {
                 drop(zygote_side);
@@ -190,7 +198,10 @@ impl Zygote {
         let mut rec = [0u8; REQ_LEN];
         rec[0..4].copy_from_slice(&kind.to_le_bytes());
         rec[4..8].copy_from_slice(&(slot as u32).to_le_bytes());
-        sys::write_all(fd.as_fd(), &rec)
+        // One write: a record is far below PIPE_BUF, so it is never split.
+        // Without SIGPIPE: a zygote killed from outside must be an error
+        // here, not the death of a program that restored SIGPIPE's default.
+        sys::bell::write_without_sigpipe(fd.as_fd(), &rec).map(drop)
     }
 
     /// Asks for a worker in `slot`; the answer comes as a report.
@@ -247,29 +258,40 @@ impl Drop for Zygote {
 }
 
 /// The zygote's whole life. Never returns.
-fn zygote_main<W: FnMut(usize)>(mut side: ZygoteSide<W>) -> ! {
-    let code = match zygote_loop(&mut side) {
+fn zygote_main<W: FnMut(usize)>(mut side: ZygoteSide<W>, parent: i32) -> ! {
+    let code = match zygote_loop(&mut side, parent) {
         Ok(()) => 0,
         Err(_) => 1,
     };
     sys::exit_now(code)
 }
 
-fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>) -> Result<()> {
+fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result<()> {
     // Ctrl-C goes to the whole foreground group; the zygote leaves the
     // decision to its parent, which will tell it (or die, and close the pipe).
     sys::signal::reset_for_child()?;
     sys::signal::ignore(libc::SIGINT)?;
     sys::signal::ignore(libc::SIGQUIT)?;
+    // A report to a parent that is gone fails with EPIPE; we notice the
+    // death through the request pipe instead of dying of SIGPIPE.
+    sys::signal::ignore(libc::SIGPIPE)?;
     let (sig_r, sig_w) = sys::pipe()?;
     sys::set_nonblocking(sig_r.as_fd(), true)?;
     sys::set_nonblocking(sig_w.as_fd(), true)?;
     sys::signal::sigchld_to_pipe(sig_w.as_raw_fd())?;
+    // The parent's death wakes us like a child's (see the module docs);
+    // if it died before the request took effect, we see it below.
+    sys::set_parent_death_signal(libc::SIGCHLD)?;
     let zygote_pid = sys::getpid();
 
     let mut live: HashMap<i32, usize> = HashMap::new();
     let mut shutting_down = false;
     loop {
+        if !shutting_down && sys::getppid() != parent {
+            // Re-parented: the parent died. Same as EOF on the requests.
+            shutting_down = true;
+            kill_workers(&live);
+        }
         if shutting_down && live.is_empty() {
             return Ok(());
         }
@@ -307,13 +329,19 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>) -> Result<()> {
                 // REQ_KILL_ALL, or EOF: the parent is gone or wants it over.
                 _ => {
                     shutting_down = true;
-                    for &pid in live.keys() {
-                        let _ = sys::kill(-pid, libc::SIGKILL);
-                        let _ = sys::kill(pid, libc::SIGKILL);
-                    }
+                    kill_workers(&live);
                 }
             }
         }
+    }
+}
+
+/// SIGKILL to every live worker and its process group (what its tasks
+/// started). The pids are not reaped yet, so they cannot have been reused.
+fn kill_workers(live: &HashMap<i32, usize>) {
+    for &pid in live.keys() {
+        let _ = sys::kill(-pid, libc::SIGKILL);
+        let _ = sys::kill(pid, libc::SIGKILL);
     }
 }
 

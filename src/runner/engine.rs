@@ -276,7 +276,9 @@ struct Engine<'a, I> {
     /// the first entry is the head: the one job whose stdout streams
     /// straight to our stdout.
     jobs: BTreeMap<u64, Job>,
-    /// Jobs not yet completed (at most `options.jobs`).
+    /// Jobs not yet completed (at most `options.jobs`), in start order.
+    /// Invariant: each is a key of `jobs` (a job leaves `live` before it
+    /// can leave `jobs`), which makes `self.jobs[seq]` safe for them.
     live: Vec<u64>,
     /// Unordered mode: completed jobs, in completion order, to print.
     unordered_ready: VecDeque<u64>,

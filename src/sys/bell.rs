@@ -62,7 +62,7 @@ fn is_would_block(errno: i32) -> bool {
 
 /// `write(2)` with `SIGPIPE` blocked in this thread; a `SIGPIPE` the write
 /// raised is consumed, one that was pending before is left alone.
-fn write_without_sigpipe(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize> {
+pub(crate) fn write_without_sigpipe(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize> {
     let pipe_only = sigpipe_set();
     // SAFETY: sigset_t is plain data; pthread_sigmask fills it in.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };

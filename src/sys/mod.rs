@@ -77,7 +77,7 @@ pub(crate) fn trace_line(args: fmt::Arguments<'_>) {
     }
     let mut line = Vec::with_capacity(96);
     // Writing into a Vec cannot fail.
-    let _ = write!(line, "[{}] {}\n", getpid(), args);
+    let _ = writeln!(line, "[{}] {}", getpid(), args);
     let _ = write_all_raw(2, &line);
 }
 
@@ -129,10 +129,79 @@ pub(crate) unsafe fn fork() -> Result<Forked> {
             trace!("fork() = -1 ({err})");
             Err(err)
         }
-        0 => Ok(Forked::Child),
+        0 => {
+            close_parent_only();
+            Ok(Forked::Child)
+        }
         child => {
             trace!("fork() = {child}");
             Ok(Forked::Parent(child))
+        }
+    }
+}
+
+/// Descriptors that only this process may hold: the read end of a child's
+/// sentinel, the parent's end of a pool's pipes. A child forked later would
+/// otherwise inherit them all — a thousand children, a thousand copies of
+/// each other's sentinels — and a pipe whose write end a sibling holds never
+/// reads end of file. -1 marks a free entry. Lock-free, because the child
+/// reads it right after `fork`, when a lock another thread held would stay
+/// held. Registration is best effort: with the table full, a descriptor is
+/// merely inherited, as any other would be.
+static PARENT_ONLY: [std::sync::atomic::AtomicI32; 1024] =
+    [const { std::sync::atomic::AtomicI32::new(-1) }; 1024];
+
+/// An owned descriptor that `fork` closes in every child (see
+/// [`PARENT_ONLY`]). Children must never drop one (they end with `_exit`).
+#[derive(Debug)]
+pub(crate) struct ParentOnlyFd {
+    fd: OwnedFd,
+    slot: Option<usize>,
+}
+
+impl ParentOnlyFd {
+    pub(crate) fn new(fd: OwnedFd) -> ParentOnlyFd {
+        let raw = fd.as_raw_fd();
+        // AcqRel: claim a free entry exactly once; a fork on this thread
+        // afterwards sees it.
+        let slot = (0..PARENT_ONLY.len())
+            .find(|&i| PARENT_ONLY[i].compare_exchange(-1, raw, Ordering::AcqRel, Ordering::Acquire).is_ok());
+        ParentOnlyFd { fd, slot }
+    }
+}
+
+impl std::os::fd::AsFd for ParentOnlyFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for ParentOnlyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for ParentOnlyFd {
+    fn drop(&mut self) {
+        // Unregister before the OwnedFd closes the number, so a fork in
+        // between never closes a descriptor that reused it.
+        if let Some(slot) = self.slot {
+            PARENT_ONLY[slot].store(-1, Ordering::Release);
+        }
+    }
+}
+
+/// In a fresh child: closes every parent-only descriptor and empties the
+/// table (the child's own copy).
+fn close_parent_only() {
+    for entry in &PARENT_ONLY {
+        let fd = entry.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: the fd was registered by a ParentOnlyFd of the parent;
+            // its copy in the child is never used or dropped (children end
+            // with _exit), so closing the number cannot hurt a live owner.
+            unsafe { libc::close(fd) };
         }
     }
 }
@@ -174,6 +243,17 @@ pub(crate) fn exit_now(code: i32) -> ! {
 pub(crate) fn getpid() -> i32 {
     // SAFETY: getpid cannot fail.
     unsafe { libc::getpid() }
+}
+
+/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds. Every process on the
+/// machine reads the same clock, so a time stamp one process writes into
+/// shared memory means the same instant to another.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always
+    // exists, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }
 
 /// `getppid(2)`.

@@ -108,3 +108,10 @@ pub(crate) fn exit_on_signals(cleanup: fn()) -> Result<()> {
     set_handler(libc::SIGINT, handler)?;
     set_handler(libc::SIGTERM, handler)
 }
+
+/// Restores `SIGPIPE`'s default action (die quietly). Rust's runtime ignores
+/// it, which turns `mproc numbers | head -1` into a panic on the next
+/// `println!`; a filter-style program wants the Unix default.
+pub(crate) fn default_sigpipe() -> Result<()> {
+    set_handler(libc::SIGPIPE, libc::SIG_DFL)
+}

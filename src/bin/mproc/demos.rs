@@ -20,17 +20,17 @@ pub struct SquareArgs {
 
 #[derive(Args, Debug)]
 pub struct NumbersArgs {
-    /// How many child processes to start (0 to 10000)
+    /// How many child processes to start (0 to 1000)
     #[arg(long, default_value_t = 4, value_name = "N", allow_negative_numbers = true,
-          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+          value_parser = clap::value_parser!(u32).range(0..=1_000))]
     count: u32,
 }
 
 #[derive(Args, Debug)]
 pub struct CubeArgs {
-    /// How many worker processes the pool has (1 to 1024)
+    /// How many worker processes the pool has (1 to 256)
     #[arg(long, default_value_t = 3, value_name = "N", allow_negative_numbers = true,
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
+          value_parser = clap::value_parser!(u32).range(1..=256))]
     processes: u32,
     /// The numbers to cube
     #[arg(default_values_t = [1, 2, 3, 4, 5], allow_negative_numbers = true)]

@@ -60,9 +60,12 @@ fn main() -> ExitCode {
     };
     mproc::set_trace(cli.trace);
     // Ctrl-C or SIGTERM: kill and reap every pool's workers, exit 130/143.
-    // (`mproc run` installs its own handling for its jobs.)
-    if let Err(e) = mproc::exit_cleanly_on_signals() {
-        return ExitCode::from(fail("signals", &e));
+    // A closed stdout (`| head -1`): die quietly of SIGPIPE, like a C
+    // filter. `mproc run` handles both itself, reaping its jobs first.
+    if !matches!(cli.command, Command::Run(_)) {
+        if let Err(e) = mproc::exit_cleanly_on_signals().and_then(|()| mproc::restore_default_sigpipe()) {
+            return ExitCode::from(fail("signals", &e));
+        }
     }
     let code = match cli.command {
         Command::Square(args) => demos::square(args),
