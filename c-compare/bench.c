@@ -31,67 +31,37 @@
  * Exit status: 0 on success; 1 if a system call fails or a child does not
  * exit 0; 2 on bad usage.
  *
+ * Helpers: die(), fail(), parse_range(), say(), wait_for() and
+ * child_succeeded() come from common.h, shared by all the C twins.
+ *
  * Build: cc -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread \
  *            bench.c -o bench
  */
-#if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
-#define _POSIX_C_SOURCE 200809L
-#define _DEFAULT_SOURCE  /* glibc: MAP_ANONYMOUS is not in POSIX.1-2008 */
-#define _DARWIN_C_SOURCE /* macOS: nor is MAP_ANON */
-#endif
+#include "common.h" /* first: it sets the feature-test macros */
 
-#include <errno.h>
-#include <limits.h>
 #include <signal.h>
-#include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdnoreturn.h>
-#include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "ring.h"
 
-#define EXIT_USAGE 2
 #define ROUNDS 5
 
 static const char *progname = "bench";
-static bool in_child = false;
-
-/*
- * Reports a failed call as "bench: call: reason" and exits 1. A child leaves
- * with _exit(): it must not run exit handlers or flush the parent's buffers.
- */
-static noreturn void die(const char *call)
-{
-    int saved = errno;
-
-    fprintf(stderr, "%s: %s: %s\n", progname, call, strerror(saved));
-    if (in_child)
-        _exit(EXIT_FAILURE);
-    exit(EXIT_FAILURE);
-}
-
-#define USAGE "usage: bench fork ITER | bench pipe ITER | bench ring SIZE COUNT\n"
+static const char *synopsis = "fork ITER | bench pipe ITER | bench ring SIZE COUNT";
 
 static noreturn void usage(void)
 {
-    fputs(USAGE, stderr);
+    fprintf(stderr, "usage: %s %s\n", progname, synopsis);
     exit(EXIT_USAGE);
 }
 
 /* Parses a whole string as a decimal integer in [1, max]; exits 2 if it is not. */
 static long long parse_count(const char *name, const char *s, long long max)
 {
-    char *end;
+    long long v;
 
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < 1 || v > max) {
+    if (!parse_range(s, 1, max, &v)) {
         fprintf(stderr, "%s: %s must be an integer from 1 to %lld, not '%s'\n", progname, name,
                 max, s);
         exit(EXIT_USAGE);
@@ -121,27 +91,11 @@ static double median(double *values, int n)
     return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
 }
 
-/* waitpid() for one child, retried on EINTR; anything but exit 0 is fatal. */
+/* waitpid() for one child; anything but exit 0 is fatal. */
 static void join(pid_t pid)
 {
-    int status;
-
-    while (waitpid(pid, &status, 0) == -1) {
-        if (errno != EINTR)
-            die("waitpid");
-    }
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-        return;
-    if (WIFEXITED(status))
-        fprintf(stderr, "%s: child %ld exited with status %d\n", progname, (long)pid,
-                WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
-        fprintf(stderr, "%s: child %ld killed by signal %d (%s)\n", progname, (long)pid,
-                WTERMSIG(status), strsignal(WTERMSIG(status)));
-    else
-        fprintf(stderr, "%s: child %ld: unexpected wait status 0x%x\n", progname, (long)pid,
-                (unsigned)status);
-    exit(EXIT_FAILURE);
+    if (!child_succeeded("child", pid, wait_for(pid)))
+        exit(EXIT_FAILURE);
 }
 
 /* One fork + _exit(0) + waitpid: the floor under Process.start() + join(). */
@@ -202,10 +156,8 @@ static void round_trip(int to_child, int from_child)
     char byte = 'x';
 
     transfer(to_child, &byte, true);
-    if (!transfer(from_child, &byte, false)) {
-        fprintf(stderr, "%s: the echo child closed its pipe early\n", progname);
-        exit(EXIT_FAILURE);
-    }
+    if (!transfer(from_child, &byte, false))
+        fail("the echo child closed its pipe early");
 }
 
 static double bench_pipe(long iterations)
@@ -262,11 +214,9 @@ static noreturn void ring_producer(struct ring *ring, long total)
     ring_keep_producer(ring, &tx);
     for (uint64_t seq = 0; seq < (uint64_t)total; seq++) {
         enum ring_status st = ring_send(&tx, &seq, sizeof seq);
-        if (st != RING_OK) {
-            fprintf(stderr, "%s: producer: %s\n", progname,
-                    st == RING_CLOSED ? "the consumer is gone" : "the ring is corrupt");
-            _exit(EXIT_FAILURE);
-        }
+        if (st != RING_OK)
+            fail("producer: %s",
+                 st == RING_CLOSED ? "the consumer is gone" : "the ring is corrupt");
     }
     /* Closing the data bell's write end tells the consumer we are done. */
     ring_destroy(ring);
@@ -279,17 +229,12 @@ static void ring_receive(struct ring_receiver *rx, struct ring_buf *msg, uint64_
     uint64_t seq;
     enum ring_status st = ring_recv(rx, msg);
 
-    if (st != RING_OK) {
-        fprintf(stderr, "%s: consumer: %s at message %llu\n", progname,
-                st == RING_CLOSED ? "the producer went away" : "the ring is corrupt",
-                (unsigned long long)expected);
-        exit(EXIT_FAILURE);
-    }
-    if (msg->len != sizeof seq || (memcpy(&seq, msg->bytes, sizeof seq), seq != expected)) {
-        fprintf(stderr, "%s: consumer: message %llu is wrong\n", progname,
-                (unsigned long long)expected);
-        exit(EXIT_FAILURE);
-    }
+    if (st != RING_OK)
+        fail("consumer: %s at message %llu",
+             st == RING_CLOSED ? "the producer went away" : "the ring is corrupt",
+             (unsigned long long)expected);
+    if (msg->len != sizeof seq || (memcpy(&seq, msg->bytes, sizeof seq), seq != expected))
+        fail("consumer: message %llu is wrong", (unsigned long long)expected);
 }
 
 static double bench_ring(uint64_t size, long count)
@@ -327,10 +272,8 @@ static double bench_ring(uint64_t size, long count)
     }
 
     /* The producer's exit must read as the end, not as one more message. */
-    if (ring_recv(&rx, &msg) != RING_CLOSED) {
-        fprintf(stderr, "%s: consumer: a message after the last one\n", progname);
-        exit(EXIT_FAILURE);
-    }
+    if (ring_recv(&rx, &msg) != RING_CLOSED)
+        fail("consumer: a message after the last one");
     join(pid);
     ring_buf_free(&msg);
     ring_buf_free(&rx.partial);
@@ -341,10 +284,10 @@ static double bench_ring(uint64_t size, long count)
 int main(int argc, char *argv[])
 {
     const char *mode = argc > 1 ? argv[1] : "";
-    int printed;
 
     if (strcmp(mode, "-h") == 0 || strcmp(mode, "--help") == 0) {
-        printf(USAGE "Prints NAME<TAB>VALUE<TAB>UNIT: the median of %d timed rounds.\n", ROUNDS);
+        printf("usage: %s %s\nPrints NAME<TAB>VALUE<TAB>UNIT: the median of %d timed rounds.\n",
+               progname, synopsis, ROUNDS);
         return EXIT_SUCCESS;
     }
 
@@ -354,22 +297,17 @@ int main(int argc, char *argv[])
 
     if (strcmp(mode, "fork") == 0 && argc == 3) {
         double us = bench_fork(parse_count("ITER", argv[2], LONG_MAX));
-        printed = printf("fork_wait\t%.1f\tus\n", us);
+        say("fork_wait\t%.1f\tus\n", us);
     } else if (strcmp(mode, "pipe") == 0 && argc == 3) {
         double us = bench_pipe(parse_count("ITER", argv[2], LONG_MAX));
-        printed = printf("pipe_pingpong\t%.1f\tus\n", us);
+        say("pipe_pingpong\t%.1f\tus\n", us);
     } else if (strcmp(mode, "ring") == 0 && argc == 4) {
         uint64_t size = (uint64_t)parse_count("SIZE", argv[2], (long long)RING_MAX_CAPACITY);
         /* ROUNDS * COUNT + 1 sequence numbers must fit a long. */
         long count = (long)parse_count("COUNT", argv[3], (LONG_MAX - 1) / ROUNDS);
-        printed = printf("ring_msgs\t%.0f\tmsgs/s\n", bench_ring(size, count));
+        say("ring_msgs\t%.0f\tmsgs/s\n", bench_ring(size, count));
     } else {
         usage();
     }
-
-    if (printed < 0)
-        die("printf");
-    if (fflush(stdout) == EOF)
-        die("fflush");
     return EXIT_SUCCESS;
 }

@@ -44,30 +44,22 @@
  * exit 0, or a result is missing (a message on stderr says which); 2 on bad
  * usage.
  *
+ * Helpers: die(), fail(), usage_error(), parse_ll(), parse_range(),
+ * write_all(), read_full(), say() and reap_all() come from common.h, shared
+ * by all the C twins; this program sets its failure_cleanup to
+ * terminate_workers().
+ *
  * Build: cc -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread \
  *            cube_pool.c -o cube_pool
  */
-#if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
-#define _POSIX_C_SOURCE 200809L
-#endif
+#include "common.h" /* first: it sets the feature-test macros */
 
-#include <errno.h>
-#include <limits.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdnoreturn.h>
-#include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "wideint.h"
 
-#define EXIT_USAGE 2
 #define MAX_PROCESSES 256
 
 /* Parent -> worker: one number to cube. */
@@ -101,9 +93,9 @@ struct worker {
 };
 
 static const char *progname = "cube_pool";
-static bool in_child = false;
+static const char *synopsis = "[--processes N] [NUMBERS...]";
 
-/* Parent state that die() must clean up: every worker is reaped, even on error. */
+/* Parent state that a failure exit must clean up: every worker is reaped, even on error. */
 static struct worker *workers = NULL;
 static size_t nworkers = 0;
 static int result_fd = -1; /* read end of the result pipe, in the parent */
@@ -130,111 +122,18 @@ static void terminate_workers(void)
 }
 
 /*
- * Reports a failed call as "cube_pool: call: reason" and exits 1. A worker
- * leaves with _exit(): it must not run exit handlers or flush stdio buffers
- * that belong to the parent. The parent first terminates its workers.
- */
-static noreturn void die(const char *call)
-{
-    int saved = errno;
-
-    fprintf(stderr, "%s: %s: %s\n", progname, call, strerror(saved));
-    if (in_child)
-        _exit(EXIT_FAILURE);
-    terminate_workers();
-    exit(EXIT_FAILURE);
-}
-
-static noreturn void usage_error(const char *what, const char *arg)
-{
-    fprintf(stderr, "%s: %s '%s' (usage: %s [--processes N] [NUMBERS...])\n", progname, what,
-            arg, progname);
-    exit(EXIT_USAGE);
-}
-
-/* Parses a whole string as a decimal integer; false on junk or overflow. */
-static bool parse_ll(const char *s, long long *out)
-{
-    char *end;
-
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0')
-        return false;
-    *out = v;
-    return true;
-}
-
-/* Writes all of buf, retrying EINTR and short writes. -1 with errno on error. */
-static int write_all(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n == -1) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-/*
  * Reads one fixed-size message. True if one arrived, false on end-of-file at
  * a message boundary; a message cut short by end-of-file is an error.
  */
 static bool read_message(int fd, void *buf, size_t len, const char *what)
 {
-    char *p = buf;
-    size_t got = 0;
+    size_t got = read_full(fd, buf, len);
 
-    while (got < len) {
-        ssize_t n = read(fd, p + got, len - got);
-        if (n == -1) {
-            if (errno == EINTR)
-                continue;
-            die("read");
-        }
-        if (n == 0) {
-            if (got == 0)
-                return false;
-            fprintf(stderr, "%s: truncated %s message (%zu of %zu bytes)\n", progname, what, got,
-                    len);
-            if (in_child)
-                _exit(EXIT_FAILURE);
-            terminate_workers();
-            exit(EXIT_FAILURE);
-        }
-        got += (size_t)n;
-    }
+    if (got == 0)
+        return false;
+    if (got < len)
+        fail("truncated %s message (%zu of %zu bytes)", what, got, len);
     return true;
-}
-
-/* True if the child exited 0; otherwise says how it ended, on stderr. */
-static bool child_succeeded(pid_t pid, int status)
-{
-    if (WIFEXITED(status)) {
-        if (WEXITSTATUS(status) == 0)
-            return true;
-        fprintf(stderr, "%s: worker %ld exited with status %d\n", progname, (long)pid,
-                WEXITSTATUS(status));
-    } else if (WIFSIGNALED(status)) {
-        bool core = false;
-#ifdef WCOREDUMP
-        core = WCOREDUMP(status);
-#endif
-        fprintf(stderr, "%s: worker %ld killed by signal %d (%s)%s\n", progname, (long)pid,
-                WTERMSIG(status), strsignal(WTERMSIG(status)), core ? " (core dumped)" : "");
-    } else {
-        /* Stopped or continued: not reported without WUNTRACED/WCONTINUED. */
-        fprintf(stderr, "%s: worker %ld: unexpected wait status 0x%x\n", progname, (long)pid,
-                (unsigned)status);
-    }
-    return false;
 }
 
 /*
@@ -423,32 +322,6 @@ static bool run_pool(const int64_t *numbers, size_t ntasks, bool *seen, size_t *
     return ok;
 }
 
-/*
- * Waits for every worker, in the order they end. ECHILD is the normal way
- * out: no children are left. Returns false if any failed.
- */
-static bool reap_workers(void)
-{
-    bool all_ok = true;
-
-    for (;;) {
-        int status;
-        pid_t pid = wait(&status);
-
-        if (pid == -1) {
-            if (errno == EINTR)
-                continue;
-            if (errno == ECHILD)
-                break;
-            die("wait");
-        }
-        if (!child_succeeded(pid, status))
-            all_ok = false;
-    }
-    nworkers = 0;
-    return all_ok;
-}
-
 int main(int argc, char *argv[])
 {
     static const int64_t default_numbers[] = { 1, 2, 3, 4, 5 };
@@ -457,6 +330,8 @@ int main(int argc, char *argv[])
     size_t ntasks = 0;
     int64_t *numbers = malloc((size_t)argc * sizeof *numbers + sizeof default_numbers);
 
+    /* Every failure exit in the parent first terminates and reaps the workers. */
+    failure_cleanup = terminate_workers;
     if (numbers == NULL)
         die("malloc");
 
@@ -469,10 +344,10 @@ int main(int argc, char *argv[])
             options_done = true;
             continue;
         } else if (!options_done && (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0)) {
-            printf("usage: %s [--processes N] [NUMBERS...]\n"
+            printf("usage: %s %s\n"
                    "A pool of N worker processes (default 3, at most %d) prints the cube\n"
                    "of each number (default 1 2 3 4 5).\n",
-                   progname, MAX_PROCESSES);
+                   progname, synopsis, MAX_PROCESSES);
             free(numbers);
             return EXIT_SUCCESS;
         } else if (!options_done && strcmp(arg, "--processes") == 0) {
@@ -489,7 +364,7 @@ int main(int argc, char *argv[])
         } else {
             usage_error("numbers must be 64-bit integers, not", arg);
         }
-        if (!parse_ll(value, &processes) || processes < 1 || processes > MAX_PROCESSES)
+        if (!parse_range(value, 1, MAX_PROCESSES, &processes))
             usage_error("--processes must be an integer from 1 to 256, not", value);
     }
     if (ntasks == 0) {
@@ -536,7 +411,9 @@ int main(int argc, char *argv[])
         die("close");
     result_fd = -1;
 
-    bool workers_ok = reap_workers();
+    /* Reap with wait() until ECHILD: every worker, in the order they end. */
+    bool workers_ok = reap_all("worker");
+    nworkers = 0;
     bool complete = results_ok && accepted == ntasks;
     if (accepted != ntasks)
         fprintf(stderr, "%s: got %zu of %zu results\n", progname, accepted, ntasks);
@@ -548,9 +425,6 @@ int main(int argc, char *argv[])
     if (!workers_ok || !complete)
         return EXIT_FAILURE;
 
-    if (printf("Main process completed\n") < 0)
-        die("printf");
-    if (fflush(stdout) == EOF)
-        die("fflush");
+    say("Main process completed\n");
     return EXIT_SUCCESS;
 }

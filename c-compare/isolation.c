@@ -28,26 +28,19 @@
  * Exit status: 0 on success; 1 if a system call fails, the child does not
  * exit 0, or a conclusion does not hold; 2 on bad usage.
  *
+ * Helpers: die(), die_with(), usage_error(), say(), write_all(),
+ * read_full(), wait_for() and child_succeeded() come from common.h, shared
+ * by all the C twins.
+ *
  * Build: cc -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread \
  *            isolation.c -o isolation
  */
-#if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
-#define _POSIX_C_SOURCE 200809L
-#endif
+#include "common.h" /* first: it sets the feature-test macros */
 
-#include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdnoreturn.h>
-#include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#define EXIT_USAGE 2
+static const char *progname = "isolation";
+static const char *synopsis = "";
 
 /*
  * The variable under study. Plain, not atomic: every write and the read after
@@ -60,120 +53,6 @@ struct sighting {
     void *addr;
     long value;
 };
-
-static const char *progname = "isolation";
-static bool in_child = false;
-
-/* Reports "isolation: call: reason" for an error number and exits 1. */
-static noreturn void die_with(const char *call, int err)
-{
-    fprintf(stderr, "%s: %s: %s\n", progname, call, strerror(err));
-    if (in_child) {
-        /* _exit(): the child must not run exit handlers or flush the parent's buffers. */
-        fflush(stdout);
-        _exit(EXIT_FAILURE);
-    }
-    exit(EXIT_FAILURE);
-}
-
-/* The same, for calls that report through errno. */
-static noreturn void die(const char *call)
-{
-    die_with(call, errno);
-}
-
-#if defined(__GNUC__) || defined(__clang__)
-#define PRINTF_LIKE __attribute__((format(printf, 1, 2)))
-#else
-#define PRINTF_LIKE
-#endif
-
-/* Prints one line and flushes it, so it is out before any fork or exit. */
-static void say(const char *format, ...) PRINTF_LIKE;
-
-static void say(const char *format, ...)
-{
-    va_list ap;
-
-    va_start(ap, format);
-    int n = vprintf(format, ap);
-    va_end(ap);
-    if (n < 0)
-        die("printf");
-    if (fflush(stdout) == EOF)
-        die("fflush");
-}
-
-static int wait_for(pid_t pid)
-{
-    int status;
-
-    while (waitpid(pid, &status, 0) == -1) {
-        if (errno != EINTR)
-            die("waitpid");
-    }
-    return status;
-}
-
-/* True if the child exited 0; otherwise says how it ended, on stderr. */
-static bool child_succeeded(pid_t pid, int status)
-{
-    if (WIFEXITED(status)) {
-        if (WEXITSTATUS(status) == 0)
-            return true;
-        fprintf(stderr, "%s: child %ld exited with status %d\n", progname, (long)pid,
-                WEXITSTATUS(status));
-    } else if (WIFSIGNALED(status)) {
-        bool core = false;
-#ifdef WCOREDUMP
-        core = WCOREDUMP(status);
-#endif
-        fprintf(stderr, "%s: child %ld killed by signal %d (%s)%s\n", progname, (long)pid,
-                WTERMSIG(status), strsignal(WTERMSIG(status)), core ? " (core dumped)" : "");
-    } else {
-        /* Stopped or continued: not reported without WUNTRACED/WCONTINUED. */
-        fprintf(stderr, "%s: child %ld: unexpected wait status 0x%x\n", progname, (long)pid,
-                (unsigned)status);
-    }
-    return false;
-}
-
-/* Writes all of buf, retrying EINTR and short writes. */
-static void write_all(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n == -1) {
-            if (errno == EINTR)
-                continue;
-            die("write");
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
-/* Reads exactly len bytes; false if end-of-file comes first. */
-static bool read_exact(int fd, void *buf, size_t len)
-{
-    char *p = buf;
-
-    while (len > 0) {
-        ssize_t n = read(fd, p, len);
-        if (n == -1) {
-            if (errno == EINTR)
-                continue;
-            die("read");
-        }
-        if (n == 0)
-            return false;
-        p += n;
-        len -= (size_t)n;
-    }
-    return true;
-}
 
 /* Part 1: a forked child writes 200 into its copy of counter. */
 static bool fork_part(void)
@@ -200,7 +79,8 @@ static bool fork_part(void)
         counter = 200;
         say("fork: child sets counter = %ld at %p\n", counter, (void *)&counter);
         child_saw = (struct sighting){ .addr = &counter, .value = counter };
-        write_all(report[1], &child_saw, sizeof child_saw);
+        if (write_all(report[1], &child_saw, sizeof child_saw) == -1)
+            die("write");
         if (close(report[1]) == -1)
             die("close");
         _exit(EXIT_SUCCESS);
@@ -211,10 +91,10 @@ static bool fork_part(void)
 
     if (close(report[1]) == -1) /* write end: the child's */
         die("close");
-    bool reported = read_exact(report[0], &child_saw, sizeof child_saw);
+    bool reported = read_full(report[0], &child_saw, sizeof child_saw) == sizeof child_saw;
     if (close(report[0]) == -1)
         die("close");
-    if (!child_succeeded(child, wait_for(child)))
+    if (!child_succeeded("child", child, wait_for(child)))
         return false;
     if (!reported) {
         fprintf(stderr, "%s: the child exited without reporting\n", progname);
@@ -272,11 +152,8 @@ int main(int argc, char *argv[])
                progname);
         return EXIT_SUCCESS;
     }
-    if (argc > 1) {
-        fprintf(stderr, "%s: unexpected argument '%s' (usage: %s)\n", progname, argv[1],
-                progname);
-        return EXIT_USAGE;
-    }
+    if (argc > 1)
+        usage_error("unexpected argument", argv[1]);
 
     if (!fork_part() || !thread_part())
         return EXIT_FAILURE;

@@ -22,135 +22,40 @@
  * Exit status: 0 on success; 1 if a system call fails or a child does not
  * exit 0 (a message on stderr names the call or the child); 2 on bad usage.
  *
+ * Helpers: die(), die_with(), usage_error(), parse_range(), say() and
+ * reap_all() (wait() until ECHILD) come from common.h, shared by all the C
+ * twins.
+ *
  * Build: cc -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread \
  *            numbers.c -o numbers
  */
-#if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
-#define _POSIX_C_SOURCE 200809L
-#endif
+#include "common.h" /* first: it sets the feature-test macros */
 
-#include <errno.h>
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdnoreturn.h>
-#include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#define EXIT_USAGE 2
 #define MAX_COUNT 1000
 
 static const char *progname = "numbers";
-static bool in_child = false;
-
-/*
- * Reports a failed call as "numbers: call: reason" and exits 1. A child
- * leaves with _exit(): it must not run exit handlers or flush stdio buffers
- * that belong to the parent.
- */
-static noreturn void die(const char *call)
-{
-    int saved = errno;
-
-    fprintf(stderr, "%s: %s: %s\n", progname, call, strerror(saved));
-    if (in_child) {
-        fflush(stdout);
-        _exit(EXIT_FAILURE);
-    }
-    exit(EXIT_FAILURE);
-}
-
-static noreturn void usage_error(const char *what, const char *arg)
-{
-    fprintf(stderr, "%s: %s '%s' (usage: %s [--count N])\n", progname, what, arg, progname);
-    exit(EXIT_USAGE);
-}
-
-/* Parses a whole string as a decimal integer in [min, max]. */
-static bool parse_range(const char *s, long min, long max, long *out)
-{
-    char *end;
-
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
-}
-
-/* True if the child exited 0; otherwise says how it ended, on stderr. */
-static bool child_succeeded(pid_t pid, int status)
-{
-    if (WIFEXITED(status)) {
-        if (WEXITSTATUS(status) == 0)
-            return true;
-        fprintf(stderr, "%s: child %ld exited with status %d\n", progname, (long)pid,
-                WEXITSTATUS(status));
-    } else if (WIFSIGNALED(status)) {
-        bool core = false;
-#ifdef WCOREDUMP
-        core = WCOREDUMP(status);
-#endif
-        fprintf(stderr, "%s: child %ld killed by signal %d (%s)%s\n", progname, (long)pid,
-                WTERMSIG(status), strsignal(WTERMSIG(status)), core ? " (core dumped)" : "");
-    } else {
-        /* Stopped or continued: not reported without WUNTRACED/WCONTINUED. */
-        fprintf(stderr, "%s: child %ld: unexpected wait status 0x%x\n", progname, (long)pid,
-                (unsigned)status);
-    }
-    return false;
-}
+static const char *synopsis = "[--count N]";
 
 /* The child's whole life: print its number and leave without exit handlers. */
-static noreturn void child_main(long number)
+static noreturn void child_main(long long number)
 {
     in_child = true;
-    if (printf("Process %ld: %ld\n", number, number) < 0)
-        die("printf");
-    if (fflush(stdout) == EOF)
-        die("fflush");
+    say("Process %lld: %lld\n", number, number);
     _exit(EXIT_SUCCESS);
-}
-
-/*
- * Waits for every child this process has, in the order they end. ECHILD is
- * the normal way out: no children are left. Returns false if any failed.
- */
-static bool reap_all(void)
-{
-    bool all_ok = true;
-
-    for (;;) {
-        int status;
-        pid_t pid = wait(&status);
-
-        if (pid == -1) {
-            if (errno == EINTR)
-                continue;
-            if (errno == ECHILD)
-                return all_ok;
-            die("wait");
-        }
-        if (!child_succeeded(pid, status))
-            all_ok = false;
-    }
 }
 
 int main(int argc, char *argv[])
 {
-    long count = 4;
+    long long count = 4;
 
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         const char *value = NULL;
 
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            printf("usage: %s [--count N]\n"
+            printf("usage: %s %s\n"
                    "N child processes (default 4, at most %d) each print their number.\n",
-                   progname, MAX_COUNT);
+                   progname, synopsis, MAX_COUNT);
             return EXIT_SUCCESS;
         } else if (strcmp(arg, "--count") == 0) {
             if (i + 1 == argc)
@@ -170,7 +75,7 @@ int main(int argc, char *argv[])
         die("fflush");
 
     int fork_errno = 0;
-    for (long i = 1; i <= count && fork_errno == 0; i++) {
+    for (long long i = 1; i <= count && fork_errno == 0; i++) {
         switch (fork()) {
         case -1:
             /* Keep going to the reap loop: the children we have must be reaped. */
@@ -183,17 +88,13 @@ int main(int argc, char *argv[])
         }
     }
 
-    bool all_ok = reap_all();
-    if (fork_errno != 0) {
-        errno = fork_errno;
-        die("fork");
-    }
+    /* Reap with wait() until ECHILD: every child that did start, in the order they end. */
+    bool all_ok = reap_all("child");
+    if (fork_errno != 0)
+        die_with("fork", fork_errno);
     if (!all_ok)
         return EXIT_FAILURE;
 
-    if (printf("Main process completed\n") < 0)
-        die("printf");
-    if (fflush(stdout) == EOF)
-        die("fflush");
+    say("Main process completed\n");
     return EXIT_SUCCESS;
 }

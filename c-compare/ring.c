@@ -26,77 +26,23 @@
  * the ring reports corruption or the producer does not exit 0; 2 on bad
  * usage.
  *
+ * Helpers: die(), fail(), usage_error(), parse_range(), say(), wait_for()
+ * and child_succeeded() come from common.h, shared by all the C twins.
+ *
  * Build: cc -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread \
  *            ring.c -o ring
  */
-#if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
-#define _POSIX_C_SOURCE 200809L
-#define _DEFAULT_SOURCE  /* glibc: MAP_ANONYMOUS is not in POSIX.1-2008 */
-#define _DARWIN_C_SOURCE /* macOS: nor is MAP_ANON */
-#endif
+#include "common.h" /* first: it sets the feature-test macros */
 
-#include <errno.h>
 #include <signal.h>
-#include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdnoreturn.h>
-#include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "ring.h"
 
-#define EXIT_USAGE 2
 #define MAX_COUNT 10000000L
 
 static const char *progname = "ring";
-static bool in_child = false;
-
-/*
- * Reports a failed call as "ring: call: reason" and exits 1. A child leaves
- * with _exit(): it must not run exit handlers or flush the parent's buffers.
- */
-static noreturn void die(const char *call)
-{
-    int saved = errno;
-
-    fprintf(stderr, "%s: %s: %s\n", progname, call, strerror(saved));
-    if (in_child)
-        _exit(EXIT_FAILURE);
-    exit(EXIT_FAILURE);
-}
-
-/* Reports a failure that is not a system call's, and exits 1. */
-static noreturn void fail(const char *what)
-{
-    fprintf(stderr, "%s: %s\n", progname, what);
-    if (in_child)
-        _exit(EXIT_FAILURE);
-    exit(EXIT_FAILURE);
-}
-
-static noreturn void usage_error(const char *what, const char *arg)
-{
-    fprintf(stderr, "%s: %s '%s' (usage: %s [--capacity BYTES] [--count N])\n", progname, what,
-            arg, progname);
-    exit(EXIT_USAGE);
-}
-
-/* Parses a whole string as a decimal integer in [min, max]. */
-static bool parse_range(const char *s, long long min, long long max, long long *out)
-{
-    char *end;
-
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
-}
+static const char *synopsis = "[--capacity BYTES] [--count N]";
 
 /* The length of message number seq: small ones, then sizes around C. */
 static size_t message_len(uint64_t seq, uint64_t capacity)
@@ -148,41 +94,13 @@ static void check_message(uint64_t seq, const struct ring_buf *msg, uint64_t cap
 {
     size_t want = message_len(seq, capacity);
 
-    if (msg->len != want) {
-        fprintf(stderr, "%s: message %llu: expected %zu bytes, got %zu\n", progname,
-                (unsigned long long)seq, want, msg->len);
-        exit(EXIT_FAILURE);
-    }
+    if (msg->len != want)
+        fail("message %llu: expected %zu bytes, got %zu", (unsigned long long)seq, want,
+             msg->len);
     for (size_t i = 0; i < want; i++) {
-        if (msg->bytes[i] != message_byte(seq, i)) {
-            fprintf(stderr, "%s: message %llu: wrong byte at %zu\n", progname,
-                    (unsigned long long)seq, i);
-            exit(EXIT_FAILURE);
-        }
+        if (msg->bytes[i] != message_byte(seq, i))
+            fail("message %llu: wrong byte at %zu", (unsigned long long)seq, i);
     }
-}
-
-/* waitpid() for the producer, retried on EINTR; false unless it exited 0. */
-static bool join(pid_t pid)
-{
-    int status;
-
-    while (waitpid(pid, &status, 0) == -1) {
-        if (errno != EINTR)
-            die("waitpid");
-    }
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-        return true;
-    if (WIFEXITED(status))
-        fprintf(stderr, "%s: producer %ld exited with status %d\n", progname, (long)pid,
-                WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
-        fprintf(stderr, "%s: producer %ld killed by signal %d (%s)\n", progname, (long)pid,
-                WTERMSIG(status), strsignal(WTERMSIG(status)));
-    else
-        fprintf(stderr, "%s: producer %ld: unexpected wait status 0x%x\n", progname, (long)pid,
-                (unsigned)status);
-    return false;
 }
 
 int main(int argc, char *argv[])
@@ -197,10 +115,10 @@ int main(int argc, char *argv[])
         long long max;
 
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            printf("usage: %s [--capacity BYTES] [--count N]\n"
+            printf("usage: %s %s\n"
                    "A child sends N checked messages through a shared-memory ring\n"
                    "(default 1000 messages, 4096 bytes).\n",
-                   progname);
+                   progname, synopsis);
             return EXIT_SUCCESS;
         } else if (strcmp(arg, "--capacity") == 0 || strcmp(arg, "--count") == 0) {
             if (i + 1 == argc)
@@ -270,7 +188,7 @@ int main(int argc, char *argv[])
             streamed++;
     }
 
-    bool producer_ok = join(producer);
+    bool producer_ok = child_succeeded("producer", producer, wait_for(producer));
     uint64_t actual_capacity = ring.capacity;
     ring_buf_free(&msg);
     ring_buf_free(&rx.partial);
@@ -278,13 +196,10 @@ int main(int argc, char *argv[])
     if (!producer_ok || !clean_end)
         return EXIT_FAILURE;
 
-    if (printf("ring: %lld messages, %llu bytes, through a %llu-byte ring\n"
-               "ring: every message arrived whole and in order; %llu were larger than the "
-               "ring and came in fragments\n"
-               "ring: after the last message, the producer's exit read as end-of-file\n",
-               count, bytes, (unsigned long long)actual_capacity, streamed) < 0)
-        die("printf");
-    if (fflush(stdout) == EOF)
-        die("fflush");
+    say("ring: %lld messages, %llu bytes, through a %llu-byte ring\n"
+        "ring: every message arrived whole and in order; %llu were larger than the "
+        "ring and came in fragments\n"
+        "ring: after the last message, the producer's exit read as end-of-file\n",
+        count, bytes, (unsigned long long)actual_capacity, streamed);
     return EXIT_SUCCESS;
 }

@@ -45,11 +45,13 @@
  * peer must return EPIPE, not kill the ringer; src/sys/bell.rs blocks the
  * signal around the write instead), and each process closing the half it
  * does not use right after fork (ring_keep_producer / ring_keep_consumer).
- * Failed system calls are fatal: they go to the program's die(), declared
- * below and defined by the including file.
+ * Failed system calls are fatal: they go to die() of common.h, which
+ * names the including program.
  */
 #ifndef MPROC_RING_H
 #define MPROC_RING_H
+
+#include "common.h" /* die(); first: it sets the feature-test macros */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -64,9 +66,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-/* Defined by the including program: reports the failed call and exits 1. */
-static noreturn void die(const char *call);
 
 #if !defined(MAP_ANONYMOUS) && defined(MAP_ANON)
 #define MAP_ANONYMOUS MAP_ANON /* older macOS spells it MAP_ANON */

@@ -15,100 +15,17 @@
  * Exit status: 0 on success; 1 if a system call fails or the child does not
  * exit 0 (a message on stderr names the call or the child); 2 on bad usage.
  *
+ * Helpers: die(), usage_error(), parse_ll(), say(), wait_for() and
+ * child_succeeded() come from common.h, shared by all the C twins.
+ *
  * Build: cc -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread \
  *            square.c -o square
  */
-#if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
-#define _POSIX_C_SOURCE 200809L
-#endif
-
-#include <errno.h>
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdnoreturn.h>
-#include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
+#include "common.h" /* first: it sets the feature-test macros */
 #include "wideint.h"
 
-#define EXIT_USAGE 2
-
 static const char *progname = "square";
-static bool in_child = false;
-
-/*
- * Reports a failed call as "square: call: reason" and exits 1. A child leaves
- * with _exit(): it must not run exit handlers or flush stdio buffers that
- * belong to the parent.
- */
-static noreturn void die(const char *call)
-{
-    int saved = errno;
-
-    fprintf(stderr, "%s: %s: %s\n", progname, call, strerror(saved));
-    if (in_child) {
-        fflush(stdout);
-        _exit(EXIT_FAILURE);
-    }
-    exit(EXIT_FAILURE);
-}
-
-static noreturn void usage_error(const char *what, const char *arg)
-{
-    fprintf(stderr, "%s: %s '%s' (usage: %s [N])\n", progname, what, arg, progname);
-    exit(EXIT_USAGE);
-}
-
-/* Parses a whole string as a decimal integer; false on junk or overflow. */
-static bool parse_ll(const char *s, long long *out)
-{
-    char *end;
-
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0')
-        return false;
-    *out = v;
-    return true;
-}
-
-/* waitpid() for one child, retried on EINTR. */
-static int wait_for(pid_t pid)
-{
-    int status;
-
-    while (waitpid(pid, &status, 0) == -1) {
-        if (errno != EINTR)
-            die("waitpid");
-    }
-    return status;
-}
-
-/* True if the child exited 0; otherwise says how it ended, on stderr. */
-static bool child_succeeded(pid_t pid, int status)
-{
-    if (WIFEXITED(status)) {
-        if (WEXITSTATUS(status) == 0)
-            return true;
-        fprintf(stderr, "%s: child %ld exited with status %d\n", progname, (long)pid,
-                WEXITSTATUS(status));
-    } else if (WIFSIGNALED(status)) {
-        bool core = false;
-#ifdef WCOREDUMP
-        core = WCOREDUMP(status);
-#endif
-        fprintf(stderr, "%s: child %ld killed by signal %d (%s)%s\n", progname, (long)pid,
-                WTERMSIG(status), strsignal(WTERMSIG(status)), core ? " (core dumped)" : "");
-    } else {
-        /* Stopped or continued: not reported without WUNTRACED/WCONTINUED. */
-        fprintf(stderr, "%s: child %ld: unexpected wait status 0x%x\n", progname, (long)pid,
-                (unsigned)status);
-    }
-    return false;
-}
+static const char *synopsis = "[N]";
 
 int main(int argc, char *argv[])
 {
@@ -123,8 +40,8 @@ int main(int argc, char *argv[])
         if (!options_done && strcmp(arg, "--") == 0) {
             options_done = true;
         } else if (!options_done && (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0)) {
-            printf("usage: %s [N]\nA child process prints N squared (default N = 5).\n",
-                   progname);
+            printf("usage: %s %s\nA child process prints N squared (default N = 5).\n",
+                   progname, synopsis);
             return EXIT_SUCCESS;
         } else if (parse_ll(arg, &v)) {
             if (have_n)
@@ -153,10 +70,7 @@ int main(int argc, char *argv[])
         char digits[WIDE_DEC_LEN];
 
         wide_format(&square, digits);
-        if (printf("The square of %lld is %s\n", n, digits) < 0)
-            die("printf");
-        if (fflush(stdout) == EOF)
-            die("fflush");
+        say("The square of %lld is %s\n", n, digits);
         _exit(EXIT_SUCCESS);
     }
 
@@ -165,12 +79,9 @@ int main(int argc, char *argv[])
     }
 
     /* Parent: join the child, as Process.join() does. */
-    if (!child_succeeded(child, wait_for(child)))
+    if (!child_succeeded("child", child, wait_for(child)))
         return EXIT_FAILURE;
 
-    if (printf("Main process completed\n") < 0)
-        die("printf");
-    if (fflush(stdout) == EOF)
-        die("fflush");
+    say("Main process completed\n");
     return EXIT_SUCCESS;
 }
