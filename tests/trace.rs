@@ -75,7 +75,8 @@ fn check(args: &[&str]) {
         eprintln!("strace not installed: skipping (CI installs it)");
         return;
     }
-    let log = std::env::temp_dir().join(format!("mproc-strace-{}-{}.log", std::process::id(), args.join("_")));
+    let log =
+        std::env::temp_dir().join(format!("mproc-strace-{}-{}.log", std::process::id(), args.join("_")));
     let out = common::run(
         Command::new("strace")
             .args(["-f", "-qq", "-e", "trace=fork,vfork,clone,clone3,wait4,waitid", "-o"])

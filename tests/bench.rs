@@ -1,0 +1,77 @@
+//! The measuring subcommands run end to end and print every figure they
+//! promise (values vary; names, shapes and the checked counts do not).
+
+mod common;
+
+use common::{lines, mproc, run};
+use std::collections::HashMap;
+
+fn tsv(args: &[&str]) -> HashMap<String, (f64, String)> {
+    let out = run(mproc().args(args));
+    assert!(out.status.success(), "mproc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    lines(&out)
+        .into_iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 3, "not name<TAB>value<TAB>unit: {l:?}");
+            (f[0].to_string(), (f[1].parse().expect("a number"), f[2].to_string()))
+        })
+        .collect()
+}
+
+fn primes_below(n: u64) -> u64 {
+    (2..n).filter(|&k| (2..).take_while(|d| d * d <= k).all(|d| k % d != 0)).count() as u64
+}
+
+#[test]
+fn speedup_times_three_variants_that_agree() {
+    let out = run(mproc().args(["speedup", "--workers", "2", "--tasks", "4", "--work", "2000"]));
+    assert!(out.status.success());
+    let text = lines(&out);
+    assert!(text[0].contains("2 workers"), "{text:?}");
+    assert!(text[1].trim_start().starts_with("sequential"));
+    assert!(text[2].contains("2 processes (Pool)"));
+    assert!(text[3].contains("2 threads"));
+    assert_eq!(text[4].trim(), format!("all three found {} primes", primes_below(8000)));
+    assert!(text[5].contains("no GIL"));
+}
+
+#[test]
+fn speedup_rejects_zero_workers_with_usage_status() {
+    let out = run(mproc().args(["speedup", "--workers", "0"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+#[test]
+fn bench_process_reports_every_figure() {
+    let figures = tsv(&["bench", "process", "--count", "5", "--tsv"]);
+    for name in ["process_start_join", "spawn_join", "pipe_pingpong"] {
+        let (value, unit) = &figures[name];
+        assert!(*value > 0.0, "{name} = {value}");
+        assert_eq!(unit, "us");
+    }
+}
+
+#[test]
+fn bench_pool_reports_every_figure() {
+    let figures = tsv(&["bench", "pool", "--items", "20000", "--tsv"]);
+    for name in [
+        "pool_map_trivial",
+        "sequential_trivial",
+        "threads_channel_trivial",
+        "pool_map_large_input",
+        "fork_map_large_input",
+        "pool_cpu_speedup",
+    ] {
+        assert!(figures.get(name).is_some_and(|(v, _)| *v > 0.0), "{name} missing in {figures:?}");
+    }
+}
+
+#[test]
+fn bench_compare_without_c_programs_says_how_to_build_them() {
+    let out = run(mproc().args(["bench", "compare", "--c-dir", "/nonexistent"]));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("make compare"), "{err}");
+}
