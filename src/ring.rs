@@ -202,7 +202,7 @@ impl Region {
             )));
         }
         let fits = offset.checked_add(region_size(capacity)).is_some_and(|end| end <= map.len());
-        if offset % 128 != 0 || !fits {
+        if !offset.is_multiple_of(128) || !fits {
             return Err(Error::InvalidArgument(format!(
                 "ring at offset {offset} of {capacity} bytes does not fit a {}-byte mapping",
                 map.len()
@@ -408,7 +408,7 @@ pub(crate) fn attach(map: Arc<SharedMapping>, offset: usize, capacity: usize) ->
 /// the header would not lie inside the mapping at a multiple of 128.
 pub(crate) fn reset(map: &SharedMapping, offset: usize) {
     let fits = offset.checked_add(HEADER_LEN).is_some_and(|end| end <= map.len());
-    if offset % 128 != 0 || !fits {
+    if !offset.is_multiple_of(128) || !fits {
         return;
     }
     // SAFETY: HEADER_LEN bytes at a 128-aligned offset inside the mapping
@@ -431,7 +431,7 @@ fn halves(
     // Acquire: pairs with the release halves of earlier users' stores.
     let tail = region.header().tail.0.load(Ordering::Acquire);
     let head = region.header().head.0.load(Ordering::Acquire);
-    if tail < head || tail - head > region.capacity || tail % 8 != 0 || head % 8 != 0 {
+    if tail < head || tail - head > region.capacity || !tail.is_multiple_of(8) || !head.is_multiple_of(8) {
         return Err(corrupt("ring indices out of range"));
     }
     let sender = Sender {
@@ -1071,7 +1071,10 @@ impl Receiver {
         // Acquire: pairs with the producer's SeqCst (hence release) store of
         // tail, so the frames below it are fully written before we read them.
         let tail = self.region.header().tail.0.load(Ordering::Acquire);
-        if tail < self.head || tail - self.head > self.region.capacity || (tail - self.head) % 8 != 0 {
+        if tail < self.head
+            || tail - self.head > self.region.capacity
+            || !(tail - self.head).is_multiple_of(8)
+        {
             return Err(corrupt("ring tail index out of range"));
         }
         self.cached_tail = tail;

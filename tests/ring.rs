@@ -326,7 +326,7 @@ fn large_messages_cross_fork_intact() {
 
 /// Messages for the stress tests: many in release, fewer in debug builds
 /// (where filling and checking every byte is slow), a few seconds each.
-const STRESS_MESSAGES: u64 = if cfg!(debug_assertions) { 150_000 } else { 2_000_000 };
+const STRESS_MESSAGES: u64 = if cfg!(debug_assertions) { 150_000 } else { 1_000_000 };
 const STRESS_CAPACITY: usize = 4096;
 const STRESS_SEED: u64 = 0x2545_F491_4F6C_DD1D;
 

@@ -587,6 +587,28 @@ fn fd_numbers(listing: &str) -> BTreeSet<String> {
     listing.split_whitespace().map(str::to_string).collect()
 }
 
+#[test]
+fn jobs_start_with_default_signal_dispositions() {
+    // mproc (a Rust program) ignores SIGPIPE and handles SIGINT/SIGTERM/
+    // SIGCHLD; a job must see none of that. `yes` dies quietly of SIGPIPE
+    // only if SIGPIPE is back to its default.
+    let out = run(&["sh", "-c", "yes | head -n1", "sh", ":::", "a"]);
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str()), ("y\n", ""));
+    // All dispositions and the mask as a job sees them, against the same
+    // command started directly (std resets SIGPIPE for its children too):
+    // whatever the test harness passes down shows up in both.
+    #[cfg(target_os = "linux")]
+    {
+        let grep = ["grep", "-hE", "^Sig(Ign|Blk|Cgt)", "/proc/self/status"];
+        let direct = Command::new(grep[0]).args(&grep[1..]).output().unwrap();
+        let mut args = grep.to_vec();
+        args.extend([":::", "/dev/null"]);
+        let out = run(&args);
+        assert_eq!(text(&out.stdout), text(&direct.stdout));
+        assert_eq!(text(&direct.stdout).lines().count(), 3);
+    }
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn jobs_see_no_descriptor_of_the_runner() {

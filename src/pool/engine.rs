@@ -1,5 +1,6 @@
-//! The parent's half of the pool: queues, dispatch, results, deaths,
-//! timeouts. Single-threaded; driven by `Pool` methods through `pump`.
+//! The parent's half of the pool: queues, dispatch, results, deaths.
+//! Single-threaded; driven by `Pool` methods through `pump`. (Task timeouts
+//! are the zygote's: it runs whether or not the caller is in a pool call.)
 //!
 //! Every task is in exactly one place at a time: the queue (not yet sent),
 //! a slot's in-flight list (sent to that worker, in order), or its
@@ -10,24 +11,28 @@
 //! its worker died (still packed in the worker, see `worker`) runs again.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::message::{self, Call, ResultTag};
-use super::shared::{self, Layout};
+use super::shared::{self, Layout, Woke};
 use super::zygote::{Report, Zygote};
 use crate::error::{Error, OsError, Result};
 use crate::ring::{Receiver, Sender};
 use crate::status::ExitStatus;
-use crate::sys;
+use crate::sys::{self, ParentOnlyFd};
 use crate::wire::{DecodeError, Wire};
 
-/// After SIGTERM, how long a timed-out worker's process group gets before
-/// SIGKILL.
-pub(crate) const TERM_GRACE: Duration = Duration::from_millis(200);
-/// Batches a worker may hold at once: one running, one ready behind it.
+/// Batches a worker may hold at once: one running, one ready behind it, so
+/// it never waits for the parent between batches...
 const BATCHES_IN_FLIGHT: usize = 2;
+/// ...and more while its batches take less than [`QUICK_BATCH`] each: then
+/// a round trip to the parent costs more than a batch, and two are not
+/// enough to keep it busy. (Slow batches stay at two, so that work queued
+/// behind a slow task on one worker does not wait while another is idle.)
+const QUICK_BATCHES_IN_FLIGHT: usize = 4;
+const QUICK_BATCH: Duration = Duration::from_micros(500);
 /// How long to wait before asking the zygote again after a failed fork.
 const SPAWN_RETRY: Duration = Duration::from_millis(100);
 
@@ -52,7 +57,8 @@ impl Batch {
         message::begin_batch(self.call, &mut msg);
         msg.extend_from_slice(&self.msg[offset..]);
         message::set_batch_count(&mut msg, self.count - at);
-        let tail = Batch { sub: self.sub, first: self.first + at, count: self.count - at, call: self.call, msg };
+        let tail =
+            Batch { sub: self.sub, first: self.first + at, count: self.count - at, call: self.call, msg };
         self.msg.truncate(offset);
         self.count = at;
         message::set_batch_count(&mut self.msg, at);
@@ -60,16 +66,33 @@ impl Batch {
     }
 }
 
-const PENDING: u32 = u32::MAX;
-const FAILED: u32 = u32::MAX - 1;
+/// A task's state in its submission.
+const PENDING: u8 = 0;
+const DONE: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Where a submission keeps its results' bytes.
+#[derive(Debug)]
+enum Store {
+    /// No result yet.
+    Empty,
+    /// Every result so far has `stride` bytes: task i's are at
+    /// `i * stride` (the common case: numbers). One byte of state per task
+    /// and the results themselves, nothing else: a million-task `map`
+    /// touches as little fresh memory as it can.
+    Fixed { stride: usize },
+    /// Results of different sizes: task i's are at `spans[i]` (start, len).
+    Spans { spans: Vec<(usize, usize)> },
+}
 
 /// The results of one call (`map`, one `apply_async`, one `imap` chunk).
 #[derive(Debug)]
 pub(crate) struct Submission {
     /// Position of the first task in the caller's input (for messages).
     base_index: u64,
-    /// Per task: (start in `bytes`, len), or PENDING / FAILED.
-    spans: Vec<(usize, u32)>,
+    /// Per task: PENDING, DONE or FAILED.
+    states: Vec<u8>,
+    store: Store,
     bytes: Vec<u8>,
     errors: HashMap<u32, Error>,
     remaining: usize,
@@ -78,12 +101,37 @@ pub(crate) struct Submission {
 }
 
 impl Submission {
+    fn new(base_index: u64, capacity: usize) -> Submission {
+        Submission {
+            base_index,
+            states: Vec::with_capacity(capacity),
+            store: Store::Empty,
+            bytes: Vec::new(),
+            errors: HashMap::new(),
+            remaining: 0,
+            abandoned: false,
+        }
+    }
+
+    /// Makes room for tasks up to `len` (they are being queued).
+    fn grow(&mut self, len: usize) {
+        if len > self.states.len() {
+            self.remaining += len - self.states.len();
+            self.states.resize(len, PENDING);
+        }
+    }
+
     /// The outcome of task `i`, if it has one.
     pub(crate) fn get(&self, i: u32) -> Option<Result<&[u8]>> {
-        match self.spans[i as usize] {
-            (_, PENDING) => None,
-            (_, FAILED) => Some(Err(self.errors.get(&i).cloned().unwrap_or(Error::Closed))),
-            (start, len) => Some(Ok(&self.bytes[start..start + len as usize])),
+        let i = i as usize;
+        match self.states[i] {
+            PENDING => None,
+            FAILED => Some(Err(self.errors.get(&(i as u32)).cloned().unwrap_or(Error::Closed))),
+            _ => Some(Ok(match &self.store {
+                Store::Fixed { stride } => &self.bytes[i * stride..(i + 1) * stride],
+                Store::Spans { spans } => &self.bytes[spans[i].0..spans[i].0 + spans[i].1],
+                Store::Empty => &[],
+            })),
         }
     }
 
@@ -92,25 +140,65 @@ impl Submission {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.spans.len()
+        self.states.len()
     }
 
     /// Files task `i`'s outcome; a second outcome for the same task (which
     /// the engine never produces) is ignored.
     fn set(&mut self, i: u32, outcome: Result<&[u8]>) {
-        if self.spans[i as usize].1 != PENDING {
+        let i = i as usize;
+        if self.states[i] != PENDING {
             return;
         }
         self.remaining -= 1;
-        match outcome {
-            Ok(bytes) => {
-                self.spans[i as usize] = (self.bytes.len(), bytes.len() as u32);
-                self.bytes.extend_from_slice(bytes);
-            }
+        let bytes = match outcome {
+            Ok(bytes) => bytes,
             Err(e) => {
-                self.spans[i as usize] = (0, FAILED);
-                self.errors.insert(i, e);
+                self.states[i] = FAILED;
+                self.errors.insert(i as u32, e);
+                return;
             }
+        };
+        self.states[i] = DONE;
+        if let Store::Empty = self.store {
+            self.store = Store::Fixed { stride: bytes.len() };
+        }
+        match &mut self.store {
+            Store::Fixed { stride } if *stride == bytes.len() => {
+                let at = i * *stride;
+                if self.bytes.len() < at + *stride {
+                    // Room for every task we expect (the input's length
+                    // hint), at once: no regrowth while the input streams.
+                    self.bytes.reserve_exact(self.states.capacity().max(self.states.len()) * *stride);
+                    self.bytes.resize(self.states.len() * *stride, 0);
+                }
+                self.bytes[at..at + bytes.len()].copy_from_slice(bytes);
+            }
+            Store::Fixed { stride } => {
+                // A result of another size: keep what is there where it is,
+                // and from now on say where each result lies.
+                let stride = *stride;
+                let mut spans = vec![(0, 0); self.states.len()];
+                for (j, span) in spans.iter_mut().enumerate() {
+                    if self.states[j] == DONE && j != i {
+                        *span = (j * stride, stride);
+                    }
+                }
+                self.store = Store::Spans { spans };
+                self.set_span(i, bytes);
+            }
+            Store::Spans { .. } => self.set_span(i, bytes),
+            Store::Empty => {}
+        }
+    }
+
+    fn set_span(&mut self, i: usize, bytes: &[u8]) {
+        if let Store::Spans { spans } = &mut self.store {
+            if spans.len() < self.states.len() {
+                spans.resize(self.states.len(), (0, 0));
+            }
+            spans[i] = (self.bytes.len(), bytes.len());
+            self.bytes.extend_from_slice(bytes);
         }
     }
 }
@@ -119,7 +207,9 @@ impl Submission {
 enum SlotState {
     /// Asked the zygote for a worker; no answer yet.
     Spawning,
-    Live { pid: i32 },
+    Live {
+        pid: i32,
+    },
     /// No worker, none asked for (closed pool with nothing left, or a
     /// failed fork waiting for a retry).
     Empty,
@@ -136,6 +226,10 @@ struct Slot {
     inflight: VecDeque<Batch>,
     /// Results received for `inflight[0]`.
     head_done: u32,
+    /// Since when `inflight[0]` has been the batch the worker works on (as
+    /// far as the parent can tell), and whether the last one was quick.
+    head_since: Instant,
+    quick: bool,
     /// Index into `inflight` of the batch being written, and bytes of it
     /// already in the ring.
     sending: usize,
@@ -145,9 +239,8 @@ struct Slot {
     /// Results received from this worker (compared with its progress word
     /// when it dies).
     received: u64,
-    /// Set when we signalled the worker to end it: since when, escalated?
-    killing: Option<(Instant, bool)>,
-    /// The outcome of the task it runs, when the worker dies by our hand.
+    /// Set when we killed the worker (its ring went corrupt): the outcome
+    /// of the task it runs. No more work goes to it.
     kill_cause: Option<Error>,
     exit_sent: bool,
     retry_spawn_at: Option<Instant>,
@@ -164,11 +257,12 @@ impl Slot {
             results,
             inflight: VecDeque::new(),
             head_done: 0,
+            head_since: Instant::now(),
+            quick: false,
             sending: 0,
             sent_bytes: 0,
             assigned: 0,
             received: 0,
-            killing: None,
             kill_cause: None,
             exit_sent: false,
             retry_spawn_at: None,
@@ -181,38 +275,37 @@ impl Slot {
     }
 }
 
-/// Configuration the parent needs.
+/// Configuration the parent needs (task timeouts are the zygote's).
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub max_tasks: Option<usize>,
-    pub task_timeout: Option<Duration>,
 }
 
 /// The parent's state.
 #[derive(Debug)]
 pub(crate) struct Engine {
     pub layout: Layout,
-    parent_bell: OwnedFd,
-    worker_bells: Vec<OwnedFd>,
+    parent_bell: ParentOnlyFd,
+    worker_bells: Vec<ParentOnlyFd>,
     zygote: Zygote,
     slots: Vec<Slot>,
     queue: VecDeque<Batch>,
-    subs: HashMap<u64, Submission>,
+    subs: HashMap<u64, Submission, IdHash>,
     next_sub: u64,
     limits: Limits,
-    /// Process groups of timed-out workers that died before their grace
-    /// period ended: what they started still gets SIGKILL at that instant.
-    group_kills: Vec<(i32, Instant)>,
     pub closed: bool,
     pub finished: bool,
     reports: Vec<Report>,
+    /// Read the report pipe at the next step even if the zygote's flag is
+    /// down: our poll saw the pipe readable or hung up (EOF sets no flag).
+    reports_due: bool,
 }
 
 impl Engine {
     pub(crate) fn new(
         layout: Layout,
-        parent_bell: OwnedFd,
-        worker_bells: Vec<OwnedFd>,
+        parent_bell: ParentOnlyFd,
+        worker_bells: Vec<ParentOnlyFd>,
         zygote: Zygote,
         limits: Limits,
     ) -> Result<Engine> {
@@ -224,13 +317,13 @@ impl Engine {
             zygote,
             slots,
             queue: VecDeque::new(),
-            subs: HashMap::new(),
+            subs: HashMap::default(),
             next_sub: 0,
             limits,
-            group_kills: Vec::new(),
             closed: false,
             finished: false,
             reports: Vec::new(),
+            reports_due: true,
         })
     }
 
@@ -251,7 +344,7 @@ impl Engine {
                     Report::SpawnFailed { errno, .. } => {
                         return Err(Error::Os(OsError { call: "fork", pid: None, errno }))
                     }
-                    Report::Died { slot, pid, status } => {
+                    Report::Died { slot, pid, status, .. } => {
                         // Died before doing anything (its initializer
                         // panicked, say): report it as such.
                         self.slots[slot].state = SlotState::Empty;
@@ -296,41 +389,73 @@ impl Engine {
         }
         let sub = self.next_sub;
         self.next_sub += 1;
+        // The length hint sizes the result store up front; capped, as a
+        // hint is only a hint (and `0..u64::MAX` has a huge one).
+        let hint = items.size_hint().0.min(1 << 24);
+        self.subs.insert(sub, Submission::new(base_index, hint));
+        let filled = self.fill(sub, call, items, chunk);
+        if filled.is_err() {
+            // Its queued tasks still run; their results find no one.
+            self.subs.remove(&sub);
+        }
+        Ok((sub, filled?))
+    }
+
+    /// Encodes `items` into task messages for submission `sub`, and queues
+    /// them. Workers start on the first messages while later ones are being
+    /// encoded, and their results are taken as they come, so a long input
+    /// keeps every process busy from the start.
+    fn fill<A: Wire>(
+        &mut self,
+        sub: u64,
+        call: Call,
+        items: impl Iterator<Item = A>,
+        chunk: usize,
+    ) -> Result<usize> {
         let chunk = chunk.clamp(1, u32::MAX as usize / 2) as u32;
+        // A chunk travels as task messages of at most a quarter of the ring,
+        // so a worker starts on the first tasks of a big chunk while the rest
+        // stream in behind them. (Chunks are a cost knob, not a promise of
+        // which worker runs what.)
+        let max_msg = self.layout.ring_capacity() / 4;
         let mut count = 0u32;
         let mut batch: Option<Batch> = None;
-        for arg in items {
+        // Bytes the last argument took, to size the next message at once.
+        let mut arg_len = 16;
+        let mut items = items;
+        while let Some(arg) = items.next() {
             let b = batch.get_or_insert_with(|| {
-                let mut msg = Vec::new();
+                let tasks = items.size_hint().0.saturating_add(1).min(chunk as usize);
+                let expected = tasks.saturating_mul(4 + arg_len);
+                // A message ends once past `max_msg`: room for that and one
+                // more argument, unless the arguments are big (then it grows).
+                let mut msg = Vec::with_capacity(message::BATCH_HEADER_LEN + expected.min(2 * max_msg));
                 message::begin_batch(call, &mut msg);
                 Batch { sub, first: count, count: 0, call, msg }
             });
+            let before = b.msg.len();
             message::push_arg(&mut b.msg, &arg);
+            arg_len = b.msg.len() - before - 4;
             b.count += 1;
             count += 1;
-            if b.count == chunk {
+            if b.count == chunk || b.msg.len() >= max_msg {
                 self.queue_batch(batch.take());
+                self.step()?;
             }
         }
         self.queue_batch(batch.take());
-        self.subs.insert(
-            sub,
-            Submission {
-                base_index,
-                spans: vec![(0, PENDING); count as usize],
-                bytes: Vec::new(),
-                errors: HashMap::new(),
-                remaining: count as usize,
-                abandoned: false,
-            },
-        );
         self.dispatch()?;
-        Ok((sub, count as usize))
+        Ok(count as usize)
     }
 
+    /// Queues a finished task message, first giving its tasks their
+    /// places in the submission (results may come back at once).
     fn queue_batch(&mut self, batch: Option<Batch>) {
         if let Some(mut b) = batch {
             message::set_batch_count(&mut b.msg, b.count);
+            if let Some(s) = self.subs.get_mut(&b.sub) {
+                s.grow((b.first + b.count) as usize);
+            }
             self.queue.push_back(b);
         }
     }
@@ -367,16 +492,33 @@ impl Engine {
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::Timeout);
             }
-            let wake_at = [deadline, self.next_timer(now)].into_iter().flatten().min();
+            let wake_at = [deadline, self.next_timer()].into_iter().flatten().min();
             let timeout = wake_at.map(|t| t.saturating_duration_since(now));
             let reports = self.zygote.report_fd();
             let slots = &self.slots;
-            shared::sleep(self.layout.parent_sleeping(), self.parent_bell.as_fd(), &[reports], timeout, || {
-                slots.iter().any(|s| {
-                    s.is_live() && (s.results.has_data() || (s.sending < s.inflight.len() && s.tasks.has_room()))
-                })
-            })?;
+            let woke = shared::sleep(
+                self.layout.parent_sleeping(),
+                self.parent_bell.as_fd(),
+                &[reports],
+                timeout,
+                || {
+                    slots.iter().any(|s| {
+                        s.is_live()
+                            && (s.results.has_data() || (s.sending < s.inflight.len() && s.tasks.has_room()))
+                    })
+                },
+            )?;
+            // Woken by the report pipe (or a timeout): look at it.
+            self.reports_due |= woke == Woke::Other;
         }
+    }
+
+    /// [`Engine::step`], reading the report pipe whatever the zygote's flag
+    /// says (it sets none when it dies): for calls that show the caller the
+    /// pool's state (`pids`, `ready`).
+    pub(crate) fn refresh(&mut self) -> Result<()> {
+        self.reports_due = true;
+        self.step()
     }
 
     /// One non-blocking round: results in, reports in, timers, work out.
@@ -407,7 +549,7 @@ impl Engine {
             if let Err(e) = filed {
                 // The worker and we no longer agree on what its bytes mean:
                 // end it; the task it runs gets the decode error.
-                self.kill_slot(k, Error::Decode(e), libc::SIGKILL)?;
+                self.kill_slot(k, Error::Decode(e))?;
                 break;
             }
         }
@@ -417,42 +559,50 @@ impl Engine {
         Ok(())
     }
 
-    /// Files every record of one result message against slot `k`'s tasks.
+    /// Files every record of one result message against slot `k`'s tasks,
+    /// in order. The submission is looked up once per batch, not per task:
+    /// a message may carry a thousand results.
     fn deliver_all(&mut self, k: usize, msg: &[u8]) -> std::result::Result<(), DecodeError> {
-        for record in message::result_records(msg) {
-            let (tag, payload) = record?;
-            let outcome = match ResultTag::from_byte(tag) {
-                Some(ResultTag::Ok) => Ok(payload),
-                Some(ResultTag::Panicked) => {
-                    Err(Error::Panicked { message: String::from_utf8_lossy(payload).into_owned() })
-                }
-                Some(ResultTag::ArgDecode) => {
-                    Err(Error::Decode(DecodeError::new("the task's argument did not decode in the worker")))
-                }
-                Some(ResultTag::Corrupt) | None => return Err(DecodeError::new("corrupt result frame")),
-            };
-            if !self.deliver(k, outcome) {
+        let mut records = message::result_records(msg).peekable();
+        while records.peek().is_some() {
+            let slot = &mut self.slots[k];
+            let Some(head) = slot.inflight.front() else {
                 return Err(DecodeError::new("a result for a task that was never sent"));
+            };
+            let (sub, first, count) = (head.sub, head.first, head.count);
+            let mut submission = self.subs.get_mut(&sub);
+            while slot.head_done < count {
+                let Some(record) = records.next() else { break };
+                let (tag, payload) = record?;
+                let outcome = match ResultTag::from_byte(tag) {
+                    Some(ResultTag::Ok) => Ok(payload),
+                    Some(ResultTag::Panicked) => {
+                        Err(Error::Panicked { message: String::from_utf8_lossy(payload).into_owned() })
+                    }
+                    Some(ResultTag::ArgDecode) => Err(Error::Decode(DecodeError::new(
+                        "the task's argument did not decode in the worker",
+                    ))),
+                    Some(ResultTag::Corrupt) | None => return Err(DecodeError::new("corrupt result frame")),
+                };
+                if let Some(s) = submission.as_deref_mut() {
+                    s.set(first + slot.head_done, outcome);
+                }
+                slot.head_done += 1;
+                slot.received += 1;
+            }
+            if slot.head_done == count {
+                slot.inflight.pop_front();
+                slot.head_done = 0;
+                slot.sending = slot.sending.saturating_sub(1);
+                let now = Instant::now();
+                slot.quick = now.duration_since(slot.head_since) < QUICK_BATCH;
+                slot.head_since = now;
+            }
+            if submission.is_some_and(|s| s.abandoned && s.is_complete()) {
+                self.subs.remove(&sub);
             }
         }
         Ok(())
-    }
-
-    /// Files one outcome against slot `k`'s first unanswered task; false if
-    /// it has none.
-    fn deliver(&mut self, k: usize, outcome: Result<&[u8]>) -> bool {
-        let slot = &mut self.slots[k];
-        let Some(head) = slot.inflight.front() else { return false };
-        let (sub, i) = (head.sub, head.first + slot.head_done);
-        slot.received += 1;
-        slot.head_done += 1;
-        if slot.head_done == head.count {
-            slot.inflight.pop_front();
-            slot.head_done = 0;
-            slot.sending = slot.sending.saturating_sub(1);
-        }
-        self.file(sub, i, outcome);
-        true
     }
 
     fn file(&mut self, sub: u64, i: u32, outcome: Result<&[u8]>) {
@@ -465,6 +615,16 @@ impl Engine {
     }
 
     fn handle_reports(&mut self) -> Result<()> {
+        // Load before swap: the word shares a cache line with the parent's
+        // sleep flag, which every worker reads after each send; a write at
+        // each step would bounce that line. SeqCst: pairs with the zygote's
+        // store after its write, so a report it flagged is in the pipe when
+        // we read it; one flagged after our read sets the word again.
+        let pending = self.layout.reports_pending();
+        let flagged = pending.load(Ordering::SeqCst) != 0 && pending.swap(0, Ordering::SeqCst) != 0;
+        if !(flagged || std::mem::take(&mut self.reports_due)) {
+            return Ok(());
+        }
         let mut reports = std::mem::take(&mut self.reports);
         let alive = self.zygote.read_reports(&mut reports)?;
         for rep in reports.drain(..) {
@@ -481,7 +641,9 @@ impl Engine {
                         self.fail_queue(&err);
                     }
                 }
-                Report::Died { slot, pid, status } => self.on_death(slot, pid, status)?,
+                Report::Died { slot, pid, status, timed_out } => {
+                    self.on_death(slot, pid, status, timed_out)?
+                }
             }
         }
         self.reports = reports;
@@ -501,12 +663,13 @@ impl Engine {
     /// received` tasks after the last result we got had finished but their
     /// results were still packed in the worker (they run again); the next
     /// one, if it was running, is the one that killed it, and gets
-    /// `WorkerDied` (or the cause, if we killed it: `Timeout`, `Decode`).
+    /// `WorkerDied` (or the cause, if it was killed on purpose: `Timeout`
+    /// from the zygote, `Decode` from us).
     /// A worker that dies before it starts any task (its initializer
     /// failed) takes its first task with it, so a worker that can never
     /// work fails the tasks one by one instead of being replaced forever.
     /// A worker killed between tasks takes none: all its tasks run again.
-    fn on_death(&mut self, k: usize, pid: i32, status: ExitStatus) -> Result<()> {
+    fn on_death(&mut self, k: usize, pid: i32, status: ExitStatus, timed_out: bool) -> Result<()> {
         // Results it published before dying are good: take them first.
         // (Empty first, so a corrupt ring found now signals no one: the pid
         // is reaped and may be reused.)
@@ -517,16 +680,9 @@ impl Engine {
         let progress = self.layout.progress(k).load(Ordering::Acquire);
         let (finished, running) = (progress / 2, progress % 2 == 1);
         let slot = &mut self.slots[k];
-        let cause = slot.kill_cause.take();
+        let cause = slot.kill_cause.take().or(timed_out.then_some(Error::Timeout));
         let unsent = finished.saturating_sub(slot.received);
         let blamed = if running || finished == 0 || cause.is_some() { Some(unsent) } else { None };
-        if let Some((since, escalated)) = slot.killing.take() {
-            // A timed-out worker's group may outlive it (a child that
-            // ignores SIGTERM): it still gets SIGKILL when the grace ends.
-            if !escalated {
-                self.group_kills.push((pid, since + TERM_GRACE));
-            }
-        }
         let mut rest: VecDeque<Batch> = std::mem::take(&mut slot.inflight);
         if let Some(head) = rest.front_mut() {
             if slot.head_done > 0 {
@@ -594,55 +750,21 @@ impl Engine {
         self.zygote.spawn(k)
     }
 
-    /// Signals worker `k`'s whole process group, recording why.
-    fn kill_slot(&mut self, k: usize, cause: Error, signal: i32) -> Result<()> {
+    /// Kills worker `k` (and its process group) now: its ring can no longer
+    /// be trusted. The task it runs gets `cause`.
+    fn kill_slot(&mut self, k: usize, cause: Error) -> Result<()> {
         if let SlotState::Live { pid } = self.slots[k].state {
-            sys::kill(-pid, signal)?;
-            sys::kill(pid, signal)?;
-            let slot = &mut self.slots[k];
-            slot.kill_cause.get_or_insert(cause);
-            slot.killing.get_or_insert((Instant::now(), signal == libc::SIGKILL));
+            // Not yet reported dead, so not yet reaped: the pid is its own.
+            sys::kill(-pid, libc::SIGKILL)?;
+            sys::kill(pid, libc::SIGKILL)?;
+            self.slots[k].kill_cause.get_or_insert(cause);
         }
         Ok(())
     }
 
-    /// The start time (monotonic ns) of the task worker `k` is running, if
-    /// it is running one and the pool stamps tasks.
-    fn running_since(&self, k: usize) -> Option<u64> {
-        // Acquire, then Relaxed: pairs with the worker's stamp store then
-        // Release progress store, so the stamp is at least that task's.
-        let progress = self.layout.progress(k).load(Ordering::Acquire);
-        (progress % 2 == 1).then(|| self.layout.task_started_ns(k).load(Ordering::Relaxed))
-    }
-
+    /// Retries failed forks when their time comes.
     fn check_timers(&mut self) -> Result<()> {
-        let now = Instant::now();
-        self.group_kills.retain(|&(pgid, at)| {
-            if now < at {
-                return true;
-            }
-            let _ = sys::kill(-pgid, libc::SIGKILL);
-            false
-        });
-        let now_ns = sys::monotonic_ns();
         for k in 0..self.slots.len() {
-            let slot = &self.slots[k];
-            if let Some((since, escalated)) = slot.killing {
-                if !escalated && now >= since + TERM_GRACE {
-                    if let SlotState::Live { pid } = slot.state {
-                        sys::kill(-pid, libc::SIGKILL)?;
-                        sys::kill(pid, libc::SIGKILL)?;
-                    }
-                    self.slots[k].killing = Some((since, true));
-                }
-            } else if let Some(limit) = self.limits.task_timeout {
-                if slot.is_live() && !slot.inflight.is_empty() {
-                    let started = self.running_since(k);
-                    if started.is_some_and(|t| now_ns.saturating_sub(t) >= limit.as_nanos() as u64) {
-                        self.kill_slot(k, Error::Timeout, libc::SIGTERM)?;
-                    }
-                }
-            }
             if self.slots[k].state == SlotState::Empty {
                 self.maybe_respawn(k)?;
             }
@@ -651,51 +773,60 @@ impl Engine {
     }
 
     /// The next instant a timer needs attention.
-    fn next_timer(&self, now: Instant) -> Option<Instant> {
-        let now_ns = sys::monotonic_ns();
-        let slot_timers = self.slots.iter().enumerate().filter_map(|(k, s)| match (s.killing, s.state) {
-            (Some((since, false)), _) => Some(since + TERM_GRACE),
-            (Some(_), _) => None,
-            (None, SlotState::Empty) => s.retry_spawn_at,
-            (None, SlotState::Live { .. }) if !s.inflight.is_empty() => {
-                let limit = self.limits.task_timeout?;
-                // Not running yet: whatever starts now ends its time no
-                // sooner than `limit` from now; look again then.
-                let started = self.running_since(k).unwrap_or(now_ns);
-                let ends = started.saturating_add(limit.as_nanos() as u64);
-                Some(now + Duration::from_nanos(ends.saturating_sub(now_ns)))
-            }
-            _ => None,
-        });
-        slot_timers.chain(self.group_kills.iter().map(|&(_, at)| at)).min()
+    fn next_timer(&self) -> Option<Instant> {
+        self.slots.iter().filter(|s| s.state == SlotState::Empty).filter_map(|s| s.retry_spawn_at).min()
     }
 
     /// Hands queued batches to live workers with room, and pushes pending
-    /// bytes into their task rings. Never blocks.
+    /// bytes into their task rings. Never blocks. Every idle worker gets a
+    /// batch before any worker gets a second one (queued behind the one it
+    /// runs, so it never waits for the parent between batches).
     fn dispatch(&mut self) -> Result<()> {
-        for k in 0..self.slots.len() {
-            if !self.slots[k].is_live() || self.slots[k].killing.is_some() {
-                continue;
-            }
-            while self.slots[k].inflight.len() < BATCHES_IN_FLIGHT && !self.slots[k].exit_sent {
-                let Some(mut batch) = self.queue.pop_front() else { break };
-                let slot = &mut self.slots[k];
-                if let Some(max) = self.limits.max_tasks {
-                    let allowed = max.saturating_sub(slot.assigned) as u32;
-                    if allowed == 0 {
-                        self.queue.push_front(batch);
-                        break;
-                    }
-                    if batch.count > allowed {
-                        self.queue.push_front(batch.split_off(allowed));
-                    }
+        for depth in 1..=QUICK_BATCHES_IN_FLIGHT {
+            for k in 0..self.slots.len() {
+                if self.queue.is_empty() {
+                    break;
                 }
-                slot.assigned += batch.count as usize;
-                slot.inflight.push_back(batch);
+                let slot = &self.slots[k];
+                let most = if slot.quick { QUICK_BATCHES_IN_FLIGHT } else { BATCHES_IN_FLIGHT };
+                if !slot.is_live()
+                    || slot.kill_cause.is_some()
+                    || slot.exit_sent
+                    || slot.inflight.len() >= depth.min(most)
+                {
+                    continue;
+                }
+                self.assign(k);
             }
-            self.flush(k)?;
+        }
+        for k in 0..self.slots.len() {
+            if self.slots[k].is_live() {
+                self.flush(k)?;
+            }
         }
         Ok(())
+    }
+
+    /// Moves the first queued batch (or as much of it as
+    /// `max_tasks_per_child` allows) to slot `k`.
+    fn assign(&mut self, k: usize) {
+        let Some(mut batch) = self.queue.pop_front() else { return };
+        let slot = &mut self.slots[k];
+        if let Some(max) = self.limits.max_tasks {
+            let allowed = max.saturating_sub(slot.assigned) as u32;
+            if allowed == 0 {
+                self.queue.push_front(batch);
+                return;
+            }
+            if batch.count > allowed {
+                self.queue.push_front(batch.split_off(allowed));
+            }
+        }
+        slot.assigned += batch.count as usize;
+        if slot.inflight.is_empty() {
+            slot.head_since = Instant::now();
+        }
+        slot.inflight.push_back(batch);
     }
 
     /// Writes as much of slot `k`'s unsent batches as its ring takes.
@@ -773,9 +904,6 @@ impl Engine {
         }
         self.finished = true;
         self.closed = true;
-        for (pgid, _) in self.group_kills.drain(..) {
-            let _ = sys::kill(-pgid, libc::SIGKILL);
-        }
         let result = self.zygote.shutdown(true);
         self.fail_everything(&Error::Closed);
         result
@@ -785,10 +913,41 @@ impl Engine {
     /// for the workers to exit on their own, then exits itself.
     pub(crate) fn finish(&mut self) -> Result<()> {
         self.finished = true;
-        for (pgid, _) in self.group_kills.drain(..) {
-            let _ = sys::kill(-pgid, libc::SIGKILL);
-        }
         self.zygote.shutdown(false)
+    }
+}
+
+/// Hashing for submission ids: distinct sequential integers need no
+/// defence against collisions chosen by an attacker, only spreading over
+/// the table (a multiply by the golden ratio). SipHash, the default, was a
+/// tenth of `imap`'s time.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdHash;
+
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 

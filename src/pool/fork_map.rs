@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use super::message::ResultTag;
 use super::shared::{self, Bell, Layout, Woke};
 use crate::error::{Error, Result};
-use crate::sys::{self, Forked};
+use crate::sys::{self, Forked, ParentOnlyFd};
 use crate::wire::{DecodeError, Wire};
 
 const RING_CAPACITY: usize = 64 * 1024;
@@ -27,7 +27,7 @@ const RING_CAPACITY: usize = 64 * 1024;
 struct Child {
     pid: i32,
     /// Read end of a pipe only the child holds open: EOF = it died.
-    sentinel: OwnedFd,
+    sentinel: ParentOnlyFd,
 }
 
 /// Applies `f` to every item on `processes` workers forked now, and returns
@@ -59,13 +59,19 @@ where
         return Ok(Vec::new());
     }
     let n = processes.min(items.len());
+    let Bell { read: parent_read, write: parent_write } = Bell::new()?;
+    let bells = (0..n).map(|_| Bell::new()).collect::<Result<Vec<_>>>()?;
+    let (bell_reads, bell_writes) = bells.into_iter().map(|b| (b.read, ParentOnlyFd::new(b.write))).unzip();
     let mut run = Run {
         layout: Layout::new(n, RING_CAPACITY)?,
-        parent_bell: Bell::new()?,
-        bells: (0..n).map(|_| Bell::new()).collect::<Result<Vec<_>>>()?,
+        parent_read: ParentOnlyFd::new(parent_read),
+        parent_write,
+        bell_reads,
+        bell_writes,
         children: (0..n).map(|_| None).collect(),
     };
-    let mut outcome = (0..n).try_for_each(|slot| run.spawn(slot, items, &f)).and_then(|()| run.collect(items, &f));
+    let mut outcome =
+        (0..n).try_for_each(|slot| run.spawn(slot, items, &f)).and_then(|()| run.collect(items, &f));
     // Whatever happened, no child outlives the call. On success every child
     // has run out of items and is exiting on its own.
     for child in run.children.iter_mut().filter_map(Option::take) {
@@ -79,13 +85,18 @@ where
     outcome
 }
 
-/// The parent's state for one call.
+/// The parent's state for one call. What only the parent may hold is a
+/// `ParentOnlyFd`: `fork` closes it in every child.
 struct Run {
     layout: Layout,
-    parent_bell: Bell,
+    /// The parent's doorbell: the parent sleeps on the read end, every
+    /// worker rings the write end.
+    parent_read: ParentOnlyFd,
+    parent_write: OwnedFd,
     /// Worker k's doorbell: k holds the read end, only the parent the write
-    /// end.
-    bells: Vec<Bell>,
+    /// end (so k reads EOF when the parent dies).
+    bell_reads: Vec<OwnedFd>,
+    bell_writes: Vec<ParentOnlyFd>,
     /// The live (unreaped) child of each slot.
     children: Vec<Option<Child>>,
 }
@@ -94,25 +105,20 @@ impl Run {
     /// Forks the worker of `slot` (the first one, or a replacement).
     fn spawn<T, R: Wire, F: Fn(&T) -> R>(&mut self, slot: usize, items: &[T], f: &F) -> Result<()> {
         let (sentinel, sentinel_w) = sys::pipe()?;
+        let sentinel = ParentOnlyFd::new(sentinel);
         let parent = sys::getpid();
         // SAFETY: the child runs only `work` and `_exit`s.
         match unsafe { sys::fork() }? {
             Forked::Child => {
                 // Child: keep the sentinel's write end until death and our
-                // bell's read end. Everything else here is the parent's:
-                // its bell's read end, every bell's write end (so ours
-                // reads EOF when the parent dies), the other workers' bells
-                // and sentinels.
-                sys::close_inherited(sentinel.as_raw_fd());
-                sys::close_inherited(self.parent_bell.read.as_raw_fd());
-                for (k, bell) in self.bells.iter().enumerate() {
-                    sys::close_inherited(bell.write.as_raw_fd());
+                // bell's read end. `fork` closed what is the parent's only
+                // (the sentinels' read ends, the bells' write ends, its own
+                // bell's read end); the other workers' bells are theirs.
+                std::mem::forget(sentinel);
+                for (k, read) in self.bell_reads.iter().enumerate() {
                     if k != slot {
-                        sys::close_inherited(bell.read.as_raw_fd());
+                        sys::close_inherited(read.as_raw_fd());
                     }
-                }
-                for c in self.children.iter().flatten() {
-                    sys::close_inherited(c.sentinel.as_raw_fd());
                 }
                 std::mem::forget(sentinel_w);
                 // Die with the parent (Linux); if it died before that took
@@ -125,10 +131,14 @@ impl Run {
                 let worker = Worker {
                     layout: &self.layout,
                     slot,
-                    bell: self.bells[slot].read.as_fd(),
-                    parent_bell: self.parent_bell.write.as_fd(),
+                    bell: self.bell_reads[slot].as_fd(),
+                    parent_bell: self.parent_write.as_fd(),
                 };
-                let code = if worker.work(items, f).is_ok() { 0 } else { 1 };
+                // A panic must not unwind into the caller's code, in this
+                // process: `f`'s panics are caught per item, this is a
+                // backstop for ours.
+                let worked = panic::catch_unwind(AssertUnwindSafe(|| worker.work(items, f)));
+                let code = if matches!(worked, Ok(Ok(()))) { 0 } else { 1 };
                 sys::flush_stdio();
                 sys::exit_now(code)
             }
@@ -155,12 +165,13 @@ impl Run {
                     filled += file(&mut results, &buf);
                 }
                 // We freed room in its ring: the worker may be asleep on it.
-                shared::wake(self.layout.worker_sleeping(k), self.bells[k].write.as_fd());
+                shared::wake(self.layout.worker_sleeping(k), self.bell_writes[k].as_fd());
             }
             if filled >= len {
                 break;
             }
-            let sentinels: Vec<BorrowedFd<'_>> = self.children.iter().flatten().map(|c| c.sentinel.as_fd()).collect();
+            let sentinels: Vec<BorrowedFd<'_>> =
+                self.children.iter().flatten().map(|c| c.sentinel.as_fd()).collect();
             if sentinels.is_empty() {
                 // Every worker is gone and items are left that no one
                 // claimed (a worker died between claiming and starting).
@@ -171,24 +182,32 @@ impl Run {
                 break;
             }
             let rings_ready = || rings.iter().any(|r| r.has_data());
-            let woke = shared::sleep(self.layout.parent_sleeping(), self.parent_bell.read.as_fd(), &sentinels, None, rings_ready)?;
+            let woke = shared::sleep(
+                self.layout.parent_sleeping(),
+                self.parent_read.as_fd(),
+                &sentinels,
+                None,
+                rings_ready,
+            )?;
             if woke != Woke::Other {
                 continue;
             }
             // A sentinel hung up: reap that worker, file its running item,
             // and replace it while items remain unclaimed.
-            for k in 0..n {
+            for (k, ring) in rings.iter_mut().enumerate() {
                 let Some(child) = &self.children[k] else { continue };
-                let ready = sys::poll(&[(child.sentinel.as_fd(), true, false)], Some(std::time::Duration::ZERO))?;
+                let ready =
+                    sys::poll(&[(child.sentinel.as_fd(), true, false)], Some(std::time::Duration::ZERO))?;
                 if !(ready[0].hangup || ready[0].readable) {
                     continue;
                 }
                 let pid = child.pid;
                 // Results it published before dying are good.
-                while rings[k].try_recv_into(&mut buf)? {
+                while ring.try_recv_into(&mut buf)? {
                     filled += file(&mut results, &buf);
                 }
-                let status = sys::waitpid(pid, false)?.ok_or(Error::InvalidState("waitpid returned no status"))?;
+                let status =
+                    sys::waitpid(pid, false)?.ok_or(Error::InvalidState("waitpid returned no status"))?;
                 self.children[k] = None;
                 // Relaxed: its exit and our waitpid order its stores before this.
                 let running = self.layout.running_item(k).load(Ordering::Relaxed);
@@ -204,7 +223,7 @@ impl Run {
                 if (self.layout.claim_counter().load(Ordering::Relaxed) as usize) < len {
                     // Nobody uses the slot's ring now: start it afresh.
                     self.layout.reset_slot(k);
-                    rings[k] = self.layout.result_channel(k)?.1;
+                    *ring = self.layout.result_channel(k)?.1;
                     self.spawn(k, items, f)?;
                 }
             }
@@ -275,7 +294,9 @@ fn file<R: Wire>(results: &mut [Option<Result<R>>], msg: &[u8]) -> usize {
     let payload = &msg[9..];
     *slot = Some(match ResultTag::from_byte(msg[8]) {
         Some(ResultTag::Ok) => R::from_bytes(payload).map_err(Error::Decode),
-        Some(ResultTag::Panicked) => Err(Error::Panicked { message: String::from_utf8_lossy(payload).into_owned() }),
+        Some(ResultTag::Panicked) => {
+            Err(Error::Panicked { message: String::from_utf8_lossy(payload).into_owned() })
+        }
         _ => Err(Error::Decode(DecodeError::new("corrupt result frame"))),
     });
     1

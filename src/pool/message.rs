@@ -76,7 +76,9 @@ impl Call {
     }
 
     fn check(&self) -> u64 {
-        (self.entry as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (self.func as u64).rotate_left(17) ^ CHECK_KEY
+        (self.entry as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (self.func as u64).rotate_left(17)
+            ^ CHECK_KEY
     }
 }
 

@@ -17,18 +17,33 @@
 //! results cross as [`Wire`] bytes. For closures with captures (and inputs
 //! that should not be copied at all) use [`fork_map`].
 //!
+//! # Who moves the work
+//! The pool has no thread of its own: the parent's half runs inside your
+//! calls (`map`, `imap`'s `next`, `get`, `ready`, `pids`, ...). Tasks
+//! already handed to a worker run regardless, but queued ones move into the
+//! rings, and results out of them, only while you are in such a call. So
+//! `apply_async` returns at once, and the work behind it advances when you
+//! wait for it. One thing never waits for you: `task_timeout`, which the
+//! zygote enforces on its own clock.
+//!
 //! # Failure model
 //! | what happens                          | what the caller gets                          |
 //! |---------------------------------------|-----------------------------------------------|
 //! | task panics                           | `Err(Error::Panicked { message })`; worker lives on |
-//! | worker killed / segfaults / aborts    | that task: `Err(Error::WorkerDied { exitcode: -signal, .. })`; others run on; worker replaced |
+//! | worker killed / segfaults / aborts while running a task | that task: `Err(Error::WorkerDied { exitcode: -signal, core_dumped, task, .. })`; the others run on; worker replaced |
 //! | task calls `exit(n)`                  | that task: `Err(Error::WorkerDied { exitcode: n, .. })` |
-//! | task runs past `task_timeout`         | `Err(Error::Timeout)`; its process group gets SIGTERM, then SIGKILL; worker replaced |
+//! | worker killed between tasks           | no task fails; its queued tasks go to the others; worker replaced |
+//! | worker dies before its first task (its initializer failed) | its first task gets `WorkerDied`: a pool that cannot work fails tasks one by one instead of retrying forever |
+//! | task runs past `task_timeout`         | `Err(Error::Timeout)`; its process group (the worker and what the task started) gets SIGTERM, then SIGKILL 200 ms later; worker replaced |
 //! | result bytes do not decode            | `Err(Error::Decode(..))` for that task          |
-//! | `fork` fails (EAGAIN, ENOMEM)         | `Pool::new`: `Err(Error::Os)` naming `fork`, nothing left behind |
-//! | the parent dies (even by SIGKILL)     | the zygote sees EOF and kills every worker      |
+//! | corrupt ring frame                    | `Err(Error::Decode(..))` for the task its worker runs; the worker is killed and replaced |
+//! | `fork` fails (EAGAIN, ENOMEM)         | `Pool::new`: `Err(Error::Os)` naming `fork`, nothing left behind; later, queued tasks fail with it once no worker is left |
+//! | the parent dies (even by SIGKILL)     | the zygote sees EOF (or, on Linux, its parent change) and kills every worker |
 //! | new work after `close()`/`terminate()`| `Err(Error::Closed)`                            |
 //!
+//! Every task gets exactly one outcome. A worker packs the results of quick
+//! tasks into one message (see `worker`); results still packed when it
+//! dies are lost with it, and those tasks run again on another worker.
 //! `map` returns the first error in input order (after every task of the
 //! call has ended); `imap` and `imap_unordered` yield each task's outcome.
 
@@ -53,7 +68,7 @@ use zygote::{Zygote, ZygoteSide};
 pub use fork_map::fork_map;
 
 use crate::error::{Error, Result};
-use crate::sys;
+use crate::sys::{self, ParentOnlyFd};
 use crate::wire::Wire;
 
 /// The default capacity of each ring, in bytes.
@@ -117,9 +132,11 @@ impl PoolBuilder {
         self
     }
 
-    /// Kills a task (with its worker's whole process group) that runs
-    /// longer than this; it yields `Err(Error::Timeout)` and the worker is
-    /// replaced.
+    /// Kills a task that runs longer than this, with its worker's whole
+    /// process group (so processes the task started die too): `SIGTERM`,
+    /// then `SIGKILL` 200 ms later. The task yields `Err(Error::Timeout)`
+    /// and the worker is replaced. Enforced by the zygote, whether or not
+    /// you are waiting for the task. 0 is an error.
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);
         self
@@ -141,6 +158,9 @@ impl PoolBuilder {
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::InvalidArgument("max_tasks_per_child must be at least 1".into()));
         }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::InvalidArgument("task_timeout must be longer than 0".into()));
+        }
         let n = self.processes;
         let capacity = self.ring_capacity.clamp(4096, 1 << 30).next_power_of_two();
         let layout = Layout::new(n, capacity)?;
@@ -149,14 +169,17 @@ impl PoolBuilder {
         let (requests_r, requests_w) = sys::pipe()?;
         let (reports_r, reports_w) = sys::pipe()?;
 
-        // The zygote must not hold what only the parent may hold: the read
-        // end of its own bell and the write ends of the workers' bells (so a
-        // worker sees EOF when the parent dies).
-        let mut parent_only: Vec<i32> = vec![parent_bell.read.as_raw_fd()];
-        parent_only.extend(worker_bells.iter().map(|b| b.write.as_raw_fd()));
-        let (worker_reads, worker_writes): (Vec<OwnedFd>, Vec<OwnedFd>) =
-            worker_bells.into_iter().map(|b| (b.read, b.write)).unzip();
+        // What only the parent may hold: its bell's read end, the workers'
+        // bells' write ends (so a worker reads EOF when the parent dies),
+        // its ends of the zygote's pipes (so the zygote does). Every `fork`
+        // closes these in the child: the zygote's, and any other child the
+        // program forks later (another pool's zygote, a `Process`), which
+        // would otherwise keep them open.
+        let (worker_reads, worker_writes): (Vec<OwnedFd>, Vec<ParentOnlyFd>) =
+            worker_bells.into_iter().map(|b| (b.read, ParentOnlyFd::new(b.write))).unzip();
         let Bell { read: parent_read, write: parent_write } = parent_bell;
+        let parent_read = ParentOnlyFd::new(parent_read);
+        let (requests_w, reports_r) = (ParentOnlyFd::new(requests_w), ParentOnlyFd::new(reports_r));
 
         let worker_layout = layout.clone();
         let (initializer, max_tasks) = (self.initializer, self.max_tasks_per_child);
@@ -179,9 +202,15 @@ impl PoolBuilder {
             }
             .run()
         };
-        let side = ZygoteSide { requests: requests_r, reports: reports_w, run_worker };
-        let zygote = Zygote::start(requests_w, reports_r, &parent_only, side)?;
-        let limits = Limits { max_tasks: self.max_tasks_per_child, task_timeout: self.task_timeout };
+        let side = ZygoteSide {
+            requests: requests_r,
+            reports: reports_w,
+            run_worker,
+            layout: layout.clone(),
+            task_timeout: self.task_timeout,
+        };
+        let zygote = Zygote::start(requests_w, reports_r, side)?;
+        let limits = Limits { max_tasks: self.max_tasks_per_child };
         let mut engine = Engine::new(layout, parent_read, worker_writes, zygote, limits)?;
         // On failure, dropping the engine kills and reaps whatever started.
         engine.start_workers()?;
@@ -208,7 +237,7 @@ impl Pool {
     /// The current workers' pids (a replaced worker's pid changes).
     pub fn pids(&self) -> Vec<i32> {
         let mut engine = self.engine.borrow_mut();
-        let _ = engine.step();
+        let _ = engine.refresh();
         engine.pids()
     }
 
@@ -252,6 +281,8 @@ impl Pool {
 
     /// [`Pool::map`] with an explicit number of tasks per batch (0 is an
     /// error). Bigger chunks cost less per task; smaller ones balance better.
+    /// A batch travels in messages of at most a quarter of a ring, so past a
+    /// few thousand small tasks a bigger chunk changes nothing.
     pub fn map_chunked<A, R, I>(&self, f: fn(A) -> R, items: I, chunksize: usize) -> Result<Vec<R>>
     where
         A: Wire,
@@ -264,7 +295,12 @@ impl Pool {
         self.map_items(Call::new(f), items.into_iter(), chunksize)
     }
 
-    fn map_items<A: Wire, R: Wire>(&self, call: Call, items: impl Iterator<Item = A>, chunk: usize) -> Result<Vec<R>> {
+    fn map_items<A: Wire, R: Wire>(
+        &self,
+        call: Call,
+        items: impl Iterator<Item = A>,
+        chunk: usize,
+    ) -> Result<Vec<R>> {
         let mut engine = self.engine.borrow_mut();
         let (sub, len) = engine.submit(call, items, chunk, 0)?;
         let waited = engine.pump(None, |e| e.submission(sub).is_none_or(|s| s.is_complete()));
@@ -332,7 +368,12 @@ impl Pool {
     }
 
     /// [`Pool::imap`] with `chunksize` tasks per batch.
-    pub fn imap_chunked<A, R, I>(&self, f: fn(A) -> R, items: I, chunksize: usize) -> Imap<'_, A, R, I::IntoIter>
+    pub fn imap_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, A, R, I::IntoIter>
     where
         A: Wire,
         R: Wire,
@@ -402,7 +443,7 @@ impl<R: Wire> AsyncResult<'_, R> {
     /// Whether the result is there (never blocks).
     pub fn ready(&self) -> bool {
         let mut engine = self.pool.engine.borrow_mut();
-        let _ = engine.step();
+        let _ = engine.refresh();
         engine.submission(self.sub).is_some_and(|s| s.is_complete())
     }
 
@@ -424,7 +465,8 @@ impl<R: Wire> AsyncResult<'_, R> {
         let sub = self.sub;
         let mut engine = self.pool.engine.borrow_mut();
         engine.pump(deadline, |e| e.submission(sub).is_none_or(|s| s.is_complete()))?;
-        let outcome = engine.submission(sub).and_then(|s| s.get(0)).unwrap_or(Err(Error::Closed)).and_then(decode);
+        let outcome =
+            engine.submission(sub).and_then(|s| s.get(0)).unwrap_or(Err(Error::Closed)).and_then(decode);
         self.taken = true;
         engine.release(sub);
         outcome
@@ -474,7 +516,7 @@ struct Chunk {
 
 impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
     fn new(pool: &'p Pool, call: Call, input: I, chunksize: usize, ordered: bool) -> Self {
-        let window = (4 * pool.processes * chunksize).max(64);
+        let window = pool.processes.saturating_mul(chunksize).saturating_mul(4).max(64);
         Imap {
             pool,
             call,
@@ -495,7 +537,8 @@ impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         while self.outstanding + self.chunksize <= self.window {
             let Some(input) = self.input.as_mut() else { return Ok(()) };
             let chunk = input.by_ref().take(self.chunksize);
-            let (sub, n) = self.pool.engine.borrow_mut().submit(self.call, chunk, self.chunksize, self.next_index)?;
+            let (sub, n) =
+                self.pool.engine.borrow_mut().submit(self.call, chunk, self.chunksize, self.next_index)?;
             if n < self.chunksize {
                 self.input = None;
             }
@@ -544,21 +587,24 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             return self.refused.take().map(Err);
         }
         let mut engine = self.pool.engine.borrow_mut();
-        let waited = engine.pump(None, |e| {
-            self.ready_one(e).is_some() || self.pending.iter().any(|c| e.submission(c.sub).is_none())
-        });
+        // An ended pool has given every task an outcome, so a result is
+        // ready then too; `finished` only guards against waiting forever.
+        let waited = engine.pump(None, |e| e.finished || self.ready_one(e).is_some());
         if let Err(e) = waited {
             return Some(Err(e));
         }
         let Some((p, i)) = self.ready_one(&engine) else {
-            // A submission vanished (the pool ended): nothing more to come.
+            // The pool ended with nothing for us: nothing more to come.
             self.pending.clear();
             self.input = None;
             return Some(Err(Error::Closed));
         };
         let chunk = &mut self.pending[p];
-        let outcome =
-            engine.submission(chunk.sub).and_then(|s| s.get(i as u32)).unwrap_or(Err(Error::Closed)).and_then(decode);
+        let outcome = engine
+            .submission(chunk.sub)
+            .and_then(|s| s.get(i as u32))
+            .unwrap_or(Err(Error::Closed))
+            .and_then(decode);
         chunk.yielded[i] = true;
         chunk.count += 1;
         while chunk.cursor < chunk.yielded.len() && chunk.yielded[chunk.cursor] {

@@ -33,7 +33,9 @@ struct SleepFlag {
     /// Only the owner writes it: a waker that cleared it could lose a later
     /// wake-up and deadlock both sides.
     sleeping: AtomicU32,
-    /// Written only by the slot's worker. Pool: the worker's progress,
+    /// In the control block, pool: 1 while the zygote has written reports
+    /// the parent has not read (the zygote sets it, the parent clears it).
+    /// In a slot, written only by the slot's worker. Pool: the worker's progress,
     /// `2 × tasks finished + 1` while a task runs (`2 × tasks finished`
     /// between tasks), counted since the worker was forked. `fork_map`: in
     /// the control block, the next item to claim; in a slot, 1 + the item
@@ -118,6 +120,13 @@ impl Layout {
 
     /// `fork_map`'s shared claim counter.
     pub(crate) fn claim_counter(&self) -> &AtomicU64 {
+        self.counter(self.mapping.as_ptr())
+    }
+
+    /// Pool: non-zero while the zygote has written reports the parent has
+    /// not read yet. Spares the parent a `read` on the report pipe at each
+    /// step of its loop.
+    pub(crate) fn reports_pending(&self) -> &AtomicU64 {
         self.counter(self.mapping.as_ptr())
     }
 
@@ -215,10 +224,17 @@ pub(crate) fn sleep(
     ready: impl Fn() -> bool,
 ) -> Result<Woke> {
     // ~2,000 pauses keep nearly all of the spinning throughput (PERF-NOTES)
-    // without burning a core when idle.
-    for _ in 0..2_000 {
+    // without burning a core when idle. A pool has one more process than a
+    // machine usually has cores (the parent and a worker per core), so the
+    // spinner offers its core every 64 pauses: the process it waits for may
+    // be the one waiting for that core. (Measured on 2 vCPUs: Pool::map of
+    // trivial tasks goes from ~30 to ~40 M tasks/s.)
+    for i in 0..2_000u32 {
         if ready() {
             return Ok(Woke::Ready);
+        }
+        if i % 64 == 63 {
+            std::thread::yield_now();
         }
         std::hint::spin_loop();
     }

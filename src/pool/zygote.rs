@@ -13,6 +13,14 @@
 //! little-endian records, each written with one `write` (< PIPE_BUF, so
 //! never split).
 //!
+//! Task timeouts are the zygote's job too: it is always awake to run a
+//! timer, whether or not the parent is inside a pool call, and it maps the
+//! slots' progress words (see `shared`), so it sees which task each worker
+//! runs and since when. A task past its time gets its worker's process
+//! group `SIGTERM`, then `SIGKILL` after [`TERM_GRACE`] (even if the worker
+//! itself is already gone: what the task started may not be), and the
+//! worker's death is reported as timed out.
+//!
 //! Parent death: the request pipe reaches EOF; the zygote kills every worker
 //! and exits. The pipe's write end can outlive the parent in a process the
 //! user forked later (it inherits every descriptor), so on Linux the zygote
@@ -24,13 +32,16 @@
 //! `PR_SET_PDEATHSIG(SIGKILL)` on Linux and sees its doorbell's EOF
 //! elsewhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use super::shared::Layout;
 use crate::error::{Error, OsError, Result};
 use crate::status::ExitStatus;
-use crate::sys::{self, Forked};
+use crate::sys::{self, Forked, ParentOnlyFd};
 
 const REQ_SPAWN: u32 = 1;
 const REQ_SHUTDOWN: u32 = 2;
@@ -40,7 +51,12 @@ const REQ_LEN: usize = 8;
 const REP_SPAWNED: u32 = 1;
 const REP_SPAWN_FAILED: u32 = 2;
 const REP_DIED: u32 = 3;
+const REP_TIMED_OUT: u32 = 4;
 const REP_LEN: usize = 20;
+
+/// After SIGTERM, how long a timed-out worker's process group gets before
+/// SIGKILL.
+pub(crate) const TERM_GRACE: Duration = Duration::from_millis(200);
 
 /// What the zygote tells the parent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +65,9 @@ pub(crate) enum Report {
     Spawned { slot: usize, pid: i32 },
     /// `fork` failed for `slot` with `errno`.
     SpawnFailed { slot: usize, errno: i32 },
-    /// Worker `pid` of `slot` ended.
-    Died { slot: usize, pid: i32, status: ExitStatus },
+    /// Worker `pid` of `slot` ended; `timed_out`: we ended it because its
+    /// task ran past the pool's task timeout.
+    Died { slot: usize, pid: i32, status: ExitStatus, timed_out: bool },
 }
 
 impl Report {
@@ -58,10 +75,15 @@ impl Report {
         let (kind, slot, a, b, c) = match *self {
             Report::Spawned { slot, pid } => (REP_SPAWNED, slot, pid, 0, 0),
             Report::SpawnFailed { slot, errno } => (REP_SPAWN_FAILED, slot, 0, errno, 0),
-            Report::Died { slot, pid, status } => match status {
-                ExitStatus::Exited(code) => (REP_DIED, slot, pid, code, -1),
-                ExitStatus::Signaled { signal, core_dumped } => (REP_DIED, slot, pid, signal, core_dumped as i32),
-            },
+            Report::Died { slot, pid, status, timed_out } => {
+                let kind = if timed_out { REP_TIMED_OUT } else { REP_DIED };
+                match status {
+                    ExitStatus::Exited(code) => (kind, slot, pid, code, -1),
+                    ExitStatus::Signaled { signal, core_dumped } => {
+                        (kind, slot, pid, signal, core_dumped as i32)
+                    }
+                }
+            }
         };
         let mut out = [0u8; REP_LEN];
         out[0..4].copy_from_slice(&kind.to_le_bytes());
@@ -78,13 +100,16 @@ impl Report {
         let slot = u32::from_le_bytes(word(4)) as usize;
         let (a, b, c) =
             (i32::from_le_bytes(word(8)), i32::from_le_bytes(word(12)), i32::from_le_bytes(word(16)));
+        let status = if c < 0 {
+            ExitStatus::Exited(b)
+        } else {
+            ExitStatus::Signaled { signal: b, core_dumped: c != 0 }
+        };
         match kind {
             REP_SPAWNED => Some(Report::Spawned { slot, pid: a }),
             REP_SPAWN_FAILED => Some(Report::SpawnFailed { slot, errno: b }),
-            REP_DIED if c < 0 => Some(Report::Died { slot, pid: a, status: ExitStatus::Exited(b) }),
-            REP_DIED => {
-                Some(Report::Died { slot, pid: a, status: ExitStatus::Signaled { signal: b, core_dumped: c != 0 } })
-            }
+            REP_DIED => Some(Report::Died { slot, pid: a, status, timed_out: false }),
+            REP_TIMED_OUT => Some(Report::Died { slot, pid: a, status, timed_out: true }),
             _ => None,
         }
     }
@@ -125,8 +150,8 @@ pub(crate) fn kill_all_pools() {
 #[derive(Debug)]
 pub(crate) struct Zygote {
     pid: i32,
-    requests: Option<OwnedFd>,
-    reports: OwnedFd,
+    requests: Option<ParentOnlyFd>,
+    reports: ParentOnlyFd,
     partial: Vec<u8>,
     reaped: bool,
     registered: Option<usize>,
@@ -142,27 +167,27 @@ pub(crate) struct ZygoteSide<W: FnMut(usize)> {
     /// Runs a worker of the given slot in a freshly forked child; never
     /// returns (it ends with `_exit`).
     pub run_worker: W,
+    /// The pool's shared memory: the workers' progress words and stamps.
+    pub layout: Layout,
+    /// The pool's limit on one task's run time.
+    pub task_timeout: Option<Duration>,
 }
 
 impl Zygote {
-    /// Forks the zygote. `zygote_side` runs in the child; `close_in_child`
-    /// are the parent's descriptors the zygote must not hold (so that their
-    /// peers see EOF when the parent dies).
+    /// Forks the zygote. `zygote_side` runs in the child. The parent's
+    /// descriptors the zygote must not hold (so that their peers see EOF
+    /// when the parent dies) are `ParentOnlyFd`s, which `fork` closes.
     pub(crate) fn start<W: FnMut(usize)>(
-        requests_w: OwnedFd,
-        reports_r: OwnedFd,
-        close_in_child: &[std::os::fd::RawFd],
+        requests_w: ParentOnlyFd,
+        reports_r: ParentOnlyFd,
         zygote_side: ZygoteSide<W>,
     ) -> Result<Zygote> {
         let parent = sys::getpid();
         // SAFETY: the child runs only `zygote_main`, which ends in `_exit`.
         match unsafe { sys::fork() }? {
             Forked::Child => {
-                sys::close_inherited(requests_w.as_raw_fd());
-                sys::close_inherited(reports_r.as_raw_fd());
-                for &fd in close_in_child {
-                    sys::close_inherited(fd);
-                }
+                // `fork` closed the parent-only descriptors here; their
+                // owners are the parent's objects: never drop them.
                 std::mem::forget((requests_w, reports_r));
                 zygote_main(zygote_side, parent)
             }
@@ -257,11 +282,12 @@ impl Drop for Zygote {
     }
 }
 
-/// The zygote's whole life. Never returns.
+/// The zygote's whole life. Never returns: not even by a panic, which
+/// would otherwise unwind into the parent's code, in this process.
 fn zygote_main<W: FnMut(usize)>(mut side: ZygoteSide<W>, parent: i32) -> ! {
-    let code = match zygote_loop(&mut side, parent) {
-        Ok(()) => 0,
-        Err(_) => 1,
+    let code = match panic::catch_unwind(AssertUnwindSafe(|| zygote_loop(&mut side, parent))) {
+        Ok(Ok(())) => 0,
+        _ => 1,
     };
     sys::exit_now(code)
 }
@@ -273,7 +299,9 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     sys::signal::ignore(libc::SIGINT)?;
     sys::signal::ignore(libc::SIGQUIT)?;
     // A report to a parent that is gone fails with EPIPE; we notice the
-    // death through the request pipe instead of dying of SIGPIPE.
+    // death through the request pipe instead of dying of SIGPIPE. Workers
+    // get the parent's disposition back (a CLI may want SIGPIPE's default).
+    let parent_ignores_sigpipe = sys::exec::is_ignored(libc::SIGPIPE)?;
     sys::signal::ignore(libc::SIGPIPE)?;
     let (sig_r, sig_w) = sys::pipe()?;
     sys::set_nonblocking(sig_r.as_fd(), true)?;
@@ -285,51 +313,60 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     let zygote_pid = sys::getpid();
 
     let mut live: HashMap<i32, usize> = HashMap::new();
+    let mut timers = Timers::default();
     let mut shutting_down = false;
     loop {
         if !shutting_down && sys::getppid() != parent {
             // Re-parented: the parent died. Same as EOF on the requests.
             shutting_down = true;
-            kill_workers(&live);
+            kill_workers(&live, &mut timers);
         }
         if shutting_down && live.is_empty() {
+            // Leave nothing a timed-out task started behind us.
+            timers.kill_groups_now();
             return Ok(());
         }
+        let wake_at = timers.run(&live, &side.layout, side.task_timeout);
         let mut fds = vec![(sig_r.as_fd(), true, false)];
         if !shutting_down {
             fds.push((side.requests.as_fd(), true, false));
         }
-        let ready = sys::poll(&fds, None)?;
+        let ready = sys::poll(&fds, wake_at.map(|t| t.saturating_duration_since(Instant::now())))?;
         if ready[0].readable {
             let mut buf = [0u8; 64];
             while matches!(sys::read(sig_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
             while let Some((pid, status)) = sys::wait_any_nohang()? {
                 if let Some(slot) = live.remove(&pid) {
+                    let timed_out = timers.timed_out.remove(&pid);
                     if !shutting_down {
-                        report(side, Report::Died { slot, pid, status });
+                        report(side, Report::Died { slot, pid, status, timed_out });
                     }
                 }
             }
         }
-        if !shutting_down && (ready[1].readable || ready[1].hangup) {
+        if !shutting_down && ready.get(1).is_some_and(|r| r.readable || r.hangup) {
             let mut rec = [0u8; REQ_LEN];
             let n = read_record(side.requests.as_fd(), &mut rec)?;
             let kind = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
             let slot = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]) as usize;
             match (n, kind) {
-                (REQ_LEN, REQ_SPAWN) => match spawn_worker(side, slot, zygote_pid, &sig_r, &sig_w) {
-                    Ok(pid) => {
-                        live.insert(pid, slot);
-                        report(side, Report::Spawned { slot, pid });
+                (REQ_LEN, REQ_SPAWN) => {
+                    match spawn_worker(side, slot, zygote_pid, parent_ignores_sigpipe, &sig_r, &sig_w) {
+                        Ok(pid) => {
+                            live.insert(pid, slot);
+                            report(side, Report::Spawned { slot, pid });
+                        }
+                        Err(Error::Os(OsError { errno, .. })) => {
+                            report(side, Report::SpawnFailed { slot, errno })
+                        }
+                        Err(_) => report(side, Report::SpawnFailed { slot, errno: libc::EINVAL }),
                     }
-                    Err(Error::Os(OsError { errno, .. })) => report(side, Report::SpawnFailed { slot, errno }),
-                    Err(_) => report(side, Report::SpawnFailed { slot, errno: libc::EINVAL }),
-                },
+                }
                 (REQ_LEN, REQ_SHUTDOWN) => shutting_down = true,
                 // REQ_KILL_ALL, or EOF: the parent is gone or wants it over.
                 _ => {
                     shutting_down = true;
-                    kill_workers(&live);
+                    kill_workers(&live, &mut timers);
                 }
             }
         }
@@ -337,11 +374,88 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
 }
 
 /// SIGKILL to every live worker and its process group (what its tasks
-/// started). The pids are not reaped yet, so they cannot have been reused.
-fn kill_workers(live: &HashMap<i32, usize>) {
+/// started), and to the groups of timed-out workers still in their grace
+/// period. The live pids are not reaped yet, so they cannot have been
+/// reused.
+fn kill_workers(live: &HashMap<i32, usize>, timers: &mut Timers) {
     for &pid in live.keys() {
         let _ = sys::kill(-pid, libc::SIGKILL);
         let _ = sys::kill(pid, libc::SIGKILL);
+    }
+    timers.kill_groups_now();
+}
+
+/// The zygote's timers: task timeouts and the SIGKILLs that follow a
+/// SIGTERM.
+#[derive(Default)]
+struct Timers {
+    /// Workers we sent SIGTERM because their task ran too long.
+    timed_out: HashSet<i32>,
+    /// Process groups (named by their leader, the worker) that get SIGKILL
+    /// at the given instant: the end of the grace period.
+    group_kills: Vec<(i32, Instant)>,
+}
+
+impl Timers {
+    /// Ends the tasks past `limit`, escalates what is due, and returns when
+    /// to look again.
+    fn run(
+        &mut self,
+        live: &HashMap<i32, usize>,
+        layout: &Layout,
+        limit: Option<Duration>,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        self.group_kills.retain(|&(pgid, at)| {
+            if now < at {
+                return true;
+            }
+            // The group outlives its leader only while a member lives, and
+            // while it lives no new process can get this pid: no reuse.
+            let _ = sys::kill(-pgid, libc::SIGKILL);
+            if live.contains_key(&pgid) {
+                let _ = sys::kill(pgid, libc::SIGKILL);
+            }
+            false
+        });
+        let mut wake_at = self.group_kills.iter().map(|&(_, at)| at).min();
+        let Some(limit) = limit else { return wake_at };
+        let limit_ns = limit.as_nanos() as u64;
+        let now_ns = sys::monotonic_ns();
+        for (&pid, &slot) in live {
+            if self.timed_out.contains(&pid) {
+                continue;
+            }
+            // Acquire, then Relaxed: pairs with the worker's stamp store then
+            // Release progress store, so the stamp is at least that task's.
+            let progress = layout.progress(slot).load(Ordering::Acquire);
+            let running = progress % 2 == 1;
+            // Not running now: a task that starts from now on ends its time
+            // no sooner than `limit` from now; look again then.
+            let started = if running { layout.task_started_ns(slot).load(Ordering::Relaxed) } else { now_ns };
+            let ran = now_ns.saturating_sub(started);
+            // The same task still runs (it did not end just now, letting the
+            // next one be killed in its place).
+            let same = || layout.progress(slot).load(Ordering::Acquire) == progress;
+            if ran >= limit_ns && same() {
+                let _ = sys::kill(-pid, libc::SIGTERM);
+                let _ = sys::kill(pid, libc::SIGTERM);
+                self.timed_out.insert(pid);
+                self.group_kills.push((pid, now + TERM_GRACE));
+                wake_at = Some(wake_at.map_or(now + TERM_GRACE, |w| w.min(now + TERM_GRACE)));
+            } else {
+                let check = now + Duration::from_nanos(limit_ns.saturating_sub(ran));
+                wake_at = Some(wake_at.map_or(check, |w| w.min(check)));
+            }
+        }
+        wake_at
+    }
+
+    /// SIGKILL now to every group still in its grace period.
+    fn kill_groups_now(&mut self) {
+        for (pgid, _) in self.group_kills.drain(..) {
+            let _ = sys::kill(-pgid, libc::SIGKILL);
+        }
     }
 }
 
@@ -360,12 +474,16 @@ fn read_record(fd: std::os::fd::BorrowedFd<'_>, rec: &mut [u8; REQ_LEN]) -> Resu
 fn report<W: FnMut(usize)>(side: &ZygoteSide<W>, rep: Report) {
     // A parent that is gone cannot be told; the request pipe's EOF will end us.
     let _ = sys::write_all(side.reports.as_fd(), &rep.encode());
+    // After the write: a parent that sees the word set finds the report in
+    // the pipe. SeqCst: a plain flag between two processes, set rarely.
+    side.layout.reports_pending().store(1, Ordering::SeqCst);
 }
 
 fn spawn_worker<W: FnMut(usize)>(
     side: &mut ZygoteSide<W>,
     slot: usize,
     zygote_pid: i32,
+    parent_ignores_sigpipe: bool,
     sig_r: &OwnedFd,
     sig_w: &OwnedFd,
 ) -> Result<i32> {
@@ -374,10 +492,15 @@ fn spawn_worker<W: FnMut(usize)>(
     match unsafe { sys::fork() }? {
         Forked::Child => {
             // The zygote's plumbing is not the worker's business.
-            for fd in [side.requests.as_raw_fd(), side.reports.as_raw_fd(), sig_r.as_raw_fd(), sig_w.as_raw_fd()] {
+            for fd in
+                [side.requests.as_raw_fd(), side.reports.as_raw_fd(), sig_r.as_raw_fd(), sig_w.as_raw_fd()]
+            {
                 sys::close_inherited(fd);
             }
             let _ = sys::signal::reset_for_child();
+            if !parent_ignores_sigpipe {
+                let _ = sys::signal::default_sigpipe();
+            }
             let _ = sys::new_process_group();
             // Die with the zygote (Linux); and if it already died before the
             // prctl took effect, we have been re-parented: leave now.
@@ -385,8 +508,9 @@ fn spawn_worker<W: FnMut(usize)>(
             if sys::getppid() != zygote_pid {
                 sys::exit_now(1);
             }
-            (side.run_worker)(slot);
-            // run_worker ends the process itself; this is only a backstop.
+            // run_worker ends the process itself; a panic escaping it must
+            // not unwind into the zygote's loop, in this process.
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| (side.run_worker)(slot)));
             sys::exit_now(1)
         }
         Forked::Parent(pid) => {

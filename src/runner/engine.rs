@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -66,15 +66,19 @@ pub fn run<I>(
     inputs: I,
     options: &Options,
     output: Output<'_>,
-    on_finish: &mut dyn FnMut(&JobReport),
+    on_finish: &mut dyn FnMut(&JobReport<'_>),
 ) -> Result<Summary>
 where
-    I: IntoIterator<Item = Vec<u8>>,
+    I: IntoIterator,
+    I::Item: AsRef<[u8]>,
 {
     if options.jobs == 0 {
         return Err(Error::InvalidArgument("jobs must be at least 1".into()));
     }
     exec::ensure_standard_fds()?;
+    // Output buffered by the caller goes out before the jobs' (spawn does
+    // not flush at each fork).
+    sys::flush_stdio();
     let _active = ActiveRun::claim()?;
     let signals = SignalGuard::install(options.handle_signals)?;
     let job_stdin = match options.stdin {
@@ -87,6 +91,11 @@ where
         true => Some(File::open("/dev/null").map_err(|e| io_error("open", e))?),
         false => None,
     };
+    // The vectors rewritten at every wake-up, allocated together so they
+    // share heap pages (see exec::poll_in_place).
+    let slots = options.jobs.min(1 << 16);
+    let (live, pollfds, targets) =
+        (Vec::with_capacity(slots), Vec::with_capacity(2 * slots + 1), Vec::with_capacity(2 * slots));
     let mut engine = Engine {
         template,
         options,
@@ -97,7 +106,7 @@ where
         exhausted: false,
         next_seq: 0,
         jobs: BTreeMap::new(),
-        live: Vec::new(),
+        live,
         unordered_ready: VecDeque::new(),
         budget: Budget { per_stream: options.buffer_per_stream, total: options.buffer_total, used: 0 },
         spill: SpillFile::default(),
@@ -109,6 +118,8 @@ where
         devnull,
         reset_signals: exec::signals_to_reset(),
         buf: vec![0; READ_CHUNK],
+        pollfds,
+        targets,
     };
     engine.run_loop()?;
     let summary = Summary { started: engine.started, failed: engine.failed, interrupted: None };
@@ -255,6 +266,10 @@ impl Job {
     /// still ours (the leader not yet reaped).
     fn signal_group(&self, signal: i32) {
         if let (Some(pid), None) = (self.pid, self.status) {
+            // The child makes its group itself before exec; should it not
+            // have run yet, the group would not exist and the signal would
+            // miss it. Setting it from here first closes that window.
+            exec::ensure_process_group(pid);
             // The only failures left after ESRCH are EPERM (a process in the
             // group changed its credentials); there is nothing better to do
             // than carry on: SIGKILL follows, then the leader is reaped.
@@ -268,14 +283,17 @@ struct Engine<'a, I> {
     options: &'a Options,
     out: BorrowedFd<'a>,
     err: BorrowedFd<'a>,
-    on_finish: &'a mut dyn FnMut(&JobReport),
+    on_finish: &'a mut dyn FnMut(&JobReport<'_>),
     inputs: I,
     exhausted: bool,
     next_seq: u64,
     /// Started jobs not yet printed, by sequence number. In keep-order mode
     /// the first entry is the head: the one job whose stdout streams
     /// straight to our stdout.
-    jobs: BTreeMap<u64, Job>,
+    /// Boxed: B-tree nodes then hold pointers, not whole jobs, so a job's
+    /// state stays in one small allocation instead of moving between
+    /// large nodes (fewer pages written per job, see `exec::spawn`).
+    jobs: BTreeMap<u64, Box<Job>>,
     /// Jobs not yet completed (at most `options.jobs`), in start order.
     /// Invariant: each is a key of `jobs` (a job leaves `live` before it
     /// can leave `jobs`), which makes `self.jobs[seq]` safe for them.
@@ -293,9 +311,17 @@ struct Engine<'a, I> {
     devnull: Option<File>,
     reset_signals: Vec<libc::c_int>,
     buf: Vec<u8>,
+    /// What the last `poll` watched: the self-pipe, then job pipes, one
+    /// `targets` entry per job pipe.
+    pollfds: Vec<libc::pollfd>,
+    targets: Vec<(u64, Stream)>,
 }
 
-impl<I: Iterator<Item = Vec<u8>>> Engine<'_, I> {
+impl<I> Engine<'_, I>
+where
+    I: Iterator,
+    I::Item: AsRef<[u8]>,
+{
     fn run_loop(&mut self) -> Result<()> {
         loop {
             // Completing first frees the slots of jobs reaped in the last
@@ -324,11 +350,11 @@ impl<I: Iterator<Item = Vec<u8>>> Engine<'_, I> {
             };
             self.next_seq += 1;
             let seq = self.next_seq;
-            let command = self.template.expand(&input);
+            let command = self.template.expand(input.as_ref());
             match self.spawn_job(seq, command) {
                 Ok(job) => {
                     self.started += 1;
-                    self.jobs.insert(seq, job);
+                    self.jobs.insert(seq, Box::new(job));
                     self.live.push(seq);
                 }
                 Err(err) => self.begin_stop(Stop::Failed(err)),
@@ -366,16 +392,12 @@ impl<I: Iterator<Item = Vec<u8>>> Engine<'_, I> {
         // so (one read each), which saves two fcntl calls per pipe per job.
         let (out_read, out_write) = sys::pipe()?;
         let (err_read, err_write) = sys::pipe()?;
-        let mut prefix = b"mproc: ".to_vec();
-        prefix.extend_from_slice(argv.program());
-        prefix.extend_from_slice(b": ");
         let plan = exec::ChildPlan {
             argv: &argv,
             stdin: self.devnull.as_ref().map(|f| f.as_raw_fd()),
             stdout: out_write.as_raw_fd(),
             stderr: err_write.as_raw_fd(),
             reset_signals: &self.reset_signals,
-            exec_error_prefix: &prefix,
         };
         job.started = SystemTime::now();
         job.start = Instant::now();
@@ -408,30 +430,35 @@ impl<I: Iterator<Item = Vec<u8>>> Engine<'_, I> {
             }
         }
 
-        let mut targets: Vec<(u64, Stream)> = Vec::new();
-        let ready = {
-            let mut fds = vec![(self.wake, true, false)];
-            for &seq in &self.live {
-                let job = &self.jobs[&seq];
-                if let Some(fd) = &job.stdout {
-                    fds.push((fd.as_fd(), true, false));
-                    targets.push((seq, Stream::Out));
-                }
-                if let Some(fd) = &job.stderr {
-                    fds.push((fd.as_fd(), true, false));
-                    targets.push((seq, Stream::Err));
+        // Reused from one wake-up to the next (see exec::poll_in_place).
+        // The raw fds stay open while polled: only this thread closes them.
+        let watch = |fd: RawFd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        self.pollfds.clear();
+        self.targets.clear();
+        self.pollfds.push(watch(self.wake.as_raw_fd()));
+        for &seq in &self.live {
+            let job = &self.jobs[&seq];
+            for (fd, stream) in [(&job.stdout, Stream::Out), (&job.stderr, Stream::Err)] {
+                if let Some(fd) = fd {
+                    self.pollfds.push(watch(fd.as_raw_fd()));
+                    self.targets.push((seq, stream));
                 }
             }
-            sys::poll(&fds, wait)?
-        };
+        }
+        exec::poll_in_place(&mut self.pollfds, wait)?;
 
-        if ready[0].readable || ready[0].hangup {
+        const HANGUP: libc::c_short = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+        if self.pollfds[0].revents != 0 {
             self.handle_signals();
         }
-        for (i, &(seq, stream)) in targets.iter().enumerate() {
-            let r = ready[i + 1];
-            if r.readable || r.hangup {
+        for i in 0..self.targets.len() {
+            let (seq, stream) = self.targets[i];
+            let revents = self.pollfds[i + 1].revents;
+            if revents & libc::POLLIN != 0 {
                 self.read_once(seq, stream);
+            } else if revents & HANGUP != 0 {
+                // A pipe with no writer left and no data: EOF, no read needed.
+                self.close_stream(seq, stream);
             }
         }
         self.reap()?;
@@ -440,8 +467,10 @@ impl<I: Iterator<Item = Vec<u8>>> Engine<'_, I> {
     }
 
     fn handle_signals(&mut self) {
-        let mut drain = [0u8; 64];
-        while matches!(sys::read(self.wake, &mut drain), Ok(n) if n > 0) {}
+        // A pipe read returns everything buffered up to the size asked for,
+        // so a short read means the pipe is empty.
+        let mut drain = [0u8; 256];
+        while matches!(sys::read(self.wake, &mut drain), Ok(n) if n == drain.len()) {}
         let pending = exec::take_pending_signals();
         // SIGCHLD needs nothing here: reap() runs after every wake-up.
         for sig in STOP_SIGNALS {
@@ -477,6 +506,15 @@ impl<I: Iterator<Item = Vec<u8>>> Engine<'_, I> {
         }
         self.route(seq, stream, &buf[..n]);
         true
+    }
+
+    fn close_stream(&mut self, seq: u64, stream: Stream) {
+        if let Some(job) = self.jobs.get_mut(&seq) {
+            match stream {
+                Stream::Out => job.stdout = None,
+                Stream::Err => job.stderr = None,
+            }
+        }
     }
 
     /// Whether a read on the pipe would return at once (data or EOF).
@@ -544,12 +582,7 @@ impl<I: Iterator<Item = Vec<u8>>> Engine<'_, I> {
                         break;
                     }
                 }
-                if let Some(job) = self.jobs.get_mut(&seq) {
-                    match stream {
-                        Stream::Out => job.stdout = None,
-                        Stream::Err => job.stderr = None,
-                    }
-                }
+                self.close_stream(seq, stream);
             }
         }
         Ok(())
@@ -632,7 +665,7 @@ impl<I: Iterator<Item = Vec<u8>>> Engine<'_, I> {
             let outcome = if job.timed_out { Outcome::TimedOut(status) } else { Outcome::Completed(status) };
             let report = JobReport {
                 seq,
-                command: job.command.clone(),
+                command: &job.command,
                 started: job.started,
                 runtime: job.start.elapsed(),
                 outcome,
@@ -732,7 +765,7 @@ fn status_line(seq: u64, command: &[Vec<u8>], outcome: Outcome, timeout: Option<
 /// `2s`, `1.5s`, `250ms`.
 pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else if ms < 1000 {
         format!("{ms}ms")

@@ -167,12 +167,12 @@ impl Outcome {
 pub const JOBLOG_HEADER: &str = "Seq\tStarttime\tRuntime\tExitval\tCommand\n";
 
 /// One completed job, as passed to `run`'s `on_finish`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JobReport {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobReport<'a> {
     /// The job's number: its input's position, from 1.
     pub seq: u64,
     /// The command line that ran, after substitution.
-    pub command: Vec<Vec<u8>>,
+    pub command: &'a [Vec<u8>],
     /// When it was started.
     pub started: SystemTime,
     /// From start to completion (exit and end of its output).
@@ -181,7 +181,7 @@ pub struct JobReport {
     pub outcome: Outcome,
 }
 
-impl JobReport {
+impl JobReport<'_> {
     /// The job log line: `Seq`, `Starttime` (seconds since the epoch, with
     /// milliseconds), `Runtime` (seconds, with milliseconds), `Exitval`
     /// ([`Outcome::joblog_field`]), `Command` (shell-quoted, one line),
@@ -198,7 +198,7 @@ impl JobReport {
             self.outcome.joblog_field()
         )
         .into_bytes();
-        line.extend_from_slice(&shell_line(&self.command));
+        line.extend_from_slice(&shell_line(self.command));
         line.push(b'\n');
         line
     }
@@ -222,9 +222,10 @@ mod tests {
 
     #[test]
     fn joblog_line_has_five_tab_separated_fields() {
+        let command = [b"echo".to_vec(), b"a b".to_vec()];
         let report = JobReport {
             seq: 7,
-            command: vec![b"echo".to_vec(), b"a b".to_vec()],
+            command: &command,
             started: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             runtime: Duration::from_millis(2_045),
             outcome: Outcome::Completed(ExitStatus::Exited(3)),

@@ -11,26 +11,28 @@
 //!   to a self-pipe (so a `poll` loop wakes up), saving and restoring the
 //!   previous dispositions, and blocking signals around `fork`.
 
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::{c_char, c_int, c_void};
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
-use super::{os_error, retry, trace, Forked};
+use super::{os_error, retry, trace};
 use crate::error::{Error, Result};
 
 // ---------------------------------------------------------------------------
 // argv
 
-/// A command line ready for `execvp`: the owned C strings and the
-/// NULL-terminated array of pointers into them.
+/// A command line ready for `execvp`: every word, NUL-terminated, in one
+/// buffer, and the NULL-terminated array of pointers into it.
 ///
-/// Invariant: `ptrs[i]` points into `words[i]` for every `i < words.len()`,
-/// and `ptrs[words.len()]` is null. Moving a `CString` does not move its heap
-/// buffer, so the pointers stay valid for as long as `self` lives.
+/// Invariant: `bytes` is never changed after `new`, so the pointers in
+/// `ptrs` (into `bytes`'s heap buffer, which moving `Argv` does not move)
+/// stay valid for as long as `self` lives; `ptrs` ends with a null.
 pub(crate) struct Argv {
-    words: Vec<CString>,
+    bytes: Vec<u8>,
     ptrs: Vec<*const c_char>,
+    program_len: usize,
 }
 
 impl Argv {
@@ -40,25 +42,30 @@ impl Argv {
         if words.is_empty() {
             return Err(Error::InvalidArgument("empty command".into()));
         }
-        let words = words
-            .iter()
-            .map(|w| {
-                CString::new(w.as_slice()).map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "argument contains a NUL byte: {:?}",
-                        String::from_utf8_lossy(w)
-                    ))
-                })
-            })
-            .collect::<Result<Vec<CString>>>()?;
-        let mut ptrs: Vec<*const c_char> = words.iter().map(|w| w.as_ptr()).collect();
+        if let Some(bad) = words.iter().find(|w| w.contains(&0)) {
+            return Err(Error::InvalidArgument(format!(
+                "argument contains a NUL byte: {:?}",
+                String::from_utf8_lossy(bad)
+            )));
+        }
+        let mut bytes = Vec::with_capacity(words.iter().map(|w| w.len() + 1).sum());
+        for word in words {
+            bytes.extend_from_slice(word);
+            bytes.push(0);
+        }
+        let mut ptrs = Vec::with_capacity(words.len() + 1);
+        let mut offset = 0;
+        for word in words {
+            ptrs.push(bytes.as_ptr().wrapping_add(offset).cast::<c_char>());
+            offset += word.len() + 1;
+        }
         ptrs.push(std::ptr::null());
-        Ok(Argv { words, ptrs })
+        Ok(Argv { bytes, ptrs, program_len: words[0].len() })
     }
 
     /// The program name, `argv[0]`.
     pub(crate) fn program(&self) -> &[u8] {
-        self.words[0].as_bytes()
+        &self.bytes[..self.program_len]
     }
 }
 
@@ -75,9 +82,6 @@ pub(crate) struct ChildPlan<'a> {
     /// Signals to set back to `SIG_DFL` (those with a handler in the parent,
     /// and `SIGPIPE` when the parent ignores it, as Rust programs do).
     pub reset_signals: &'a [c_int],
-    /// Written to the child's stderr before the reason when `execvp` fails,
-    /// e.g. `b"mproc: frobnicate: "`.
-    pub exec_error_prefix: &'a [u8],
 }
 
 /// Exit status of a child whose `execvp` failed, as a shell reports a
@@ -85,40 +89,54 @@ pub(crate) struct ChildPlan<'a> {
 pub(crate) const EXEC_FAILED: c_int = 127;
 
 /// Forks a child that runs `plan` in a new process group of its own (its
-/// pgid is its pid), and returns the child's pid.
+/// pgid is its pid), and returns the child's pid. Call
+/// [`ensure_process_group`] before signalling that group.
 ///
 /// All signals are blocked across the `fork`, so no handler of ours can run
 /// in the child before it has reset them; the parent's mask is restored
 /// right after.
+///
+/// Unlike [`super::fork`], this does not flush stdio first: the child only
+/// execs or `_exit`s, so whatever sits in its copy of a stdio buffer is
+/// discarded, never printed twice. (Callers flush once before their first
+/// job, so earlier output comes first.) Skipping the flush also spares the
+/// parent writes to the stdio locks — each page the parent writes after a
+/// fork costs a copy-on-write fault, once per job.
 pub(crate) fn spawn(plan: &ChildPlan<'_>) -> Result<i32> {
     let old_mask = SigMask::block_all()?;
     // SAFETY: the child branch calls only `exec_child`, which makes
     // async-signal-safe calls on memory prepared before the fork and ends in
     // execvp or _exit; it never returns into the parent's code.
-    let forked = unsafe { super::fork() };
-    match forked {
-        Ok(Forked::Child) => {
-            // SAFETY: we are the freshly forked child (see above).
-            unsafe { exec_child(plan) }
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child (see above).
+        unsafe { exec_child(plan) }
+    }
+    let err = (pid == -1).then(|| os_error("fork", None));
+    old_mask.restore();
+    match err {
+        Some(err) => {
+            trace!("fork() = -1 ({err})");
+            Err(err)
         }
-        Ok(Forked::Parent(pid)) => {
-            old_mask.restore();
-            // The child calls setpgid itself too; doing it here as well means
-            // the group exists before we can ever signal it, whichever side
-            // runs first. EACCES (the child already exec'd) and ESRCH (it is
-            // already gone) mean there is nothing left to do.
-            // SAFETY: integers only.
-            if unsafe { libc::setpgid(pid, pid) } == -1 {
-                let errno = super::last_errno();
-                if errno != libc::EACCES && errno != libc::ESRCH {
-                    trace!("setpgid({pid}, {pid}) = -1 (errno {errno})");
-                }
-            }
+        None => {
+            trace!("fork() = {pid}");
             Ok(pid)
         }
-        Err(err) => {
-            old_mask.restore();
-            Err(err)
+    }
+}
+
+/// Makes sure the child `pid` of [`spawn`] leads its own process group
+/// before the group is signalled: the child does it itself before `exec`,
+/// but may not have run yet. Called only when about to signal, to keep the
+/// syscall off the path of every job. EACCES (the child has exec'd, so it
+/// made the group) and ESRCH (it is gone) leave nothing to do.
+pub(crate) fn ensure_process_group(pid: i32) {
+    // SAFETY: integers only.
+    if unsafe { libc::setpgid(pid, pid) } == -1 {
+        let errno = super::last_errno();
+        if errno != libc::EACCES && errno != libc::ESRCH {
+            trace!("setpgid({pid}, {pid}) = -1 (errno {errno})");
         }
     }
 }
@@ -128,16 +146,17 @@ pub(crate) fn spawn(plan: &ChildPlan<'_>) -> Result<i32> {
 /// # Safety
 /// Must be called only in a child just returned from `fork`. Everything it
 /// calls is async-signal-safe, and it never returns, so it is sound even if
-/// the parent had other threads holding locks.
+/// the parent had other threads holding locks. (`execvp` is missing from
+/// older editions of POSIX's async-signal-safe list for its PATH search;
+/// glibc and musl do that search in stack buffers, without malloc or locks.)
 unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
     // SAFETY (whole function): each call below takes integers or pointers
     // into memory the parent prepared before fork (`plan`, `argv`), which the
     // child's copy of the address space keeps valid; none allocates or locks.
     unsafe {
         libc::setpgid(0, 0);
-        let wired = plan.stdin.map_or(true, |fd| move_fd(fd, 0))
-            && move_fd(plan.stdout, 1)
-            && move_fd(plan.stderr, 2);
+        let wired =
+            plan.stdin.is_none_or(|fd| move_fd(fd, 0)) && move_fd(plan.stdout, 1) && move_fd(plan.stderr, 2);
         if !wired {
             write_raw(2, b"mproc: cannot set up the job's standard streams\n");
             libc::_exit(EXEC_FAILED);
@@ -153,9 +172,12 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
 
         libc::execvp(plan.argv.ptrs[0], plan.argv.ptrs.as_ptr());
 
-        // Still here: execvp failed. Say so the way a shell does.
+        // Still here: execvp failed. Say so the way a shell does:
+        // `mproc: CMD: No such file or directory`.
         let errno = super::last_errno();
-        write_raw(2, plan.exec_error_prefix);
+        write_raw(2, b"mproc: ");
+        write_raw(2, plan.argv.program());
+        write_raw(2, b": ");
         write_raw(2, exec_error_text(errno).as_bytes());
         write_raw(2, b"\n");
         libc::_exit(EXEC_FAILED)
@@ -222,13 +244,38 @@ pub(crate) fn ensure_standard_fds() -> Result<()> {
         // SAFETY: F_GETFD on any integer is harmless; EBADF means closed.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 && super::last_errno() == libc::EBADF {
             // open returns the lowest free descriptor, which is `fd`.
-            // SAFETY: the path is a NUL-terminated literal.
-            let got =
-                retry("open", None, || unsafe { libc::open(b"/dev/null\0".as_ptr().cast(), libc::O_RDWR) })?;
+            // SAFETY: the path is a C string literal.
+            let got = retry("open", None, || unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) })?;
             trace!("open(/dev/null) = {got}");
         }
     }
     Ok(())
+}
+
+/// `poll(2)` on a caller-owned array, for a loop that polls at every
+/// wake-up: no allocation per call, so no heap page written per wake-up
+/// (each costs a copy-on-write fault after a fork). EINTR restarts the wait
+/// with the time left; returns the number of entries with events.
+pub(crate) fn poll_in_place(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<usize> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                // Round up, so a 0.5 ms wait does not become a busy 0 ms poll.
+                let left = d.saturating_duration_since(Instant::now());
+                left.as_nanos().div_ceil(1_000_000).min(c_int::MAX as u128) as c_int
+            }
+        };
+        // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        if super::last_errno() != libc::EINTR {
+            return Err(os_error("poll", None));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -237,15 +284,17 @@ pub(crate) fn ensure_standard_fds() -> Result<()> {
 /// Write end of the self-pipe the handler wakes the poll loop with; -1 when
 /// none is installed.
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
-/// One bit per signal number below 32 that arrived since the last
-/// [`take_pending_signals`].
+/// One bit per signal number below 32 (SIGCHLD excepted) that arrived
+/// since the last [`take_pending_signals`].
 static PENDING: AtomicU32 = AtomicU32::new(0);
 
 /// The handler: records the signal, then writes one byte to the self-pipe.
 /// Only async-signal-safe operations: lock-free atomics and `write(2)`.
 extern "C" fn on_signal(sig: c_int) {
     let saved = errno::errno();
-    if (0..32).contains(&sig) {
+    // SIGCHLD needs no record (the runner reaps after every wake-up), and
+    // not writing one spares a copy-on-write fault per job.
+    if (0..32).contains(&sig) && sig != libc::SIGCHLD {
         // SeqCst pairs with the swap in take_pending_signals: the bit is
         // visible before the wake-up byte can be read.
         PENDING.fetch_or(1 << sig, Ordering::SeqCst);
@@ -257,7 +306,11 @@ extern "C" fn on_signal(sig: c_int) {
         // full pipe (a wake-up is already pending) returns EAGAIN at once.
         unsafe { libc::write(fd, (&byte as *const u8).cast::<c_void>(), 1) };
     }
-    errno::set_errno(saved);
+    // Restore errno only if the write changed it: an unneeded write to the
+    // thread's TLS page is one more copy-on-write fault after each fork.
+    if errno::errno() != saved {
+        errno::set_errno(saved);
+    }
 }
 
 /// Tells the handler which fd to write its wake-up byte to (`-1`: none).
@@ -268,7 +321,11 @@ pub(crate) fn set_wake_fd(fd: RawFd) {
 /// Returns the signals received since the last call (bit `n` = signal `n`)
 /// and clears them.
 pub(crate) fn take_pending_signals() -> u32 {
-    PENDING.swap(0, Ordering::SeqCst)
+    // Load first: swapping a 0 for a 0 still writes the page.
+    match PENDING.load(Ordering::SeqCst) {
+        0 => 0,
+        _ => PENDING.swap(0, Ordering::SeqCst),
+    }
 }
 
 /// A signal's previous disposition, to put back with [`restore_handler`].
@@ -391,9 +448,13 @@ mod tests {
 
     #[test]
     fn argv_is_null_terminated_and_rejects_nul() {
-        let argv = Argv::new(&[b"echo".to_vec(), b"hi".to_vec()]).unwrap();
-        assert_eq!(argv.ptrs.len(), 3);
-        assert!(argv.ptrs[2].is_null());
+        let argv = Argv::new(&[b"echo".to_vec(), b"hi".to_vec(), Vec::new()]).unwrap();
+        assert_eq!(argv.ptrs.len(), 4);
+        assert!(argv.ptrs[3].is_null());
+        // SAFETY: the pointers are NUL-terminated strings inside `argv`.
+        let words: Vec<&[u8]> =
+            argv.ptrs[..3].iter().map(|&p| unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes()).collect();
+        assert_eq!(words, [&b"echo"[..], b"hi", b""]);
         assert_eq!(argv.program(), b"echo");
         assert!(Argv::new(&[b"a\0b".to_vec()]).is_err());
         assert!(Argv::new(&[]).is_err());

@@ -1,0 +1,655 @@
+//! `Pool` and `fork_map`: the rules of issue 3 (Python's `Pool` semantics,
+//! backpressure, lifecycle, no leaks).
+//!
+//! Run with `cargo nextest run --test pool` (one process per test: these
+//! tests fork). They also pass under `cargo test --test pool --
+//! --test-threads=1`; then every test must leave no child behind for the
+//! next one, which each checks.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mproc::{Error, Pool};
+
+// ---------------------------------------------------------------------------
+// task functions (plain `fn`s: they cross as addresses)
+
+fn cube(n: u64) -> u64 {
+    n * n * n
+}
+
+fn my_pid(_: u64) -> i32 {
+    std::process::id() as i32
+}
+
+fn panics_on_13(n: u64) -> u64 {
+    if n == 13 {
+        panic!("thirteen is unlucky");
+    }
+    n + 1
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
+    v.iter().rev().copied().collect()
+}
+
+/// Blocks on the read end `fd` of a gate pipe (inherited by the workers)
+/// until the test writes to it, or 30 s pass. True: released by the test.
+fn wait_for_gate(fd: i32) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, 30_000) == 1 }
+}
+
+/// Writes `(index, pid)` to the pipe `fd` (inherited by the workers).
+fn record_run((fd, index): (i32, u32)) -> u32 {
+    let mut rec = [0u8; 8];
+    rec[..4].copy_from_slice(&index.to_le_bytes());
+    rec[4..].copy_from_slice(&std::process::id().to_le_bytes());
+    // SAFETY: writes 8 bytes from a valid buffer; 8 < PIPE_BUF, so atomic.
+    let n = unsafe { libc::write(fd, rec.as_ptr().cast(), rec.len()) };
+    assert_eq!(n, 8);
+    index
+}
+
+static INIT_RUNS: AtomicU64 = AtomicU64::new(0);
+static INIT_MARK: AtomicU64 = AtomicU64::new(0);
+
+fn init_worker() {
+    INIT_RUNS.fetch_add(1, Ordering::SeqCst);
+    INIT_MARK.store(0xfeed, Ordering::SeqCst);
+}
+
+/// What the initializer left in this worker: (runs, mark, pid).
+fn init_state(_: u64) -> (u64, u64, i32) {
+    (INIT_RUNS.load(Ordering::SeqCst), INIT_MARK.load(Ordering::SeqCst), std::process::id() as i32)
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+
+/// A pipe (both ends non-blocking off), made before the pool so workers
+/// inherit it: (read end, write end).
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: room for two fds.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fresh fds owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+fn write_bytes(fd: RawFd, n: usize) {
+    let buf = vec![1u8; n];
+    // SAFETY: valid buffer of n bytes.
+    assert_eq!(unsafe { libc::write(fd, buf.as_ptr().cast(), n) }, n as isize);
+}
+
+/// Everything that can be read from `fd` now.
+fn read_available(fd: RawFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 0) } != 1 {
+            return out;
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: valid buffer.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+}
+
+/// Shared anonymous mappings of this process (what a pool maps): lines of
+/// `/proc/self/maps` that are shared (`s`) and backed by `/dev/zero`.
+fn shared_mappings() -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    maps.lines()
+        .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.ends_with('s')) && l.contains("/dev/zero"))
+        .count()
+}
+
+/// (state, ppid) of a process, from /proc/PID/stat.
+fn stat(pid: i32) -> Option<(char, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 2..];
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+/// Pids of processes whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+            if stat(pid).is_some_and(|(_, ppid)| ppid == parent) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// No child of ours exists, running or zombie.
+fn assert_no_children() {
+    // SAFETY: waitpid with a null status pointer is allowed.
+    let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert!(
+        r == -1 && errno == Some(libc::ECHILD),
+        "waitpid(-1, WNOHANG) = {r} ({errno:?}): a child is left"
+    );
+    assert_eq!(children_of(std::process::id() as i32), Vec::<i32>::new());
+}
+
+/// Whether `pid` no longer runs (no such process; or a zombie someone
+/// else must reap).
+fn is_gone(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    if unsafe { libc::kill(pid, 0) } == -1 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    matches!(stat(pid), None | Some(('Z', _)))
+}
+
+/// The pool's pids once every slot has a worker again (replacements are
+/// asynchronous).
+fn full_pids(pool: &Pool) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pids = pool.pids();
+        if pids.len() == pool.processes() {
+            return pids;
+        }
+        assert!(Instant::now() < deadline, "the pool never got back to {} workers", pool.processes());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+}
+
+// ---------------------------------------------------------------------------
+// map
+
+#[test]
+fn map_returns_results_in_input_order() {
+    let pool = Pool::new(3).unwrap();
+    assert_eq!(pool.map(cube, vec![1u64, 2, 3, 4, 5]).unwrap(), vec![1, 8, 27, 64, 125]);
+    // An iterator without an exact length works too.
+    let odd = (0u64..40).filter(|n| n % 2 == 1);
+    assert_eq!(pool.map(cube, odd).unwrap(), (0u64..40).filter(|n| n % 2 == 1).map(cube).collect::<Vec<_>>());
+}
+
+#[test]
+fn map_of_ten_thousand_items_with_default_and_explicit_chunksizes() {
+    let pool = Pool::new(2).unwrap();
+    let expected: Vec<u64> = (0..10_000u64).map(cube).collect();
+    assert_eq!(pool.map(cube, 0..10_000u64).unwrap(), expected);
+    for chunk in [1, 7, 100, 1_250, 10_000, 50_000] {
+        assert_eq!(pool.map_chunked(cube, 0..10_000u64, chunk).unwrap(), expected, "chunksize {chunk}");
+    }
+}
+
+#[test]
+fn map_spreads_work_over_every_worker() {
+    let pool = Pool::new(2).unwrap();
+    let pids: HashSet<i32> = pool.map_chunked(sleep_ms_pid, vec![20u64; 8], 1).unwrap().into_iter().collect();
+    assert_eq!(pids, pool.pids().into_iter().collect());
+}
+
+fn sleep_ms_pid(ms: u64) -> i32 {
+    sleep_ms(ms);
+    std::process::id() as i32
+}
+
+#[test]
+fn messages_larger_than_the_ring_pass_both_ways() {
+    // One worker, 4 KiB rings, batches and results of hundreds of KiB:
+    // both sides stream fragments and must wake each other for each.
+    let pool = Pool::builder().processes(1).ring_capacity(4096).build().unwrap();
+    let inputs: Vec<Vec<u8>> =
+        (0..6u32).map(|i| (0..300_000u32).map(|b| (b * 7 + i) as u8).collect()).collect();
+    let expected: Vec<Vec<u8>> = inputs.iter().map(|v| v.iter().rev().copied().collect()).collect();
+    assert_eq!(pool.map(echo_bytes, inputs.clone()).unwrap(), expected);
+    assert_eq!(pool.map_chunked(echo_bytes, inputs, 1).unwrap(), expected);
+    // A big map of small items in one batch per worker (2 MB > 4 KiB ring).
+    assert_eq!(pool.map(cube, 0..200_000u64).unwrap(), (0..200_000u64).map(cube).collect::<Vec<_>>());
+}
+
+fn big_result(len: u64) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn a_sleeping_side_is_woken_for_every_fragment_of_a_big_message() {
+    // Interleaving targeted: one side waits in poll for room in a ring
+    // that the other side empties fragment by fragment. The waiting side
+    // must be woken by each fragment taken, not only by whole messages.
+    let pool = Pool::builder().processes(1).ring_capacity(4096).build().unwrap();
+    let worker = pool.pids()[0];
+    let arg: Vec<u8> = (0..300_000u32).map(|b| b as u8).collect();
+    let reversed: Vec<u8> = arg.iter().rev().copied().collect();
+
+    // Parent -> worker: the worker is stopped, so the parent fills the
+    // ring and goes to sleep; the worker resumes while the parent sleeps.
+    // SAFETY: kill takes integers; the pid is our pool's worker.
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGSTOP) }, 0);
+    let mut echo = pool.apply_async(echo_bytes, arg).unwrap();
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: as above.
+        unsafe { libc::kill(worker, libc::SIGCONT) };
+    });
+    assert_eq!(echo.get_timeout(Duration::from_secs(20)).unwrap(), reversed);
+    resume.join().unwrap();
+
+    // Worker -> parent: the parent is away while the worker fills the
+    // result ring and goes to sleep; the parent then takes fragments.
+    let mut big = pool.apply_async(big_result, 300_000u64).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(big.get_timeout(Duration::from_secs(20)).unwrap(), big_result(300_000));
+    assert_eq!(pool.pids(), vec![worker]);
+}
+
+#[test]
+fn map_of_empty_input_is_empty() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.map(cube, Vec::<u64>::new()).unwrap(), Vec::<u64>::new());
+    assert_eq!(pool.map_chunked(cube, Vec::<u64>::new(), 5).unwrap(), Vec::<u64>::new());
+    assert_eq!(pool.imap(cube, Vec::<u64>::new()).count(), 0);
+    assert_eq!(pool.imap_unordered(cube, Vec::<u64>::new()).count(), 0);
+    assert_eq!(pool.map(cube, [4u64]).unwrap(), vec![64]);
+}
+
+#[test]
+fn bad_arguments_are_invalid_argument_errors() {
+    assert!(matches!(Pool::new(0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(Pool::builder().processes(0).build(), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        Pool::builder().processes(1).max_tasks_per_child(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Pool::builder().processes(1).task_timeout(Duration::ZERO).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+    let pool = Pool::new(1).unwrap();
+    assert!(matches!(pool.map_chunked(cube, [1u64], 0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(mproc::fork_map(0, &[1u64], |&x| x), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn a_panicking_task_fails_map_with_its_message_and_the_pool_stays_usable() {
+    let pool = Pool::new(2).unwrap();
+    let pids = pool.pids();
+    let err = pool.map(panics_on_13, 0..100u64).unwrap_err();
+    assert_eq!(err, Error::Panicked { message: "thirteen is unlucky".into() });
+    assert_eq!(pool.apply(panics_on_13, 12).unwrap(), 13);
+    assert_eq!(
+        pool.apply(panics_on_13, 13).unwrap_err(),
+        Error::Panicked { message: "thirteen is unlucky".into() }
+    );
+    assert_eq!(pool.map(panics_on_13, 0..10u64).unwrap(), (1..=10).collect::<Vec<u64>>());
+    // A panic is caught in the worker: nobody died.
+    assert_eq!(pool.pids(), pids);
+}
+
+// ---------------------------------------------------------------------------
+// imap
+
+#[test]
+fn imap_yields_an_error_at_its_position_and_goes_on() {
+    let pool = Pool::new(2).unwrap();
+    for chunk in [1, 4] {
+        let out: Vec<Result<u64, Error>> = pool.imap_chunked(panics_on_13, 0..30u64, chunk).collect();
+        assert_eq!(out.len(), 30);
+        for (i, r) in out.iter().enumerate() {
+            if i == 13 {
+                assert_eq!(r, &Err(Error::Panicked { message: "thirteen is unlucky".into() }));
+            } else {
+                assert_eq!(r, &Ok(i as u64 + 1), "item {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn imap_over_an_endless_iterator_takes_what_it_needs() {
+    let pool = Pool::new(2).unwrap();
+    let firsts: Vec<u64> = pool.imap(cube, 0u64..).take(1_000).collect::<Result<_, _>>().unwrap();
+    assert_eq!(firsts, (0u64..1_000).map(cube).collect::<Vec<_>>());
+    // The abandoned tasks in flight do not disturb the next call.
+    assert_eq!(pool.map(cube, 0..100u64).unwrap(), (0..100u64).map(cube).collect::<Vec<_>>());
+}
+
+#[test]
+fn imap_runs_a_million_items_in_bounded_memory() {
+    let pool = Pool::new(2).unwrap();
+    // Warm up: the allocator's first growth is not what we measure.
+    assert_eq!(pool.imap_chunked(cube, 0..100_000u64, 16).count(), 100_000);
+    let before = vm_rss_kib();
+    let mut next = 0u64;
+    for r in pool.imap_chunked(cube, 0u64..1_000_000, 8) {
+        assert_eq!(r.unwrap(), cube(next));
+        next += 1;
+    }
+    assert_eq!(next, 1_000_000);
+    let grown = vm_rss_kib().saturating_sub(before);
+    // Holding a million tasks (or results) would take tens of MiB; the
+    // window keeps a few hundred.
+    assert!(grown < 16 * 1024, "VmRSS grew by {grown} KiB over a million items");
+    // The default (chunksize 1) path, on fewer items.
+    let n = pool
+        .imap(cube, 0u64..100_000)
+        .enumerate()
+        .filter(|(i, r)| r.as_ref().ok() == Some(&cube(*i as u64)))
+        .count();
+    assert_eq!(n, 100_000);
+}
+
+#[test]
+fn imap_unordered_returns_every_result_exactly_once() {
+    let pool = Pool::new(3).unwrap();
+    // Uneven work, so completion order differs from input order.
+    let input: Vec<u64> = (0..60).map(|i| if i % 7 == 0 { 30 } else { i % 3 }).collect();
+    let mut got: Vec<u64> = pool.imap_unordered(sleep_ms, input.clone()).collect::<Result<_, _>>().unwrap();
+    let mut want = input.clone();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    let mut cubes: Vec<u64> = pool.imap_unordered(cube, 0..5_000u64).collect::<Result<_, _>>().unwrap();
+    cubes.sort_unstable();
+    assert_eq!(cubes, (0..5_000u64).map(cube).collect::<Vec<_>>());
+}
+
+// ---------------------------------------------------------------------------
+// apply, apply_async
+
+#[test]
+fn apply_and_apply_async_return_the_result() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(cube, 7).unwrap(), 343);
+    let mut r = pool.apply_async(cube, 5u64).unwrap();
+    assert_eq!(r.get().unwrap(), 125);
+    assert!(matches!(r.get(), Err(Error::InvalidState(_))), "a result is taken once");
+    let mut quick = pool.apply_async(cube, 3u64).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !quick.ready() {
+        assert!(Instant::now() < deadline, "a trivial task never became ready");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(quick.get_timeout(Duration::ZERO).unwrap(), 27);
+}
+
+#[test]
+fn get_timeout_gives_timeout_then_the_result_and_kills_nothing() {
+    let pool = Pool::new(1).unwrap();
+    let pids = pool.pids();
+    let mut slow = pool.apply_async(sleep_ms, 1_500).unwrap();
+    assert!(!slow.ready());
+    assert_eq!(slow.get_timeout(Duration::from_millis(20)), Err(Error::Timeout));
+    assert_eq!(slow.get_timeout(Duration::from_millis(1)), Err(Error::Timeout));
+    assert_eq!(slow.get_timeout(Duration::from_secs(30)).unwrap(), 1_500);
+    assert_eq!(pool.pids(), pids, "get_timeout must not kill the worker");
+}
+
+#[test]
+fn ten_thousand_apply_async_calls_never_block_behind_busy_workers() {
+    let (gate_r, gate_w) = pipe();
+    let pool = Pool::new(2).unwrap();
+    let gates: Vec<_> =
+        (0..2).map(|_| pool.apply_async(wait_for_gate, gate_r.as_raw_fd()).unwrap()).collect();
+    // Both workers now wait at the gate, which only we open. If queueing
+    // waited for them, this loop would take the gate's 30 s time limit.
+    let t = Instant::now();
+    let mut results: Vec<_> = (0..10_000u64).map(|n| pool.apply_async(cube, n).unwrap()).collect();
+    let queued_in = t.elapsed();
+    assert!(queued_in < Duration::from_secs(10), "10,000 apply_async calls took {queued_in:?}");
+    assert!(!results[0].ready() && !results[9_999].ready());
+    write_bytes(gate_w.as_raw_fd(), 2);
+    for mut g in gates {
+        assert!(g.get().unwrap(), "the gate timed out: apply_async blocked");
+    }
+    for (n, r) in results.iter_mut().enumerate() {
+        assert_eq!(r.get().unwrap(), cube(n as u64));
+    }
+}
+
+#[test]
+fn terminate_with_a_backlog_returns_promptly() {
+    let (gate_r, _gate_w) = pipe();
+    let fds = mproc::open_fd_count();
+    let mut pool = Pool::new(2).unwrap();
+    let pids = pool.pids();
+    for _ in 0..2 {
+        drop(pool.apply_async(wait_for_gate, gate_r.as_raw_fd()).unwrap());
+    }
+    for n in 0..10_000u64 {
+        drop(pool.apply_async(cube, n).unwrap());
+    }
+    let t = Instant::now();
+    pool.terminate();
+    assert!(t.elapsed() < Duration::from_secs(10), "terminate took {:?}", t.elapsed());
+    assert!(pids.iter().all(|&p| is_gone(p)));
+    assert_eq!(pool.map(cube, [1u64]), Err(Error::Closed));
+    drop(pool);
+    assert_no_children();
+    assert_eq!(mproc::open_fd_count(), fds);
+}
+
+// ---------------------------------------------------------------------------
+// initializer, max_tasks_per_child
+
+#[test]
+fn the_initializer_runs_once_in_each_worker_before_its_first_task() {
+    let pool = Pool::builder().processes(3).initializer(init_worker).build().unwrap();
+    let states = pool.map_chunked(init_state, 0..300u64, 1).unwrap();
+    assert!(states.iter().all(|&(runs, mark, _)| runs == 1 && mark == 0xfeed), "{states:?}");
+    // It ran in the workers, not here.
+    assert_eq!(INIT_RUNS.load(Ordering::SeqCst), 0);
+    // Replacement workers run it too.
+    let pool = Pool::builder().processes(2).initializer(init_worker).max_tasks_per_child(2).build().unwrap();
+    let states = pool.map_chunked(init_state, 0..20u64, 1).unwrap();
+    assert!(states.iter().all(|&(runs, mark, _)| runs == 1 && mark == 0xfeed), "{states:?}");
+    assert!(states.iter().map(|s| s.2).collect::<HashSet<_>>().len() >= 10);
+}
+
+#[test]
+fn max_tasks_per_child_replaces_workers() {
+    let pool = Pool::builder().processes(2).max_tasks_per_child(3).build().unwrap();
+    let first = pool.pids();
+    let pids = pool.map_chunked(my_pid, 0..30u64, 1).unwrap();
+    let mut per_pid: HashMap<i32, usize> = HashMap::new();
+    for p in &pids {
+        *per_pid.entry(*p).or_default() += 1;
+    }
+    assert!(per_pid.values().all(|&n| n <= 3), "{per_pid:?}");
+    assert_eq!(per_pid.values().sum::<usize>(), 30);
+    assert!(per_pid.len() >= 10);
+    // Batches bigger than the limit are split, and the results are right.
+    assert_eq!(pool.map_chunked(cube, 0..100u64, 25).unwrap(), (0..100u64).map(cube).collect::<Vec<_>>());
+    let now = full_pids(&pool);
+    assert!(now.iter().all(|p| !first.contains(p)), "{first:?} -> {now:?}");
+}
+
+#[test]
+fn workers_retired_by_max_tasks_are_replaced_after_close_until_the_queue_is_done() {
+    let (runs_r, runs_w) = pipe();
+    let mut pool = Pool::builder().processes(2).max_tasks_per_child(2).build().unwrap();
+    for i in 0..20u32 {
+        // The handles are dropped: the tasks still run, and join waits.
+        drop(pool.apply_async(record_run, (runs_w.as_raw_fd(), i)).unwrap());
+    }
+    pool.close();
+    pool.join().unwrap();
+    let bytes = read_available(runs_r.as_raw_fd());
+    let runs: Vec<(u32, u32)> = bytes
+        .chunks_exact(8)
+        .map(|c| {
+            (u32::from_le_bytes(c[..4].try_into().unwrap()), u32::from_le_bytes(c[4..].try_into().unwrap()))
+        })
+        .collect();
+    let mut indices: Vec<u32> = runs.iter().map(|r| r.0).collect();
+    indices.sort_unstable();
+    assert_eq!(indices, (0..20).collect::<Vec<_>>(), "every queued task ran once");
+    assert!(runs.iter().map(|r| r.1).collect::<HashSet<_>>().len() >= 10);
+    drop(pool);
+    assert_no_children();
+}
+
+// ---------------------------------------------------------------------------
+// close, join, terminate, drop
+
+#[test]
+fn close_refuses_new_work() {
+    let mut pool = Pool::new(2).unwrap();
+    pool.close();
+    assert_eq!(pool.map(cube, [1u64, 2]), Err(Error::Closed));
+    assert_eq!(pool.apply(cube, 1), Err(Error::Closed));
+    assert!(matches!(pool.apply_async(cube, 1u64), Err(Error::Closed)));
+    let out: Vec<_> = pool.imap(cube, 0..10u64).collect();
+    assert_eq!(out, vec![Err(Error::Closed)]);
+    pool.join().unwrap();
+    pool.join().unwrap();
+}
+
+#[test]
+fn join_before_close_is_an_invalid_state() {
+    let mut pool = Pool::new(1).unwrap();
+    assert!(matches!(pool.join(), Err(Error::InvalidState(_))));
+    assert_eq!(pool.apply(cube, 2).unwrap(), 8);
+}
+
+#[test]
+fn join_waits_for_queued_work_and_reaps_every_worker() {
+    let (runs_r, runs_w) = pipe();
+    let mut pool = Pool::new(3).unwrap();
+    let pids = pool.pids();
+    assert_eq!(pids.len(), 3);
+    for i in 0..30u32 {
+        drop(pool.apply_async(record_run, (runs_w.as_raw_fd(), i)).unwrap());
+    }
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(read_available(runs_r.as_raw_fd()).len(), 30 * 8, "join returned before the queued work ran");
+    assert!(pids.iter().all(|&p| is_gone(p)), "a worker outlived join");
+    assert_no_children();
+}
+
+#[test]
+fn drop_terminates_and_reaps() {
+    let pool = Pool::new(3).unwrap();
+    let pids = pool.pids();
+    let mut busy = pool.apply_async(sleep_ms, 10_000).unwrap();
+    assert_eq!(busy.get_timeout(Duration::from_millis(10)), Err(Error::Timeout));
+    drop(busy);
+    let t = Instant::now();
+    drop(pool);
+    assert!(t.elapsed() < Duration::from_secs(5), "drop waited for the sleeping task");
+    assert!(pids.iter().all(|&p| is_gone(p)));
+    assert_no_children();
+}
+
+#[test]
+fn a_pool_leaks_no_descriptors_and_no_mappings() {
+    let fds = mproc::open_fd_count();
+    let maps = shared_mappings();
+    {
+        let pool = Pool::new(2).unwrap();
+        assert!(shared_mappings() > maps, "the pool's mapping should show in /proc/self/maps");
+        assert_eq!(pool.map(cube, 0..1_000u64).unwrap().len(), 1_000);
+        let mut r = pool.apply_async(cube, 2u64).unwrap();
+        assert_eq!(r.get().unwrap(), 8);
+        assert_eq!(pool.imap(cube, 0u64..).take(10).count(), 10);
+    }
+    assert_eq!(mproc::open_fd_count(), fds);
+    assert_eq!(shared_mappings(), maps);
+    {
+        let mut pool = Pool::new(2).unwrap();
+        pool.map(cube, 0..100u64).unwrap();
+        pool.close();
+        pool.join().unwrap();
+    }
+    assert_eq!(mproc::open_fd_count(), fds);
+    assert_eq!(shared_mappings(), maps);
+    assert_eq!(mproc::fork_map(2, &[1u64, 2, 3], |&x| x * 2).unwrap(), vec![2, 4, 6]);
+    assert_eq!(mproc::open_fd_count(), fds);
+    assert_eq!(shared_mappings(), maps);
+    assert_no_children();
+}
+
+// ---------------------------------------------------------------------------
+// fork_map
+
+#[test]
+fn fork_map_sees_captures_and_a_large_slice() {
+    let items: Vec<u64> = (0..2_000_000).collect();
+    let offsets: HashMap<u64, u64> = (0..10).map(|k| (k, k * 1_000)).collect();
+    let label = String::from("x");
+    let out = mproc::fork_map(2, &items, |&n| n * 2 + offsets[&(n % 10)] + label.len() as u64).unwrap();
+    assert_eq!(out.len(), items.len());
+    assert!(out.iter().enumerate().all(|(i, &v)| v == i as u64 * 2 + (i as u64 % 10) * 1_000 + 1));
+    // More workers than items, and results that are not numbers.
+    let words = ["fork", "exec"];
+    assert_eq!(mproc::fork_map(8, &words, |w| w.to_uppercase()).unwrap(), vec!["FORK", "EXEC"]);
+    assert_eq!(mproc::fork_map(2, &Vec::<u64>::new(), |&x| x).unwrap(), Vec::<u64>::new());
+    assert_no_children();
+}
+
+#[test]
+fn fork_map_follows_the_map_error_rules() {
+    let items: Vec<u64> = (0..50).collect();
+    let err = mproc::fork_map(3, &items, |&n| {
+        if n == 10 || n == 30 {
+            panic!("bad item {n}");
+        }
+        n
+    })
+    .unwrap_err();
+    assert_eq!(err, Error::Panicked { message: "bad item 10".into() });
+    // A worker dying on an item fails that item; the rest still run
+    // (the dead worker is replaced).
+    let err = mproc::fork_map(2, &items, |&n| {
+        if n == 7 {
+            // SAFETY: exits this worker process at once, like a crash.
+            unsafe { libc::_exit(9) };
+        }
+        n
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::WorkerDied { exitcode: 9, task: Some(7), .. }), "{err:?}");
+    assert_no_children();
+}
+
+#[test]
+fn fork_map_balances_uneven_work() {
+    // Item 0 takes a second; the 100 others a millisecond each. Claiming
+    // items one by one, the worker stuck on item 0 runs almost nothing
+    // else; splitting the input in halves would give it 50.
+    let items: Vec<u64> = (0..101).collect();
+    let out = mproc::fork_map(2, &items, |&n| {
+        std::thread::sleep(Duration::from_millis(if n == 0 { 1_000 } else { 1 }));
+        std::process::id()
+    })
+    .unwrap();
+    let slow = out[0];
+    let ran_by_slow = out.iter().filter(|&&p| p == slow).count();
+    assert!(ran_by_slow <= 5, "the worker on the slow item also ran {ran_by_slow} items");
+    assert_eq!(out.iter().collect::<HashSet<_>>().len(), 2);
+    assert_no_children();
+}
