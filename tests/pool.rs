@@ -593,6 +593,25 @@ fn a_pool_leaks_no_descriptors_and_no_mappings() {
     assert_no_children();
 }
 
+fn fd_count_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_second_pool_holds_nothing_of_the_first() {
+    // The parent's ends of a pool's pipes are closed in every later child:
+    // a second pool's zygote (or a `Process`) holding them would keep the
+    // first pool's workers from reading EOF when the parent dies.
+    let first = Pool::new(2).unwrap();
+    let second = Pool::new(2).unwrap();
+    let zygote_of = |pool: &Pool| stat(pool.pids()[0]).expect("worker alive").1;
+    let (a, b) = (fd_count_of(zygote_of(&first)), fd_count_of(zygote_of(&second)));
+    assert!(a > 0);
+    assert_eq!(b, a, "the second zygote holds {b} descriptors, the first {a}");
+    assert_eq!(fd_count_of(second.pids()[0]), fd_count_of(first.pids()[0]));
+    assert_eq!(second.map(cube, 0..10u64).unwrap(), first.map(cube, 0..10u64).unwrap());
+}
+
 // ---------------------------------------------------------------------------
 // fork_map
 
