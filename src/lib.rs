@@ -80,13 +80,13 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod pool;
+pub mod process;
+pub mod ring;
+pub mod runner;
 pub mod status;
 pub(crate) mod sys;
 pub mod wire;
-pub mod process;
-pub mod ring;
-pub mod pool;
-pub mod runner;
 
 pub use error::{Error, OsError, Result};
 pub use pool::{exit_cleanly_on_signals, fork_map, AsyncResult, Imap, Pool, PoolBuilder};

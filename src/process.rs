@@ -53,9 +53,15 @@ enum State {
     NotStarted(Target),
     /// Forked and not yet reaped. `sentinel` is the read end of a pipe whose
     /// only write end the child holds: it hangs up when the child dies.
-    Running { pid: i32, sentinel: ParentOnlyFd },
+    Running {
+        pid: i32,
+        sentinel: ParentOnlyFd,
+    },
     /// Reaped: the pid may already belong to someone else; never signal it.
-    Exited { pid: i32, status: ExitStatus },
+    Exited {
+        pid: i32,
+        status: ExitStatus,
+    },
     /// Only while `start` moves the target out.
     Starting,
 }
@@ -405,7 +411,8 @@ impl<T: Wire> JoinHandle<T> {
                 Err(e) => Err(Error::Decode(e)),
             },
             Some((&RESULT_PANICKED, body)) => {
-                let message = String::from_bytes(body).unwrap_or_else(|_| "<unreadable panic message>".into());
+                let message =
+                    String::from_bytes(body).unwrap_or_else(|_| "<unreadable panic message>".into());
                 Err(Error::Panicked { message })
             }
             None => Err(died()),

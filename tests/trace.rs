@@ -6,13 +6,16 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
+/// (process, other process) pairs: who forked whom, who reaped whom.
+type Pairs = BTreeSet<(i32, i32)>;
+
 fn have_strace() -> bool {
     Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success())
 }
 
 /// (parent, child) pairs of process-creating clones/forks seen by strace,
 /// and (waiter, reaped) pairs of successful wait4/waitid calls.
-fn from_strace(log: &str) -> (BTreeSet<(i32, i32)>, BTreeSet<(i32, i32)>) {
+fn from_strace(log: &str) -> (Pairs, Pairs) {
     let mut forks = BTreeSet::new();
     let mut waits = BTreeSet::new();
     // A call interrupted by another process's output is split in two:
@@ -46,7 +49,7 @@ fn from_strace(log: &str) -> (BTreeSet<(i32, i32)>, BTreeSet<(i32, i32)>) {
 
 /// The same pairs from mproc's own `[pid] fork() = child` and
 /// `[pid] waitpid(child) = ...` / `[pid] waitpid(-1) = child ...` lines.
-fn from_trace(stderr: &str) -> (BTreeSet<(i32, i32)>, BTreeSet<(i32, i32)>) {
+fn from_trace(stderr: &str) -> (Pairs, Pairs) {
     let mut forks = BTreeSet::new();
     let mut waits = BTreeSet::new();
     for line in stderr.lines() {

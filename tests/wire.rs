@@ -701,7 +701,7 @@ fn a_huge_length_prefix_fails_without_a_large_allocation() {
     ];
     for (name, claimed, tail) in cases {
         let mut bytes = length_prefix(claimed);
-        bytes.extend(std::iter::repeat(0).take(tail));
+        bytes.extend(std::iter::repeat_n(0, tail));
         let (text, largest) = largest_allocation_during(|| match name {
             "Vec<u8>" => Vec::<u8>::from_bytes(&bytes).map(drop),
             "Vec<u64>" => Vec::<u64>::from_bytes(&bytes).map(drop),
@@ -763,7 +763,7 @@ fn reserved_memory_is_capped_by_the_input_even_for_large_elements() {
     // 520 × length bytes up front. The elements here are all Some and cut
     // short, so nothing legitimate needs the memory.
     let mut bytes = length_prefix(4096);
-    bytes.extend(std::iter::repeat(1).take(4096));
+    bytes.extend(std::iter::repeat_n(1, 4096));
     let (result, largest) = largest_allocation_during(|| Vec::<Option<[u64; 64]>>::from_bytes(&bytes));
     assert_eq!(result.unwrap_err().reason(), "input ends early");
     assert!(largest <= bytes.len(), "a {largest}-byte allocation for {} bytes of input", bytes.len());

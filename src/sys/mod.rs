@@ -295,7 +295,12 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         retry("pipe", None, || unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     }
-    #[cfg(not(any(target_os = "linux", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd")))]
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd"
+    )))]
     {
         // No pipe2 (macOS): set FD_CLOEXEC right after. A concurrent fork+exec
         // in another thread could leak these two; documented in the crate docs.
@@ -314,9 +319,8 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 /// `read(2)` into `buf`; `Ok(0)` is end of file.
 pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-    let n = retry("read", None, || unsafe {
-        libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-    })?;
+    let n =
+        retry("read", None, || unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
     Ok(n as usize)
 }
 

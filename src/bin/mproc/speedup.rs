@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-
 #[derive(Args, Debug)]
 pub struct SpeedupArgs {
     /// Worker processes and threads to use [default: number of CPUs]
@@ -31,12 +30,12 @@ fn is_prime(n: u64) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 2;

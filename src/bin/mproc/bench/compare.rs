@@ -91,7 +91,10 @@ if __name__ == "__main__":
 "#;
 
 fn fmt(v: Option<f64>, unit: &str) -> String {
-    v.map_or("-".to_string(), |v| if v >= 1000.0 { format!("{v:.0} {unit}") } else { format!("{v:.1} {unit}") })
+    v.map_or(
+        "-".to_string(),
+        |v| if v >= 1000.0 { format!("{v:.0} {unit}") } else { format!("{v:.1} {unit}") },
+    )
 }
 
 /// mproc's figure over another's; for rates (higher is better) pass the
@@ -117,7 +120,10 @@ pub fn main(args: Args) -> u8 {
     let c = |name: &str| args.c_dir.join(name);
     let have = |p: &Path| p.is_file();
     if !have(&c("bench")) {
-        eprintln!("mproc: bench compare: {} not found: run `make compare` (it builds the C programs)", c("bench").display());
+        eprintln!(
+            "mproc: bench compare: {} not found: run `make compare` (it builds the C programs)",
+            c("bench").display()
+        );
         return crate::EXIT_USAGE;
     }
     let python_ok = Command::new(&args.python).arg("-c").arg("pass").status().is_ok_and(|s| s.success());
@@ -147,7 +153,13 @@ pub fn main(args: Args) -> u8 {
     let m_pool100k = m_pool.get("pool_map_trivial").copied();
 
     let mut table = Table::new(&["operation", "C", "mproc", "Python", "mproc vs C", "mproc vs Python"]);
-    let row = |t: &mut Table, name: &str, cv: Option<f64>, mv: Option<f64>, pv: Option<f64>, unit: &str, rate: bool| {
+    let row = |t: &mut Table,
+               name: &str,
+               cv: Option<f64>,
+               mv: Option<f64>,
+               pv: Option<f64>,
+               unit: &str,
+               rate: bool| {
         t.row(&[
             name.to_string(),
             fmt(cv, unit),

@@ -139,13 +139,25 @@ pub fn main(args: Args) -> u8 {
     let mut table = Table::new(&["variant", "tasks/s", "pool / variant"]);
     table.row(&["Pool::map (default chunksize)".into(), format!("{pool:.0}"), "1.00x".into()]);
     table.row(&["sequential loop".into(), format!("{seq:.0}"), format!("{:.2}x", pool / seq)]);
-    table.row(&[format!("{workers} threads fed by a channel"), format!("{threads:.0}"), format!("{:.2}x", pool / threads)]);
+    table.row(&[
+        format!("{workers} threads fed by a channel"),
+        format!("{threads:.0}"),
+        format!("{:.2}x", pool / threads),
+    ]);
     table.print();
     println!();
     println!("200,000 strings of 200 bytes, {workers} workers (the input crosses a wire, or not):");
     let mut table = Table::new(&["variant", "seconds", "vs Pool::map"]);
-    table.row(&["Pool::map (encode, copy through the ring)".into(), format!("{pool_big:.3}"), "1.00x".into()]);
-    table.row(&["fork_map (copy-on-write, nothing encoded)".into(), format!("{fork_big:.3}"), format!("{:.2}x faster", pool_big / fork_big)]);
+    table.row(&[
+        "Pool::map (encode, copy through the ring)".into(),
+        format!("{pool_big:.3}"),
+        "1.00x".into(),
+    ]);
+    table.row(&[
+        "fork_map (copy-on-write, nothing encoded)".into(),
+        format!("{fork_big:.3}"),
+        format!("{:.2}x faster", pool_big / fork_big),
+    ]);
     table.print();
     println!();
     println!(

@@ -115,7 +115,11 @@ pub fn main(args: Args) -> u8 {
     }
     let mut table = Table::new(&["operation", "µs each", "vs Command"]);
     let ratio = |v: f64| command.map_or("-".to_string(), |c| format!("{:.2}x faster", c / v));
-    table.row(&["Process start + join (fork, _exit, waitpid)".into(), format!("{process:.1}"), ratio(process)]);
+    table.row(&[
+        "Process start + join (fork, _exit, waitpid)".into(),
+        format!("{process:.1}"),
+        ratio(process),
+    ]);
     table.row(&["spawn + join of a u64 (plus a result pipe)".into(), format!("{spawn:.1}"), ratio(spawn)]);
     table.row(&["pipe ping-pong, 1 byte round trip".into(), format!("{pingpong:.1}"), "-".into()]);
     if let Some(c) = command {
