@@ -150,6 +150,10 @@ pub(crate) unsafe fn fork() -> Result<Forked> {
 /// merely inherited, as any other would be.
 static PARENT_ONLY: [std::sync::atomic::AtomicI32; 1024] =
     [const { std::sync::atomic::AtomicI32::new(-1) }; 1024];
+/// One past the highest entry of PARENT_ONLY ever claimed: the child scans
+/// only that far (every fork pays for the scan, and most processes hold a
+/// handful of such descriptors).
+static PARENT_ONLY_END: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// An owned descriptor that `fork` closes in every child (see
 /// [`PARENT_ONLY`]). Children must never drop one (they end with `_exit`).
@@ -166,6 +170,11 @@ impl ParentOnlyFd {
         // afterwards sees it.
         let slot = (0..PARENT_ONLY.len())
             .find(|&i| PARENT_ONLY[i].compare_exchange(-1, raw, Ordering::AcqRel, Ordering::Acquire).is_ok());
+        if let Some(i) = slot {
+            // AcqRel: ordered after the claim above, so a fork that sees the
+            // new end also sees the entry.
+            PARENT_ONLY_END.fetch_max(i + 1, Ordering::AcqRel);
+        }
         ParentOnlyFd { fd, slot }
     }
 }
@@ -195,7 +204,13 @@ impl Drop for ParentOnlyFd {
 /// In a fresh child: closes every parent-only descriptor and empties the
 /// table (the child's own copy).
 fn close_parent_only() {
-    for entry in &PARENT_ONLY {
+    let end = PARENT_ONLY_END.load(Ordering::Acquire).min(PARENT_ONLY.len());
+    for entry in &PARENT_ONLY[..end] {
+        // Load first: writing every entry would copy the page (copy-on-write)
+        // in every child for nothing.
+        if entry.load(Ordering::Acquire) < 0 {
+            continue;
+        }
         let fd = entry.swap(-1, Ordering::AcqRel);
         if fd >= 0 {
             // SAFETY: the fd was registered by a ParentOnlyFd of the parent;
