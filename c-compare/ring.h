@@ -26,7 +26,8 @@
  *
  * Protocol. Producer: copy the frame in at tail, store tail (release), load
  * consumer_sleeping; if 1, write a byte to the data bell. Consumer: load tail
- * (acquire), copy the frame out at head, store head (release), load
+ * (acquire), copy the frame out at head, store head (release; lazily, a
+ * quarter of the ring at a time or when the ring runs dry), load
  * producer_sleeping; if 1, write a byte to the space bell. Each store-then-
  * load pair is seq_cst (see publish() and release() below). A side with
  * nothing to do spins RING_SPIN_LIMIT times, then sets its own sleeping flag,
@@ -142,7 +143,10 @@ struct ring_buf {
 /* The consumer's private state. */
 struct ring_receiver {
     struct ring *ring;
-    uint64_t head;        /* bytes consumed; each frame is released once copied out */
+    uint64_t head;        /* bytes consumed */
+    uint64_t released;    /* the head last stored in shared memory: given back
+                           * once a quarter of the ring piles up, when the ring
+                           * runs dry, or at once if the producer sleeps */
     uint64_t cached_tail; /* a tail loaded earlier: frames below it are ours to read */
     struct ring_buf partial; /* fragments of a streamed message received so far */
     bool in_message;      /* a MORE fragment came: partial holds a message start */
@@ -558,12 +562,14 @@ static inline enum ring_status ring_available(struct ring_receiver *rx, uint64_t
     return RING_OK;
 }
 
-/* Gives the frame at head back to the producer, waking it if it sleeps. */
-static inline void ring_release(struct ring_receiver *rx, uint64_t frame)
+/* Stores our head for the producer, waking it if it sleeps. */
+static inline void ring_publish_head(struct ring_receiver *rx)
 {
     struct ring_header *header = rx->ring->header;
 
-    rx->head += frame;
+    if (rx->released == rx->head)
+        return;
+    rx->released = rx->head;
     /* seq_cst store: its release half orders our copies out of the frame
      * before the producer reuses its bytes (it loads head with acquire); its
      * seq_cst half orders it before the load of producer_sleeping below,
@@ -574,6 +580,20 @@ static inline void ring_release(struct ring_receiver *rx, uint64_t frame)
     /* A gone producer is not our error: its bell will read end-of-file. */
     if (atomic_load_explicit(&header->producer_sleeping, memory_order_seq_cst) != 0)
         (void)ring_bell_ring(rx->ring->space_bell[1]);
+}
+
+/* Consumes the frame at head. The space goes back to the producer a quarter
+ * of the ring at a time (one store instead of one per frame), or at once if
+ * the producer is asleep: the relaxed peek may see it late, which only
+ * delays the wake-up to the next quarter or to the moment the ring runs dry,
+ * where ring_publish_head's seq_cst store-then-load rules out a lost one. */
+static inline void ring_release(struct ring_receiver *rx, uint64_t frame)
+{
+    rx->head += frame;
+    bool producer_waits =
+        atomic_load_explicit(&rx->ring->header->producer_sleeping, memory_order_relaxed) != 0;
+    if (producer_waits || rx->head - rx->released >= rx->ring->capacity / 4)
+        ring_publish_head(rx);
 }
 
 /* Appends the payload of the frame at pos to buf. */
@@ -598,8 +618,11 @@ static inline enum ring_status ring_take_message(struct ring_receiver *rx, struc
 
         if (ring_available(rx, &available) != RING_OK)
             return RING_CORRUPT;
-        if (available == 0)
+        if (available == 0) {
+            /* Dry: give back everything consumed before the caller sleeps. */
+            ring_publish_head(rx);
             return RING_OK;
+        }
         /* available is a non-zero multiple of 8: a whole header is there. */
         ring_read_at(rx->ring, rx->head, frame_header, sizeof frame_header);
         memcpy(&len, frame_header, 4);

@@ -73,7 +73,9 @@
 //! Producer: copy the frame in at `tail`, store `tail` (release), then load
 //! `consumer_sleeping`; if it is non-zero and not the value it last rang
 //! for, write one byte to the data bell. Consumer: load `tail` (acquire),
-//! copy the frame out at `head`, store `head` (release), then load
+//! copy the frame out at `head`, store `head` (release) — lazily: once a
+//! quarter of the ring has been consumed, when the ring runs dry, or at once
+//! when a relaxed peek shows the producer asleep — then load
 //! `producer_sleeping`; if it is non-zero and not the value it last rang
 //! for, write one byte to the space bell. The store-then-load pairs are
 //! sequentially consistent (the orderings are justified at each atomic
@@ -450,6 +452,7 @@ fn halves(
     let receiver = Receiver {
         region,
         head,
+        released: head,
         cached_tail: head,
         partial: Vec::new(),
         in_message: false,
@@ -920,9 +923,14 @@ impl Sender {
 /// sender gets [`Error::Closed`].
 pub struct Receiver {
     region: Region,
-    /// Our head: bytes consumed (each frame is released as soon as it is
-    /// copied out).
+    /// Our head: bytes consumed.
     head: u64,
+    /// The head last stored in shared memory. Frames between it and `head`
+    /// are consumed but not yet given back: the store (a locked instruction
+    /// and a cache line the producer will want) is made once a quarter of
+    /// the ring has been consumed, or when the ring runs dry — never later,
+    /// so a producer waiting for space is always answered.
+    released: u64,
     /// A tail loaded earlier: frames below it are complete and ours to read.
     cached_tail: u64,
     /// The fragments of a message received so far.
@@ -1025,6 +1033,9 @@ impl Receiver {
         loop {
             let available = self.available()?;
             if available == 0 {
+                // Dry: give back everything consumed before the caller
+                // (perhaps) sleeps, so a waiting producer can go on.
+                self.publish_head()?;
                 return Ok(false);
             }
             // SAFETY: available() checked that tail - head is a non-zero
@@ -1081,9 +1092,28 @@ impl Receiver {
         Ok(tail - self.head)
     }
 
-    /// Gives the frame at head back to the producer, waking it if it sleeps.
+    /// Consumes the frame at head; gives consumed space back to the
+    /// producer once a quarter of the ring has piled up, or at once if the
+    /// producer is asleep waiting for it.
     fn release(&mut self, frame: u64) -> Result<()> {
         self.head += frame;
+        // Relaxed peek at the producer's sleep word: seeing it late only
+        // delays the wake-up to the next quarter or to the moment the ring
+        // runs dry, where publish_head's SeqCst store-then-load rules out a
+        // lost one.
+        let producer_waits = self.region.header().producer_sleeping.0.load(Ordering::Relaxed) != 0;
+        if producer_waits || self.head - self.released >= self.region.capacity / 4 {
+            self.publish_head()?;
+        }
+        Ok(())
+    }
+
+    /// Stores our head for the producer, waking it if it sleeps.
+    fn publish_head(&mut self) -> Result<()> {
+        if self.released == self.head {
+            return Ok(());
+        }
+        self.released = self.head;
         let header = self.region.header();
         // SeqCst store: its release half orders our copies out of the frame
         // before the producer's reuse of its bytes (it loads head with
