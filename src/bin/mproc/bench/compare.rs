@@ -130,9 +130,10 @@ pub fn main(args: Args) -> u8 {
 
     let c_fork = tsv(Command::new(c("bench")).args(["fork", "300"])).get("fork_wait").copied();
     let c_pipe = tsv(Command::new(c("bench")).args(["pipe", "20000"])).get("pipe_pingpong").copied();
+    // The same 64 KiB ring on both sides.
     let c_ring = tsv(Command::new(c("bench")).args(["ring", "65536", "2000000"])).get("ring_msgs").copied();
     let m_proc = tsv(Command::new(&me).args(["bench", "process", "--tsv"]));
-    let m_ring = tsv(Command::new(&me).args(["bench", "ring", "--tsv"]));
+    let m_ring = tsv(Command::new(&me).args(["bench", "ring", "--tsv", "--capacity", "65536"]));
     let m_pool = tsv(Command::new(&me).args(["bench", "pool", "--tsv", "--items", "100000"]));
     let (py_proc, py_pool) = if python_ok {
         (
