@@ -8,11 +8,14 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mproc::{DecodeError, Error, Pool, Wire};
+
+mod common;
+use common::pools::{full_pids, pipe, shared_mappings};
 
 // ---------------------------------------------------------------------------
 // task functions
@@ -131,14 +134,6 @@ fn read_i32(fd: RawFd) -> i32 {
     i32::from_le_bytes(buf)
 }
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: room for two fds.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: fresh fds owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
 /// Orphans of processes we forked become our children, so we can reap them
 /// (and a test does not depend on what `init` does in a container).
 fn become_subreaper() {
@@ -234,25 +229,6 @@ fn assert_no_children() {
         "waitpid(-1, WNOHANG) = {r} ({errno:?}): a child is left"
     );
     assert_eq!(children_of(std::process::id() as i32), Vec::<i32>::new());
-}
-
-fn full_pids(pool: &Pool) -> Vec<i32> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let pids = pool.pids();
-        if pids.len() == pool.processes() {
-            return pids;
-        }
-        assert!(Instant::now() < deadline, "the pool never got back to {} workers", pool.processes());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn shared_mappings() -> usize {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
-    maps.lines()
-        .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.ends_with('s')) && l.contains("/dev/zero"))
-        .count()
 }
 
 /// Runs `task` over 0..20 (item 7 kills its worker) through `imap` with

@@ -7,11 +7,14 @@
 //! next one, which each checks.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mproc::{Error, Pool};
+
+mod common;
+use common::pools::{full_pids, pipe, shared_mappings};
 
 // ---------------------------------------------------------------------------
 // task functions (plain `fn`s: they cross as addresses)
@@ -75,16 +78,6 @@ fn init_state(_: u64) -> (u64, u64, i32) {
 // ---------------------------------------------------------------------------
 // helpers
 
-/// A pipe (both ends non-blocking off), made before the pool so workers
-/// inherit it: (read end, write end).
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: room for two fds.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: fresh fds owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
 fn write_bytes(fd: RawFd, n: usize) {
     let buf = vec![1u8; n];
     // SAFETY: valid buffer of n bytes.
@@ -108,15 +101,6 @@ fn read_available(fd: RawFd) -> Vec<u8> {
         }
         out.extend_from_slice(&buf[..n as usize]);
     }
-}
-
-/// Shared anonymous mappings of this process (what a pool maps): lines of
-/// `/proc/self/maps` that are shared (`s`) and backed by `/dev/zero`.
-fn shared_mappings() -> usize {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
-    maps.lines()
-        .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.ends_with('s')) && l.contains("/dev/zero"))
-        .count()
 }
 
 /// (state, ppid) of a process, from /proc/PID/stat.
@@ -161,20 +145,6 @@ fn is_gone(pid: i32) -> bool {
         return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
     }
     matches!(stat(pid), None | Some(('Z', _)))
-}
-
-/// The pool's pids once every slot has a worker again (replacements are
-/// asynchronous).
-fn full_pids(pool: &Pool) -> Vec<i32> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let pids = pool.pids();
-        if pids.len() == pool.processes() {
-            return pids;
-        }
-        assert!(Instant::now() < deadline, "the pool never got back to {} workers", pool.processes());
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn vm_rss_kib() -> u64 {

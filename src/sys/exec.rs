@@ -15,7 +15,6 @@ use std::ffi::{c_char, c_int, c_void};
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use super::{os_error, retry, trace};
 use crate::error::{Error, Result};
@@ -252,31 +251,7 @@ pub(crate) fn ensure_standard_fds() -> Result<()> {
     Ok(())
 }
 
-/// `poll(2)` on a caller-owned array, for a loop that polls at every
-/// wake-up: no allocation per call, so no heap page written per wake-up
-/// (each costs a copy-on-write fault after a fork). EINTR restarts the wait
-/// with the time left; returns the number of entries with events.
-pub(crate) fn poll_in_place(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<usize> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                // Round up, so a 0.5 ms wait does not become a busy 0 ms poll.
-                let left = d.saturating_duration_since(Instant::now());
-                left.as_nanos().div_ceil(1_000_000).min(c_int::MAX as u128) as c_int
-            }
-        };
-        // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        if super::last_errno() != libc::EINTR {
-            return Err(os_error("poll", None));
-        }
-    }
-}
+pub(crate) use super::poll_in_place;
 
 // ---------------------------------------------------------------------------
 // signals

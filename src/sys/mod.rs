@@ -403,25 +403,7 @@ pub(crate) fn poll(fds: &[(BorrowedFd<'_>, bool, bool)], timeout: Option<Duratio
             revents: 0,
         })
         .collect();
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up, so a 0.5 ms wait does not become a busy 0 ms poll.
-                left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
-            }
-        };
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-        if n >= 0 {
-            break;
-        }
-        if last_errno() != libc::EINTR {
-            return Err(os_error("poll", None));
-        }
-    }
+    poll_in_place(&mut pfds, timeout)?;
     Ok(pfds
         .iter()
         .map(|p| Ready {
@@ -430,6 +412,32 @@ pub(crate) fn poll(fds: &[(BorrowedFd<'_>, bool, bool)], timeout: Option<Duratio
             hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
         })
         .collect())
+}
+
+/// `poll(2)` on a caller-owned array, for a loop that polls at every
+/// wake-up: no allocation per call, so no heap page written per wake-up
+/// (each costs a copy-on-write fault after a fork). EINTR restarts the wait
+/// with the time left; returns the number of entries with events.
+pub(crate) fn poll_in_place(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<usize> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                // Round up, so a 0.5 ms wait does not become a busy 0 ms poll.
+                let left = d.saturating_duration_since(Instant::now());
+                left.as_nanos().div_ceil(1_000_000).min(libc::c_int::MAX as u128) as libc::c_int
+            }
+        };
+        // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        if last_errno() != libc::EINTR {
+            return Err(os_error("poll", None));
+        }
+    }
 }
 
 /// `dup2(2)`: makes `target` a copy of `fd` (used to wire up a child's stdio).

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests that run programs.
 #![allow(dead_code)]
 
+pub mod pools;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
