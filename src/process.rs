@@ -182,6 +182,9 @@ impl Process {
     /// then. The wait is a `poll` on the child's sentinel pipe, not a loop.
     pub fn join_timeout(&self, timeout: Duration) -> Result<Option<i32>> {
         let deadline = Instant::now() + timeout;
+        // After the sentinel hangs up, poll() would return at once forever:
+        // from then on, nap (growing, capped) between non-blocking waits.
+        let mut nap: Option<Duration> = None;
         loop {
             if let Some(status) = self.poll_exit()? {
                 return Ok(Some(status.exitcode()));
@@ -189,6 +192,15 @@ impl Process {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(None);
+            }
+            if let Some(d) = nap {
+                // Usually the child is a zombie within microseconds of
+                // closing its last descriptor; a child that exec'd (the
+                // sentinel is close-on-exec) or closed its inherited fds
+                // may live on, and this keeps that wait cheap.
+                std::thread::sleep(d.min(left));
+                nap = Some((d * 2).min(Duration::from_millis(50)));
+                continue;
             }
             let hung_up = {
                 let state = self.state.borrow();
@@ -199,14 +211,7 @@ impl Process {
                 ready[0].hangup || ready[0].readable
             };
             if hung_up {
-                // The child closed its last descriptor: it is exiting. It
-                // may take a moment to become a zombie; a blocking wait is
-                // safe now because only death closes the sentinel (and a
-                // grandchild holding it would have kept it open).
-                if let Some(status) = self.poll_exit()? {
-                    return Ok(Some(status.exitcode()));
-                }
-                std::thread::sleep(Duration::from_micros(200).min(left));
+                nap = Some(Duration::from_micros(100));
             }
         }
     }
@@ -225,7 +230,9 @@ impl Process {
 
     /// The read end of the child's sentinel pipe, for callers who `poll`
     /// many processes at once: it becomes readable (end of file) when the
-    /// child dies. `None` unless running.
+    /// child dies — or when it `exec`s (the write end is close-on-exec) or
+    /// closes the descriptors it inherited; confirm with [`Process::is_alive`].
+    /// `None` unless running.
     pub fn sentinel(&self) -> Option<RawFd> {
         match &*self.state.borrow() {
             State::Running { sentinel, .. } => Some(sentinel.as_raw_fd()),
@@ -275,7 +282,13 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if let State::Running { pid, .. } = self.state.get_mut() {
+        if let State::Running { pid, sentinel } = self.state.get_mut() {
+            if !sentinel.owned_here() {
+                // A copy that reached another child (moved into its
+                // closure): the process is its parent's to wait for, not
+                // ours to kill.
+                return;
+            }
             let pid = *pid;
             if self.daemon {
                 let _ = sys::kill(pid, libc::SIGKILL);

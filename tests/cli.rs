@@ -341,3 +341,19 @@ fn without_trace_stderr_is_empty() {
     let out = mproc(&["square"]);
     assert_eq!(stderr_of(&out), "");
 }
+
+#[test]
+fn a_full_stdout_is_one_clear_error_per_process_and_status_1_never_a_panic() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else { return };
+    for args in [&["square"][..], &["numbers", "--count", "2"], &["isolation"], &["cube"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mproc"))
+            .args(args)
+            .stdout(full.try_clone().expect("dup /dev/full"))
+            .output()
+            .expect("run mproc");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked at"), "{args:?} panicked:\n{err}");
+        assert!(err.lines().all(|l| l.starts_with("mproc: ")), "{args:?}:\n{err}");
+    }
+}

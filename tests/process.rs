@@ -597,3 +597,46 @@ fn errors_from_a_real_death_carry_the_pid() {
     let e = h.join().expect_err("the task exited");
     assert_eq!(e.to_string(), format!("worker {pid} exited with status 9 without a result"));
 }
+
+#[test]
+fn a_process_moved_into_another_child_is_dropped_there_without_harm() {
+    // p1 runs in its own child; p2's closure owns p1's handle, so p2's
+    // child drops a copy of it. That copy must not close a descriptor of
+    // p2's that reused p1's sentinel number (fork already closed the
+    // sentinel there), nor signal or wait for p1.
+    let mut p1 = Process::new(|| std::thread::sleep(Duration::from_millis(300)));
+    p1.start().expect("start p1");
+    let p1_pid = p1.pid().expect("p1 pid");
+    let mut p2 = Process::new(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open("/dev/null").expect("open");
+        let fd = file.as_raw_fd();
+        drop(p1);
+        // SAFETY: fcntl(F_GETFD) on a number; -1 means it was closed.
+        let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+        std::process::exit(if open { 0 } else { 3 });
+    });
+    p2.start().expect("start p2");
+    assert_eq!(p2.join().expect("join p2"), 0, "the copy closed p2's own file");
+    // In the parent, the closure (and p1 with it) was dropped at p2.start():
+    // a non-daemon drop joins, so p1 has already been waited for — by us.
+    let mut status = 0;
+    // SAFETY: waitpid with a valid status pointer; ECHILD means reaped.
+    assert_eq!(unsafe { libc::waitpid(p1_pid, &mut status, libc::WNOHANG) }, -1);
+}
+
+#[test]
+fn join_timeout_on_a_child_that_exec_d_waits_without_spinning_and_then_joins() {
+    // The sentinel is close-on-exec: after exec it hangs up while the
+    // child lives on. join_timeout must still report "running", then join.
+    let mut p = Process::new(|| {
+        let err = std::os::unix::process::CommandExt::exec(std::process::Command::new("sleep").arg("0.5"));
+        panic!("exec failed: {err}");
+    });
+    p.start().expect("start");
+    let t = std::time::Instant::now();
+    assert_eq!(p.join_timeout(Duration::from_millis(200)).expect("join_timeout"), None);
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    assert!(p.is_alive());
+    assert_eq!(p.join_timeout(Duration::from_secs(10)).expect("join_timeout"), Some(0));
+}

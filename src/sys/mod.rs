@@ -156,11 +156,15 @@ static PARENT_ONLY: [std::sync::atomic::AtomicI32; 1024] =
 static PARENT_ONLY_END: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// An owned descriptor that `fork` closes in every child (see
-/// [`PARENT_ONLY`]). Children must never drop one (they end with `_exit`).
+/// [`PARENT_ONLY`]). Only the process that made it closes it: a copy that
+/// reaches a child (a `Process` moved into another child's closure, say) is
+/// dropped there without a `close`, since the number may by then name one
+/// of the child's own files.
 #[derive(Debug)]
 pub(crate) struct ParentOnlyFd {
-    fd: OwnedFd,
+    fd: std::mem::ManuallyDrop<OwnedFd>,
     slot: Option<usize>,
+    owner: i32,
 }
 
 impl ParentOnlyFd {
@@ -175,7 +179,12 @@ impl ParentOnlyFd {
             // new end also sees the entry.
             PARENT_ONLY_END.fetch_max(i + 1, Ordering::AcqRel);
         }
-        ParentOnlyFd { fd, slot }
+        ParentOnlyFd { fd: std::mem::ManuallyDrop::new(fd), slot, owner: getpid() }
+    }
+
+    /// Whether this process made it (false in a child that inherited a copy).
+    pub(crate) fn owned_here(&self) -> bool {
+        self.owner == getpid()
     }
 }
 
@@ -193,11 +202,18 @@ impl AsRawFd for ParentOnlyFd {
 
 impl Drop for ParentOnlyFd {
     fn drop(&mut self) {
+        if getpid() != self.owner {
+            // In a child: `fork` closed (or, unregistered, left) the number;
+            // either way it is not this copy's to close.
+            return;
+        }
         // Unregister before the OwnedFd closes the number, so a fork in
         // between never closes a descriptor that reused it.
         if let Some(slot) = self.slot {
             PARENT_ONLY[slot].store(-1, Ordering::Release);
         }
+        // SAFETY: dropped exactly once, here, and `self.fd` is not used again.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.fd) };
     }
 }
 
@@ -214,8 +230,9 @@ fn close_parent_only() {
         let fd = entry.swap(-1, Ordering::AcqRel);
         if fd >= 0 {
             // SAFETY: the fd was registered by a ParentOnlyFd of the parent;
-            // its copy in the child is never used or dropped (children end
-            // with _exit), so closing the number cannot hurt a live owner.
+            // that object's copy in the child never closes it (its Drop
+            // checks the owner pid), so closing the number here cannot make
+            // a live owner close someone else's descriptor later.
             unsafe { libc::close(fd) };
         }
     }

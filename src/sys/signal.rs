@@ -25,13 +25,22 @@ extern "C" fn on_sigchld(_: libc::c_int) {
 }
 
 fn set_handler(signal: i32, handler: libc::sighandler_t) -> Result<()> {
+    set_handler_blocking(signal, handler, &[])
+}
+
+/// Installs `handler` with `blocked` signals masked while it runs.
+fn set_handler_blocking(signal: i32, handler: libc::sighandler_t, blocked: &[i32]) -> Result<()> {
     // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value;
-    // `handler` is SIG_DFL, SIG_IGN or an extern "C" fn of the right type.
+    // `handler` is SIG_DFL, SIG_IGN or an extern "C" fn of the right type;
+    // the mask is initialised by sigemptyset before sigaddset.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = handler;
         action.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
+        for &b in blocked {
+            libc::sigaddset(&mut action.sa_mask, b);
+        }
         if libc::sigaction(signal, &action, std::ptr::null_mut()) == -1 {
             return Err(os_error("sigaction", None));
         }
@@ -105,8 +114,12 @@ pub(crate) fn exit_on_signals(cleanup: fn()) -> Result<()> {
     CLEANUP.store(cleanup as usize, Ordering::Relaxed);
     HANDLER_OWNER.store(crate::sys::getpid(), Ordering::Relaxed);
     let handler = on_exit_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    set_handler(libc::SIGINT, handler)?;
-    set_handler(libc::SIGTERM, handler)
+    // While the handler runs: no second exit signal (no nested cleanup), and
+    // no SIGPIPE — telling a zygote that already died must return EPIPE, not
+    // kill us with status 141 before the other pools are told.
+    let blocked = [libc::SIGINT, libc::SIGTERM, libc::SIGPIPE];
+    set_handler_blocking(libc::SIGINT, handler, &blocked)?;
+    set_handler_blocking(libc::SIGTERM, handler, &blocked)
 }
 
 /// Restores `SIGPIPE`'s default action (die quietly). Rust's runtime ignores

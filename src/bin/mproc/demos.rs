@@ -40,19 +40,50 @@ pub struct CubeArgs {
 #[derive(Args, Debug)]
 pub struct IsolationArgs {}
 
+/// Prints one line on stdout; a write error (`> /dev/full`) becomes a
+/// one-line message and `Err(exit status)`, never a panic.
+fn say(line: std::fmt::Arguments<'_>) -> Result<(), u8> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).map_err(|e| {
+        crate::complain(&format!("cannot write to stdout: {e}"));
+        crate::EXIT_FAILURE
+    })
+}
+
+/// In a child: prints one line, or ends the child with status 1 if stdout
+/// cannot be written (the parent then reports it).
+fn child_say(line: std::fmt::Arguments<'_>) {
+    if say(line).is_err() {
+        std::process::exit(1);
+    }
+}
+
+/// Joins `p`; a child that did not exit 0 is a failure of the demo.
+fn join_ok(what: &str, p: &Process) -> Result<(), u8> {
+    match p.join() {
+        Ok(0) => Ok(()),
+        Ok(_) => {
+            let status = p.exit_status().map_or("ended badly".to_string(), |s| s.to_string());
+            crate::complain(&format!("{what}: child {} {status}", p.pid().unwrap_or(-1)));
+            Err(crate::EXIT_FAILURE)
+        }
+        Err(e) => Err(fail(what, &e)),
+    }
+}
+
 /// `mproc square`: the seed's first program. Twin: `c-compare/square.c`.
 pub fn square(args: SquareArgs) -> u8 {
     let n = args.n;
     let mut process = Process::new(move || {
         // i128: the square of any i64 fits, so no input can overflow.
         let result = i128::from(n) * i128::from(n);
-        println!("The square of {n} is {result}");
+        child_say(format_args!("The square of {n} is {result}"));
     });
-    if let Err(e) = process.start().and_then(|()| process.join()) {
+    if let Err(e) = process.start() {
         return fail("square", &e);
     }
-    println!("Main process completed");
-    0
+    join_ok("square", &process).and_then(|()| say(format_args!("Main process completed"))).err().unwrap_or(0)
 }
 
 /// `mproc numbers`: N processes, each printing its own number. Their lines
@@ -61,7 +92,7 @@ pub fn numbers(args: NumbersArgs) -> u8 {
     let mut processes = Vec::new();
     let mut failure = None;
     for i in 1..=args.count {
-        let mut p = Process::new(move || println!("Process {i}: {i}"));
+        let mut p = Process::new(move || child_say(format_args!("Process {i}: {i}")));
         match p.start() {
             Ok(()) => processes.push(p),
             Err(e) => {
@@ -71,16 +102,19 @@ pub fn numbers(args: NumbersArgs) -> u8 {
         }
     }
     // Join everything that did start, even after a failed fork.
+    let mut status = 0;
     for p in &processes {
-        if let Err(e) = p.join() {
-            failure.get_or_insert(e);
+        if let Err(code) = join_ok("numbers", p) {
+            status = code;
         }
     }
     if let Some(e) = failure {
         return fail("numbers", &e);
     }
-    println!("Main process completed");
-    0
+    if status != 0 {
+        return status;
+    }
+    say(format_args!("Main process completed")).err().unwrap_or(0)
 }
 
 /// `mproc cube`: the seed's pool of three. Twin: `c-compare/cube_pool.c`.
@@ -96,8 +130,7 @@ pub fn cube(args: CubeArgs) -> u8 {
     if let Err(e) = pool.join() {
         return fail("cube", &e);
     }
-    println!("Main process completed");
-    0
+    say(format_args!("Main process completed")).err().unwrap_or(0)
 }
 
 /// Runs in a worker: prints one line and returns the cube to the parent.
@@ -115,34 +148,43 @@ static COUNTER: AtomicI64 = AtomicI64::new(0);
 /// `mproc isolation`: same virtual address, different values after `fork`;
 /// same address, same value with a thread. Twin: `c-compare/isolation.c`.
 pub fn isolation(_args: IsolationArgs) -> u8 {
+    isolation_steps().err().unwrap_or(0)
+}
+
+fn isolation_steps() -> Result<(), u8> {
     let addr = &COUNTER as *const AtomicI64;
     // Relaxed throughout: each step is ordered by fork/waitpid or by
     // thread spawn/join, which synchronise memory on their own.
     COUNTER.store(100, Ordering::Relaxed);
-    println!("fork: parent sets counter = 100 at {addr:p}");
+    say(format_args!("fork: parent sets counter = 100 at {addr:p}"))?;
     let mut child = Process::new(move || {
         COUNTER.store(200, Ordering::Relaxed);
-        println!("fork: child sets counter = {} at {addr:p}", COUNTER.load(Ordering::Relaxed));
+        child_say(format_args!("fork: child sets counter = {} at {addr:p}", COUNTER.load(Ordering::Relaxed)));
     });
-    if let Err(e) = child.start().and_then(|()| child.join()) {
-        return fail("isolation", &e);
-    }
-    println!("fork: parent after join sees counter = {} at {addr:p}", COUNTER.load(Ordering::Relaxed));
-    println!(
+    child.start().map_err(|e| fail("isolation", &e))?;
+    join_ok("isolation", &child)?;
+    say(format_args!(
+        "fork: parent after join sees counter = {} at {addr:p}",
+        COUNTER.load(Ordering::Relaxed)
+    ))?;
+    say(format_args!(
         "fork: same address, different values: the child changed its own copy-on-write copy, not the parent's."
-    );
+    ))?;
 
     COUNTER.store(100, Ordering::Relaxed);
-    println!("thread: main sets counter = 100 at {addr:p}");
+    say(format_args!("thread: main sets counter = 100 at {addr:p}"))?;
     let thread = std::thread::spawn(|| {
         COUNTER.store(200, Ordering::Relaxed);
         let addr = &COUNTER as *const AtomicI64;
-        println!("thread: thread sets counter = {} at {addr:p}", COUNTER.load(Ordering::Relaxed));
+        say(format_args!("thread: thread sets counter = {} at {addr:p}", COUNTER.load(Ordering::Relaxed)))
     });
-    if thread.join().is_err() {
-        return fail("isolation", &Error::InvalidState("the thread panicked"));
+    match thread.join() {
+        Ok(written) => written?,
+        Err(_) => return Err(fail("isolation", &Error::InvalidState("the thread panicked"))),
     }
-    println!("thread: main after join sees counter = {} at {addr:p}", COUNTER.load(Ordering::Relaxed));
-    println!("thread: same address, same value: threads share one address space.");
-    0
+    say(format_args!(
+        "thread: main after join sees counter = {} at {addr:p}",
+        COUNTER.load(Ordering::Relaxed)
+    ))?;
+    say(format_args!("thread: same address, same value: threads share one address space."))
 }

@@ -103,6 +103,13 @@ fn usage_error(err: clap::Error) -> ExitCode {
 
 /// Prints a library error as one line and returns the failure status.
 pub fn fail(context: &str, err: &mproc::Error) -> u8 {
-    eprintln!("mproc: {context}: {err}");
+    complain(&format!("{context}: {err}"));
     EXIT_FAILURE
+}
+
+/// Writes `mproc: <message>` on stderr with one `write`, so lines from
+/// concurrent children never interleave mid-line.
+pub fn complain(message: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("mproc: {message}\n").as_bytes());
 }
