@@ -33,6 +33,10 @@
 //! so allocating in the child is fine on Linux; but a child must not touch a
 //! lock another thread may have held: start processes before you start
 //! threads, or make sure no other thread holds such a lock across `start()`.
+//! Two threads calling `start()` at the same moment are safe but not tidy:
+//! between making its pipes and closing its own copies, one call's pipe ends
+//! can be inherited by the other's child, which then delays the first
+//! child's end-of-file until the second child exits.
 
 use std::any::Any;
 use std::cell::RefCell;
