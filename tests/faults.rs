@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mproc::{DecodeError, Error, Pool, Wire};
 
 mod common;
-use common::pools::{full_pids, pipe, shared_mappings};
+use common::pools::{assert_no_children, children_of, full_pids, pipe, shared_mappings, stat};
 
 // ---------------------------------------------------------------------------
 // task functions
@@ -153,14 +153,6 @@ fn no_core_dumps() {
     }
 }
 
-/// (state, ppid, start time) of a process, from /proc/PID/stat.
-fn stat(pid: i32) -> Option<(char, i32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
-    // After the name: state(3) ppid(4) ... starttime(22).
-    Some((fields.first()?.chars().next()?, fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
-}
-
 /// A process, told apart from a later one that reuses its pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Proc {
@@ -170,18 +162,6 @@ struct Proc {
 
 fn proc_of(pid: i32) -> Proc {
     Proc { pid, start: stat(pid).map_or(0, |s| s.2) }
-}
-
-fn children_of(parent: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
-            if stat(pid).is_some_and(|s| s.1 == parent) {
-                out.push(pid);
-            }
-        }
-    }
-    out
 }
 
 /// `root` and everything below it, now.
@@ -218,17 +198,6 @@ fn wait_gone(procs: &[Proc], within: Duration) {
         assert!(Instant::now() < deadline, "still running after {within:?}: {left:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn assert_no_children() {
-    // SAFETY: waitpid with a null status pointer is allowed.
-    let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-    let errno = std::io::Error::last_os_error().raw_os_error();
-    assert!(
-        r == -1 && errno == Some(libc::ECHILD),
-        "waitpid(-1, WNOHANG) = {r} ({errno:?}): a child is left"
-    );
-    assert_eq!(children_of(std::process::id() as i32), Vec::<i32>::new());
 }
 
 /// Runs `task` over 0..20 (item 7 kills its worker) through `imap` with

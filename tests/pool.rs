@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use mproc::{Error, Pool};
 
 mod common;
-use common::pools::{full_pids, pipe, shared_mappings};
+use common::pools::{assert_no_children, full_pids, pipe, shared_mappings, stat};
 
 // ---------------------------------------------------------------------------
 // task functions (plain `fn`s: they cross as addresses)
@@ -103,40 +103,6 @@ fn read_available(fd: RawFd) -> Vec<u8> {
     }
 }
 
-/// (state, ppid) of a process, from /proc/PID/stat.
-fn stat(pid: i32) -> Option<(char, i32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &text[text.rfind(')')? + 2..];
-    let mut fields = after.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    Some((state, fields.next()?.parse().ok()?))
-}
-
-/// Pids of processes whose parent is `parent`.
-fn children_of(parent: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
-            if stat(pid).is_some_and(|(_, ppid)| ppid == parent) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
-/// No child of ours exists, running or zombie.
-fn assert_no_children() {
-    // SAFETY: waitpid with a null status pointer is allowed.
-    let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-    let errno = std::io::Error::last_os_error().raw_os_error();
-    assert!(
-        r == -1 && errno == Some(libc::ECHILD),
-        "waitpid(-1, WNOHANG) = {r} ({errno:?}): a child is left"
-    );
-    assert_eq!(children_of(std::process::id() as i32), Vec::<i32>::new());
-}
-
 /// Whether `pid` no longer runs (no such process; or a zombie someone
 /// else must reap).
 fn is_gone(pid: i32) -> bool {
@@ -144,7 +110,7 @@ fn is_gone(pid: i32) -> bool {
     if unsafe { libc::kill(pid, 0) } == -1 {
         return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
     }
-    matches!(stat(pid), None | Some(('Z', _)))
+    matches!(stat(pid), None | Some(('Z', ..)))
 }
 
 fn vm_rss_kib() -> u64 {

@@ -37,3 +37,37 @@ pub fn full_pids(pool: &Pool) -> Vec<i32> {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// (state, ppid, start time in clock ticks) of a process, from
+/// /proc/PID/stat; `None` when it is gone.
+pub fn stat(pid: i32) -> Option<(char, i32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
+    // After the name: state(3) ppid(4) ... starttime(22).
+    Some((fields.first()?.chars().next()?, fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// Pids of processes whose parent is `parent`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+            if stat(pid).is_some_and(|s| s.1 == parent) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// No child of ours exists, running or zombie.
+pub fn assert_no_children() {
+    // SAFETY: waitpid with a null status pointer is allowed.
+    let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert!(
+        r == -1 && errno == Some(libc::ECHILD),
+        "waitpid(-1, WNOHANG) = {r} ({errno:?}): a child is left"
+    );
+    assert_eq!(children_of(std::process::id() as i32), Vec::<i32>::new());
+}
