@@ -70,6 +70,24 @@ pub enum Error {
     /// An operation that the object's state does not allow (starting a
     /// process twice, joining one that was never started).
     InvalidState(&'static str),
+    /// A pool (or one of its results or iterators) used from a process other
+    /// than the one that made it: a child forked after the pool. Its rings
+    /// and pipes are the owner's; the child's copy never touches them.
+    WrongProcess {
+        /// The process that made the pool.
+        owner: i32,
+        /// The process that tried to use it.
+        caller: i32,
+    },
+    /// The pool's zygote (the process that forks and reaps its workers)
+    /// died, killed from outside: the workers died with it, every task
+    /// without a result got this error, and the pool takes no more work.
+    ZygoteDied {
+        /// The zygote's pid.
+        pid: i32,
+        /// Python's convention: the exit code, or `-signal` when it was killed.
+        exitcode: i32,
+    },
 }
 
 impl Error {
@@ -105,6 +123,19 @@ impl fmt::Display for Error {
             Error::Decode(e) => write!(f, "bad data from another process: {e}"),
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
             Error::InvalidState(what) => f.write_str(what),
+            Error::WrongProcess { owner, caller } => write!(
+                f,
+                "the pool belongs to process {owner}: process {caller}, forked after it was made, cannot use it"
+            ),
+            Error::ZygoteDied { pid, exitcode } => {
+                write!(f, "the pool's zygote {pid} ")?;
+                if *exitcode < 0 {
+                    write!(f, "was killed by signal {} ({})", -exitcode, signal_name(-exitcode))?;
+                } else {
+                    write!(f, "exited with status {exitcode}")?;
+                }
+                write!(f, ": its workers are gone and the pool takes no more work")
+            }
         }
     }
 }

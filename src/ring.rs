@@ -125,7 +125,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::sys::bell::{self, Rang};
+use crate::sys::bell::{self, Bell, Rang};
 use crate::sys::shm::SharedMapping;
 use crate::sys::{self, trace};
 use crate::wire::DecodeError;
@@ -365,13 +365,8 @@ pub fn channel(capacity: usize) -> Result<(Sender, Receiver)> {
     }
     let capacity = capacity.max(MIN_CAPACITY).next_power_of_two();
     let region = Region::new(Arc::new(SharedMapping::new(region_size(capacity))?), 0, capacity)?;
-    let (data_read, data_write) = sys::pipe()?;
-    let (space_read, space_write) = sys::pipe()?;
-    // All four ends non-blocking: a full bell already means a wake-up is
-    // pending, and a bell is drained until EAGAIN (waits are poll's job).
-    for fd in [&data_read, &data_write, &space_read, &space_write] {
-        sys::set_nonblocking(fd.as_fd(), true)?;
-    }
+    let Bell { read: data_read, write: data_write } = Bell::new()?;
+    let Bell { read: space_read, write: space_write } = Bell::new()?;
     trace!(
         "ring channel({capacity}): data bell {} -> {}, space bell {} -> {}",
         data_write.as_raw_fd(),
@@ -466,8 +461,15 @@ fn halves(
 }
 
 /// Busy-waits until `ready()`, within the spin budget ([`SPIN_LIMIT`]
-/// pauses, [`SPIN_TIME`]). Returns whether it became ready.
-fn spin(mut ready: impl FnMut() -> Result<bool>) -> Result<bool> {
+/// pauses, [`SPIN_TIME`]). Returns whether it became ready. The one
+/// spin-then-sleep policy of the crate: the pool's sleeps spin here too.
+///
+/// Every 64 pauses the spinner offers its core (`sched_yield`): a pool has
+/// one process more than a machine usually has cores (the parent and a
+/// worker per core), and the process it waits for may be the one waiting
+/// for that core. (Measured on 2 vCPUs: `Pool::map` of trivial tasks goes
+/// from ~30 to ~40 M tasks/s.)
+pub(crate) fn spin(mut ready: impl FnMut() -> Result<bool>) -> Result<bool> {
     let mut started: Option<Instant> = None;
     for i in 0..SPIN_LIMIT {
         if ready()? {
@@ -480,6 +482,7 @@ fn spin(mut ready: impl FnMut() -> Result<bool>) -> Result<bool> {
             if start.elapsed() >= SPIN_TIME {
                 break;
             }
+            std::thread::yield_now();
         }
         std::hint::spin_loop();
     }

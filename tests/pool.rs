@@ -610,3 +610,271 @@ fn fork_map_balances_uneven_work() {
     assert_eq!(out.iter().collect::<HashSet<_>>().len(), 2);
     assert_no_children();
 }
+
+// ---------------------------------------------------------------------------
+// hardening: misuse and partial failure end in an error, never a hang
+
+fn double(n: u64) -> u64 {
+    2 * n
+}
+
+fn inc(n: u64) -> u64 {
+    n + 1
+}
+
+/// Aborts the whole test process if it is still running after `limit`: a
+/// hang becomes a failure that names what hung (the pool's zygote and
+/// workers die with us).
+struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+fn watchdog(limit: Duration, what: &'static str) -> Watchdog {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = done.clone();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if seen.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("watchdog: {what} hung for {limit:?}");
+        std::process::abort();
+    });
+    Watchdog(done)
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The pool's zygote: the one child of this test process.
+fn the_zygote() -> i32 {
+    let children = common::pools::children_of(std::process::id() as i32);
+    assert_eq!(children.len(), 1, "expected one child (the zygote), found {children:?}");
+    children[0]
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill takes integers only.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+fn wait_gone(pid: i32, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !is_gone(pid) {
+        assert!(Instant::now() < deadline, "process {pid} still runs after {within:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn is_zygote_died(e: &Error, zygote: i32) -> bool {
+    matches!(e, Error::ZygoteDied { pid, exitcode: -9 } if *pid == zygote)
+}
+
+#[test]
+fn a_killed_zygote_fails_every_call_promptly_without_sigpipe() {
+    let _dog = watchdog(Duration::from_secs(30), "a pool whose zygote was killed");
+    // The CLI's setting: a write into a pipe nobody reads would kill us.
+    mproc::restore_default_sigpipe().unwrap();
+    let pool = Pool::new(2).unwrap();
+    let workers = pool.pids();
+    let zygote = the_zygote();
+    signal(zygote, libc::SIGKILL);
+    let started = Instant::now();
+    let err = pool.map(cube, 0..100u64).unwrap_err();
+    assert!(is_zygote_died(&err, zygote), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(err.to_string().contains(&format!("zygote {zygote} was killed by signal 9")), "{err}");
+    // Every later call says the same at once.
+    assert_eq!(pool.apply(cube, 3).unwrap_err(), err);
+    assert_eq!(pool.apply_async(cube, 3).unwrap_err(), err);
+    assert_eq!(pool.imap(cube, 0..3u64).next(), Some(Err(err.clone())));
+    assert_eq!(pool.map(cube, Vec::<u64>::new()).unwrap_err(), err);
+    assert_eq!(pool.pids(), Vec::<i32>::new());
+    for w in workers {
+        wait_gone(w, Duration::from_secs(5));
+    }
+    let started = Instant::now();
+    drop(pool);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_no_children();
+}
+
+#[test]
+fn a_zygote_killed_during_map_fails_the_map_promptly() {
+    let _dog = watchdog(Duration::from_secs(30), "map with its zygote killed midway");
+    mproc::restore_default_sigpipe().unwrap();
+    for _ in 0..4 {
+        let pool = Pool::new(2).unwrap();
+        let zygote = the_zygote();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            signal(zygote, libc::SIGKILL);
+            Instant::now()
+        });
+        let err = pool.map_chunked(sleep_ms, vec![20u64; 200], 1).unwrap_err();
+        let killed_at = killer.join().unwrap();
+        assert!(is_zygote_died(&err, zygote), "{err}");
+        assert!(killed_at.elapsed() < Duration::from_secs(2));
+        let mut pool = pool;
+        pool.close();
+        assert_eq!(pool.join().unwrap_err(), err);
+        drop(pool);
+        assert_no_children();
+    }
+}
+
+#[test]
+fn dropping_a_pool_whose_zygote_is_stopped_returns_and_leaves_nothing() {
+    let _dog = watchdog(Duration::from_secs(30), "dropping a pool with a stopped zygote");
+    let pool = Pool::new(2).unwrap();
+    let workers = pool.pids();
+    assert_eq!(pool.apply(cube, 2).unwrap(), 8);
+    let zygote = the_zygote();
+    signal(zygote, libc::SIGSTOP);
+    let started = Instant::now();
+    drop(pool);
+    assert!(started.elapsed() < Duration::from_secs(5), "drop took {:?}", started.elapsed());
+    assert_no_children();
+    for w in workers {
+        wait_gone(w, Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_pool_used_from_a_forked_child_is_an_error_there_and_unharmed_here() {
+    let _dog = watchdog(Duration::from_secs(60), "a pool used from forked children");
+    let pool = std::rc::Rc::new(Pool::new(2).unwrap());
+    let me = std::process::id() as i32;
+    let items: Vec<u64> = (0..8).collect();
+    let expected: Vec<u64> = (0..300).map(cube).collect();
+    for _ in 0..20 {
+        let said = mproc::fork_map(4, &items, |&i| match pool.apply(cube, i) {
+            Ok(v) => format!("ok {v}"),
+            Err(e) => e.to_string(),
+        })
+        .unwrap();
+        for line in &said {
+            assert!(line.starts_with(&format!("the pool belongs to process {me}")), "{line}");
+        }
+        assert_eq!(pool.map(cube, 0..300u64).unwrap(), expected);
+    }
+    // A result and an iterator made here, touched there: errors too.
+    let mut pending = pool.apply_async(sleep_ms, 200u64).unwrap();
+    let pool2 = pool.clone();
+    let child = mproc::spawn(move || {
+        let apply = pool2.apply(cube, 2).map_err(|e| e.to_string());
+        let imap = pool2.imap(cube, 0..2u64).next().map(|r| r.map_err(|e| e.to_string()));
+        (apply, imap, pool2.pids())
+    })
+    .unwrap();
+    let (apply, imap, pids) = child.join().unwrap();
+    assert!(apply.unwrap_err().contains("belongs to process"));
+    assert!(imap.unwrap().unwrap_err().contains("belongs to process"));
+    assert_eq!(pids, Vec::<i32>::new());
+    assert_eq!(pending.get().unwrap(), 200);
+    drop(pending);
+    assert_eq!(pool.map(cube, 0..300u64).unwrap(), expected);
+    drop(pool);
+    assert_no_children();
+}
+
+#[test]
+fn a_result_taken_in_a_forked_child_is_an_error_there() {
+    let pool = Pool::new(1).unwrap();
+    let r = std::cell::RefCell::new(pool.apply_async(sleep_ms, 100u64).unwrap());
+    let said = mproc::fork_map(1, &[0u8], |_| r.borrow_mut().get().map_err(|e| e.to_string())).unwrap();
+    assert!(said[0].as_ref().unwrap_err().contains("belongs to process"), "{said:?}");
+    assert_eq!(r.borrow_mut().get().unwrap(), 100);
+}
+
+#[test]
+fn absurd_sizes_are_errors_or_work_never_a_crash() {
+    let _dog = watchdog(Duration::from_secs(60), "a pool with absurd sizes");
+    for n in [139_511_314_691_052usize, usize::MAX, mproc::pool::MAX_PROCESSES + 1] {
+        match Pool::new(n) {
+            Err(Error::InvalidArgument(what)) => assert!(what.contains("processes"), "{what}"),
+            other => panic!("Pool::new({n}) gave {other:?}"),
+        }
+    }
+    let expected: Vec<u64> = (0..50).map(cube).collect();
+    // A ring of usize::MAX bytes is clamped to the largest ring.
+    let pool = Pool::builder().processes(1).ring_capacity(usize::MAX).build().unwrap();
+    assert_eq!(pool.map(cube, 0..50u64).unwrap(), expected);
+    drop(pool);
+    // Limits past u32 (tasks are counted in u32 per batch) mean "no limit".
+    for max in [1usize << 32, usize::MAX] {
+        let pool = Pool::builder().processes(2).max_tasks_per_child(max).build().unwrap();
+        assert_eq!(pool.map(cube, 0..50u64).unwrap(), expected);
+    }
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.map_chunked(cube, 0..50u64, usize::MAX).unwrap(), expected);
+    let got: Vec<u64> = pool.imap_chunked(cube, 0..50u64, usize::MAX).map(Result::unwrap).collect();
+    assert_eq!(got, expected);
+    drop(pool);
+    assert_no_children();
+}
+
+#[test]
+fn an_idle_worker_killed_from_outside_fails_no_task() {
+    let _dog = watchdog(Duration::from_secs(60), "a pool with a killed idle worker");
+    let expected: Vec<u64> = (0..10).map(double).collect();
+    for round in 0..20 {
+        let pool = Pool::new(2).unwrap();
+        let victim = pool.pids()[0];
+        signal(victim, libc::SIGKILL);
+        if round % 2 == 1 {
+            // Also once the death has surely been seen.
+            wait_gone(victim, Duration::from_secs(5));
+        }
+        assert_eq!(pool.map(double, 0..10u64).unwrap(), expected, "round {round}");
+    }
+    assert_no_children();
+}
+
+#[test]
+fn durations_too_long_to_represent_mean_no_limit() {
+    let _dog = watchdog(Duration::from_secs(30), "pools with huge durations");
+    for limit in [Duration::from_secs(18_446_744_074), Duration::MAX] {
+        let pool = Pool::builder().processes(1).task_timeout(limit).build().unwrap();
+        assert_eq!(pool.apply(sleep_ms, 1000u64), Ok(1000), "task_timeout({limit:?})");
+    }
+    let pool = Pool::new(1).unwrap();
+    let mut r = pool.apply_async(sleep_ms, 100u64).unwrap();
+    assert_eq!(r.get_timeout(Duration::MAX), Ok(100));
+    drop(r);
+    drop(pool);
+    assert_no_children();
+}
+
+#[test]
+fn a_pool_can_be_used_from_inside_its_own_input_iterators() {
+    let _dog = watchdog(Duration::from_secs(30), "re-entrant pool calls");
+    let pool = Pool::new(2).unwrap();
+    // Chained, as Python allows: imap over imap.
+    let chained: Vec<u64> =
+        pool.imap(inc, pool.imap(double, 0..10u64).map(Result::unwrap)).map(Result::unwrap).collect();
+    assert_eq!(chained, (0..10).map(|n| 2 * n + 1).collect::<Vec<_>>());
+    let unordered: HashSet<u64> = pool
+        .imap_unordered(inc, pool.imap(double, 0..10u64).map(Result::unwrap))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(unordered, (0..10).map(|n| 2 * n + 1).collect());
+    // A map whose items come from `apply`, and one that asks for `pids`.
+    let cubes = pool.map(cube, (0..10u64).map(|i| pool.apply(double, i).unwrap())).unwrap();
+    assert_eq!(cubes, (0..10).map(|i| cube(2 * i)).collect::<Vec<_>>());
+    let seen = std::cell::Cell::new(0);
+    let items = (0..10u64).inspect(|_| seen.set(seen.get() + pool.pids().len()));
+    assert_eq!(pool.map(inc, items).unwrap(), (1..11).collect::<Vec<_>>());
+    assert_eq!(seen.get(), 20);
+    // Results of one call fed into apply_async from inside another's input.
+    let handles: Vec<_> =
+        pool.imap(double, 0..5u64).map(|r| pool.apply_async(inc, r.unwrap()).unwrap()).collect();
+    let got: Vec<u64> = handles.into_iter().map(|mut h| h.get().unwrap()).collect();
+    assert_eq!(got, vec![1, 3, 5, 7, 9]);
+    drop(pool);
+    assert_no_children();
+}

@@ -33,6 +33,9 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// behind a slow task on one worker does not wait while another is idle.)
 const QUICK_BATCHES_IN_FLIGHT: usize = 4;
 const QUICK_BATCH: Duration = Duration::from_micros(500);
+/// Fresh workers of one slot that may die in a row before running any pool
+/// code (killed from outside) before the next one's death fails a task.
+const EARLY_DEATHS_LIMIT: u32 = 3;
 /// How long to wait before asking the zygote again after a failed fork.
 const SPAWN_RETRY: Duration = Duration::from_millis(100);
 
@@ -63,6 +66,71 @@ impl Batch {
         self.count = at;
         message::set_batch_count(&mut self.msg, at);
         tail
+    }
+}
+
+/// Encodes one submission's arguments into task messages of at most
+/// `chunk` tasks. Runs outside the engine: the caller's iterator and `Wire`
+/// code run with no pool state borrowed, so they may use the pool
+/// themselves (`pool.imap(f, pool.imap(g, items))`).
+#[derive(Debug)]
+pub(crate) struct BatchEncoder {
+    sub: u64,
+    call: Call,
+    chunk: u32,
+    /// A batch travels as task messages of at most a quarter of the ring,
+    /// so a worker starts on the first tasks of a big chunk while the rest
+    /// stream in behind them. (Chunks are a cost knob, not a promise of
+    /// which worker runs what.)
+    max_msg: usize,
+    /// Tasks encoded so far.
+    count: u32,
+    /// Bytes the last argument took, to size the next message at once.
+    arg_len: usize,
+    batch: Option<Batch>,
+}
+
+impl BatchEncoder {
+    pub(crate) fn new(sub: u64, call: Call, chunk: usize, ring_capacity: usize) -> BatchEncoder {
+        let chunk = chunk.clamp(1, u32::MAX as usize / 2) as u32;
+        BatchEncoder { sub, call, chunk, max_msg: ring_capacity / 4, count: 0, arg_len: 16, batch: None }
+    }
+
+    /// Tasks encoded so far.
+    pub(crate) fn count(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Encodes one more argument (`more`: how many the input says follow).
+    /// Returns a batch that is full and ready to queue.
+    pub(crate) fn push<A: Wire>(&mut self, arg: &A, more: usize) -> Result<Option<Batch>> {
+        // Tasks are numbered by `u32` within a call.
+        if self.count == u32::MAX {
+            return Err(Error::InvalidArgument(format!("more than {} tasks in one call", u32::MAX)));
+        }
+        let (sub, call, first, chunk, max_msg, arg_len) =
+            (self.sub, self.call, self.count, self.chunk, self.max_msg, self.arg_len);
+        let b = self.batch.get_or_insert_with(|| {
+            let tasks = more.saturating_add(1).min(chunk as usize);
+            let expected = tasks.saturating_mul(4 + arg_len);
+            // A message ends once past `max_msg`: room for that and one
+            // more argument, unless the arguments are big (then it grows).
+            let mut msg = Vec::with_capacity(message::BATCH_HEADER_LEN + expected.min(2 * max_msg));
+            message::begin_batch(call, &mut msg);
+            Batch { sub, first, count: 0, call, msg }
+        });
+        let before = b.msg.len();
+        message::push_arg(&mut b.msg, arg);
+        self.arg_len = b.msg.len() - before - 4;
+        b.count += 1;
+        self.count += 1;
+        let full = b.count == chunk || b.msg.len() >= max_msg;
+        Ok(if full { self.batch.take() } else { None })
+    }
+
+    /// The last, partly filled batch.
+    pub(crate) fn finish(&mut self) -> Option<Batch> {
+        self.batch.take()
     }
 }
 
@@ -245,6 +313,9 @@ struct Slot {
     exit_sent: bool,
     retry_spawn_at: Option<Instant>,
     result_buf: Vec<u8>,
+    /// Workers of this slot in a row that died before running any pool
+    /// code (see [`Engine::on_death`]).
+    early_deaths: u32,
 }
 
 impl Slot {
@@ -267,6 +338,7 @@ impl Slot {
             exit_sent: false,
             retry_spawn_at: None,
             result_buf: Vec::new(),
+            early_deaths: 0,
         })
     }
 
@@ -295,6 +367,9 @@ pub(crate) struct Engine {
     limits: Limits,
     pub closed: bool,
     pub finished: bool,
+    /// Why the pool ended on its own (its zygote died): what every later
+    /// call gets.
+    pub broken: Option<Error>,
     reports: Vec<Report>,
     /// Read the report pipe at the next step even if the zygote's flag is
     /// down: our poll saw the pipe readable or hung up (EOF sets no flag).
@@ -322,6 +397,7 @@ impl Engine {
             limits,
             closed: false,
             finished: false,
+            broken: None,
             reports: Vec::new(),
             reports_due: true,
         })
@@ -353,7 +429,7 @@ impl Engine {
                 }
             }
             if !alive {
-                return Err(zygote_gone(self.zygote.pid()));
+                return Err(self.zygote.reap_dead()?);
             }
         }
         Ok(())
@@ -374,16 +450,13 @@ impl Engine {
         self.slots.iter().any(|s| s.state == SlotState::Spawning)
     }
 
-    /// Queues a new submission of `items`, encoded straight into task
-    /// messages of `chunk` tasks each. Never blocks: dispatch happens in
-    /// `pump`. Returns the submission's id and its number of tasks.
-    pub(crate) fn submit<A: Wire>(
-        &mut self,
-        call: Call,
-        items: impl Iterator<Item = A>,
-        chunk: usize,
-        base_index: u64,
-    ) -> Result<(u64, usize)> {
+    /// Opens a new submission whose first task is number `base_index` of
+    /// the caller's input; `hint` tasks are expected. Its tasks come from a
+    /// [`BatchEncoder`] through [`Engine::queue`] and [`Engine::end_fill`].
+    pub(crate) fn open(&mut self, base_index: u64, hint: usize) -> Result<u64> {
+        if let Some(err) = &self.broken {
+            return Err(err.clone());
+        }
         if self.closed || self.finished {
             return Err(Error::Closed);
         }
@@ -391,61 +464,27 @@ impl Engine {
         self.next_sub += 1;
         // The length hint sizes the result store up front; capped, as a
         // hint is only a hint (and `0..u64::MAX` has a huge one).
-        let hint = items.size_hint().0.min(1 << 24);
-        self.subs.insert(sub, Submission::new(base_index, hint));
-        let filled = self.fill(sub, call, items, chunk);
-        if filled.is_err() {
-            // Its queued tasks still run; their results find no one.
-            self.subs.remove(&sub);
-        }
-        Ok((sub, filled?))
+        self.subs.insert(sub, Submission::new(base_index, hint.min(1 << 24)));
+        Ok(sub)
     }
 
-    /// Encodes `items` into task messages for submission `sub`, and queues
-    /// them. Workers start on the first messages while later ones are being
-    /// encoded, and their results are taken as they come, so a long input
-    /// keeps every process busy from the start.
-    fn fill<A: Wire>(
-        &mut self,
-        sub: u64,
-        call: Call,
-        items: impl Iterator<Item = A>,
-        chunk: usize,
-    ) -> Result<usize> {
-        let chunk = chunk.clamp(1, u32::MAX as usize / 2) as u32;
-        // A chunk travels as task messages of at most a quarter of the ring,
-        // so a worker starts on the first tasks of a big chunk while the rest
-        // stream in behind them. (Chunks are a cost knob, not a promise of
-        // which worker runs what.)
-        let max_msg = self.layout.ring_capacity() / 4;
-        let mut count = 0u32;
-        let mut batch: Option<Batch> = None;
-        // Bytes the last argument took, to size the next message at once.
-        let mut arg_len = 16;
-        let mut items = items;
-        while let Some(arg) = items.next() {
-            let b = batch.get_or_insert_with(|| {
-                let tasks = items.size_hint().0.saturating_add(1).min(chunk as usize);
-                let expected = tasks.saturating_mul(4 + arg_len);
-                // A message ends once past `max_msg`: room for that and one
-                // more argument, unless the arguments are big (then it grows).
-                let mut msg = Vec::with_capacity(message::BATCH_HEADER_LEN + expected.min(2 * max_msg));
-                message::begin_batch(call, &mut msg);
-                Batch { sub, first: count, count: 0, call, msg }
-            });
-            let before = b.msg.len();
-            message::push_arg(&mut b.msg, &arg);
-            arg_len = b.msg.len() - before - 4;
-            b.count += 1;
-            count += 1;
-            if b.count == chunk || b.msg.len() >= max_msg {
-                self.queue_batch(batch.take());
-                self.step()?;
-            }
-        }
-        self.queue_batch(batch.take());
-        self.dispatch()?;
-        Ok(count as usize)
+    /// Queues one finished batch and moves work along, so that workers
+    /// start on the first batches while later ones are being encoded.
+    pub(crate) fn queue(&mut self, batch: Batch) -> Result<()> {
+        self.queue_batch(Some(batch));
+        self.step()
+    }
+
+    /// Queues the last batch of a submission (if any) and dispatches.
+    pub(crate) fn end_fill(&mut self, batch: Option<Batch>) -> Result<()> {
+        self.queue_batch(batch);
+        self.dispatch()
+    }
+
+    /// Forgets a submission whose filling failed: its queued tasks still
+    /// run, and their results find no one.
+    pub(crate) fn cancel(&mut self, sub: u64) {
+        self.subs.remove(&sub);
     }
 
     /// Queues a finished task message, first giving its tasks their
@@ -455,6 +494,15 @@ impl Engine {
             message::set_batch_count(&mut b.msg, b.count);
             if let Some(s) = self.subs.get_mut(&b.sub) {
                 s.grow((b.first + b.count) as usize);
+            }
+            if self.finished {
+                // The pool ended while the caller was encoding: no worker
+                // will take these tasks.
+                let err = self.broken.clone().unwrap_or(Error::Closed);
+                for i in b.first..b.first + b.count {
+                    self.file(b.sub, i, Err(err.clone()));
+                }
+                return;
             }
             self.queue.push_back(b);
         }
@@ -488,6 +536,10 @@ impl Engine {
             if done(self) {
                 return Ok(());
             }
+            if self.finished {
+                // Nothing can move any more: say why instead of waiting.
+                return Err(self.broken.clone().unwrap_or(Error::Closed));
+            }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::Timeout);
@@ -508,8 +560,9 @@ impl Engine {
                     })
                 },
             )?;
-            // Woken by the report pipe (or a timeout): look at it.
-            self.reports_due |= woke == Woke::Other;
+            // Woken by the report pipe, a timeout, or the bell's end of file
+            // (every worker and the zygote gone): read the reports.
+            self.reports_due |= woke != Woke::Ready;
         }
     }
 
@@ -555,7 +608,7 @@ impl Engine {
         }
         // Taking results (whole messages, or fragments of one bigger than
         // the ring) freed room a worker may be asleep waiting for.
-        shared::wake(self.layout.worker_sleeping(k), self.worker_bells[k].as_fd());
+        self.wake_worker(k);
         Ok(())
     }
 
@@ -649,9 +702,14 @@ impl Engine {
         self.reports = reports;
         if !alive && !self.finished {
             // The zygote is gone (killed from outside): the pool is over.
-            let err = zygote_gone(self.zygote.pid());
+            // Its workers died with it (Linux: their parent-death signal);
+            // elsewhere closing their bells ends them once idle.
+            let err = self.zygote.reap_dead()?;
             self.fail_everything(&err);
             self.finished = true;
+            self.closed = true;
+            self.broken = Some(err);
+            self.worker_bells.clear();
         }
         Ok(())
     }
@@ -665,10 +723,11 @@ impl Engine {
     /// one, if it was running, is the one that killed it, and gets
     /// `WorkerDied` (or the cause, if it was killed on purpose: `Timeout`
     /// from the zygote, `Decode` from us).
-    /// A worker that dies before it starts any task (its initializer
-    /// failed) takes its first task with it, so a worker that can never
-    /// work fails the tasks one by one instead of being replaced forever.
-    /// A worker killed between tasks takes none: all its tasks run again.
+    /// A worker that dies in its initializer takes its first task with it,
+    /// so a worker that can never work fails the tasks one by one instead
+    /// of being replaced forever. A worker killed between tasks, or before
+    /// it started (see `shared::WORKER_READY`), takes none: all its tasks
+    /// run again.
     fn on_death(&mut self, k: usize, pid: i32, status: ExitStatus, timed_out: bool) -> Result<()> {
         // Results it published before dying are good: take them first.
         // (Empty first, so a corrupt ring found now signals no one: the pid
@@ -679,10 +738,20 @@ impl Engine {
         // zygote's waitpid and the report pipe order them before this anyway.
         let progress = self.layout.progress(k).load(Ordering::Acquire);
         let (finished, running) = (progress / 2, progress % 2 == 1);
+        let lifecycle = self.layout.lifecycle(k).load(Ordering::Acquire);
         let slot = &mut self.slots[k];
         let cause = slot.kill_cause.take().or(timed_out.then_some(Error::Timeout));
         let unsent = finished.saturating_sub(slot.received);
-        let blamed = if running || finished == 0 || cause.is_some() { Some(unsent) } else { None };
+        // A worker killed before it ran any pool code blames nobody, but
+        // not forever: fresh workers that keep dying that way (something
+        // kills every new process) fail tasks one by one, like a failed
+        // initializer, instead of being replaced in a loop.
+        slot.early_deaths = if lifecycle == shared::WORKER_FORKED { slot.early_deaths + 1 } else { 0 };
+        let guilty = running
+            || cause.is_some()
+            || lifecycle == shared::WORKER_INITIALIZING
+            || slot.early_deaths >= EARLY_DEATHS_LIMIT;
+        let blamed = guilty.then_some(unsent);
         let mut rest: VecDeque<Batch> = std::mem::take(&mut slot.inflight);
         if let Some(head) = rest.front_mut() {
             if slot.head_done > 0 {
@@ -813,7 +882,7 @@ impl Engine {
         let Some(mut batch) = self.queue.pop_front() else { return };
         let slot = &mut self.slots[k];
         if let Some(max) = self.limits.max_tasks {
-            let allowed = max.saturating_sub(slot.assigned) as u32;
+            let allowed = max.saturating_sub(slot.assigned).min(u32::MAX as usize) as u32;
             if allowed == 0 {
                 self.queue.push_front(batch);
                 return;
@@ -822,7 +891,7 @@ impl Engine {
                 self.queue.push_front(batch.split_off(allowed));
             }
         }
-        slot.assigned += batch.count as usize;
+        slot.assigned = slot.assigned.saturating_add(batch.count as usize);
         if slot.inflight.is_empty() {
             slot.head_since = Instant::now();
         }
@@ -844,9 +913,16 @@ impl Engine {
             slot.sent_bytes = 0;
         }
         if wrote {
-            shared::wake(self.layout.worker_sleeping(k), self.worker_bells[k].as_fd());
+            self.wake_worker(k);
         }
         Ok(())
+    }
+
+    /// Rings worker `k`'s bell if it sleeps (and the pool still has bells).
+    fn wake_worker(&self, k: usize) {
+        if let Some(bell) = self.worker_bells.get(k) {
+            shared::wake(self.layout.worker_sleeping(k), bell.as_fd());
+        }
     }
 
     /// Tells every live worker to exit once its work is done (join).
@@ -859,7 +935,7 @@ impl Engine {
             let mut sent = 0;
             if slot.tasks.try_send_partial(&message::exit_message(), &mut sent)? {
                 slot.exit_sent = true;
-                shared::wake(self.layout.worker_sleeping(k), self.worker_bells[k].as_fd());
+                self.wake_worker(k);
             }
         }
         Ok(())
@@ -949,8 +1025,4 @@ impl std::hash::Hasher for IdHasher {
     fn write_u64(&mut self, id: u64) {
         self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
-}
-
-fn zygote_gone(pid: i32) -> Error {
-    Error::WorkerDied { pid, exitcode: -libc::SIGKILL, core_dumped: false, task: None }
 }

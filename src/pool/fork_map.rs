@@ -17,8 +17,9 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
 use super::message::ResultTag;
-use super::shared::{self, Bell, Layout, Woke};
+use super::shared::{self, Layout, Woke};
 use crate::error::{Error, Result};
+use crate::sys::bell::Bell;
 use crate::sys::{self, Forked, ParentOnlyFd};
 use crate::wire::{DecodeError, Wire};
 

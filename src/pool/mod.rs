@@ -60,15 +60,15 @@ use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use engine::{Engine, Limits};
+use engine::{BatchEncoder, Engine, Limits};
 use message::Call;
-use shared::{Bell, Layout};
+use shared::Layout;
 use zygote::{Zygote, ZygoteSide};
 
 pub use fork_map::fork_map;
 
 use crate::error::{Error, Result};
-use crate::sys::{self, ParentOnlyFd};
+use crate::sys::{self, bell::Bell, ParentOnlyFd};
 use crate::wire::Wire;
 
 /// The default capacity of each ring, in bytes.
@@ -88,7 +88,14 @@ const DEFAULT_RING_CAPACITY: usize = 64 * 1024;
 pub struct Pool {
     engine: RefCell<Engine>,
     processes: usize,
+    /// The process that made the pool; in any other (a child forked later,
+    /// which has a copy of this object) every call is an error.
+    owner: i32,
 }
+
+/// Most workers one pool may have: far above any useful number (one per
+/// CPU), far below what would exhaust the process table by mistake.
+pub const MAX_PROCESSES: usize = 4096;
 
 /// Builds a [`Pool`] with options: `Pool::builder().processes(2).build()`.
 #[derive(Debug, Clone)]
@@ -113,7 +120,8 @@ impl Default for PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// How many workers (default: the number of CPUs). 0 is an error.
+    /// How many workers (default: the number of CPUs). 0 and more than
+    /// [`MAX_PROCESSES`] are errors.
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = n;
         self
@@ -136,7 +144,8 @@ impl PoolBuilder {
     /// process group (so processes the task started die too): `SIGTERM`,
     /// then `SIGKILL` 200 ms later. The task yields `Err(Error::Timeout)`
     /// and the worker is replaced. Enforced by the zygote, whether or not
-    /// you are waiting for the task. 0 is an error.
+    /// you are waiting for the task. 0 is an error; a limit too long to
+    /// count in nanoseconds (over 584 years) means no limit.
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);
         self
@@ -155,12 +164,20 @@ impl PoolBuilder {
         if self.processes == 0 {
             return Err(Error::InvalidArgument("a pool needs at least 1 process".into()));
         }
+        if self.processes > MAX_PROCESSES {
+            return Err(Error::InvalidArgument(format!(
+                "{} processes: a pool has at most {MAX_PROCESSES}",
+                self.processes
+            )));
+        }
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::InvalidArgument("max_tasks_per_child must be at least 1".into()));
         }
         if self.task_timeout == Some(Duration::ZERO) {
             return Err(Error::InvalidArgument("task_timeout must be longer than 0".into()));
         }
+        // The zygote counts time in u64 nanoseconds; beyond that, no limit.
+        let task_timeout = self.task_timeout.filter(|t| u64::try_from(t.as_nanos()).is_ok());
         let n = self.processes;
         let capacity = self.ring_capacity.clamp(4096, 1 << 30).next_power_of_two();
         let layout = Layout::new(n, capacity)?;
@@ -183,7 +200,7 @@ impl PoolBuilder {
 
         let worker_layout = layout.clone();
         let (initializer, max_tasks) = (self.initializer, self.max_tasks_per_child);
-        let stamp_tasks = self.task_timeout.is_some();
+        let stamp_tasks = task_timeout.is_some();
         let run_worker = move |slot: usize| {
             for (j, fd) in worker_reads.iter().enumerate() {
                 if j != slot {
@@ -207,14 +224,14 @@ impl PoolBuilder {
             reports: reports_w,
             run_worker,
             layout: layout.clone(),
-            task_timeout: self.task_timeout,
+            task_timeout,
         };
         let zygote = Zygote::start(requests_w, reports_r, side)?;
         let limits = Limits { max_tasks: self.max_tasks_per_child };
         let mut engine = Engine::new(layout, parent_read, worker_writes, zygote, limits)?;
         // On failure, dropping the engine kills and reaps whatever started.
         engine.start_workers()?;
-        Ok(Pool { engine: RefCell::new(engine), processes: n })
+        Ok(Pool { engine: RefCell::new(engine), processes: n, owner: sys::current_pid() })
     }
 }
 
@@ -234,11 +251,64 @@ impl Pool {
         self.processes
     }
 
-    /// The current workers' pids (a replaced worker's pid changes).
+    /// The current workers' pids (a replaced worker's pid changes). Empty
+    /// in a process other than the pool's own, and once the pool has ended.
     pub fn pids(&self) -> Vec<i32> {
-        let mut engine = self.engine.borrow_mut();
+        let Ok(mut engine) = self.engine() else { return Vec::new() };
         let _ = engine.refresh();
         engine.pids()
+    }
+
+    /// The engine, for a call from the pool's own process.
+    ///
+    /// [`Error::WrongProcess`] in a child forked after the pool: its copy
+    /// of the rings and pipes belongs to the parent. [`Error::InvalidState`]
+    /// for a call made while another call of the same pool runs further up
+    /// this thread's stack — possible only from a [`Wire`] impl of the
+    /// call's result type; the caller's input iterators and argument
+    /// encoders run outside (see [`Pool::imap`]).
+    fn engine(&self) -> Result<std::cell::RefMut<'_, Engine>> {
+        let caller = sys::current_pid();
+        if caller != self.owner {
+            return Err(Error::WrongProcess { owner: self.owner, caller });
+        }
+        self.engine
+            .try_borrow_mut()
+            .map_err(|_| Error::InvalidState("the pool was called from inside one of its own calls"))
+    }
+
+    /// Queues `items` as one submission, encoded in `chunk`-task batches.
+    /// The items are pulled and encoded with no pool state borrowed, so the
+    /// iterator may itself use the pool. Returns the submission's id and its
+    /// number of tasks.
+    fn submit<A: Wire>(
+        &self,
+        call: Call,
+        items: impl Iterator<Item = A>,
+        chunk: usize,
+        base_index: u64,
+    ) -> Result<(u64, usize)> {
+        let (sub, ring_capacity) = {
+            let mut engine = self.engine()?;
+            (engine.open(base_index, items.size_hint().0)?, engine.layout.ring_capacity())
+        };
+        let mut encoder = BatchEncoder::new(sub, call, chunk, ring_capacity);
+        let filled = self.fill(&mut encoder, items);
+        if filled.is_err() {
+            if let Ok(mut engine) = self.engine() {
+                engine.cancel(sub);
+            }
+        }
+        filled.map(|()| (sub, encoder.count()))
+    }
+
+    fn fill<A: Wire>(&self, encoder: &mut BatchEncoder, mut items: impl Iterator<Item = A>) -> Result<()> {
+        while let Some(arg) = items.next() {
+            if let Some(batch) = encoder.push(&arg, items.size_hint().0)? {
+                self.engine()?.queue(batch)?;
+            }
+        }
+        self.engine()?.end_fill(encoder.finish())
     }
 
     /// Python's default: ceil(len / (4 × processes)).
@@ -301,8 +371,8 @@ impl Pool {
         items: impl Iterator<Item = A>,
         chunk: usize,
     ) -> Result<Vec<R>> {
-        let mut engine = self.engine.borrow_mut();
-        let (sub, len) = engine.submit(call, items, chunk, 0)?;
+        let (sub, len) = self.submit(call, items, chunk, 0)?;
+        let mut engine = self.engine()?;
         let waited = engine.pump(None, |e| e.submission(sub).is_none_or(|s| s.is_complete()));
         let result = waited.and_then(|()| {
             let s = engine.submission(sub).ok_or(Error::Closed)?;
@@ -333,7 +403,7 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn apply_async<A: Wire, R: Wire>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<'_, R>> {
-        let (sub, _) = self.engine.borrow_mut().submit(Call::new(f), std::iter::once(arg), 1, 0)?;
+        let (sub, _) = self.submit(Call::new(f), std::iter::once(arg), 1, 0)?;
         Ok(AsyncResult { pool: self, sub, taken: false, _value: PhantomData })
     }
 
@@ -379,7 +449,8 @@ impl Pool {
         R: Wire,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self, Call::new(f), items.into_iter(), chunksize.max(1), true)
+        // Clamped like `map_chunked`'s: a batch counts its tasks in a u32.
+        Imap::new(self, Call::new(f), items.into_iter(), chunksize.clamp(1, u32::MAX as usize / 2), true)
     }
 
     /// Refuses new work from now on (`Err(Error::Closed)`); queued work
@@ -391,7 +462,14 @@ impl Pool {
     /// Waits for all queued work, then lets every worker exit and reaps it.
     /// Call [`Pool::close`] first (`Err(Error::InvalidState)` otherwise).
     pub fn join(&mut self) -> Result<()> {
+        let caller = sys::current_pid();
+        if caller != self.owner {
+            return Err(Error::WrongProcess { owner: self.owner, caller });
+        }
         let engine = self.engine.get_mut();
+        if let Some(err) = &engine.broken {
+            return Err(err.clone());
+        }
         if !engine.closed {
             return Err(Error::InvalidState("join() called before close()"));
         }
@@ -442,15 +520,16 @@ pub struct AsyncResult<'p, R> {
 impl<R: Wire> AsyncResult<'_, R> {
     /// Whether the result is there (never blocks).
     pub fn ready(&self) -> bool {
-        let mut engine = self.pool.engine.borrow_mut();
+        let Ok(mut engine) = self.pool.engine() else { return false };
         let _ = engine.refresh();
         engine.submission(self.sub).is_some_and(|s| s.is_complete())
     }
 
     /// Waits at most `timeout`. `Err(Error::Timeout)` if the task has not
     /// finished; the task keeps running and you may ask again. Never kills.
+    /// A timeout too long to represent as an instant waits without limit.
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
-        self.wait(Some(Instant::now() + timeout))
+        self.wait(Instant::now().checked_add(timeout))
     }
 
     /// Waits for the result.
@@ -463,7 +542,7 @@ impl<R: Wire> AsyncResult<'_, R> {
             return Err(Error::InvalidState("the result was already taken"));
         }
         let sub = self.sub;
-        let mut engine = self.pool.engine.borrow_mut();
+        let mut engine = self.pool.engine()?;
         engine.pump(deadline, |e| e.submission(sub).is_none_or(|s| s.is_complete()))?;
         let outcome =
             engine.submission(sub).and_then(|s| s.get(0)).unwrap_or(Err(Error::Closed)).and_then(decode);
@@ -475,7 +554,7 @@ impl<R: Wire> AsyncResult<'_, R> {
 
 impl<R> Drop for AsyncResult<'_, R> {
     fn drop(&mut self) {
-        if let Ok(mut engine) = self.pool.engine.try_borrow_mut() {
+        if let Ok(mut engine) = self.pool.engine() {
             engine.release(self.sub);
         }
     }
@@ -537,13 +616,12 @@ impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         while self.outstanding + self.chunksize <= self.window {
             let Some(input) = self.input.as_mut() else { return Ok(()) };
             let chunk = input.by_ref().take(self.chunksize);
-            let (sub, n) =
-                self.pool.engine.borrow_mut().submit(self.call, chunk, self.chunksize, self.next_index)?;
+            let (sub, n) = self.pool.submit(self.call, chunk, self.chunksize, self.next_index)?;
             if n < self.chunksize {
                 self.input = None;
             }
             if n == 0 {
-                self.pool.engine.borrow_mut().release(sub);
+                self.pool.engine()?.release(sub);
                 return Ok(());
             }
             self.next_index += n as u64;
@@ -586,7 +664,10 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
         if self.pending.is_empty() {
             return self.refused.take().map(Err);
         }
-        let mut engine = self.pool.engine.borrow_mut();
+        let mut engine = match self.pool.engine() {
+            Ok(engine) => engine,
+            Err(e) => return Some(Err(e)),
+        };
         // An ended pool has given every task an outcome, so a result is
         // ready then too; `finished` only guards against waiting forever.
         let waited = engine.pump(None, |e| e.finished || self.ready_one(e).is_some());
@@ -621,7 +702,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
 
 impl<A, R, I> Drop for Imap<'_, A, R, I> {
     fn drop(&mut self) {
-        if let Ok(mut engine) = self.pool.engine.try_borrow_mut() {
+        if let Ok(mut engine) = self.pool.engine() {
             for chunk in &self.pending {
                 engine.release(chunk.sub);
             }

@@ -16,14 +16,14 @@
 //! (only the parent rings it). A waker writes a byte only when the sleeper's
 //! flag says it is asleep, so a busy pool makes no doorbell syscalls.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ring::{self, Receiver, Sender};
-use crate::sys::{self, shm::SharedMapping};
+use crate::sys::{self, bell, shm::SharedMapping};
 
 /// One cache-line-sized (two lines: adjacent-line prefetch) sleep flag,
 /// with the words its owner publishes about its progress.
@@ -33,6 +33,11 @@ struct SleepFlag {
     /// Only the owner writes it: a waker that cleared it could lose a later
     /// wake-up and deadlock both sides.
     sleeping: AtomicU32,
+    /// In a slot, pool: how far the worker got before its first task
+    /// ([`WORKER_FORKED`], [`WORKER_INITIALIZING`], [`WORKER_READY`]);
+    /// written only by the worker. Tells a failed initializer (blame a
+    /// task) from a worker killed from outside while idle (blame none).
+    lifecycle: AtomicU32,
     /// In the control block, pool: 1 while the zygote has written reports
     /// the parent has not read (the zygote sets it, the parent clears it).
     /// In a slot, written only by the slot's worker. Pool: the worker's progress,
@@ -45,6 +50,13 @@ struct SleepFlag {
     /// `CLOCK_MONOTONIC` nanoseconds (one clock for every process).
     stamp: AtomicU64,
 }
+
+/// A worker's [`SleepFlag::lifecycle`]: forked, nothing run yet.
+pub(crate) const WORKER_FORKED: u32 = 0;
+/// Running the pool's initializer.
+pub(crate) const WORKER_INITIALIZING: u32 = 1;
+/// Initialized: from now on only its tasks can fail it.
+pub(crate) const WORKER_READY: u32 = 2;
 
 const FLAG: usize = std::mem::size_of::<SleepFlag>();
 const _: () = assert!(FLAG == 128 && std::mem::align_of::<SleepFlag>() == 128);
@@ -62,6 +74,12 @@ impl Layout {
         FLAG + 2 * ring::region_size(ring_capacity)
     }
 
+    /// Bytes the mapping takes for `slots` workers, `None` past `usize`.
+    fn mapping_len(slots: usize, ring_capacity: usize) -> Option<usize> {
+        let rings = ring::region_size(ring_capacity).checked_mul(2)?;
+        slots.checked_mul(rings.checked_add(FLAG)?)?.checked_add(FLAG)
+    }
+
     fn slot_offset(&self, slot: usize) -> usize {
         assert!(slot < self.slots, "slot {slot} out of range");
         FLAG + slot * Self::slot_size(self.ring_capacity)
@@ -70,8 +88,18 @@ impl Layout {
     /// Maps room for `slots` workers with rings of `ring_capacity` bytes
     /// (a power of two). The memory starts zeroed: every flag 0, every ring
     /// empty.
+    ///
+    /// A size past what the address space holds is
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument); one the
+    /// kernel refuses is `Error::Os` naming `mmap`.
     pub(crate) fn new(slots: usize, ring_capacity: usize) -> Result<Layout> {
-        let len = FLAG + slots * Self::slot_size(ring_capacity);
+        let len = Self::mapping_len(slots, ring_capacity)
+            .filter(|&len| len <= isize::MAX as usize)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{slots} workers with rings of {ring_capacity} bytes do not fit in memory"
+                ))
+            })?;
         let layout = Layout { mapping: Arc::new(SharedMapping::new(len)?), slots, ring_capacity };
         for slot in 0..slots {
             layout.reset_slot(slot);
@@ -101,6 +129,14 @@ impl Layout {
     fn stamp(&self, base: *mut u8) -> &AtomicU64 {
         // SAFETY: as in `flag`.
         unsafe { &(*base.cast::<SleepFlag>()).stamp }
+    }
+
+    /// Pool: how far worker `slot` got before its first task (see
+    /// [`SleepFlag::lifecycle`]).
+    pub(crate) fn lifecycle(&self, slot: usize) -> &AtomicU32 {
+        let base = self.slot_base(slot);
+        // SAFETY: as in `flag`.
+        unsafe { &(*base.cast::<SleepFlag>()).lifecycle }
     }
 
     /// Pool: worker `slot`'s progress word (see [`SleepFlag`]).
@@ -164,30 +200,16 @@ impl Layout {
         ring::reset(&self.mapping, offset);
         ring::reset(&self.mapping, offset + ring::region_size(self.ring_capacity));
         self.worker_sleeping(slot).store(0, Ordering::SeqCst);
+        self.lifecycle(slot).store(WORKER_FORKED, Ordering::SeqCst);
         self.running_item(slot).store(0, Ordering::SeqCst);
         self.task_started_ns(slot).store(0, Ordering::SeqCst);
     }
 }
 
-/// A doorbell: a pipe whose bytes mean only "look again". Both ends are
-/// non-blocking: a full pipe already holds a pending wake-up.
-#[derive(Debug)]
-pub(crate) struct Bell {
-    pub(crate) read: OwnedFd,
-    pub(crate) write: OwnedFd,
-}
-
-impl Bell {
-    pub(crate) fn new() -> Result<Bell> {
-        let (read, write) = sys::pipe()?;
-        sys::set_nonblocking(read.as_fd(), true)?;
-        sys::set_nonblocking(write.as_fd(), true)?;
-        Ok(Bell { read, write })
-    }
-}
-
 /// Wakes a sleeper if its flag is up. Call after publishing the data it
-/// waits for.
+/// waits for. A sleeper that is gone (its bell's read end closed) is not an
+/// error here, and never raises `SIGPIPE` ([`bell::ring`]): its death
+/// reaches the pool through the zygote's report.
 pub(crate) fn wake(flag: &AtomicU32, bell: BorrowedFd<'_>) {
     // SeqCst fence: orders our earlier publish (ring index store) before the
     // flag load, pairing with the fence in `sleep` between the sleeper's
@@ -195,10 +217,8 @@ pub(crate) fn wake(flag: &AtomicU32, bell: BorrowedFd<'_>) {
     fence(Ordering::SeqCst);
     // Relaxed is enough after the fence.
     if flag.load(Ordering::Relaxed) != 0 {
-        sys::trace!("doorbell ring(fd {})", std::os::fd::AsRawFd::as_raw_fd(&bell));
-        // EAGAIN (pipe full) means a wake-up is already pending; EPIPE means
-        // the sleeper is gone. Neither needs handling here.
-        let _ = sys::write(bell, b"w");
+        // Rung, already pending, or nobody left to wake: all fine here.
+        let _ = bell::ring(bell);
     }
 }
 
@@ -209,13 +229,14 @@ pub(crate) enum Woke {
     Ready,
     /// The doorbell's write ends are all closed: the peer is gone.
     BellClosed,
-    /// The timeout passed, or one of `extra` fds became readable.
+    /// The timeout passed, or one of `extra` fds became readable (or hung up).
     Other,
 }
 
-/// Spin-then-sleep: spins briefly re-checking `ready`, then raises `flag`,
-/// re-checks, and sleeps in `poll` on `bell` (plus `extra` fds) for at most
-/// `timeout`. The flag is cleared by us, the sleeper, and only by us.
+/// Spin-then-sleep: spins briefly re-checking `ready` (the ring's policy,
+/// [`ring::spin`]), then raises `flag`, re-checks, and sleeps in `poll` on
+/// `bell` (plus `extra` fds) for at most `timeout`. The flag is cleared by
+/// us, the sleeper, and only by us.
 pub(crate) fn sleep(
     flag: &AtomicU32,
     bell: BorrowedFd<'_>,
@@ -223,20 +244,8 @@ pub(crate) fn sleep(
     timeout: Option<Duration>,
     ready: impl Fn() -> bool,
 ) -> Result<Woke> {
-    // ~2,000 pauses keep nearly all of the spinning throughput (PERF-NOTES)
-    // without burning a core when idle. A pool has one more process than a
-    // machine usually has cores (the parent and a worker per core), so the
-    // spinner offers its core every 64 pauses: the process it waits for may
-    // be the one waiting for that core. (Measured on 2 vCPUs: Pool::map of
-    // trivial tasks goes from ~30 to ~40 M tasks/s.)
-    for i in 0..2_000u32 {
-        if ready() {
-            return Ok(Woke::Ready);
-        }
-        if i % 64 == 63 {
-            std::thread::yield_now();
-        }
-        std::hint::spin_loop();
+    if ring::spin(|| Ok(ready()))? {
+        return Ok(Woke::Ready);
     }
     flag.store(1, Ordering::Relaxed);
     // Pairs with the fence in `wake`: after this, a waker that publishes
@@ -252,7 +261,15 @@ pub(crate) fn sleep(
     fds.extend(extra.iter().map(|&fd| (fd, true, false)));
     let polled = sys::poll(&fds, timeout);
     let woke = match &polled {
-        Ok(ready) if ready[0].readable || ready[0].hangup => drain(bell),
+        // Another fd's news comes first: a bell that hung up because the
+        // peer died is often the echo of what the extra fd says (the
+        // zygote's report pipe reads EOF when the whole pool is gone).
+        Ok(ready) if ready[1..].iter().any(|r| r.readable || r.hangup) => {
+            bell::drain(bell).map(|_| Woke::Other)
+        }
+        Ok(ready) if ready[0].readable || ready[0].hangup => {
+            bell::drain(bell).map(|open| if open { Woke::Ready } else { Woke::BellClosed })
+        }
         _ => Ok(Woke::Other),
     };
     // Relaxed: the next `ready()` check by the owner re-reads the ring with
@@ -260,18 +277,4 @@ pub(crate) fn sleep(
     flag.store(0, Ordering::Relaxed);
     polled?;
     woke
-}
-
-/// Reads every pending byte of a doorbell; EOF means its writers are gone.
-fn drain(bell: BorrowedFd<'_>) -> Result<Woke> {
-    let mut buf = [0u8; 64];
-    loop {
-        match sys::read(bell, &mut buf) {
-            Ok(0) => return Ok(Woke::BellClosed),
-            Ok(n) if n < buf.len() => return Ok(Woke::Ready),
-            Ok(_) => continue,
-            Err(crate::Error::Os(e)) if e.errno == libc::EAGAIN => return Ok(Woke::Ready),
-            Err(e) => return Err(e),
-        }
-    }
 }

@@ -88,11 +88,17 @@ impl Worker<'_> {
         // A task's panic is reported to the caller as Error::Panicked with
         // its message; printing it here too would only be noise.
         panic::set_hook(Box::new(|_| {}));
+        // Release: the parent reads the word after our death (the zygote's
+        // waitpid and report order it anyway); a death before READY is the
+        // initializer's doing, or a kill before we ran any code of the pool.
+        let lifecycle = self.layout.lifecycle(self.slot);
         if let Some(init) = self.initializer {
+            lifecycle.store(shared::WORKER_INITIALIZING, Ordering::Release);
             if panic::catch_unwind(init).is_err() {
                 sys::exit_now(1);
             }
         }
+        lifecycle.store(shared::WORKER_READY, Ordering::Release);
         let code = match self.serve() {
             Ok(()) => 0,
             Err(_) => 1,

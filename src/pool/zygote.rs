@@ -58,6 +58,13 @@ const REP_LEN: usize = 20;
 /// SIGKILL.
 pub(crate) const TERM_GRACE: Duration = Duration::from_millis(200);
 
+/// How long ending a pool waits for its zygote, told to kill its workers
+/// (or found gone), before it sends the zygote `SIGKILL`: a zygote stopped
+/// with `SIGSTOP` must not block `drop` forever. Its workers die with it
+/// (Linux: their parent-death signal; elsewhere: their bells' end of file,
+/// once idle).
+pub(crate) const ZYGOTE_EXIT_LIMIT: Duration = Duration::from_secs(1);
+
 /// What the zygote tells the parent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Report {
@@ -155,6 +162,9 @@ pub(crate) struct Zygote {
     partial: Vec<u8>,
     reaped: bool,
     registered: Option<usize>,
+    /// The process that forked the zygote: the only one that may talk to it
+    /// or reap it (a forked child's copy of the handle does nothing).
+    owner: i32,
 }
 
 /// Everything the zygote keeps (its ends of the pipes, and what it needs to
@@ -201,16 +211,12 @@ impl Zygote {
                     partial: Vec::new(),
                     reaped: false,
                     registered,
+                    owner: sys::current_pid(),
                 };
                 sys::set_nonblocking(zygote.reports.as_fd(), true)?;
                 Ok(zygote)
             }
         }
-    }
-
-    /// The zygote's pid.
-    pub(crate) fn pid(&self) -> i32 {
-        self.pid
     }
 
     /// The report pipe, for the parent's `poll`.
@@ -256,23 +262,51 @@ impl Zygote {
         Ok(alive)
     }
 
-    /// Ends the zygote and waits for it. `kill`: workers get `SIGKILL` now;
-    /// otherwise the zygote waits for them to exit on their own (they have
-    /// been told to). Idempotent.
+    /// Ends the zygote and waits for it. `kill`: workers get `SIGKILL` now,
+    /// and a zygote that has not exited [`ZYGOTE_EXIT_LIMIT`] later gets
+    /// `SIGKILL` too; otherwise the zygote waits for its workers to exit on
+    /// their own (they have been told to). Idempotent; does nothing in a
+    /// process other than the owner.
     pub(crate) fn shutdown(&mut self, kill: bool) -> Result<()> {
-        if self.reaped {
+        if self.reaped || sys::current_pid() != self.owner {
             return Ok(());
         }
-        if let Some(i) = self.registered.take() {
-            LIVE[i].store(0, Ordering::Release);
-        }
+        self.unregister();
         let sent = self.request(if kill { REQ_KILL_ALL } else { REQ_SHUTDOWN }, 0);
         // Closing the request pipe is the fallback order: EOF means kill all.
         self.requests = None;
-        let waited = sys::waitpid(self.pid, false);
+        let waited = if kill { self.reap_within(ZYGOTE_EXIT_LIMIT) } else { sys::waitpid(self.pid, false) };
         self.reaped = true;
         sent.or(Ok::<(), Error>(()))?;
         waited.map(drop)
+    }
+
+    /// The zygote's report pipe read end of file: it has exited (or is
+    /// exiting). Reaps it and returns the error every call of the pool now
+    /// gets.
+    pub(crate) fn reap_dead(&mut self) -> Result<Error> {
+        self.unregister();
+        self.requests = None;
+        let status = if self.reaped { None } else { self.reap_within(ZYGOTE_EXIT_LIMIT)? };
+        self.reaped = true;
+        let exitcode = status.map_or(-libc::SIGKILL, |s| s.exitcode());
+        Ok(Error::ZygoteDied { pid: self.pid, exitcode })
+    }
+
+    /// Waits at most `limit` for the zygote to exit, then kills it; reaps it
+    /// either way. (It is our unreaped child, so its pid is still its own.)
+    fn reap_within(&self, limit: Duration) -> Result<Option<ExitStatus>> {
+        if let Some(status) = sys::waitpid_until(self.pid, Instant::now().checked_add(limit))? {
+            return Ok(Some(status));
+        }
+        sys::kill(self.pid, libc::SIGKILL)?;
+        sys::waitpid(self.pid, false)
+    }
+
+    fn unregister(&mut self) {
+        if let Some(i) = self.registered.take() {
+            LIVE[i].store(0, Ordering::Release);
+        }
     }
 }
 
@@ -420,7 +454,8 @@ impl Timers {
         });
         let mut wake_at = self.group_kills.iter().map(|&(_, at)| at).min();
         let Some(limit) = limit else { return wake_at };
-        let limit_ns = limit.as_nanos() as u64;
+        // Saturate: the builder turns a limit past u64 nanoseconds into none.
+        let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
         let now_ns = sys::monotonic_ns();
         for (&pid, &slot) in live {
             if self.timed_out.contains(&pid) {
@@ -444,8 +479,10 @@ impl Timers {
                 self.group_kills.push((pid, now + TERM_GRACE));
                 wake_at = Some(wake_at.map_or(now + TERM_GRACE, |w| w.min(now + TERM_GRACE)));
             } else {
-                let check = now + Duration::from_nanos(limit_ns.saturating_sub(ran));
-                wake_at = Some(wake_at.map_or(check, |w| w.min(check)));
+                // An instant past what the clock can say: nothing to check.
+                if let Some(check) = now.checked_add(Duration::from_nanos(limit_ns.saturating_sub(ran))) {
+                    wake_at = Some(wake_at.map_or(check, |w| w.min(check)));
+                }
             }
         }
         wake_at

@@ -11,10 +11,31 @@
 //! `pthread_sigmask` calls, only on the slow path: a bell is rung only when
 //! the peer is asleep, and that wake-up costs far more.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::error::{Error, Result};
-use crate::sys::{read, trace, write};
+use crate::sys::{pipe, read, set_nonblocking, trace, write};
+
+/// A doorbell: a pipe whose bytes mean only "look again". Both ends are
+/// non-blocking: a full pipe already holds a pending wake-up, and the
+/// sleeper drains it until `EAGAIN` (waiting is `poll`'s job).
+#[derive(Debug)]
+pub(crate) struct Bell {
+    /// The sleeper's end: `poll` it, then [`drain`] it.
+    pub(crate) read: OwnedFd,
+    /// The waker's end: [`ring`] it.
+    pub(crate) write: OwnedFd,
+}
+
+impl Bell {
+    /// A new bell, both ends close-on-exec and non-blocking.
+    pub(crate) fn new() -> Result<Bell> {
+        let (read, write) = pipe()?;
+        set_nonblocking(read.as_fd(), true)?;
+        set_nonblocking(write.as_fd(), true)?;
+        Ok(Bell { read, write })
+    }
+}
 
 /// What became of one ring of the bell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

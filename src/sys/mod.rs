@@ -11,7 +11,7 @@
 use std::fmt;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, OsError, Result};
@@ -252,6 +252,26 @@ pub(crate) fn waitpid(pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
     Ok(Some(status))
 }
 
+/// Waits for child `pid` until `deadline` (`None`: no limit) without
+/// blocking past it: `Ok(None)` if it is still running then. Polls with
+/// `WNOHANG`, sleeping 0.1 ms at first and at most 10 ms between looks (a
+/// child's exit wakes nothing we could `poll`).
+pub(crate) fn waitpid_until(pid: i32, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
+    let Some(deadline) = deadline else { return waitpid(pid, false) };
+    let mut nap = Duration::from_micros(100);
+    loop {
+        if let Some(status) = waitpid(pid, true)? {
+            return Ok(Some(status));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        std::thread::sleep(nap.min(left));
+        nap = (nap * 2).min(Duration::from_millis(10));
+    }
+}
+
 /// `kill(2)`. A process that is already gone (`ESRCH`) is not an error:
 /// every caller wants it gone. A negative `pid` names a process group.
 pub(crate) fn kill(pid: i32, signal: i32) -> Result<()> {
@@ -275,6 +295,42 @@ pub(crate) fn exit_now(code: i32) -> ! {
 pub(crate) fn getpid() -> i32 {
     // SAFETY: getpid cannot fail.
     unsafe { libc::getpid() }
+}
+
+/// This process's pid, cached (0: not known yet). A `fork` by any means
+/// (ours, `libc::fork`, nix's) clears it in the child through the
+/// `pthread_atfork` hook installed by the first call.
+static CACHED_PID: AtomicI32 = AtomicI32::new(0);
+/// 0: no hook yet; 1: being installed; 2: installed (only then is the pid
+/// cached, so a child forked before the hook exists never inherits a cache).
+static ATFORK_STATE: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forget_cached_pid() {
+    // Relaxed: the child has one thread; nothing else is published.
+    CACHED_PID.store(0, Ordering::Relaxed);
+}
+
+/// This process's pid, as `getpid(2)`, without a system call after the first
+/// time: objects that belong to one process (a pool, its results) check it
+/// on every call, and a forked child must see its own pid at once.
+pub(crate) fn current_pid() -> i32 {
+    // Relaxed: a pid is one word, and every thread of a process agrees on it.
+    let cached = CACHED_PID.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    if ATFORK_STATE.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        // SAFETY: registers a child hook that only stores to an atomic,
+        // which is async-signal-safe (as a post-fork child hook must be).
+        // It can fail only with ENOMEM; then the pid is never cached.
+        let installed = unsafe { libc::pthread_atfork(None, None, Some(forget_cached_pid)) } == 0;
+        ATFORK_STATE.store(if installed { 2 } else { 1 }, Ordering::Release);
+    }
+    let pid = getpid();
+    if ATFORK_STATE.load(Ordering::Acquire) == 2 {
+        CACHED_PID.store(pid, Ordering::Relaxed);
+    }
+    pid
 }
 
 /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds. Every process on the
