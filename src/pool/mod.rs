@@ -32,13 +32,17 @@
 //! | task panics                           | `Err(Error::Panicked { message })`; worker lives on |
 //! | worker killed / segfaults / aborts while running a task | that task: `Err(Error::WorkerDied { exitcode: -signal, core_dumped, task, .. })`; the others run on; worker replaced |
 //! | task calls `exit(n)`                  | that task: `Err(Error::WorkerDied { exitcode: n, .. })` |
-//! | worker killed between tasks           | no task fails; its queued tasks go to the others; worker replaced |
-//! | worker dies before its first task (its initializer failed) | its first task gets `WorkerDied`: a pool that cannot work fails tasks one by one instead of retrying forever |
+//! | worker killed between tasks, or idle before its first | no task fails; its queued tasks go to the others; worker replaced |
+//! | worker dies in its initializer        | its first task gets `WorkerDied`: a pool that cannot work fails tasks one by one instead of retrying forever (so does a slot's fourth fresh worker in a row killed before it ran any pool code) |
 //! | task runs past `task_timeout`         | `Err(Error::Timeout)`; its process group (the worker and what the task started) gets SIGTERM, then SIGKILL 200 ms later; worker replaced |
 //! | result bytes do not decode            | `Err(Error::Decode(..))` for that task          |
 //! | corrupt ring frame                    | `Err(Error::Decode(..))` for the task its worker runs; the worker is killed and replaced |
 //! | `fork` fails (EAGAIN, ENOMEM)         | `Pool::new`: `Err(Error::Os)` naming `fork`, nothing left behind; later, queued tasks fail with it once no worker is left |
 //! | the parent dies (even by SIGKILL)     | the zygote sees EOF (or, on Linux, its parent change) and kills every worker |
+//! | the zygote is killed from outside     | the running call and every later one: `Err(Error::ZygoteDied)`; the workers die with it |
+//! | the zygote is stopped at `drop`/`terminate` | after one second it gets SIGKILL and is reaped; its workers die with it |
+//! | used from a child forked after the pool | `Err(Error::WrongProcess)` there; nothing of the parent's is touched |
+//! | called from its own input iterator    | works (`pool.imap(f, pool.imap(g, xs))`): items are pulled with no pool state borrowed |
 //! | new work after `close()`/`terminate()`| `Err(Error::Closed)`                            |
 //!
 //! Every task gets exactly one outcome. A worker packs the results of quick

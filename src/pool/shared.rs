@@ -90,7 +90,7 @@ impl Layout {
     /// empty.
     ///
     /// A size past what the address space holds is
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument); one the
+    /// [`Error::InvalidArgument`]; one the
     /// kernel refuses is `Error::Os` naming `mmap`.
     pub(crate) fn new(slots: usize, ring_capacity: usize) -> Result<Layout> {
         let len = Self::mapping_len(slots, ring_capacity)
