@@ -800,6 +800,13 @@ fn absurd_sizes_are_errors_or_work_never_a_crash() {
             other => panic!("Pool::new({n}) gave {other:?}"),
         }
     }
+    let few = [1u64, 2, 3];
+    for n in [usize::MAX, mproc::pool::MAX_PROCESSES + 1] {
+        match mproc::fork_map(n, &few, |&i| i) {
+            Err(Error::InvalidArgument(what)) => assert!(what.contains("processes"), "{what}"),
+            other => panic!("fork_map({n}) gave {other:?}"),
+        }
+    }
     let expected: Vec<u64> = (0..50).map(cube).collect();
     // A ring of usize::MAX bytes is clamped to the largest ring.
     let pool = Pool::builder().processes(1).ring_capacity(usize::MAX).build().unwrap();

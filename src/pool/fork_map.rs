@@ -41,6 +41,10 @@ struct Child {
 /// Forking happens on the calling thread (see the fork rules in
 /// [`crate::process`]).
 ///
+/// Errors: [`Error::InvalidArgument`] for 0 processes or more than
+/// [`MAX_PROCESSES`](crate::pool::MAX_PROCESSES) (fewer are forked when
+/// there are fewer items); [`Error::Os`] naming the call that failed.
+///
 /// ```
 /// let words = vec!["fork".to_string(), "waitpid".into(), "pipe".into()];
 /// let suffix = "(2)"; // a capture: fine here, impossible with Pool::map
@@ -55,6 +59,12 @@ where
 {
     if processes == 0 {
         return Err(Error::InvalidArgument("fork_map needs at least 1 process".into()));
+    }
+    if processes > super::MAX_PROCESSES {
+        return Err(Error::InvalidArgument(format!(
+            "{processes} processes: fork_map forks at most {}",
+            super::MAX_PROCESSES
+        )));
     }
     if items.is_empty() {
         return Ok(Vec::new());
