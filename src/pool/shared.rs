@@ -223,7 +223,7 @@ pub(crate) fn sleep(
     timeout: Option<Duration>,
     ready: impl Fn() -> bool,
 ) -> Result<Woke> {
-    // ~2,000 pauses keep nearly all of the spinning throughput (PERF-NOTES)
+    // ~2,000 pauses keep nearly all of the spinning throughput (mproc(7))
     // without burning a core when idle. A pool has one more process than a
     // machine usually has cores (the parent and a worker per core), so the
     // spinner offers its core every 64 pauses: the process it waits for may
