@@ -15,10 +15,19 @@ MPROC   ?= $(TARGET_DIR)/release/mproc
 C_SRCS  := $(wildcard c-compare/*.c)
 C_PROGS := $(patsubst c-compare/%.c,$(BUILD)/c/%,$(C_SRCS))
 MANPAGES := man/mproc.1 man/mproc.7
+MANDOC  ?= mandoc
+GROFF   ?= groff
+STRACE  ?= strace
+
+# Tools a check needs beyond Rust, cc and make: mandoc (man page lint; groff
+# stands in), strace (the --trace check), man (install-check). A missing one
+# is one line, and the check goes on without it; under CI (CI=true, set by
+# .ci/run and by GitHub Actions) it is an error, since CI installs them all.
 
 # Forking tests must not share a process with other test threads (a lock
 # held by another thread at fork() stays locked in the child): nextest runs
-# each test in its own process; without it, cargo test runs one at a time.
+# each test in its own process; without it, cargo test runs one at a time
+# (as plain `cargo test` does too: RUST_TEST_THREADS in .cargo/config.toml).
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 ifeq ($(HAVE_NEXTEST),yes)
 RUST_TESTS = $(CARGO) nextest run --no-fail-fast --all-targets && $(CARGO) test --doc
@@ -71,16 +80,31 @@ clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 test-rust:
+	@if [ "$$(uname -s)" = Linux ] && ! command -v $(STRACE) >/dev/null 2>&1; then \
+	    if [ "$(CI)" = true ]; then echo "test-rust: $(STRACE) not found (CI=true: required)"; exit 1; fi; \
+	    echo "test-rust: $(STRACE) not found: skipping the checks of --trace against strace"; \
+	fi
 	MPROC_C_DIR=$(CURDIR)/$(BUILD)/c $(RUST_TESTS)
 
 doc:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items
 
+# mandoc -Tlint when there is mandoc, else groff's warnings (groff is there
+# wherever man(1) is).
 man-lint:
-	@for page in $(MANPAGES); do \
-	    out=$$(mandoc -Tlint -Wwarning $$page 2>&1); \
+	@if command -v $(MANDOC) >/dev/null 2>&1; then \
+	    lint="$(MANDOC) -Tlint -Wwarning"; \
+	elif [ "$(CI)" = true ]; then \
+	    echo "man-lint: $(MANDOC) not found (CI=true: required)"; exit 1; \
+	elif command -v $(GROFF) >/dev/null 2>&1; then \
+	    lint="$(GROFF) -mdoc -ww -z"; \
+	else \
+	    echo "man-lint: skipped, neither mandoc nor groff found"; exit 0; \
+	fi; \
+	for page in $(MANPAGES); do \
+	    out=$$($$lint $$page 2>&1); \
 	    if [ -n "$$out" ]; then echo "$$out"; exit 1; fi; \
-	    echo "mandoc -Tlint -Wwarning $$page: clean"; \
+	    echo "$$lint $$page: clean"; \
 	done
 
 bench: release
@@ -92,10 +116,15 @@ bench: release
 compare: release c
 	$(MPROC) bench compare --c-dir $(BUILD)/c
 
+# groff stands in for mandoc: -P-c for overstrikes that col -b removes,
+# -Wbreak for the narrow columns of mproc(7)'s tables at 80 columns.
 man:
-	@mkdir -p $(BUILD)/man
-	@for page in $(MANPAGES); do \
-	    mandoc -Tutf8 $$page | col -b > $(BUILD)/man/$$(basename $$page).txt; \
+	@if command -v $(MANDOC) >/dev/null 2>&1; then render="$(MANDOC) -Tutf8"; \
+	elif command -v $(GROFF) >/dev/null 2>&1; then render="$(GROFF) -Tutf8 -mdoc -P-c -Wbreak"; \
+	else echo "man: neither mandoc nor groff found"; exit 1; fi; \
+	mkdir -p $(BUILD)/man && \
+	for page in $(MANPAGES); do \
+	    $$render $$page | col -b > $(BUILD)/man/$$(basename $$page).txt || exit 1; \
 	    echo "$(BUILD)/man/$$(basename $$page).txt"; \
 	done
 
@@ -111,15 +140,21 @@ uninstall:
 
 # Installs into a temporary prefix, reads both pages with man -M, uninstalls.
 install-check:
-	@tmp=$$(mktemp -d) && \
+	@if command -v man >/dev/null 2>&1; then read_man=yes; \
+	elif [ "$(CI)" = true ]; then echo "install-check: man not found (CI=true: required)"; exit 1; \
+	else read_man=no; echo "install-check: man not found: skipping the man -M reads"; fi; \
+	tmp=$$(mktemp -d) && \
 	$(MAKE) --no-print-directory install PREFIX=$$tmp MPROC=$(TARGET_DIR)/debug/mproc >/dev/null && \
 	$$tmp/bin/mproc square >/dev/null && \
-	MANPAGER=cat man -M $$tmp/share/man 1 mproc 2>/dev/null | grep -q 'isolation' && \
-	MANPAGER=cat man -M $$tmp/share/man 7 mproc 2>/dev/null | grep -q 'zygote' && \
+	{ [ $$read_man = no ] || \
+	  { MANPAGER=cat man -M $$tmp/share/man 1 mproc 2>/dev/null | grep -q 'isolation' && \
+	    MANPAGER=cat man -M $$tmp/share/man 7 mproc 2>/dev/null | grep -q 'zygote'; }; } && \
 	$(MAKE) --no-print-directory uninstall PREFIX=$$tmp >/dev/null && \
 	test ! -e $$tmp/bin/mproc && test ! -e $$tmp/share/man/man1/mproc.1 && \
 	test ! -e $$tmp/share/man/man7/mproc.7 && \
-	rm -rf $$tmp && echo "install-check: make install, man -M, make uninstall: ok"
+	rm -rf $$tmp && \
+	if [ $$read_man = yes ]; then echo "install-check: make install, man -M, make uninstall: ok"; \
+	else echo "install-check: make install, make uninstall: ok"; fi
 
 clean:
 	$(CARGO) clean

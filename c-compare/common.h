@@ -34,6 +34,11 @@
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE  /* glibc: MAP_ANONYMOUS (ring.h) is not in POSIX.1-2008 */
 #define _DARWIN_C_SOURCE /* macOS: nor is MAP_ANON */
+#if defined(__FreeBSD__) && !defined(__BSD_VISIBLE)
+/* FreeBSD: _POSIX_C_SOURCE hides the BSD names (MAP_ANON) and no public
+ * macro shows them again; <sys/cdefs.h> leaves __BSD_VISIBLE to us then. */
+#define __BSD_VISIBLE 1
+#endif
 #endif
 
 #include <errno.h>

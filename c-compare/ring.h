@@ -12,8 +12,8 @@
  *
  *   offset 0      tail: u64               written by the producer only
  *   offset 128    head: u64               written by the consumer only
- *   offset 256    consumer_sleeping: u32  1 while the consumer may sleep
- *   offset 384    producer_sleeping: u32  1 while the producer may sleep
+ *   offset 256    consumer_sleeping: u64  non-zero while the consumer may sleep
+ *   offset 384    producer_sleeping: u64  non-zero while the producer may sleep
  *   offset 512    data: C bytes           byte counter i at data[i & (C-1)]
  *
  * Each field has its own 128-byte line, so the two writers never share a
@@ -25,22 +25,29 @@
  * fragments of at least C/4 bytes, each flagged MORE except the last.
  *
  * Protocol. Producer: copy the frame in at tail, store tail (release), load
- * consumer_sleeping; if 1, write a byte to the data bell. Consumer: load tail
- * (acquire), copy the frame out at head, store head (release; lazily, a
- * quarter of the ring at a time or when the ring runs dry), load
- * producer_sleeping; if 1, write a byte to the space bell. Each store-then-
- * load pair is seq_cst (see publish() and release() below). A side with
- * nothing to do spins RING_SPIN_LIMIT times, then sets its own sleeping flag,
- * looks at the ring once more, polls its bell, drains it and clears the flag.
- * Only the sleeper clears its own flag: a peer that cleared it could miss the
- * next sleep and never ring.
+ * consumer_sleeping; if it is non-zero and not the value it last rang for,
+ * write a byte to the data bell. Consumer: load tail (acquire), copy the
+ * frame out at head, store head (release; lazily, a quarter of the ring at a
+ * time, when the ring runs dry, or at once when a relaxed peek shows the
+ * producer asleep), load producer_sleeping; if it is non-zero and not the
+ * value it last rang for, write a byte to the space bell. Each
+ * store-then-load pair is seq_cst (see ring_publish() and ring_publish_head()
+ * below). A side with nothing to do spins RING_SPIN_LIMIT times, then stores
+ * a new sleep number (1, 2, 3, ...: never 0, never reused) in its own
+ * *_sleeping word, looks at the ring once more, polls its bell, stores 0 and
+ * drains the bell. The sleep number lets the peer ring once per sleep rather
+ * than once per message while the sleeper wakes up. Only the sleeper clears
+ * its own word: a peer that cleared it could miss the next sleep and never
+ * ring.
  *
  * Death. Only the producer holds the data bell's write end and only the
  * consumer the space bell's, so a peer's exit reads as end-of-file on the
  * survivor's bell: a receiver then drains the ring and reports RING_CLOSED.
  *
- * What the C twin leaves out: the Rust Sender's outbox (enqueue/flush) and
- * the timeouts. Only the blocking send and receive are here.
+ * What the C twin leaves out: the Rust Sender's outbox (enqueue/flush), the
+ * timeouts, and the time bound on spinning (Rust stops after 2,000 pauses or
+ * 20 us, whichever comes first; here it is 2,000 pauses). Only the blocking
+ * send and receive are here.
  *
  * Requirements on the program: SIGPIPE ignored (ringing the bell of a dead
  * peer must return EPIPE, not kill the ringer; src/sys/bell.rs blocks the
@@ -77,8 +84,9 @@
 #define RING_FLAG_MORE 1u
 #define RING_MIN_CAPACITY ((uint64_t)1 << 10)
 #define RING_MAX_CAPACITY ((uint64_t)1 << 30)
-/* Busy-wait rounds before sleeping on a bell (PERF-NOTES: ~2,000 keeps
- * nearly all the spinning speed without burning a core when idle). */
+/* Busy-wait rounds before sleeping on a bell (~2,000 keeps nearly all the
+ * spinning speed without burning a core when idle; the measurements are in
+ * mproc(7), "Doorbells: who wakes whom"). */
 #define RING_SPIN_LIMIT 2000
 
 /* The shared header at offset 0 of the mapping, as in src/ring.rs. */
@@ -89,24 +97,24 @@ struct ring_header {
     /* Bytes ever consumed. Consumer only; never decreases; head <= tail.
      * Bytes below it may be overwritten by the producer. */
     alignas(128) _Atomic uint64_t head;
-    /* 1 while the consumer is about to sleep or asleep on the data bell.
-     * Set and cleared only by the consumer. */
-    alignas(128) _Atomic uint32_t consumer_sleeping;
-    /* 1 while the producer is about to sleep or asleep on the space bell.
-     * Set and cleared only by the producer. */
-    alignas(128) _Atomic uint32_t producer_sleeping;
+    /* 0 while the consumer is awake; while it is about to sleep or asleep on
+     * the data bell, the number of that sleep (counting from 1, so each sleep
+     * has its own value). Set and cleared only by the consumer. */
+    alignas(128) _Atomic uint64_t consumer_sleeping;
+    /* The same for the producer asleep on the space bell. Set and cleared
+     * only by the producer. */
+    alignas(128) _Atomic uint64_t producer_sleeping;
 };
 
 _Static_assert(sizeof(struct ring_header) == RING_HEADER_LEN, "ring header is 512 bytes");
 _Static_assert(offsetof(struct ring_header, head) == 128, "head at offset 128");
-_Static_assert(offsetof(struct ring_header, consumer_sleeping) == 256, "flag at offset 256");
-_Static_assert(offsetof(struct ring_header, producer_sleeping) == 384, "flag at offset 384");
-_Static_assert(sizeof(_Atomic uint64_t) == 8 && sizeof(_Atomic uint32_t) == 4,
-               "atomics have the plain integers' size, as Rust's AtomicU64/AtomicU32");
+_Static_assert(offsetof(struct ring_header, consumer_sleeping) == 256, "sleep word at offset 256");
+_Static_assert(offsetof(struct ring_header, producer_sleeping) == 384, "sleep word at offset 384");
+_Static_assert(sizeof(_Atomic uint64_t) == 8,
+               "atomics have the plain integer's size, as Rust's AtomicU64");
 /* Another process shares these atomics: they must not hide a lock. */
-_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && ATOMIC_LONG_LOCK_FREE == 2 &&
-                   ATOMIC_INT_LOCK_FREE == 2,
-               "64- and 32-bit atomics must be lock-free");
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && ATOMIC_LONG_LOCK_FREE == 2,
+               "64-bit atomics must be lock-free");
 
 enum ring_status {
     RING_OK = 0,
@@ -130,6 +138,8 @@ struct ring_sender {
     uint64_t tail;        /* includes frames written but not yet published */
     uint64_t published;   /* the tail the consumer can see */
     uint64_t cached_head; /* a head loaded earlier: free space is at least what it shows */
+    uint64_t sleeps;      /* our sleeps on the space bell so far (the last number announced) */
+    uint64_t rang_for;    /* the consumer's sleep number we last rang the data bell for */
     bool peer_gone;       /* the space bell read end-of-file, or ringing failed */
 };
 
@@ -148,6 +158,8 @@ struct ring_receiver {
                            * once a quarter of the ring piles up, when the ring
                            * runs dry, or at once if the producer sleeps */
     uint64_t cached_tail; /* a tail loaded earlier: frames below it are ours to read */
+    uint64_t sleeps;      /* our sleeps on the data bell so far (the last number announced) */
+    uint64_t rang_for;    /* the producer's sleep number we last rang the space bell for */
     struct ring_buf partial; /* fragments of a streamed message received so far */
     bool in_message;      /* a MORE fragment came: partial holds a message start */
     bool producer_gone;   /* the data bell read end-of-file */
@@ -378,15 +390,21 @@ static inline enum ring_status ring_publish(struct ring_sender *tx)
     /* seq_cst store: its release half publishes the frame bytes to a consumer
      * that loads tail with acquire; its seq_cst half orders it before the load
      * of consumer_sleeping below, against the consumer's seq_cst store of that
-     * flag then seq_cst load of tail (ring_receiver_prepare_wait). In the one
-     * total order of those four operations either we see the flag and ring,
-     * or the consumer sees our tail and does not sleep: no lost wake-up. */
+     * sleep number then seq_cst load of tail (ring_receiver_prepare_wait). In
+     * the one total order of those four operations either we see its sleep
+     * number and ring, or the consumer sees our tail and does not sleep: no
+     * lost wake-up. */
     atomic_store_explicit(&header->tail, tx->tail, memory_order_seq_cst);
     tx->published = tx->tail;
-    if (atomic_load_explicit(&header->consumer_sleeping, memory_order_seq_cst) != 0 &&
-        ring_bell_ring(tx->ring->data_bell[1]) == RING_PEER_GONE) {
-        tx->peer_gone = true;
-        return RING_CLOSED;
+    uint64_t sleep = atomic_load_explicit(&header->consumer_sleeping, memory_order_seq_cst);
+    if (sleep != 0 && sleep != tx->rang_for) {
+        /* One byte per sleep: the consumer looks at the ring again after it
+         * wakes, before it can sleep again (with a new number). */
+        tx->rang_for = sleep;
+        if (ring_bell_ring(tx->ring->data_bell[1]) == RING_PEER_GONE) {
+            tx->peer_gone = true;
+            return RING_CLOSED;
+        }
     }
     return RING_OK;
 }
@@ -438,28 +456,30 @@ static inline enum ring_status ring_push_some(struct ring_sender *tx, const unsi
     }
 }
 
-/* Sets producer_sleeping unless `need` bytes are already free. */
+/* Announces a sleep (a new number in producer_sleeping) unless `need` bytes
+ * are already free. */
 static inline bool ring_sender_prepare_wait(struct ring_sender *tx, uint64_t need)
 {
     struct ring_header *header = tx->ring->header;
+    uint64_t sleep = ++tx->sleeps;
 
     /* seq_cst store then seq_cst load: the mirror of the consumer's head store
-     * then producer_sleeping load (ring_release): either it sees our flag and
-     * rings the space bell, or we see its head here. */
-    atomic_store_explicit(&header->producer_sleeping, 1, memory_order_seq_cst);
+     * then producer_sleeping load (ring_publish_head): either it sees our
+     * number and rings the space bell, or we see its head here. */
+    atomic_store_explicit(&header->producer_sleeping, sleep, memory_order_seq_cst);
     uint64_t head = atomic_load_explicit(&header->head, memory_order_seq_cst);
     uint64_t used = tx->tail - head;
     /* A corrupt head also ends the wait: the next free-space check reports it. */
     if (used > tx->ring->capacity || tx->ring->capacity - used >= need) {
-        /* Relaxed: a consumer that still reads 1 rings once more, which costs
-         * one spurious wake-up later, never a lost one. */
+        /* Relaxed: a consumer that still reads our number rings once more at
+         * most, which costs one spurious wake-up later, never a lost one. */
         atomic_store_explicit(&header->producer_sleeping, 0, memory_order_relaxed);
         return false;
     }
     return true;
 }
 
-/* Ends a wait: clears our flag (only we ever do) and drains the bell. */
+/* Ends a wait: clears our sleep number (only we ever do) and drains the bell. */
 static inline void ring_sender_finish_wait(struct ring_sender *tx)
 {
     /* Relaxed: see ring_sender_prepare_wait. */
@@ -573,13 +593,17 @@ static inline void ring_publish_head(struct ring_receiver *rx)
     /* seq_cst store: its release half orders our copies out of the frame
      * before the producer reuses its bytes (it loads head with acquire); its
      * seq_cst half orders it before the load of producer_sleeping below,
-     * against the producer's seq_cst flag store then head load
+     * against the producer's seq_cst sleep-number store then head load
      * (ring_sender_prepare_wait): one of us sees the other's store, so a
      * sleeping producer is always woken. */
     atomic_store_explicit(&header->head, rx->head, memory_order_seq_cst);
-    /* A gone producer is not our error: its bell will read end-of-file. */
-    if (atomic_load_explicit(&header->producer_sleeping, memory_order_seq_cst) != 0)
+    uint64_t sleep = atomic_load_explicit(&header->producer_sleeping, memory_order_seq_cst);
+    if (sleep != 0 && sleep != rx->rang_for) {
+        /* One byte per sleep, as in ring_publish. A gone producer is not our
+         * error: its bell will read end-of-file. */
+        rx->rang_for = sleep;
         (void)ring_bell_ring(rx->ring->space_bell[1]);
+    }
 }
 
 /* Consumes the frame at head. The space goes back to the producer a quarter
@@ -655,29 +679,30 @@ static inline enum ring_status ring_take_message(struct ring_receiver *rx, struc
     }
 }
 
-/* Sets consumer_sleeping unless there is something to take, or nothing will
- * ever come. */
+/* Announces a sleep (a new number in consumer_sleeping) unless there is
+ * something to take, or nothing will ever come. */
 static inline bool ring_receiver_prepare_wait(struct ring_receiver *rx)
 {
     struct ring_header *header = rx->ring->header;
 
     if (rx->producer_gone || rx->poisoned)
         return false;
+    uint64_t sleep = ++rx->sleeps;
     /* seq_cst store then seq_cst load: against the producer's seq_cst tail
      * store then consumer_sleeping load (ring_publish), one of us sees the
-     * other's store: either we see the new tail here, or it sees our flag and
-     * rings the data bell. */
-    atomic_store_explicit(&header->consumer_sleeping, 1, memory_order_seq_cst);
+     * other's store: either we see the new tail here, or it sees our number
+     * and rings the data bell. */
+    atomic_store_explicit(&header->consumer_sleeping, sleep, memory_order_seq_cst);
     if (atomic_load_explicit(&header->tail, memory_order_seq_cst) != rx->head) {
-        /* Relaxed: a producer that still reads 1 rings once more, which costs
-         * one spurious wake-up later, never a lost one. */
+        /* Relaxed: a producer that still reads our number rings once more at
+         * most, which costs one spurious wake-up later, never a lost one. */
         atomic_store_explicit(&header->consumer_sleeping, 0, memory_order_relaxed);
         return false;
     }
     return true;
 }
 
-/* Ends a wait: clears our flag (only we ever do) and drains the bell. */
+/* Ends a wait: clears our sleep number (only we ever do) and drains the bell. */
 static inline void ring_receiver_finish_wait(struct ring_receiver *rx)
 {
     /* Relaxed: see ring_receiver_prepare_wait. */

@@ -141,8 +141,9 @@ const HEADER_LEN: usize = 512;
 const FRAME_HEADER: u64 = 8;
 /// Frame flag: another fragment of the same message follows.
 const FLAG_MORE: u32 = 1;
-/// Busy-wait iterations before sleeping on a bell (PERF-NOTES: ~2,000 keeps
-/// nearly all the spinning speed without burning a core when idle)...
+/// Busy-wait iterations before sleeping on a bell (~2,000 keeps nearly all
+/// the spinning speed without burning a core when idle; the measurements
+/// are in mproc(7), "Doorbells: who wakes whom")...
 const SPIN_LIMIT: u32 = 2000;
 /// ...but no longer than about one wake-up (~20 µs): a `pause` takes ~40 ns
 /// on recent AMD and Intel cores, so 2,000 of them would spin for 80 µs,
@@ -275,7 +276,7 @@ impl Region {
     /// Appends the `len`-byte payload of the frame at `frame_pos` to `out`.
     ///
     /// # Safety
-    /// As for [`Shared::read_at`], for the frame's `frame_len(len)` bytes:
+    /// As for [`Region::read_at`], for the frame's `frame_len(len)` bytes:
     /// the consumer validated that they lie between its head and the tail it
     /// loaded, and within the capacity.
     unsafe fn append_payload(&self, frame_pos: u64, len: usize, out: &mut Vec<u8>) {
@@ -292,7 +293,7 @@ impl Region {
     /// Writes a frame header at `pos` (a multiple of 8, so it never wraps).
     ///
     /// # Safety
-    /// As for [`Shared::write_at`], for `[pos, pos + 8)`.
+    /// As for [`Region::write_at`], for `[pos, pos + 8)`.
     unsafe fn write_frame_header(&self, pos: u64, len: u32, flags: u32) {
         let offset = (pos & self.mask()) as usize;
         // SAFETY: the range is the caller's; offset is a multiple of 8 and
@@ -304,7 +305,7 @@ impl Region {
     /// Reads the frame header at `pos`: `(len, flags)`.
     ///
     /// # Safety
-    /// As for [`Shared::read_at`], for `[pos, pos + 8)`.
+    /// As for [`Region::read_at`], for `[pos, pos + 8)`.
     unsafe fn read_frame_header(&self, pos: u64) -> (u32, u32) {
         let offset = (pos & self.mask()) as usize;
         // SAFETY: as in write_frame_header: in bounds, aligned, and the

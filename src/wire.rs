@@ -58,10 +58,10 @@
 //!
 //! # Why not serde
 //!
-//! serde and a format crate would be two dependencies (mproc keeps to nix,
-//! libc, memmap2, bitflags, errno and clap) for a small job: what crosses a
-//! process boundary here is task arguments and results — numbers, strings,
-//! vectors, tuples — between two copies of the same binary. A few hundred
+//! serde and a format crate would be two more dependencies (mproc has four:
+//! libc, nix, errno and clap) for a small job: what crosses a process
+//! boundary here is task arguments and results — numbers, strings, vectors,
+//! tuples — between two copies of the same binary. A few hundred
 //! lines written for it are also easy to audit for the property that matters
 //! most: garbage in gives an error out, not a panic or a gigabyte allocation.
 //!

@@ -2,9 +2,11 @@
 //! never loses a task, whatever its workers do.
 //!
 //! Run with `cargo nextest run --test faults` (one process per test: these
-//! tests fork, kill and drop privileges). Each test reaps what it forks;
+//! tests fork, kill and drop privileges), or `cargo test`, which runs them
+//! one at a time (`.cargo/config.toml`). Each test reaps what it forks;
 //! orphans (a killed worker's children, a killed helper's pool) come back
 //! to the test process, which makes itself a child subreaper for that.
+//! Tests that look processes up in `/proc` are ignored outside Linux.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -136,7 +138,9 @@ fn read_i32(fd: RawFd) -> i32 {
 
 /// Orphans of processes we forked become our children, so we can reap them
 /// (and a test does not depend on what `init` does in a container).
+/// Linux only; the tests that call it read `/proc` and are ignored elsewhere.
 fn become_subreaper() {
+    #[cfg(target_os = "linux")]
     // SAFETY: integer arguments only.
     assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
 }
@@ -306,6 +310,7 @@ fn a_failing_initializer_fails_tasks_instead_of_hanging() {
 // per-task timeout
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn a_task_past_its_timeout_fails_with_timeout_and_its_worker_is_replaced() {
     let (pids_r, pids_w) = pipe();
     let pool = Pool::builder().processes(2).task_timeout(Duration::from_millis(300)).build().unwrap();
@@ -336,6 +341,7 @@ fn a_task_past_its_timeout_fails_with_timeout_and_its_worker_is_replaced() {
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn a_timed_out_task_takes_the_processes_it_started_with_it() {
     become_subreaper();
     let (pids_r, pids_w) = pipe();
@@ -374,6 +380,7 @@ fn killers(n: u64) -> Vec<(u64, bool)> {
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn chaos_every_task_is_accounted_for_exactly_once() {
     // Interleavings targeted: deaths in the middle of a batch (the rest is
     // re-queued), deaths while other workers' results are in flight,
@@ -434,6 +441,7 @@ fn chaos_every_task_is_accounted_for_exactly_once() {
 // parent death
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn workers_and_zygote_die_with_a_killed_parent() {
     become_subreaper();
     let (pids_r, pids_w) = pipe();
@@ -504,11 +512,13 @@ fn signal_a_running_bench(signal: i32, expected_code: i32) {
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn sigint_stops_the_binary_with_130_and_leaves_no_process() {
     signal_a_running_bench(libc::SIGINT, 130);
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn sigterm_stops_the_binary_with_143_and_leaves_no_process() {
     signal_a_running_bench(libc::SIGTERM, 143);
 }
@@ -517,8 +527,8 @@ fn sigterm_stops_the_binary_with_143_and_leaves_no_process() {
 // resource exhaustion
 
 /// Tasks (threads) of processes whose real uid is `uid`: what
-/// RLIMIT_NPROC counts.
-fn tasks_of_uid(uid: u32) -> u64 {
+/// RLIMIT_NPROC counts. (`rlim_t` is `u64` on Linux, `i64` on FreeBSD.)
+fn tasks_of_uid(uid: u32) -> libc::rlim_t {
     let mut n = 0;
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         // Numeric entries only (not /proc/self, /proc/thread-self).
@@ -530,7 +540,7 @@ fn tasks_of_uid(uid: u32) -> u64 {
             status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1))
         };
         if field("Uid:").and_then(|v| v.parse::<u32>().ok()) == Some(uid) {
-            n += field("Threads:").and_then(|v| v.parse::<u64>().ok()).unwrap_or(1);
+            n += field("Threads:").and_then(|v| v.parse::<libc::rlim_t>().ok()).unwrap_or(1);
         }
     }
     n
@@ -541,6 +551,7 @@ fn is_fork_eagain(r: &Result<Pool, Error>) -> bool {
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn pool_new_fails_cleanly_naming_fork_when_rlimit_nproc_is_reached() {
     // SAFETY: getuid cannot fail.
     if unsafe { libc::getuid() } != 0 {
@@ -562,7 +573,7 @@ fn pool_new_fails_cleanly_naming_fork_when_rlimit_nproc_is_reached() {
         }
         let fds = mproc::open_fd_count();
         let maps = shared_mappings();
-        let set_limit = |n: u64| {
+        let set_limit = |n: libc::rlim_t| {
             let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
             // SAFETY: valid rlimit pointers. Only the soft limit changes
             // (within the hard one), so it may go down and up again.

@@ -2,9 +2,10 @@
 //! backpressure, lifecycle, no leaks).
 //!
 //! Run with `cargo nextest run --test pool` (one process per test: these
-//! tests fork). They also pass under `cargo test --test pool --
-//! --test-threads=1`; then every test must leave no child behind for the
-//! next one, which each checks.
+//! tests fork). They also pass under plain `cargo test`, which runs them one
+//! at a time (`RUST_TEST_THREADS=1` in `.cargo/config.toml`); then every
+//! test must leave no child behind for the next one, which each checks.
+//! Tests that read `/proc` are ignored outside Linux.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, RawFd};
@@ -274,6 +275,7 @@ fn imap_over_an_endless_iterator_takes_what_it_needs() {
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn imap_runs_a_million_items_in_bounded_memory() {
     let pool = Pool::new(2).unwrap();
     // Warm up: the allocator's first growth is not what we measure.
@@ -502,6 +504,7 @@ fn drop_terminates_and_reaps() {
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn a_pool_leaks_no_descriptors_and_no_mappings() {
     let fds = mproc::open_fd_count();
     let maps = shared_mappings();
@@ -534,6 +537,7 @@ fn fd_count_of(pid: i32) -> usize {
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn a_second_pool_holds_nothing_of_the_first() {
     // The parent's ends of a pool's pipes are closed in every later child:
     // a second pool's zygote (or a `Process`) holding them would keep the

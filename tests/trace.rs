@@ -9,10 +9,6 @@ use std::process::Command;
 /// (process, other process) pairs: who forked whom, who reaped whom.
 type Pairs = BTreeSet<(i32, i32)>;
 
-fn have_strace() -> bool {
-    Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success())
-}
-
 /// (parent, child) pairs of process-creating clones/forks seen by strace,
 /// and (waiter, reaped) pairs of successful wait4/waitid calls.
 fn from_strace(log: &str) -> (Pairs, Pairs) {
@@ -74,8 +70,7 @@ fn from_trace(stderr: &str) -> (Pairs, Pairs) {
 }
 
 fn check(args: &[&str]) {
-    if !have_strace() {
-        eprintln!("strace not installed: skipping (CI installs it)");
+    if !common::require_tool("strace", "the check of --trace against strace") {
         return;
     }
     let log =
@@ -99,16 +94,19 @@ fn check(args: &[&str]) {
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "strace is Linux-only")]
 fn traced_forks_and_waits_match_strace_for_square() {
     check(&["square"]);
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "strace is Linux-only")]
 fn traced_forks_and_waits_match_strace_for_numbers() {
     check(&["numbers", "--count", "3"]);
 }
 
 #[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "strace is Linux-only")]
 fn traced_forks_and_waits_match_strace_for_the_pool() {
     check(&["cube"]);
 }

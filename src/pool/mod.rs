@@ -15,7 +15,7 @@
 //! program image, so the function sits at the same address in the worker
 //! as in the parent: the address is all that crosses. Arguments and
 //! results cross as [`Wire`] bytes. For closures with captures (and inputs
-//! that should not be copied at all) use [`fork_map`].
+//! that should not be copied at all) use [`fork_map()`].
 //!
 //! # Who moves the work
 //! The pool has no thread of its own: the parent's half runs inside your

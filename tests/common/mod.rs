@@ -46,6 +46,33 @@ pub fn c_program(name: &str) -> PathBuf {
     out
 }
 
+/// Whether CI runs us (`CI=true`: set by GitHub Actions and `.ci/run`).
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Whether an executable named `tool` is on `PATH`.
+pub fn on_path(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Whether `tool`, which `needed_for` needs, is installed. When it is not,
+/// the caller skips that check and passes, after one line saying so;
+/// under CI, which installs every tool the tests use, a missing tool
+/// fails the test instead.
+pub fn require_tool(tool: &str, needed_for: &str) -> bool {
+    if on_path(tool) {
+        return true;
+    }
+    assert!(!under_ci(), "{tool} is not installed, and CI=true requires it ({needed_for})");
+    eprintln!("skipped: {needed_for}: {tool} is not installed (CI installs it)");
+    false
+}
+
 /// Stdout as lines.
 pub fn lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
