@@ -679,6 +679,10 @@ fn is_zygote_died(e: &Error, zygote: i32) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "finds the zygote in /proc; workers die with it by PR_SET_PDEATHSIG"
+)]
 fn a_killed_zygote_fails_every_call_promptly_without_sigpipe() {
     let _dog = watchdog(Duration::from_secs(30), "a pool whose zygote was killed");
     // The CLI's setting: a write into a pipe nobody reads would kill us.
@@ -708,6 +712,10 @@ fn a_killed_zygote_fails_every_call_promptly_without_sigpipe() {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "finds the zygote in /proc; workers die with it by PR_SET_PDEATHSIG"
+)]
 fn a_zygote_killed_during_map_fails_the_map_promptly() {
     let _dog = watchdog(Duration::from_secs(30), "map with its zygote killed midway");
     mproc::restore_default_sigpipe().unwrap();
@@ -732,6 +740,10 @@ fn a_zygote_killed_during_map_fails_the_map_promptly() {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "finds the zygote in /proc; workers die with it by PR_SET_PDEATHSIG"
+)]
 fn dropping_a_pool_whose_zygote_is_stopped_returns_and_leaves_nothing() {
     let _dog = watchdog(Duration::from_secs(30), "dropping a pool with a stopped zygote");
     let pool = Pool::new(2).unwrap();
