@@ -301,7 +301,7 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     // A report to a parent that is gone fails with EPIPE; we notice the
     // death through the request pipe instead of dying of SIGPIPE. Workers
     // get the parent's disposition back (a CLI may want SIGPIPE's default).
-    let parent_ignores_sigpipe = sys::exec::is_ignored(libc::SIGPIPE)?;
+    let parent_ignores_sigpipe = sys::signal::is_ignored(libc::SIGPIPE)?;
     sys::signal::ignore(libc::SIGPIPE)?;
     let (sig_r, sig_w) = sys::pipe()?;
     sys::set_nonblocking(sig_r.as_fd(), true)?;

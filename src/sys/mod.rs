@@ -19,6 +19,7 @@ use crate::status::{signal_abbrev, ExitStatus};
 
 pub(crate) mod bell;
 pub(crate) mod exec;
+pub(crate) mod registry;
 pub(crate) mod shm;
 pub(crate) mod signal;
 
