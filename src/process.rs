@@ -28,11 +28,13 @@
 //!
 //! # Fork in a multi-threaded program
 //! `fork` copies only the calling thread. A lock held by another thread at
-//! that instant (a `Mutex` of yours, `stdout`'s lock) stays locked forever in
-//! the child. glibc's `malloc` and C stdio are made fork-safe by glibc itself,
-//! so allocating in the child is fine on Linux; but a child must not touch a
-//! lock another thread may have held: start processes before you start
-//! threads, or make sure no other thread holds such a lock across `start()`.
+//! that instant (a `Mutex` of yours) stays locked forever in the child.
+//! glibc's `malloc` and C stdio are made fork-safe by glibc itself, and
+//! mproc holds Rust's stdout and stderr locks across the fork (see the
+//! crate docs), so allocating and printing in the child are fine on Linux;
+//! but a child must not touch any other lock another thread may have held:
+//! start processes before you start threads, or make sure no other thread
+//! holds such a lock across `start()`.
 //! Two threads calling `start()` at the same moment are safe but not tidy:
 //! between making its pipes and closing its own copies, one call's pipe ends
 //! can be inherited by the other's child, which then delays the first

@@ -640,3 +640,56 @@ fn join_timeout_on_a_child_that_exec_d_waits_without_spinning_and_then_joins() {
     assert!(p.is_alive());
     assert_eq!(p.join_timeout(Duration::from_secs(10)).expect("join_timeout"), Some(0));
 }
+
+// ---------------------------------------------------------------------------
+// fork while other threads hold mproc's own locks (hardening item 7)
+
+#[test]
+fn spawn_from_eight_threads_while_a_ninth_prints_never_hangs_a_child() {
+    // Rust's stdout goes to /dev/null here, so the printer holds its lock
+    // as often as it can without filling a terminal or the test's capture.
+    let null = fs::OpenOptions::new().write(true).open("/dev/null").expect("open /dev/null");
+    nix::unistd::dup2(null.as_raw_fd(), 1).expect("dup2 onto stdout");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let printer = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut lines = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                println!("the printer thread's line {lines}, long enough to take a moment to format");
+                lines += 1;
+            }
+        })
+    };
+    let spawners: Vec<_> = (0..8u64)
+        .map(|t| {
+            thread::spawn(move || {
+                let mut hung = Vec::new();
+                for i in 0..25u64 {
+                    let x = t * 1000 + i;
+                    let h = mproc::spawn(move || x * 3).expect("spawn");
+                    // Watchdog: a child that cannot finish in 10 s is stuck
+                    // on a lock (nothing else here takes time). Kill it so
+                    // the test fails instead of hanging.
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while h.is_alive() && Instant::now() < deadline {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    if h.is_alive() {
+                        let _ = h.kill();
+                        hung.push(x);
+                    }
+                    match h.join() {
+                        Ok(v) => assert_eq!(v, x * 3),
+                        Err(e) => assert!(hung.contains(&x), "spawn {x}: {e}"),
+                    }
+                }
+                hung
+            })
+        })
+        .collect();
+    let hung: Vec<u64> = spawners.into_iter().flat_map(|s| s.join().expect("spawner thread")).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    printer.join().expect("printer thread");
+    assert!(hung.is_empty(), "children stuck on a lock held at fork: {hung:?}");
+}

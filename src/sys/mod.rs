@@ -103,8 +103,13 @@ pub(crate) enum Forked {
     Child,
 }
 
-/// Flushes Rust's and C's stdio buffers, so text buffered before a `fork`
-/// is not printed twice (once by each side).
+/// Flushes Rust's and C's stdio buffers (a child calls this before `_exit`,
+/// so what it printed is not lost).
+///
+/// In a child of [`fork`] this never waits on a lock another thread held:
+/// `fork` held Rust's stdout and stderr locks itself across the call (the
+/// child's copies are free), and glibc resets every C stdio lock in a
+/// child.
 pub(crate) fn flush_stdio() {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
@@ -113,17 +118,38 @@ pub(crate) fn flush_stdio() {
     unsafe { libc::fflush(std::ptr::null_mut()) };
 }
 
-/// `fork(2)`, after flushing stdio.
+/// `fork(2)`, with stdio flushed and Rust's stdio locks held across it.
+///
+/// `fork` copies only the calling thread. Had another thread been inside a
+/// `println!` at that instant, the child's copy of stdout's lock would
+/// stay locked forever, and the child's first print — or mproc's own
+/// flush before `_exit` — would hang. So the calling thread takes stdout's
+/// and stderr's locks first (waiting for any print in progress to finish),
+/// flushes them, forks, and releases them on both sides. Why that is
+/// sound in the child: the locks are reentrant and record their owner by
+/// thread id; the child's only thread is the copy of the forking thread,
+/// with the same thread id, so it owns them and its release unlocks them.
+/// Holding them also means no other thread can buffer text between the
+/// flush and the fork: the child's buffers start empty, and nothing the
+/// parent printed is printed twice. C stdio is flushed with `fflush(NULL)`
+/// first; glibc's `fork` takes and resets its own stdio locks.
 ///
 /// # Safety
 /// In the child, only the calling thread exists. If the parent had other
-/// threads, any lock they held (allocator, stdout, a user's `Mutex`) stays
-/// locked forever in the child; the child must not wait on such locks and
-/// must end with [`exit_now`], never by returning into the parent's code.
+/// threads, any other lock they held (a user's `Mutex`) stays locked
+/// forever in the child; the child must not wait on such locks and must end
+/// with [`exit_now`], never by returning into the parent's code.
 pub(crate) unsafe fn fork() -> Result<Forked> {
-    flush_stdio();
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    let _ = stdout.flush();
+    let _ = stderr.flush();
+    // SAFETY: see flush_stdio.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
     // SAFETY: the caller upholds the post-fork rules above.
     let pid = unsafe { libc::fork() };
+    drop(stderr);
+    drop(stdout);
     match pid {
         -1 => {
             let err = os_error("fork", None);
