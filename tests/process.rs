@@ -693,3 +693,51 @@ fn spawn_from_eight_threads_while_a_ninth_prints_never_hangs_a_child() {
     printer.join().expect("printer thread");
     assert!(hung.is_empty(), "children stuck on a lock held at fork: {hung:?}");
 }
+
+// ---------------------------------------------------------------------------
+// process-wide registries belong to one process (hardening item 2)
+
+/// In a child: puts `file` on every descriptor number below 256 that is
+/// not open (the numbers `fork` closed, such as a pool's request pipe),
+/// makes this child own the exit handlers, and sends itself SIGTERM.
+/// Returns only if the handler failed to exit.
+fn sigterm_self_with_closed_fds_on(file: &fs::File) {
+    for fd in 3..256 {
+        // SAFETY: F_GETFD on a number; -1/EBADF means it is closed.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            nix::unistd::dup2(file.as_raw_fd(), fd).expect("dup2");
+        }
+    }
+    mproc::exit_cleanly_on_signals().expect("install the exit handlers");
+    signal::kill(nix::unistd::getpid(), Signal::SIGTERM).expect("SIGTERM myself");
+    thread::sleep(FOREVER);
+}
+
+#[test]
+fn a_childs_exit_handler_ignores_the_parents_pools() {
+    let pool = mproc::Pool::new(1).expect("pool");
+    let path = scratch_path("kill-order");
+    let file = fs::File::create(&path).expect("create");
+    let p = started(move || sigterm_self_with_closed_fds_on(&file));
+    assert_eq!(p.join(), Ok(128 + libc::SIGTERM), "the child's handler exits 143");
+    let written = fs::read(&path).expect("read");
+    let _ = fs::remove_file(&path);
+    assert!(written.is_empty(), "the child wrote the parent's kill order into its own file: {written:?}");
+    // And the parent's pool is untouched.
+    assert_eq!(pool.map(|n: u32| n + 1, vec![1, 2]), Ok(vec![2, 3]));
+}
+
+#[test]
+fn a_childs_exit_handler_ignores_the_parents_process_children() {
+    let sibling = started(sleep_forever);
+    let sibling_pid = sibling.pid().expect("pid");
+    let path = scratch_path("sibling");
+    let file = fs::File::create(&path).expect("create");
+    let p = started(move || sigterm_self_with_closed_fds_on(&file));
+    assert_eq!(p.join(), Ok(128 + libc::SIGTERM));
+    let _ = fs::remove_file(&path);
+    assert!(sibling.is_alive(), "the child's handler killed its parent's other child");
+    sibling.kill().expect("kill");
+    assert_eq!(sibling.join(), Ok(-libc::SIGKILL));
+    assert!(process_gone(sibling_pid));
+}
