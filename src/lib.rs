@@ -81,8 +81,8 @@
 //!
 //! # Signals
 //! [`exit_cleanly_on_signals`] makes `SIGINT`/`SIGTERM` kill and reap every
-//! pool's workers before the program exits with 130/143 — what the CLI
-//! does.
+//! running [`Process`] child and every pool's workers before the program
+//! exits with 130/143 — what the CLI does.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 

@@ -50,7 +50,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::status::ExitStatus;
-use crate::sys::{self, Forked, ParentOnlyFd};
+use crate::sys::signal::SigMask;
+use crate::sys::{self, registry, Forked, ParentOnlyFd};
 use crate::wire::Wire;
 
 type Target = Box<dyn FnOnce()>;
@@ -62,6 +63,9 @@ enum State {
     Running {
         pid: i32,
         sentinel: ParentOnlyFd,
+        /// In the table of live children that the exit handler kills
+        /// (`None` if the table was full).
+        registered: Option<registry::Entry>,
     },
     /// Reaped: the pid may already belong to someone else; never signal it.
     Exited {
@@ -125,6 +129,11 @@ impl Process {
         // Registered so every later fork closes it in the child: siblings
         // must not hold each other's sentinels.
         let sentinel = ParentOnlyFd::new(sentinel);
+        // Between `fork` and registering the child, neither a Ctrl-C on
+        // this thread nor one on another (ChildStart makes the exit handler
+        // wait for the registration) may miss the new child.
+        let mask = SigMask::block(&[libc::SIGINT, libc::SIGTERM])?;
+        let starting = registry::ChildStart::begin();
         let State::NotStarted(target) = std::mem::replace(state, State::Starting) else {
             unreachable!("checked above")
         };
@@ -133,6 +142,8 @@ impl Process {
         // documented on this module.
         match unsafe { sys::fork() } {
             Err(e) => {
+                drop(starting);
+                mask.restore();
                 *state = State::NotStarted(target);
                 Err(e)
             }
@@ -140,17 +151,21 @@ impl Process {
                 // Child: `fork` already closed the read end (parent-only);
                 // the write end stays open until this process dies, which is
                 // what the parent polls for. Never drop the parent's objects.
+                std::mem::forget(starting);
+                mask.restore();
                 std::mem::forget(sentinel);
                 std::mem::forget(sentinel_w);
                 run_child(target)
             }
             Ok(Forked::Parent(pid)) => {
+                let registered = starting.register(pid);
+                mask.restore();
                 // Parent: drop our write end so the child holds the only one;
                 // drop the target, and with it the parent's copies of
                 // everything the closure captured.
                 drop(sentinel_w);
                 drop(target);
-                *state = State::Running { pid, sentinel };
+                *state = State::Running { pid, sentinel, registered };
                 Ok(())
             }
         }
@@ -179,8 +194,7 @@ impl Process {
             State::Running { pid, .. } => *pid,
             _ => return Err(Error::InvalidState("process was never started")),
         };
-        let status = sys::waitpid(pid, false)?.ok_or(Error::InvalidState("waitpid returned no status"))?;
-        self.set_exited(pid, status);
+        let status = self.reap(pid, false)?.ok_or(Error::InvalidState("waitpid returned no status"))?;
         Ok(status.exitcode())
     }
 
@@ -273,22 +287,31 @@ impl Process {
             State::Running { pid, .. } => *pid,
             _ => return Err(Error::InvalidState("process was never started")),
         };
-        let status = sys::waitpid(pid, true)?;
-        if let Some(status) = status {
-            self.set_exited(pid, status);
-        }
-        Ok(status)
+        self.reap(pid, true)
     }
 
-    fn set_exited(&self, pid: i32, status: ExitStatus) {
+    /// Reaps the running child `pid` once it has ended (waiting for that
+    /// unless `nohang`): first seen ended without reaping (so the pid
+    /// stays ours), then taken out of the exit handler's table, then
+    /// reaped. In the other order a handler on another thread could `kill`
+    /// a reaped pid that already names someone else's process.
+    fn reap(&self, pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
+        if !sys::wait_ended(pid, nohang)? {
+            return Ok(None);
+        }
+        if let State::Running { registered: Some(entry), .. } = &*self.state.borrow() {
+            registry::forget_child(*entry);
+        }
+        let status = sys::waitpid(pid, false)?.ok_or(Error::InvalidState("waitpid returned no status"))?;
         // Dropping the Running state closes the sentinel.
         *self.state.borrow_mut() = State::Exited { pid, status };
+        Ok(Some(status))
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if let State::Running { pid, sentinel } = self.state.get_mut() {
+        if let State::Running { pid, sentinel, .. } = self.state.get_mut() {
             if !sentinel.owned_here() {
                 // A copy that reached another child (moved into its
                 // closure): the process is its parent's to wait for, not
@@ -301,7 +324,7 @@ impl Drop for Process {
             }
             // Reap, so no zombie outlives the handle. Errors have nowhere to
             // go from a destructor; ECHILD would mean someone else reaped it.
-            let _ = sys::waitpid(pid, false);
+            let _ = self.reap(pid, false);
         }
     }
 }

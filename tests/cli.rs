@@ -357,3 +357,86 @@ fn a_full_stdout_is_one_clear_error_per_process_and_status_1_never_a_panic() {
         assert!(err.lines().all(|l| l.starts_with("mproc: ")), "{args:?}:\n{err}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// signals while children are running (hardening item 10)
+
+/// The children of `pid`, from `/proc/PID/task/*/children`.
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut kids = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return kids };
+    for task in tasks.flatten() {
+        let text = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        kids.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    kids
+}
+
+/// Whether `pid` sleeps in a pipe write (`/proc/PID/wchan`).
+fn blocked_in_pipe_write(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("pipe_write"))
+}
+
+/// A pipe whose buffer is already full, so that the next write blocks:
+/// `{ head -c 65536 /dev/zero; mproc ...; } | sleep 4`. Returns both ends;
+/// keep the read end open and unread.
+fn full_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    fcntl(w.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("O_NONBLOCK");
+    let chunk = [0u8; 4096];
+    while nix::unistd::write(&w, &chunk).is_ok() {}
+    fcntl(w.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty())).expect("blocking again");
+    (r, w)
+}
+
+/// Runs `mproc ARGS` into a full pipe, waits until `children` children of
+/// it are blocked writing, sends `signal` to mproc alone, and checks that
+/// mproc exits 128 + signal with every child killed and reaped.
+fn signal_with_children_blocked_in_write(args: &[&str], children: usize, signal: nix::sys::signal::Signal) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let (read_end, write_end) = full_pipe();
+    let mut mproc =
+        mproc_command(args).stdout(write_end).stderr(Stdio::piped()).spawn().expect("spawn mproc");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let kids = loop {
+        let kids = children_of(mproc.id());
+        if kids.len() == children && kids.iter().all(|&k| blocked_in_pipe_write(k)) {
+            break kids;
+        }
+        assert!(std::time::Instant::now() < deadline, "mproc {args:?}: children {kids:?} never blocked");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    kill(Pid::from_raw(mproc.id() as i32), signal).expect("signal mproc");
+    let status = mproc.wait().expect("wait for mproc");
+    let survivors: Vec<i32> =
+        kids.iter().copied().filter(|&k| kill(Pid::from_raw(k), None).is_ok()).collect();
+    for &k in &survivors {
+        let _ = kill(Pid::from_raw(k), Signal::SIGKILL);
+    }
+    drop(read_end);
+    assert_eq!(status.code(), Some(128 + signal as i32), "mproc {args:?}: {status:?}");
+    assert_eq!(survivors, Vec::<i32>::new(), "mproc {args:?} left children running after {signal}");
+}
+
+#[test]
+fn sigint_kills_and_reaps_a_square_child_blocked_in_write() {
+    signal_with_children_blocked_in_write(&["square"], 1, nix::sys::signal::Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_kills_and_reaps_a_square_child_blocked_in_write() {
+    signal_with_children_blocked_in_write(&["square"], 1, nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_kills_and_reaps_every_numbers_child_blocked_in_write() {
+    signal_with_children_blocked_in_write(&["numbers", "--count", "5"], 5, nix::sys::signal::Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_kills_and_reaps_every_numbers_child_blocked_in_write() {
+    signal_with_children_blocked_in_write(&["numbers", "--count", "5"], 5, nix::sys::signal::Signal::SIGTERM);
+}

@@ -279,6 +279,22 @@ pub(crate) fn waitpid(pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
     Ok(Some(status))
 }
 
+/// `waitid(P_PID, pid, WEXITED | WNOWAIT)`: whether the child `pid` has
+/// ended, leaving it unreaped (a zombie) so that its pid cannot be reused
+/// yet. With `nohang`, `Ok(false)` means still running; without, it waits.
+/// Not traced: the `waitpid` that reaps it next is.
+pub(crate) fn wait_ended(pid: i32, nohang: bool) -> Result<bool> {
+    let flags = libc::WEXITED | libc::WNOWAIT | if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: siginfo_t is plain old data; all-zero is valid, and si_pid
+    // stays 0 when WNOHANG finds no ended child.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+    retry("waitid", Some(pid), || unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) })?;
+    // SAFETY: waitid filled `info` (or left it zeroed); si_pid reads the
+    // field of the SIGCHLD layout that waitid writes.
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
 /// `kill(2)`. A process that is already gone (`ESRCH`) is not an error:
 /// every caller wants it gone. A negative `pid` names a process group.
 pub(crate) fn kill(pid: i32, signal: i32) -> Result<()> {
