@@ -200,8 +200,10 @@ impl Process {
 
     /// Waits at most `timeout`; `Ok(None)` if the child is still running
     /// then. The wait is a `poll` on the child's sentinel pipe, not a loop.
+    /// A timeout too large to represent (`Duration::MAX`) means no limit.
     pub fn join_timeout(&self, timeout: Duration) -> Result<Option<i32>> {
-        let deadline = Instant::now() + timeout;
+        // None: no limit.
+        let deadline = sys::deadline_after(timeout);
         // After the sentinel hangs up, poll() would return at once forever:
         // from then on, nap (growing, capped) between non-blocking waits.
         let mut nap: Option<Duration> = None;
@@ -209,16 +211,19 @@ impl Process {
             if let Some(status) = self.poll_exit()? {
                 return Ok(Some(status.exitcode()));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => return Ok(None),
+                    left => Some(left),
+                },
+            };
             if let Some(d) = nap {
                 // Usually the child is a zombie within microseconds of
                 // closing its last descriptor; a child that exec'd (the
                 // sentinel is close-on-exec) or closed its inherited fds
                 // may live on, and this keeps that wait cheap.
-                std::thread::sleep(d.min(left));
+                std::thread::sleep(left.map_or(d, |left| d.min(left)));
                 nap = Some((d * 2).min(Duration::from_millis(50)));
                 continue;
             }
@@ -227,7 +232,7 @@ impl Process {
                 let State::Running { sentinel, .. } = &*state else {
                     return Err(Error::InvalidState("process was never started"));
                 };
-                let ready = sys::poll(&[(sentinel.as_fd(), true, false)], Some(left))?;
+                let ready = sys::poll(&[(sentinel.as_fd(), true, false)], left)?;
                 ready[0].hangup || ready[0].readable
             };
             if hung_up {

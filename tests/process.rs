@@ -741,3 +741,14 @@ fn a_childs_exit_handler_ignores_the_parents_process_children() {
     assert_eq!(sibling.join(), Ok(-libc::SIGKILL));
     assert!(process_gone(sibling_pid));
 }
+
+// ---------------------------------------------------------------------------
+// timeouts too large to represent (hardening item 5)
+
+#[test]
+fn join_timeout_with_duration_max_means_no_limit() {
+    let p = started(|| thread::sleep(Duration::from_millis(100)));
+    assert_eq!(p.join_timeout(Duration::MAX), Ok(Some(0)));
+    let p = started(|| std::process::exit(3));
+    assert_eq!(p.join_timeout(Duration::from_secs(u64::MAX)), Ok(Some(3)));
+}

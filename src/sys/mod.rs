@@ -452,6 +452,14 @@ pub(crate) struct Ready {
     pub hangup: bool,
 }
 
+/// The instant `d` from now, or `None` when `d` reaches past what an
+/// [`Instant`] can represent (`Duration::MAX`, say): "no limit". Every
+/// timeout the crate takes goes through here instead of `Instant + d`,
+/// which panics on overflow.
+pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
 /// `poll(2)` on `fds` with `(fd, want_read, want_write)`; `None` waits forever.
 /// A signal does not shorten the wait: EINTR restarts it with the time left.
 pub(crate) fn poll(fds: &[(BorrowedFd<'_>, bool, bool)], timeout: Option<Duration>) -> Result<Vec<Ready>> {
@@ -479,7 +487,8 @@ pub(crate) fn poll(fds: &[(BorrowedFd<'_>, bool, bool)], timeout: Option<Duratio
 /// (each costs a copy-on-write fault after a fork). EINTR restarts the wait
 /// with the time left; returns the number of entries with events.
 pub(crate) fn poll_in_place(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<usize> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout too large for an Instant waits forever, like `None`.
+    let deadline = timeout.and_then(deadline_after);
     loop {
         let ms = match deadline {
             None => -1,
