@@ -109,3 +109,11 @@ pub use wire::{DecodeError, Wire};
 pub fn restore_default_sigpipe() -> Result<()> {
     sys::signal::default_sigpipe()
 }
+
+/// Whether standard output is a pipe nobody reads any more (its reader,
+/// such as `head -1`, has exited). A child killed by `SIGPIPE` while this
+/// is true died of the same event that would kill the parent on its next
+/// write: a filter then ends quietly with status 141, as the CLI does.
+pub fn stdout_is_broken_pipe() -> bool {
+    sys::stdout_is_broken_pipe()
+}

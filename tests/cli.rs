@@ -440,3 +440,54 @@ fn sigint_kills_and_reaps_every_numbers_child_blocked_in_write() {
 fn sigterm_kills_and_reaps_every_numbers_child_blocked_in_write() {
     signal_with_children_blocked_in_write(&["numbers", "--count", "5"], 5, nix::sys::signal::Signal::SIGTERM);
 }
+
+// ---------------------------------------------------------------------------
+// `| head -1` (hardening item 8)
+
+/// Runs `mproc ARGS | head -1` 20 times: reads one line, closes the pipe,
+/// and expects every run to end quietly as if killed by SIGPIPE (141 in a
+/// shell), with nothing on stderr.
+fn assert_head_1_ends_quietly_with_141(args: &[&str]) {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    for run in 0..20 {
+        let mut child =
+            mproc_command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn mproc");
+        let mut first = String::new();
+        {
+            let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+            reader.read_line(&mut first).expect("read one line");
+            // The reader (the only read end) closes here, as head's does.
+        }
+        let out = child.wait_with_output().expect("wait for mproc");
+        assert!(!first.is_empty(), "mproc {args:?}: no first line");
+        let status = out.status;
+        let shell_code = status.code().or(status.signal().map(|s| 128 + s));
+        let stderr = stderr_of(&out);
+        assert!(
+            // Quiet success is fine too: mproc may finish before the close.
+            (shell_code == Some(141) || shell_code == Some(0)) && stderr.is_empty(),
+            "run {run} of mproc {args:?} | head -1: status {status:?}, stderr {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn numbers_into_head_1_ends_quietly() {
+    assert_head_1_ends_quietly_with_141(&["numbers"]);
+}
+
+#[test]
+fn isolation_into_head_1_ends_quietly() {
+    assert_head_1_ends_quietly_with_141(&["isolation"]);
+}
+
+#[test]
+fn cube_into_head_1_ends_quietly() {
+    assert_head_1_ends_quietly_with_141(&["cube"]);
+}
+
+#[test]
+fn square_into_head_1_ends_quietly() {
+    assert_head_1_ends_quietly_with_141(&["square"]);
+}

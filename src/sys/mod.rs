@@ -509,6 +509,14 @@ pub(crate) fn poll_in_place(fds: &mut [libc::pollfd], timeout: Option<Duration>)
     }
 }
 
+/// Whether fd 1 is a pipe whose every read end is closed (`| head -1`
+/// after head exited): a zero-timeout `poll` for writing reports `POLLERR`
+/// on such a pipe, and on nothing else we write to.
+pub(crate) fn stdout_is_broken_pipe() -> bool {
+    let mut pfd = [libc::pollfd { fd: 1, events: libc::POLLOUT, revents: 0 }];
+    matches!(poll_in_place(&mut pfd, Some(Duration::ZERO)), Ok(1)) && pfd[0].revents & libc::POLLERR != 0
+}
+
 /// `dup2(2)`: makes `target` a copy of `fd` (used to wire up a child's stdio).
 pub(crate) fn dup2(fd: RawFd, target: RawFd) -> Result<()> {
     // SAFETY: integers only; an invalid fd is reported as EBADF.

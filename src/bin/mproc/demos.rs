@@ -63,6 +63,7 @@ fn child_say(line: std::fmt::Arguments<'_>) {
 fn join_ok(what: &str, p: &Process) -> Result<(), u8> {
     match p.join() {
         Ok(0) => Ok(()),
+        Ok(_) if crate::died_of_our_sigpipe(p.exit_status()) => Err(crate::EXIT_SIGPIPE),
         Ok(_) => {
             let status = p.exit_status().map_or("ended badly".to_string(), |s| s.to_string());
             crate::complain(&format!("{what}: child {} {status}", p.pid().unwrap_or(-1)));
@@ -105,7 +106,10 @@ pub fn numbers(args: NumbersArgs) -> u8 {
     let mut status = 0;
     for p in &processes {
         if let Err(code) = join_ok("numbers", p) {
-            status = code;
+            // A real failure wins over a closed stdout.
+            if status == 0 || status == crate::EXIT_SIGPIPE {
+                status = code;
+            }
         }
     }
     if let Some(e) = failure {
@@ -123,8 +127,18 @@ pub fn cube(args: CubeArgs) -> u8 {
         Ok(pool) => pool,
         Err(e) => return fail("cube", &e),
     };
-    if let Err(e) = pool.map(print_cube, args.numbers) {
-        return fail("cube", &e);
+    match pool.map(print_cube, args.numbers) {
+        Ok(_) => {}
+        Err(Error::WorkerDied { exitcode, core_dumped, .. })
+            if crate::died_of_our_sigpipe(Some(mproc::ExitStatus::Signaled {
+                signal: -exitcode,
+                core_dumped,
+            })) =>
+        {
+            // The pool is killed and reaped as it drops, before we go.
+            return crate::EXIT_SIGPIPE;
+        }
+        Err(e) => return fail("cube", &e),
     }
     pool.close();
     if let Err(e) = pool.join() {

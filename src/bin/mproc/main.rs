@@ -17,6 +17,10 @@ use clap::{Parser, Subcommand};
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status when a library call fails at run time.
 pub const EXIT_FAILURE: u8 = 1;
+/// Returned by a subcommand whose output was cut short by a closed stdout
+/// (`| head -1`), typically seen as a child killed by `SIGPIPE`: `main`
+/// then dies of `SIGPIPE` itself, quietly — 141 in a shell.
+pub const EXIT_SIGPIPE: u8 = 141;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(fail("signals", &e));
         }
     }
+    let is_run = matches!(cli.command, Command::Run(_));
     let code = match cli.command {
         Command::Square(args) => demos::square(args),
         Command::Numbers(args) => demos::numbers(args),
@@ -76,7 +81,20 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::main(args),
         Command::Run(args) => run::main(args),
     };
+    if code == EXIT_SIGPIPE && !is_run {
+        // SIGPIPE's default action was restored above: this ends the
+        // process as the signal would have on our own next write.
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGPIPE);
+    }
     ExitCode::from(code)
+}
+
+/// Whether a child's death is the closing of our stdout (`| head -1`):
+/// killed by `SIGPIPE` while our stdout is a pipe nobody reads. That is
+/// our own SIGPIPE, to end on quietly, not a failure to report.
+pub fn died_of_our_sigpipe(status: Option<mproc::ExitStatus>) -> bool {
+    matches!(status, Some(mproc::ExitStatus::Signaled { signal, .. }) if signal == libc::SIGPIPE)
+        && mproc::stdout_is_broken_pipe()
 }
 
 /// Help and version go to stdout with status 0; anything else is a usage
