@@ -491,3 +491,24 @@ fn cube_into_head_1_ends_quietly() {
 fn square_into_head_1_ends_quietly() {
     assert_head_1_ends_quietly_with_141(&["square"]);
 }
+
+// ---------------------------------------------------------------------------
+// help, version and no subcommand (hardening items 9 and 11)
+
+#[test]
+fn help_and_version_into_a_full_disk_are_one_line_and_status_1() {
+    for args in [&["--help"][..], &["--version"], &["square", "--help"], &["help"]] {
+        let full = fs::OpenOptions::new().write(true).open("/dev/full").expect("open /dev/full");
+        let out = mproc_command(args).stdout(full).output().expect("run mproc");
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "mproc {args:?} > /dev/full: {err}");
+        assert_eq!(err.lines().count(), 1, "mproc {args:?} > /dev/full: {err}");
+        assert!(err.starts_with("mproc: ") && err.contains("stdout"), "{err}");
+    }
+}
+
+#[test]
+fn no_subcommand_is_a_one_line_usage_error() {
+    assert_usage_error(&[]);
+    assert_usage_error(&["--trace"]);
+}
