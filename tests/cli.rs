@@ -512,3 +512,24 @@ fn no_subcommand_is_a_one_line_usage_error() {
     assert_usage_error(&[]);
     assert_usage_error(&["--trace"]);
 }
+
+// ---------------------------------------------------------------------------
+// cube overflow (hardening item 11)
+
+#[test]
+fn cube_of_a_number_whose_cube_overflows_says_overflow_and_fails() {
+    let out = mproc(&["cube", "--", "2", "-9223372036854775808"]);
+    let stdout = stdout_of(&out);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(stdout, "The cube of 2 is 8\n", "no false cube is printed");
+    assert_eq!(stderr, "mproc: cube: overflow: the cube of -9223372036854775808 does not fit in 128 bits\n");
+}
+
+#[test]
+fn cube_of_the_largest_exact_number_is_exact() {
+    // 5541191377756^3 < 2^127 <= 5541191377757^3 (in magnitude).
+    let n: i128 = 5_541_191_377_756;
+    let out = success_stdout(&["cube", "--", "-5541191377756"]);
+    assert_eq!(out, format!("The cube of -{n} is {}\nMain process completed\n", -(n * n * n)));
+}

@@ -127,8 +127,15 @@ pub fn cube(args: CubeArgs) -> u8 {
         Ok(pool) => pool,
         Err(e) => return fail("cube", &e),
     };
+    let numbers = args.numbers.clone();
     match pool.map(print_cube, args.numbers) {
-        Ok(_) => {}
+        Ok(cubes) => {
+            // A worker prints nothing for a cube too large: no false number.
+            if let Some((n, _)) = numbers.iter().zip(&cubes).find(|(_, c)| c.is_none()) {
+                crate::complain(&format!("cube: overflow: the cube of {n} does not fit in 128 bits"));
+                return crate::EXIT_FAILURE;
+            }
+        }
         Err(Error::WorkerDied { exitcode, core_dumped, .. })
             if crate::died_of_our_sigpipe(Some(mproc::ExitStatus::Signaled {
                 signal: -exitcode,
@@ -147,13 +154,14 @@ pub fn cube(args: CubeArgs) -> u8 {
     say(format_args!("Main process completed")).err().unwrap_or(0)
 }
 
-/// Runs in a worker: prints one line and returns the cube to the parent.
-fn print_cube(n: i64) -> i128 {
-    // i128: the cube of an i64 up to 2^42 in magnitude fits; beyond that
-    // wrapping would print nonsense, so saturate instead.
-    let result = i128::from(n).saturating_mul(i128::from(n)).saturating_mul(i128::from(n));
+/// Runs in a worker: prints one line and returns the cube to the parent;
+/// `None`, and nothing printed, when the cube does not fit in an i128
+/// (|n| above 5541191377756): the parent reports the overflow.
+fn print_cube(n: i64) -> Option<i128> {
+    let wide = i128::from(n);
+    let result = wide.checked_mul(wide).and_then(|square| square.checked_mul(wide))?;
     println!("The cube of {n} is {result}");
-    result
+    Some(result)
 }
 
 /// One variable with one address in every process forked from us.
