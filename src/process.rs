@@ -438,7 +438,7 @@ impl<T: Wire> JoinHandle<T> {
     /// Waits for the child and returns its value.
     ///
     /// Errors: [`Error::Panicked`] with the panic's message;
-    /// [`Error::WorkerDied`] if it ended without sending a value (killed,
+    /// [`Error::ChildDied`] if it ended without sending a value (killed,
     /// or `exit()` called); [`Error::Decode`] if the bytes were malformed.
     pub fn join(self) -> Result<T> {
         let mut bytes = Vec::new();
@@ -449,7 +449,8 @@ impl<T: Wire> JoinHandle<T> {
         read?;
         let pid = self.pid();
         let status = self.process.exit_status().ok_or(Error::InvalidState("child not reaped"))?;
-        let died = || Error::died(pid, status, None);
+        let died =
+            || Error::ChildDied { pid, exitcode: status.exitcode(), core_dumped: status.core_dumped() };
         match bytes.split_first() {
             Some((&RESULT_OK, body)) => match T::from_bytes(body) {
                 Ok(value) => Ok(value),

@@ -122,7 +122,10 @@ fn raised_sigsegv_gives_minus_eleven_without_core() {
     });
     assert_eq!(p.join(), Ok(-libc::SIGSEGV));
     assert_eq!(p.exit_status(), Some(ExitStatus::Signaled { signal: libc::SIGSEGV, core_dumped: false }));
-    assert_eq!(p.exit_status().map(|s| s.to_string()), Some("killed by SIGSEGV (Segmentation fault)".into()));
+    assert_eq!(
+        p.exit_status().map(|s| s.to_string()),
+        Some("killed by signal 11 (Segmentation fault)".into())
+    );
 }
 
 #[test]
@@ -465,7 +468,7 @@ fn spawn_whose_task_panics_reports_the_message() {
 fn spawn_whose_task_exits_reports_the_death() {
     let h = mproc::spawn(|| -> u64 { std::process::exit(7) }).expect("spawn");
     let pid = h.pid();
-    assert_eq!(h.join(), Err(Error::WorkerDied { pid, exitcode: 7, core_dumped: false, task: None }));
+    assert_eq!(h.join(), Err(Error::ChildDied { pid, exitcode: 7, core_dumped: false }));
     assert!(not_our_child(pid));
 }
 
@@ -473,7 +476,7 @@ fn spawn_whose_task_exits_reports_the_death() {
 fn spawn_whose_task_exits_zero_without_a_value_is_a_death_too() {
     let h = mproc::spawn(|| -> String { std::process::exit(0) }).expect("spawn");
     let pid = h.pid();
-    assert_eq!(h.join(), Err(Error::WorkerDied { pid, exitcode: 0, core_dumped: false, task: None }));
+    assert_eq!(h.join(), Err(Error::ChildDied { pid, exitcode: 0, core_dumped: false }));
 }
 
 #[test]
@@ -486,7 +489,7 @@ fn spawn_killed_reports_minus_nine() {
     let pid = h.pid();
     assert!(h.is_alive());
     h.kill().expect("kill");
-    assert_eq!(h.join(), Err(Error::WorkerDied { pid, exitcode: -9, core_dumped: false, task: None }));
+    assert_eq!(h.join(), Err(Error::ChildDied { pid, exitcode: -9, core_dumped: false }));
     assert!(not_our_child(pid));
 }
 
@@ -499,7 +502,7 @@ fn spawn_terminated_reports_minus_fifteen() {
     .expect("spawn");
     let pid = h.pid();
     h.terminate().expect("terminate");
-    assert_eq!(h.join(), Err(Error::WorkerDied { pid, exitcode: -15, core_dumped: false, task: None }));
+    assert_eq!(h.join(), Err(Error::ChildDied { pid, exitcode: -15, core_dumped: false }));
 }
 
 #[test]
@@ -595,7 +598,8 @@ fn errors_from_a_real_death_carry_the_pid() {
     let h = mproc::spawn(|| -> u64 { std::process::exit(9) }).expect("spawn");
     let pid = h.pid();
     let e = h.join().expect_err("the task exited");
-    assert_eq!(e.to_string(), format!("worker {pid} exited with status 9 without a result"));
+    // A spawn's child is no pool worker: the message says "child".
+    assert_eq!(e.to_string(), format!("child {pid} exited with status 9 without a result"));
 }
 
 #[test]
@@ -751,4 +755,12 @@ fn join_timeout_with_duration_max_means_no_limit() {
     assert_eq!(p.join_timeout(Duration::MAX), Ok(Some(0)));
     let p = started(|| std::process::exit(3));
     assert_eq!(p.join_timeout(Duration::from_secs(u64::MAX)), Ok(Some(3)));
+}
+
+#[test]
+fn a_signal_is_worded_the_same_in_a_status_and_in_an_error() {
+    let status = ExitStatus::Signaled { signal: libc::SIGPIPE, core_dumped: false };
+    let error = Error::ChildDied { pid: 5, exitcode: -libc::SIGPIPE, core_dumped: false };
+    assert_eq!(status.to_string(), "killed by signal 13 (Broken pipe)");
+    assert_eq!(error.to_string(), format!("child 5 {status} without a result"));
 }

@@ -812,7 +812,7 @@ mod tests {
         let segv = Outcome::Completed(ExitStatus::Signaled { signal: libc::SIGSEGV, core_dumped: false });
         assert_eq!(
             status_line(1, &cmd, segv, None).as_deref(),
-            Some("mproc: job 1 killed by SIGSEGV (Segmentation fault): sleep 30\n")
+            Some("mproc: job 1 killed by signal 11 (Segmentation fault): sleep 30\n")
         );
         assert_eq!(status_line(1, &cmd, Outcome::Completed(ExitStatus::Exited(1)), None), None);
     }
