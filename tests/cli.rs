@@ -533,3 +533,24 @@ fn cube_of_the_largest_exact_number_is_exact() {
     let out = success_stdout(&["cube", "--", "-5541191377756"]);
     assert_eq!(out, format!("The cube of -{n} is {}\nMain process completed\n", -(n * n * n)));
 }
+
+// ---------------------------------------------------------------------------
+// the documented --trace example (hardening item 11)
+
+#[test]
+fn trace_shows_the_child_closing_the_sentinels_read_end() {
+    let out = mproc(&["--trace", "square", "7"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = stderr_of(&out);
+    let calls: Vec<(i32, &str)> = stderr.lines().filter_map(parse_trace_line).collect();
+    let (parent, pipe) = calls.iter().find(|(_, c)| c.starts_with("pipe() = [")).expect("a pipe line");
+    let read_end = pipe.trim_start_matches("pipe() = [").split(',').next().expect("read end");
+    let child: i32 = calls
+        .iter()
+        .find_map(|&(pid, c)| (pid == *parent).then(|| c.strip_prefix("fork() = ")?.parse().ok()).flatten())
+        .expect("a fork line");
+    assert!(
+        calls.contains(&(child, &format!("close({read_end})"))),
+        "as in mproc(1) and the README: {stderr}"
+    );
+}

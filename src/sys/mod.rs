@@ -256,6 +256,7 @@ fn close_parent_only() {
         }
         let fd = entry.swap(-1, Ordering::AcqRel);
         if fd >= 0 {
+            trace!("close({fd})");
             // SAFETY: the fd was registered by a ParentOnlyFd of the parent;
             // that object's copy in the child never closes it (its Drop
             // checks the owner pid), so closing the number here cannot make
