@@ -130,9 +130,15 @@ pub fn cube(args: CubeArgs) -> u8 {
     let numbers = args.numbers.clone();
     match pool.map(print_cube, args.numbers) {
         Ok(cubes) => {
-            // A worker prints nothing for a cube too large: no false number.
-            if let Some((n, _)) = numbers.iter().zip(&cubes).find(|(_, c)| c.is_none()) {
-                crate::complain(&format!("cube: overflow: the cube of {n} does not fit in 128 bits"));
+            // The first problem in input order: a line the worker could not
+            // write, or a cube too large (printed nowhere: no false number).
+            for (n, cube) in numbers.iter().zip(cubes) {
+                let problem = match cube {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => format!("overflow: the cube of {n} does not fit in 128 bits"),
+                    Err(write_error) => write_error,
+                };
+                crate::complain(&format!("cube: {problem}"));
                 return crate::EXIT_FAILURE;
             }
         }
@@ -155,13 +161,20 @@ pub fn cube(args: CubeArgs) -> u8 {
 }
 
 /// Runs in a worker: prints one line and returns the cube to the parent;
-/// `None`, and nothing printed, when the cube does not fit in an i128
-/// (|n| above 5541191377756): the parent reports the overflow.
-fn print_cube(n: i64) -> Option<i128> {
+/// `Ok(None)`, and nothing printed, when the cube does not fit in an i128
+/// (|n| above 5541191377756); `Err` when stdout cannot be written
+/// (`> /dev/full`). The parent reports either in one line.
+fn print_cube(n: i64) -> Result<Option<i128>, String> {
+    use std::io::Write;
     let wide = i128::from(n);
-    let result = wide.checked_mul(wide).and_then(|square| square.checked_mul(wide))?;
-    println!("The cube of {n} is {result}");
-    Some(result)
+    let Some(result) = wide.checked_mul(wide).and_then(|square| square.checked_mul(wide)) else {
+        return Ok(None);
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "The cube of {n} is {result}")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    Ok(Some(result))
 }
 
 /// One variable with one address in every process forked from us.
