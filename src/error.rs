@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::status::{signal_name, ExitStatus};
+use crate::status::{write_killed, ExitStatus};
 use crate::wire::DecodeError;
 
 /// A failed system call: which call, on which pid (if any), and the `errno`.
@@ -48,7 +48,8 @@ pub enum Error {
         /// The panic message (`"<non-string panic payload>"` when it was not a string).
         message: String,
     },
-    /// The child process ended without delivering a result.
+    /// A pool or [`crate::fork_map`] worker ended without delivering a
+    /// result.
     WorkerDied {
         /// The pid of the process that died.
         pid: i32,
@@ -58,6 +59,16 @@ pub enum Error {
         core_dumped: bool,
         /// The index of the task it was running, when it was running one.
         task: Option<u64>,
+    },
+    /// The child of a [`crate::spawn`] ended without delivering its value
+    /// (killed, or it called `exit`).
+    ChildDied {
+        /// The child's pid.
+        pid: i32,
+        /// Python's convention: the exit code, or `-signal` when it was killed.
+        exitcode: i32,
+        /// Whether the kernel reported a core dump.
+        core_dumped: bool,
     },
     /// A deadline passed: a task ran past its time limit, or a wait gave up.
     Timeout,
@@ -104,19 +115,15 @@ impl fmt::Display for Error {
             Error::Os(e) => e.fmt(f),
             Error::Panicked { message } => write!(f, "task panicked: {message}"),
             Error::WorkerDied { pid, exitcode, core_dumped, task } => {
-                if *exitcode < 0 {
-                    let sig = -exitcode;
-                    write!(f, "worker {pid} killed by signal {sig} ({})", signal_name(sig))?;
-                    if *core_dumped {
-                        write!(f, ", core dumped")?;
-                    }
-                } else {
-                    write!(f, "worker {pid} exited with status {exitcode}")?;
-                }
+                write_death(f, "worker", *pid, *exitcode, *core_dumped)?;
                 match task {
                     Some(t) => write!(f, ", while running task {t}"),
                     None => write!(f, " without a result"),
                 }
+            }
+            Error::ChildDied { pid, exitcode, core_dumped } => {
+                write_death(f, "child", *pid, *exitcode, *core_dumped)?;
+                write!(f, " without a result")
             }
             Error::Timeout => write!(f, "timed out"),
             Error::Closed => write!(f, "the pool is closed"),
@@ -128,15 +135,27 @@ impl fmt::Display for Error {
                 "the pool belongs to process {owner}: process {caller}, forked after it was made, cannot use it"
             ),
             Error::ZygoteDied { pid, exitcode } => {
-                write!(f, "the pool's zygote {pid} ")?;
-                if *exitcode < 0 {
-                    write!(f, "was killed by signal {} ({})", -exitcode, signal_name(-exitcode))?;
-                } else {
-                    write!(f, "exited with status {exitcode}")?;
-                }
+                write_death(f, "the pool's zygote", *pid, *exitcode, false)?;
                 write!(f, ": its workers are gone and the pool takes no more work")
             }
         }
+    }
+}
+
+/// `worker 4242 killed by signal 11 (Segmentation fault), core dumped` or
+/// `child 31 exited with status 7`.
+fn write_death(
+    f: &mut fmt::Formatter<'_>,
+    who: &str,
+    pid: i32,
+    exitcode: i32,
+    core_dumped: bool,
+) -> fmt::Result {
+    write!(f, "{who} {pid} ")?;
+    if exitcode < 0 {
+        write_killed(f, -exitcode, core_dumped)
+    } else {
+        write!(f, "exited with status {exitcode}")
     }
 }
 

@@ -49,12 +49,19 @@
 //! # Rules of `fork`, and common deadlocks
 //!
 //! - **Threads.** `fork` copies only the calling thread. A lock held by
-//!   another thread at that instant — a `Mutex` of yours, Rust's `stdout`
-//!   lock — stays locked forever in the child. Start [`Process`]es and
-//!   [`fork_map`] before you start threads, or make sure no other thread
-//!   holds such a lock across the call. [`Pool`] forks once, at
-//!   [`Pool::new`]; every later worker comes from its single-threaded
-//!   zygote, so a pool stays safe after you start threads.
+//!   another thread at that instant — a `Mutex` of yours — stays locked
+//!   forever in the child. Start [`Process`]es and [`fork_map`] before you
+//!   start threads, or make sure no other thread holds such a lock across
+//!   the call. [`Pool`] forks once, at [`Pool::new`]; every later worker
+//!   comes from its single-threaded zygote, so a pool stays safe after you
+//!   start threads.
+//! - **Rust's stdout and stderr are safe.** mproc takes their (reentrant)
+//!   locks itself before every fork, waiting for any `println!` in progress
+//!   on another thread, flushes, forks, and releases them on both sides:
+//!   the child's only thread is the forking thread, so it owns its copies
+//!   and can print, and mproc's own flush before `_exit` never waits. The
+//!   price: a thread that holds `stdout().lock()` while it waits for your
+//!   `start()` deadlocks. C stdio's locks are reset in the child by glibc.
 //! - **Buffered output.** mproc flushes Rust's and C's stdio before every
 //!   fork, and children end with `_exit` after flushing their own, so no
 //!   line is printed twice. Bypass it (a `BufWriter` of your own) and you
@@ -74,8 +81,8 @@
 //!
 //! # Signals
 //! [`exit_cleanly_on_signals`] makes `SIGINT`/`SIGTERM` kill and reap every
-//! pool's workers before the program exits with 130/143 — what the CLI
-//! does.
+//! running [`Process`] child and every pool's workers before the program
+//! exits with 130/143 — what the CLI does.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 
@@ -101,4 +108,12 @@ pub use wire::{DecodeError, Wire};
 /// panicking on the next `println!`. Children forked afterwards inherit it.
 pub fn restore_default_sigpipe() -> Result<()> {
     sys::signal::default_sigpipe()
+}
+
+/// Whether standard output is a pipe nobody reads any more (its reader,
+/// such as `head -1`, has exited). A child killed by `SIGPIPE` while this
+/// is true died of the same event that would kill the parent on its next
+/// write: a filter then ends quietly with status 141, as the CLI does.
+pub fn stdout_is_broken_pipe() -> bool {
+    sys::stdout_is_broken_pipe()
 }

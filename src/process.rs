@@ -28,11 +28,13 @@
 //!
 //! # Fork in a multi-threaded program
 //! `fork` copies only the calling thread. A lock held by another thread at
-//! that instant (a `Mutex` of yours, `stdout`'s lock) stays locked forever in
-//! the child. glibc's `malloc` and C stdio are made fork-safe by glibc itself,
-//! so allocating in the child is fine on Linux; but a child must not touch a
-//! lock another thread may have held: start processes before you start
-//! threads, or make sure no other thread holds such a lock across `start()`.
+//! that instant (a `Mutex` of yours) stays locked forever in the child.
+//! glibc's `malloc` and C stdio are made fork-safe by glibc itself, and
+//! mproc holds Rust's stdout and stderr locks across the fork (see the
+//! crate docs), so allocating and printing in the child are fine on Linux;
+//! but a child must not touch any other lock another thread may have held:
+//! start processes before you start threads, or make sure no other thread
+//! holds such a lock across `start()`.
 //! Two threads calling `start()` at the same moment are safe but not tidy:
 //! between making its pipes and closing its own copies, one call's pipe ends
 //! can be inherited by the other's child, which then delays the first
@@ -48,7 +50,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::status::ExitStatus;
-use crate::sys::{self, Forked, ParentOnlyFd};
+use crate::sys::signal::SigMask;
+use crate::sys::{self, registry, Forked, ParentOnlyFd};
 use crate::wire::Wire;
 
 type Target = Box<dyn FnOnce()>;
@@ -60,6 +63,9 @@ enum State {
     Running {
         pid: i32,
         sentinel: ParentOnlyFd,
+        /// In the table of live children that the exit handler kills
+        /// (`None` if the table was full).
+        registered: Option<registry::Entry>,
     },
     /// Reaped: the pid may already belong to someone else; never signal it.
     Exited {
@@ -123,6 +129,11 @@ impl Process {
         // Registered so every later fork closes it in the child: siblings
         // must not hold each other's sentinels.
         let sentinel = ParentOnlyFd::new(sentinel);
+        // Between `fork` and registering the child, neither a Ctrl-C on
+        // this thread nor one on another (ChildStart makes the exit handler
+        // wait for the registration) may miss the new child.
+        let mask = SigMask::block(&[libc::SIGINT, libc::SIGTERM])?;
+        let starting = registry::ChildStart::begin();
         let State::NotStarted(target) = std::mem::replace(state, State::Starting) else {
             unreachable!("checked above")
         };
@@ -131,6 +142,8 @@ impl Process {
         // documented on this module.
         match unsafe { sys::fork() } {
             Err(e) => {
+                drop(starting);
+                mask.restore();
                 *state = State::NotStarted(target);
                 Err(e)
             }
@@ -138,17 +151,21 @@ impl Process {
                 // Child: `fork` already closed the read end (parent-only);
                 // the write end stays open until this process dies, which is
                 // what the parent polls for. Never drop the parent's objects.
+                std::mem::forget(starting);
+                mask.restore();
                 std::mem::forget(sentinel);
                 std::mem::forget(sentinel_w);
                 run_child(target)
             }
             Ok(Forked::Parent(pid)) => {
+                let registered = starting.register(pid);
+                mask.restore();
                 // Parent: drop our write end so the child holds the only one;
                 // drop the target, and with it the parent's copies of
                 // everything the closure captured.
                 drop(sentinel_w);
                 drop(target);
-                *state = State::Running { pid, sentinel };
+                *state = State::Running { pid, sentinel, registered };
                 Ok(())
             }
         }
@@ -177,15 +194,16 @@ impl Process {
             State::Running { pid, .. } => *pid,
             _ => return Err(Error::InvalidState("process was never started")),
         };
-        let status = sys::waitpid(pid, false)?.ok_or(Error::InvalidState("waitpid returned no status"))?;
-        self.set_exited(pid, status);
+        let status = self.reap(pid, false)?.ok_or(Error::InvalidState("waitpid returned no status"))?;
         Ok(status.exitcode())
     }
 
     /// Waits at most `timeout`; `Ok(None)` if the child is still running
     /// then. The wait is a `poll` on the child's sentinel pipe, not a loop.
+    /// A timeout too large to represent (`Duration::MAX`) means no limit.
     pub fn join_timeout(&self, timeout: Duration) -> Result<Option<i32>> {
-        let deadline = Instant::now() + timeout;
+        // None: no limit.
+        let deadline = sys::deadline_after(timeout);
         // After the sentinel hangs up, poll() would return at once forever:
         // from then on, nap (growing, capped) between non-blocking waits.
         let mut nap: Option<Duration> = None;
@@ -193,16 +211,19 @@ impl Process {
             if let Some(status) = self.poll_exit()? {
                 return Ok(Some(status.exitcode()));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => return Ok(None),
+                    left => Some(left),
+                },
+            };
             if let Some(d) = nap {
                 // Usually the child is a zombie within microseconds of
                 // closing its last descriptor; a child that exec'd (the
                 // sentinel is close-on-exec) or closed its inherited fds
                 // may live on, and this keeps that wait cheap.
-                std::thread::sleep(d.min(left));
+                std::thread::sleep(left.map_or(d, |left| d.min(left)));
                 nap = Some((d * 2).min(Duration::from_millis(50)));
                 continue;
             }
@@ -211,7 +232,7 @@ impl Process {
                 let State::Running { sentinel, .. } = &*state else {
                     return Err(Error::InvalidState("process was never started"));
                 };
-                let ready = sys::poll(&[(sentinel.as_fd(), true, false)], Some(left))?;
+                let ready = sys::poll(&[(sentinel.as_fd(), true, false)], left)?;
                 ready[0].hangup || ready[0].readable
             };
             if hung_up {
@@ -271,22 +292,31 @@ impl Process {
             State::Running { pid, .. } => *pid,
             _ => return Err(Error::InvalidState("process was never started")),
         };
-        let status = sys::waitpid(pid, true)?;
-        if let Some(status) = status {
-            self.set_exited(pid, status);
-        }
-        Ok(status)
+        self.reap(pid, true)
     }
 
-    fn set_exited(&self, pid: i32, status: ExitStatus) {
+    /// Reaps the running child `pid` once it has ended (waiting for that
+    /// unless `nohang`): first seen ended without reaping (so the pid
+    /// stays ours), then taken out of the exit handler's table, then
+    /// reaped. In the other order a handler on another thread could `kill`
+    /// a reaped pid that already names someone else's process.
+    fn reap(&self, pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
+        if !sys::wait_ended(pid, nohang)? {
+            return Ok(None);
+        }
+        if let State::Running { registered: Some(entry), .. } = &*self.state.borrow() {
+            registry::forget_child(*entry);
+        }
+        let status = sys::waitpid(pid, false)?.ok_or(Error::InvalidState("waitpid returned no status"))?;
         // Dropping the Running state closes the sentinel.
         *self.state.borrow_mut() = State::Exited { pid, status };
+        Ok(Some(status))
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if let State::Running { pid, sentinel } = self.state.get_mut() {
+        if let State::Running { pid, sentinel, .. } = self.state.get_mut() {
             if !sentinel.owned_here() {
                 // A copy that reached another child (moved into its
                 // closure): the process is its parent's to wait for, not
@@ -299,7 +329,7 @@ impl Drop for Process {
             }
             // Reap, so no zombie outlives the handle. Errors have nowhere to
             // go from a destructor; ECHILD would mean someone else reaped it.
-            let _ = sys::waitpid(pid, false);
+            let _ = self.reap(pid, false);
         }
     }
 }
@@ -408,7 +438,7 @@ impl<T: Wire> JoinHandle<T> {
     /// Waits for the child and returns its value.
     ///
     /// Errors: [`Error::Panicked`] with the panic's message;
-    /// [`Error::WorkerDied`] if it ended without sending a value (killed,
+    /// [`Error::ChildDied`] if it ended without sending a value (killed,
     /// or `exit()` called); [`Error::Decode`] if the bytes were malformed.
     pub fn join(self) -> Result<T> {
         let mut bytes = Vec::new();
@@ -419,7 +449,8 @@ impl<T: Wire> JoinHandle<T> {
         read?;
         let pid = self.pid();
         let status = self.process.exit_status().ok_or(Error::InvalidState("child not reaped"))?;
-        let died = || Error::died(pid, status, None);
+        let died =
+            || Error::ChildDied { pid, exitcode: status.exitcode(), core_dumped: status.core_dumped() };
         match bytes.split_first() {
             Some((&RESULT_OK, body)) => match T::from_bytes(body) {
                 Ok(value) => Ok(value),

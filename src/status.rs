@@ -39,6 +39,11 @@ impl ExitStatus {
         }
     }
 
+    /// Whether the kernel wrote a core file (`WCOREDUMP`).
+    pub fn core_dumped(&self) -> bool {
+        matches!(self, ExitStatus::Signaled { core_dumped: true, .. })
+    }
+
     /// True for `Exited(0)`.
     pub fn success(&self) -> bool {
         *self == ExitStatus::Exited(0)
@@ -57,15 +62,19 @@ impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ExitStatus::Exited(code) => write!(f, "exited {code}"),
-            ExitStatus::Signaled { signal, core_dumped } => {
-                write!(f, "killed by {} ({})", signal_abbrev(signal), signal_name(signal))?;
-                if core_dumped {
-                    f.write_str(", core dumped")?;
-                }
-                Ok(())
-            }
+            ExitStatus::Signaled { signal, core_dumped } => write_killed(f, signal, core_dumped),
         }
     }
+}
+
+/// `killed by signal 11 (Segmentation fault), core dumped`: the one wording
+/// of a death by signal, shared by [`ExitStatus`] and [`crate::Error`].
+pub(crate) fn write_killed(f: &mut fmt::Formatter<'_>, signal: i32, core_dumped: bool) -> fmt::Result {
+    write!(f, "killed by signal {signal} ({})", signal_name(signal))?;
+    if core_dumped {
+        f.write_str(", core dumped")?;
+    }
+    Ok(())
 }
 
 /// The description a shell prints for a signal ("Segmentation fault").
@@ -131,7 +140,7 @@ mod tests {
     #[test]
     fn display_reads_like_a_shell() {
         let s = ExitStatus::Signaled { signal: libc::SIGSEGV, core_dumped: true };
-        assert_eq!(s.to_string(), "killed by SIGSEGV (Segmentation fault), core dumped");
+        assert_eq!(s.to_string(), "killed by signal 11 (Segmentation fault), core dumped");
         assert_eq!(ExitStatus::Exited(0).to_string(), "exited 0");
     }
 }

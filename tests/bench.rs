@@ -70,8 +70,57 @@ fn bench_pool_reports_every_figure() {
 
 #[test]
 fn bench_compare_without_c_programs_says_how_to_build_them() {
+    // Not a usage error (the arguments are fine): one line, status 1.
     let out = run(mproc().args(["bench", "compare", "--c-dir", "/nonexistent"]));
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("make compare"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// `mproc ARGS > /dev/full`: status 1 and one `mproc: ...` line on
+/// stderr, never a panic (exit 101).
+fn assert_full_stdout_is_one_line_and_status_1(args: &[&str]) {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("open /dev/full");
+    let out = run(mproc().args(args).stdout(full));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "mproc {args:?} > /dev/full: {err}");
+    assert_eq!(err.lines().count(), 1, "mproc {args:?} > /dev/full: {err}");
+    assert!(err.starts_with("mproc: ") && err.contains("stdout"), "mproc {args:?} > /dev/full: {err}");
+}
+
+#[test]
+fn speedup_into_a_full_disk_is_one_line_and_status_1() {
+    assert_full_stdout_is_one_line_and_status_1(&[
+        "speedup",
+        "--workers",
+        "1",
+        "--tasks",
+        "1",
+        "--work",
+        "10",
+    ]);
+}
+
+#[test]
+fn bench_process_into_a_full_disk_is_one_line_and_status_1() {
+    assert_full_stdout_is_one_line_and_status_1(&["bench", "process", "--count", "1"]);
+    assert_full_stdout_is_one_line_and_status_1(&["bench", "process", "--count", "1", "--tsv"]);
+}
+
+#[test]
+fn bench_ring_into_a_full_disk_is_one_line_and_status_1() {
+    assert_full_stdout_is_one_line_and_status_1(&["bench", "ring", "--count", "1", "--runs", "1"]);
+    assert_full_stdout_is_one_line_and_status_1(&["bench", "ring", "--count", "1", "--runs", "1", "--tsv"]);
+}
+
+#[test]
+fn bench_pool_into_a_full_disk_is_one_line_and_status_1() {
+    assert_full_stdout_is_one_line_and_status_1(&["bench", "pool", "--items", "1", "--workers", "1"]);
+}
+
+#[test]
+fn bench_run_into_a_full_disk_is_one_line_and_status_1() {
+    let args = ["bench", "run", "--count", "1", "--rounds", "1", "-j", "1"];
+    assert_full_stdout_is_one_line_and_status_1(&args);
 }

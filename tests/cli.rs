@@ -357,3 +357,200 @@ fn a_full_stdout_is_one_clear_error_per_process_and_status_1_never_a_panic() {
         assert!(err.lines().all(|l| l.starts_with("mproc: ")), "{args:?}:\n{err}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// signals while children are running (hardening item 10)
+
+/// The children of `pid`, from `/proc/PID/task/*/children`.
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut kids = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return kids };
+    for task in tasks.flatten() {
+        let text = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        kids.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    kids
+}
+
+/// Whether `pid` sleeps in a pipe write (`/proc/PID/wchan`).
+fn blocked_in_pipe_write(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("pipe_write"))
+}
+
+/// A pipe whose buffer is already full, so that the next write blocks:
+/// `{ head -c 65536 /dev/zero; mproc ...; } | sleep 4`. Returns both ends;
+/// keep the read end open and unread.
+fn full_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    fcntl(w.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("O_NONBLOCK");
+    let chunk = [0u8; 4096];
+    while nix::unistd::write(&w, &chunk).is_ok() {}
+    fcntl(w.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty())).expect("blocking again");
+    (r, w)
+}
+
+/// Runs `mproc ARGS` into a full pipe, waits until `children` children of
+/// it are blocked writing, sends `signal` to mproc alone, and checks that
+/// mproc exits 128 + signal with every child killed and reaped.
+fn signal_with_children_blocked_in_write(args: &[&str], children: usize, signal: nix::sys::signal::Signal) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let (read_end, write_end) = full_pipe();
+    let mut mproc =
+        mproc_command(args).stdout(write_end).stderr(Stdio::piped()).spawn().expect("spawn mproc");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let kids = loop {
+        let kids = children_of(mproc.id());
+        if kids.len() == children && kids.iter().all(|&k| blocked_in_pipe_write(k)) {
+            break kids;
+        }
+        assert!(std::time::Instant::now() < deadline, "mproc {args:?}: children {kids:?} never blocked");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    kill(Pid::from_raw(mproc.id() as i32), signal).expect("signal mproc");
+    let status = mproc.wait().expect("wait for mproc");
+    let survivors: Vec<i32> =
+        kids.iter().copied().filter(|&k| kill(Pid::from_raw(k), None).is_ok()).collect();
+    for &k in &survivors {
+        let _ = kill(Pid::from_raw(k), Signal::SIGKILL);
+    }
+    drop(read_end);
+    assert_eq!(status.code(), Some(128 + signal as i32), "mproc {args:?}: {status:?}");
+    assert_eq!(survivors, Vec::<i32>::new(), "mproc {args:?} left children running after {signal}");
+}
+
+#[test]
+fn sigint_kills_and_reaps_a_square_child_blocked_in_write() {
+    signal_with_children_blocked_in_write(&["square"], 1, nix::sys::signal::Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_kills_and_reaps_a_square_child_blocked_in_write() {
+    signal_with_children_blocked_in_write(&["square"], 1, nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_kills_and_reaps_every_numbers_child_blocked_in_write() {
+    signal_with_children_blocked_in_write(&["numbers", "--count", "5"], 5, nix::sys::signal::Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_kills_and_reaps_every_numbers_child_blocked_in_write() {
+    signal_with_children_blocked_in_write(&["numbers", "--count", "5"], 5, nix::sys::signal::Signal::SIGTERM);
+}
+
+// ---------------------------------------------------------------------------
+// `| head -1` (hardening item 8)
+
+/// Runs `mproc ARGS | head -1` 20 times: reads one line, closes the pipe,
+/// and expects every run to end quietly as if killed by SIGPIPE (141 in a
+/// shell), with nothing on stderr.
+fn assert_head_1_ends_quietly_with_141(args: &[&str]) {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    for run in 0..20 {
+        let mut child =
+            mproc_command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn mproc");
+        let mut first = String::new();
+        {
+            let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+            reader.read_line(&mut first).expect("read one line");
+            // The reader (the only read end) closes here, as head's does.
+        }
+        let out = child.wait_with_output().expect("wait for mproc");
+        assert!(!first.is_empty(), "mproc {args:?}: no first line");
+        let status = out.status;
+        let shell_code = status.code().or(status.signal().map(|s| 128 + s));
+        let stderr = stderr_of(&out);
+        assert!(
+            // Quiet success is fine too: mproc may finish before the close.
+            (shell_code == Some(141) || shell_code == Some(0)) && stderr.is_empty(),
+            "run {run} of mproc {args:?} | head -1: status {status:?}, stderr {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn numbers_into_head_1_ends_quietly() {
+    assert_head_1_ends_quietly_with_141(&["numbers"]);
+}
+
+#[test]
+fn isolation_into_head_1_ends_quietly() {
+    assert_head_1_ends_quietly_with_141(&["isolation"]);
+}
+
+#[test]
+fn cube_into_head_1_ends_quietly() {
+    assert_head_1_ends_quietly_with_141(&["cube"]);
+}
+
+#[test]
+fn square_into_head_1_ends_quietly() {
+    assert_head_1_ends_quietly_with_141(&["square"]);
+}
+
+// ---------------------------------------------------------------------------
+// help, version and no subcommand (hardening items 9 and 11)
+
+#[test]
+fn help_and_version_into_a_full_disk_are_one_line_and_status_1() {
+    for args in [&["--help"][..], &["--version"], &["square", "--help"], &["help"]] {
+        let full = fs::OpenOptions::new().write(true).open("/dev/full").expect("open /dev/full");
+        let out = mproc_command(args).stdout(full).output().expect("run mproc");
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "mproc {args:?} > /dev/full: {err}");
+        assert_eq!(err.lines().count(), 1, "mproc {args:?} > /dev/full: {err}");
+        assert!(err.starts_with("mproc: ") && err.contains("stdout"), "{err}");
+    }
+}
+
+#[test]
+fn no_subcommand_is_a_one_line_usage_error() {
+    assert_usage_error(&[]);
+    assert_usage_error(&["--trace"]);
+}
+
+// ---------------------------------------------------------------------------
+// cube overflow (hardening item 11)
+
+#[test]
+fn cube_of_a_number_whose_cube_overflows_says_overflow_and_fails() {
+    let out = mproc(&["cube", "--", "2", "-9223372036854775808"]);
+    let stdout = stdout_of(&out);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(stdout, "The cube of 2 is 8\n", "no false cube is printed");
+    assert_eq!(stderr, "mproc: cube: overflow: the cube of -9223372036854775808 does not fit in 128 bits\n");
+}
+
+#[test]
+fn cube_of_the_largest_exact_number_is_exact() {
+    // 5541191377756^3 < 2^127 <= 5541191377757^3 (in magnitude).
+    let n: i128 = 5_541_191_377_756;
+    let out = success_stdout(&["cube", "--", "-5541191377756"]);
+    assert_eq!(out, format!("The cube of -{n} is {}\nMain process completed\n", -(n * n * n)));
+}
+
+// ---------------------------------------------------------------------------
+// the documented --trace example (hardening item 11)
+
+#[test]
+fn trace_shows_the_child_closing_the_sentinels_read_end() {
+    let out = mproc(&["--trace", "square", "7"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = stderr_of(&out);
+    let calls: Vec<(i32, &str)> = stderr.lines().filter_map(parse_trace_line).collect();
+    let (parent, pipe) = calls.iter().find(|(_, c)| c.starts_with("pipe() = [")).expect("a pipe line");
+    let read_end = pipe.trim_start_matches("pipe() = [").split(',').next().expect("read end");
+    let child: i32 = calls
+        .iter()
+        .find_map(|&(pid, c)| (pid == *parent).then(|| c.strip_prefix("fork() = ")?.parse().ok()).flatten())
+        .expect("a fork line");
+    assert!(
+        calls.contains(&(child, &format!("close({read_end})"))),
+        "as in mproc(1) and the README: {stderr}"
+    );
+}

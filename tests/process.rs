@@ -122,7 +122,10 @@ fn raised_sigsegv_gives_minus_eleven_without_core() {
     });
     assert_eq!(p.join(), Ok(-libc::SIGSEGV));
     assert_eq!(p.exit_status(), Some(ExitStatus::Signaled { signal: libc::SIGSEGV, core_dumped: false }));
-    assert_eq!(p.exit_status().map(|s| s.to_string()), Some("killed by SIGSEGV (Segmentation fault)".into()));
+    assert_eq!(
+        p.exit_status().map(|s| s.to_string()),
+        Some("killed by signal 11 (Segmentation fault)".into())
+    );
 }
 
 #[test]
@@ -465,7 +468,7 @@ fn spawn_whose_task_panics_reports_the_message() {
 fn spawn_whose_task_exits_reports_the_death() {
     let h = mproc::spawn(|| -> u64 { std::process::exit(7) }).expect("spawn");
     let pid = h.pid();
-    assert_eq!(h.join(), Err(Error::WorkerDied { pid, exitcode: 7, core_dumped: false, task: None }));
+    assert_eq!(h.join(), Err(Error::ChildDied { pid, exitcode: 7, core_dumped: false }));
     assert!(not_our_child(pid));
 }
 
@@ -473,7 +476,7 @@ fn spawn_whose_task_exits_reports_the_death() {
 fn spawn_whose_task_exits_zero_without_a_value_is_a_death_too() {
     let h = mproc::spawn(|| -> String { std::process::exit(0) }).expect("spawn");
     let pid = h.pid();
-    assert_eq!(h.join(), Err(Error::WorkerDied { pid, exitcode: 0, core_dumped: false, task: None }));
+    assert_eq!(h.join(), Err(Error::ChildDied { pid, exitcode: 0, core_dumped: false }));
 }
 
 #[test]
@@ -486,7 +489,7 @@ fn spawn_killed_reports_minus_nine() {
     let pid = h.pid();
     assert!(h.is_alive());
     h.kill().expect("kill");
-    assert_eq!(h.join(), Err(Error::WorkerDied { pid, exitcode: -9, core_dumped: false, task: None }));
+    assert_eq!(h.join(), Err(Error::ChildDied { pid, exitcode: -9, core_dumped: false }));
     assert!(not_our_child(pid));
 }
 
@@ -499,7 +502,7 @@ fn spawn_terminated_reports_minus_fifteen() {
     .expect("spawn");
     let pid = h.pid();
     h.terminate().expect("terminate");
-    assert_eq!(h.join(), Err(Error::WorkerDied { pid, exitcode: -15, core_dumped: false, task: None }));
+    assert_eq!(h.join(), Err(Error::ChildDied { pid, exitcode: -15, core_dumped: false }));
 }
 
 #[test]
@@ -595,7 +598,8 @@ fn errors_from_a_real_death_carry_the_pid() {
     let h = mproc::spawn(|| -> u64 { std::process::exit(9) }).expect("spawn");
     let pid = h.pid();
     let e = h.join().expect_err("the task exited");
-    assert_eq!(e.to_string(), format!("worker {pid} exited with status 9 without a result"));
+    // A spawn's child is no pool worker: the message says "child".
+    assert_eq!(e.to_string(), format!("child {pid} exited with status 9 without a result"));
 }
 
 #[test]
@@ -639,4 +643,124 @@ fn join_timeout_on_a_child_that_exec_d_waits_without_spinning_and_then_joins() {
     assert!(t.elapsed() >= Duration::from_millis(200));
     assert!(p.is_alive());
     assert_eq!(p.join_timeout(Duration::from_secs(10)).expect("join_timeout"), Some(0));
+}
+
+// ---------------------------------------------------------------------------
+// fork while other threads hold mproc's own locks (hardening item 7)
+
+#[test]
+fn spawn_from_eight_threads_while_a_ninth_prints_never_hangs_a_child() {
+    // Rust's stdout goes to /dev/null here, so the printer holds its lock
+    // as often as it can without filling a terminal or the test's capture.
+    let null = fs::OpenOptions::new().write(true).open("/dev/null").expect("open /dev/null");
+    nix::unistd::dup2(null.as_raw_fd(), 1).expect("dup2 onto stdout");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let printer = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut lines = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                println!("the printer thread's line {lines}, long enough to take a moment to format");
+                lines += 1;
+            }
+        })
+    };
+    let spawners: Vec<_> = (0..8u64)
+        .map(|t| {
+            thread::spawn(move || {
+                let mut hung = Vec::new();
+                for i in 0..25u64 {
+                    let x = t * 1000 + i;
+                    let h = mproc::spawn(move || x * 3).expect("spawn");
+                    // Watchdog: a child that cannot finish in 10 s is stuck
+                    // on a lock (nothing else here takes time). Kill it so
+                    // the test fails instead of hanging.
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while h.is_alive() && Instant::now() < deadline {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    if h.is_alive() {
+                        let _ = h.kill();
+                        hung.push(x);
+                    }
+                    match h.join() {
+                        Ok(v) => assert_eq!(v, x * 3),
+                        Err(e) => assert!(hung.contains(&x), "spawn {x}: {e}"),
+                    }
+                }
+                hung
+            })
+        })
+        .collect();
+    let hung: Vec<u64> = spawners.into_iter().flat_map(|s| s.join().expect("spawner thread")).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    printer.join().expect("printer thread");
+    assert!(hung.is_empty(), "children stuck on a lock held at fork: {hung:?}");
+}
+
+// ---------------------------------------------------------------------------
+// process-wide registries belong to one process (hardening item 2)
+
+/// In a child: puts `file` on every descriptor number below 256 that is
+/// not open (the numbers `fork` closed, such as a pool's request pipe),
+/// makes this child own the exit handlers, and sends itself SIGTERM.
+/// Returns only if the handler failed to exit.
+fn sigterm_self_with_closed_fds_on(file: &fs::File) {
+    for fd in 3..256 {
+        // SAFETY: F_GETFD on a number; -1/EBADF means it is closed.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            nix::unistd::dup2(file.as_raw_fd(), fd).expect("dup2");
+        }
+    }
+    mproc::exit_cleanly_on_signals().expect("install the exit handlers");
+    signal::kill(nix::unistd::getpid(), Signal::SIGTERM).expect("SIGTERM myself");
+    thread::sleep(FOREVER);
+}
+
+#[test]
+fn a_childs_exit_handler_ignores_the_parents_pools() {
+    let pool = mproc::Pool::new(1).expect("pool");
+    let path = scratch_path("kill-order");
+    let file = fs::File::create(&path).expect("create");
+    let p = started(move || sigterm_self_with_closed_fds_on(&file));
+    assert_eq!(p.join(), Ok(128 + libc::SIGTERM), "the child's handler exits 143");
+    let written = fs::read(&path).expect("read");
+    let _ = fs::remove_file(&path);
+    assert!(written.is_empty(), "the child wrote the parent's kill order into its own file: {written:?}");
+    // And the parent's pool is untouched.
+    assert_eq!(pool.map(|n: u32| n + 1, vec![1, 2]), Ok(vec![2, 3]));
+}
+
+#[test]
+fn a_childs_exit_handler_ignores_the_parents_process_children() {
+    let sibling = started(sleep_forever);
+    let sibling_pid = sibling.pid().expect("pid");
+    let path = scratch_path("sibling");
+    let file = fs::File::create(&path).expect("create");
+    let p = started(move || sigterm_self_with_closed_fds_on(&file));
+    assert_eq!(p.join(), Ok(128 + libc::SIGTERM));
+    let _ = fs::remove_file(&path);
+    assert!(sibling.is_alive(), "the child's handler killed its parent's other child");
+    sibling.kill().expect("kill");
+    assert_eq!(sibling.join(), Ok(-libc::SIGKILL));
+    assert!(process_gone(sibling_pid));
+}
+
+// ---------------------------------------------------------------------------
+// timeouts too large to represent (hardening item 5)
+
+#[test]
+fn join_timeout_with_duration_max_means_no_limit() {
+    let p = started(|| thread::sleep(Duration::from_millis(100)));
+    assert_eq!(p.join_timeout(Duration::MAX), Ok(Some(0)));
+    let p = started(|| std::process::exit(3));
+    assert_eq!(p.join_timeout(Duration::from_secs(u64::MAX)), Ok(Some(3)));
+}
+
+#[test]
+fn a_signal_is_worded_the_same_in_a_status_and_in_an_error() {
+    let status = ExitStatus::Signaled { signal: libc::SIGPIPE, core_dumped: false };
+    let error = Error::ChildDied { pid: 5, exitcode: -libc::SIGPIPE, core_dumped: false };
+    assert_eq!(status.to_string(), "killed by signal 13 (Broken pipe)");
+    assert_eq!(error.to_string(), format!("child 5 {status} without a result"));
 }

@@ -396,7 +396,7 @@ fn a_missing_command_fails_with_127_and_says_why() {
 fn a_job_killed_by_a_signal_is_reported() {
     let out = run(&["sh", "-c", "kill -KILL $$", "sh", ":::", "a"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stderr), "mproc: job 1 killed by SIGKILL (Killed): sh -c 'kill -KILL $$' sh a\n");
+    assert_eq!(text(&out.stderr), "mproc: job 1 killed by signal 9 (Killed): sh -c 'kill -KILL $$' sh a\n");
 }
 
 // ---------------------------------------------------------------------------

@@ -533,7 +533,7 @@ impl<R: Wire> AsyncResult<'_, R> {
     /// finished; the task keeps running and you may ask again. Never kills.
     /// A timeout too long to represent as an instant waits without limit.
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
-        self.wait(Instant::now().checked_add(timeout))
+        self.wait(sys::deadline_after(timeout))
     }
 
     /// Waits for the result.
@@ -715,14 +715,21 @@ impl<A, R, I> Drop for Imap<'_, A, R, I> {
 }
 
 /// Makes `SIGINT` (Ctrl-C) and `SIGTERM` end the program cleanly: every
-/// live pool's workers are killed and reaped, then the process exits with
-/// status 130 or 143, as a shell reports a death by those signals. Without
-/// it the default action kills the parent at once; the pools' zygotes then
-/// see their request pipes close and kill the workers themselves, but the
-/// zygotes are reaped by `init`, not by you.
+/// running [`crate::Process`] child (and [`crate::spawn`] child) of this
+/// process gets `SIGKILL` and is reaped, every live pool's workers are
+/// killed and reaped, then the process exits with status 130 or 143, as a
+/// shell reports a death by those signals. `SIGKILL`, not `SIGTERM` first:
+/// the handler must end in bounded time, and a child blocked in a `write`
+/// to a pipe nobody reads would otherwise hold it up. Without this call the
+/// default action kills the parent at once; the pools' zygotes then see
+/// their request pipes close and kill the workers themselves, but `Process`
+/// children run on, re-parented to `init`.
 ///
 /// Children forked after this call inherit the handler; in them it does
-/// nothing but die of the signal, so their exit codes stay `-signal`.
+/// nothing but die of the signal, so their exit codes stay `-signal`. The
+/// tables the handler reads belong to the process that filled them: a
+/// child that installs the handlers itself acts only on its own children
+/// and pools, never on its parent's.
 pub fn exit_cleanly_on_signals() -> Result<()> {
     sys::signal::exit_on_signals(zygote::kill_all_pools)
 }

@@ -35,12 +35,13 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::shared::Layout;
 use crate::error::{Error, OsError, Result};
 use crate::status::ExitStatus;
+use crate::sys::registry::{Entry, OwnedTable};
 use crate::sys::{self, Forked, ParentOnlyFd};
 
 const REQ_SPAWN: u32 = 1;
@@ -123,14 +124,13 @@ impl Report {
 }
 
 /// Live zygotes of this process, for the signal handler: `pid << 32 | fd`
-/// of the request pipe, 0 when free. Lock-free so a handler can read it.
-static LIVE: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+/// of the request pipe. Lock-free so a handler can read it; owner-checked
+/// (see `sys::registry`), so a forked child never acts on its parent's
+/// pools, even with an exit handler of its own.
+static LIVE: OwnedTable<64> = OwnedTable::new();
 
-fn register(pid: i32, fd: i32) -> Option<usize> {
-    let entry = (pid as u64) << 32 | fd as u32 as u64;
-    // AcqRel/Acquire: the entry becomes visible to a handler on this thread
-    // at once; other threads only need the slot claimed exactly once.
-    (0..LIVE.len()).find(|&i| LIVE[i].compare_exchange(0, entry, Ordering::AcqRel, Ordering::Acquire).is_ok())
+fn register(pid: i32, fd: i32) -> Option<Entry> {
+    LIVE.insert((pid as u64) << 32 | fd as u32 as u64)
 }
 
 /// Kills every pool's workers and reaps every zygote. Async-signal-safe:
@@ -138,19 +138,16 @@ fn register(pid: i32, fd: i32) -> Option<usize> {
 pub(crate) fn kill_all_pools() {
     let mut rec = [0u8; REQ_LEN];
     rec[0..4].copy_from_slice(&REQ_KILL_ALL.to_le_bytes());
-    for entry in &LIVE {
-        let e = entry.load(Ordering::Acquire);
-        if e != 0 {
-            let (pid, fd) = ((e >> 32) as i32, e as u32 as i32);
-            // SAFETY: async-signal-safe calls on integers and a stack buffer.
-            // The fd stays open while registered (unregistered before close).
-            unsafe {
-                libc::write(fd, rec.as_ptr().cast(), REQ_LEN);
-                let mut status = 0;
-                while libc::waitpid(pid, &mut status, 0) == -1 && crate::sys::last_errno() == libc::EINTR {}
-            }
+    LIVE.for_each(|e| {
+        let (pid, fd) = ((e >> 32) as i32, e as u32 as i32);
+        // SAFETY: async-signal-safe calls on integers and a stack buffer.
+        // The fd stays open while registered (unregistered before close).
+        unsafe {
+            libc::write(fd, rec.as_ptr().cast(), REQ_LEN);
+            let mut status = 0;
+            while libc::waitpid(pid, &mut status, 0) == -1 && crate::sys::last_errno() == libc::EINTR {}
         }
-    }
+    });
 }
 
 /// The parent's handle on the zygote.
@@ -161,7 +158,7 @@ pub(crate) struct Zygote {
     reports: ParentOnlyFd,
     partial: Vec<u8>,
     reaped: bool,
-    registered: Option<usize>,
+    registered: Option<Entry>,
     /// The process that forked the zygote: the only one that may talk to it
     /// or reap it (a forked child's copy of the handle does nothing).
     owner: i32,
@@ -296,7 +293,7 @@ impl Zygote {
     /// Waits at most `limit` for the zygote to exit, then kills it; reaps it
     /// either way. (It is our unreaped child, so its pid is still its own.)
     fn reap_within(&self, limit: Duration) -> Result<Option<ExitStatus>> {
-        if let Some(status) = sys::waitpid_until(self.pid, Instant::now().checked_add(limit))? {
+        if let Some(status) = sys::waitpid_until(self.pid, sys::deadline_after(limit))? {
             return Ok(Some(status));
         }
         sys::kill(self.pid, libc::SIGKILL)?;
@@ -304,8 +301,8 @@ impl Zygote {
     }
 
     fn unregister(&mut self) {
-        if let Some(i) = self.registered.take() {
-            LIVE[i].store(0, Ordering::Release);
+        if let Some(entry) = self.registered.take() {
+            LIVE.remove(entry);
         }
     }
 }
@@ -335,7 +332,7 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     // A report to a parent that is gone fails with EPIPE; we notice the
     // death through the request pipe instead of dying of SIGPIPE. Workers
     // get the parent's disposition back (a CLI may want SIGPIPE's default).
-    let parent_ignores_sigpipe = sys::exec::is_ignored(libc::SIGPIPE)?;
+    let parent_ignores_sigpipe = sys::signal::is_ignored(libc::SIGPIPE)?;
     sys::signal::ignore(libc::SIGPIPE)?;
     let (sig_r, sig_w) = sys::pipe()?;
     sys::set_nonblocking(sig_r.as_fd(), true)?;

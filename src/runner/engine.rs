@@ -28,7 +28,7 @@ use super::spool::{io_error, Budget, SpillFile, Spool};
 use super::{shell_line, JobReport, JobStdin, Options, Order, Outcome, Output, Summary, Template};
 use crate::error::{Error, Result};
 use crate::status::ExitStatus;
-use crate::sys::{self, exec, trace};
+use crate::sys::{self, exec, signal, trace};
 
 /// How long `poll` may sleep while a job's pipes are closed but its exit has
 /// not been seen: a safety net should a SIGCHLD go to a handler other than
@@ -116,7 +116,7 @@ where
         failed: 0,
         wake: signals.wake_read.as_fd(),
         devnull,
-        reset_signals: exec::signals_to_reset(),
+        reset_signals: signal::signals_to_reset(),
         buf: vec![0; READ_CHUNK],
         pollfds,
         targets,
@@ -152,8 +152,8 @@ impl Drop for ActiveRun {
 
 /// The run's signal handlers and self-pipe; Drop puts everything back.
 struct SignalGuard {
-    saved: Vec<exec::SavedAction>,
-    old_mask: Option<exec::SigMask>,
+    saved: Vec<signal::SavedAction>,
+    old_mask: Option<signal::SigMask>,
     wake_read: OwnedFd,
     _wake_write: OwnedFd,
 }
@@ -165,23 +165,23 @@ impl SignalGuard {
         // pipe, and draining stops at "empty" instead of waiting.
         sys::set_nonblocking(wake_read.as_fd(), true)?;
         sys::set_nonblocking(wake_write.as_fd(), true)?;
-        exec::take_pending_signals();
-        exec::set_wake_fd(wake_write.as_raw_fd());
+        signal::take_pending_signals();
+        signal::set_wake_fd(wake_write.as_raw_fd());
         // Built before installing, so Drop undoes a half-done install.
         let mut guard = SignalGuard { saved: Vec::new(), old_mask: None, wake_read, _wake_write: wake_write };
-        guard.saved.push(exec::install_handler(libc::SIGCHLD)?);
+        guard.saved.push(signal::install_handler(libc::SIGCHLD)?);
         let mut unblock = vec![libc::SIGCHLD];
         if stop_signals {
             for sig in STOP_SIGNALS {
                 // An ignored signal stays ignored (`nohup`, `cmd &` in sh).
-                if !exec::is_ignored(sig)? {
-                    guard.saved.push(exec::install_handler(sig)?);
+                if !signal::is_ignored(sig)? {
+                    guard.saved.push(signal::install_handler(sig)?);
                     unblock.push(sig);
                 }
             }
         }
         // A thread that blocks SIGCHLD would never hear of its jobs ending.
-        guard.old_mask = Some(exec::SigMask::unblock(&unblock)?);
+        guard.old_mask = Some(signal::SigMask::unblock(&unblock)?);
         Ok(guard)
     }
 }
@@ -190,12 +190,12 @@ impl Drop for SignalGuard {
     fn drop(&mut self) {
         for saved in self.saved.iter().rev() {
             // Nothing sensible to do if putting a disposition back fails.
-            let _ = exec::restore_handler(saved);
+            let _ = signal::restore_handler(saved);
         }
         if let Some(mask) = &self.old_mask {
             mask.restore();
         }
-        exec::set_wake_fd(-1);
+        signal::set_wake_fd(-1);
     }
 }
 
@@ -471,7 +471,7 @@ where
         // so a short read means the pipe is empty.
         let mut drain = [0u8; 256];
         while matches!(sys::read(self.wake, &mut drain), Ok(n) if n == drain.len()) {}
-        let pending = exec::take_pending_signals();
+        let pending = signal::take_pending_signals();
         // SIGCHLD needs nothing here: reap() runs after every wake-up.
         for sig in STOP_SIGNALS {
             if pending & (1 << sig) != 0 {
@@ -812,7 +812,7 @@ mod tests {
         let segv = Outcome::Completed(ExitStatus::Signaled { signal: libc::SIGSEGV, core_dumped: false });
         assert_eq!(
             status_line(1, &cmd, segv, None).as_deref(),
-            Some("mproc: job 1 killed by SIGSEGV (Segmentation fault): sleep 30\n")
+            Some("mproc: job 1 killed by signal 11 (Segmentation fault): sleep 30\n")
         );
         assert_eq!(status_line(1, &cmd, Outcome::Completed(ExitStatus::Exited(1)), None), None);
     }

@@ -1,21 +1,20 @@
-//! Replacing a child's program image, and the signal plumbing around it.
+//! Replacing a child's program image.
 //!
-//! Three groups of raw calls live here, all used by the command runner:
+//! Two groups of raw calls live here, both used by the command runner (its
+//! signal plumbing — the self-pipe handler, saved dispositions, masks —
+//! lives in [`super::signal`], shared with the pool's zygote):
 //!
 //! - [`Argv`]: a command line as the NULL-terminated `char *argv[]` that
 //!   `execvp` wants, built *before* `fork` so the child never allocates.
 //! - [`spawn`]: `fork`, then in the child only async-signal-safe calls
 //!   (`setpgid`, `dup2`, `fcntl`, `sigaction`, `sigprocmask`, `execvp`,
 //!   `write`, `_exit`) — safe even when the parent has other threads.
-//! - Signal handling: a handler that records the signal and writes one byte
-//!   to a self-pipe (so a `poll` loop wakes up), saving and restoring the
-//!   previous dispositions, and blocking signals around `fork`.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int};
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
+use super::signal::SigMask;
 use super::{os_error, retry, trace};
 use crate::error::{Error, Result};
 
@@ -252,170 +251,6 @@ pub(crate) fn ensure_standard_fds() -> Result<()> {
 }
 
 pub(crate) use super::poll_in_place;
-
-// ---------------------------------------------------------------------------
-// signals
-
-/// Write end of the self-pipe the handler wakes the poll loop with; -1 when
-/// none is installed.
-static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
-/// One bit per signal number below 32 (SIGCHLD excepted) that arrived
-/// since the last [`take_pending_signals`].
-static PENDING: AtomicU32 = AtomicU32::new(0);
-
-/// The handler: records the signal, then writes one byte to the self-pipe.
-/// Only async-signal-safe operations: lock-free atomics and `write(2)`.
-extern "C" fn on_signal(sig: c_int) {
-    let saved = errno::errno();
-    // SIGCHLD needs no record (the runner reaps after every wake-up), and
-    // not writing one spares a copy-on-write fault per job.
-    if (0..32).contains(&sig) && sig != libc::SIGCHLD {
-        // SeqCst pairs with the swap in take_pending_signals: the bit is
-        // visible before the wake-up byte can be read.
-        PENDING.fetch_or(1 << sig, Ordering::SeqCst);
-    }
-    let fd = WAKE_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let byte = sig as u8;
-        // SAFETY: one byte from a valid local; the fd is non-blocking, so a
-        // full pipe (a wake-up is already pending) returns EAGAIN at once.
-        unsafe { libc::write(fd, (&byte as *const u8).cast::<c_void>(), 1) };
-    }
-    // Restore errno only if the write changed it: an unneeded write to the
-    // thread's TLS page is one more copy-on-write fault after each fork.
-    if errno::errno() != saved {
-        errno::set_errno(saved);
-    }
-}
-
-/// Tells the handler which fd to write its wake-up byte to (`-1`: none).
-pub(crate) fn set_wake_fd(fd: RawFd) {
-    WAKE_FD.store(fd, Ordering::SeqCst);
-}
-
-/// Returns the signals received since the last call (bit `n` = signal `n`)
-/// and clears them.
-pub(crate) fn take_pending_signals() -> u32 {
-    // Load first: swapping a 0 for a 0 still writes the page.
-    match PENDING.load(Ordering::SeqCst) {
-        0 => 0,
-        _ => PENDING.swap(0, Ordering::SeqCst),
-    }
-}
-
-/// A signal's previous disposition, to put back with [`restore_handler`].
-pub(crate) struct SavedAction {
-    signal: c_int,
-    action: libc::sigaction,
-}
-
-fn query_action(signal: c_int) -> Result<libc::sigaction> {
-    let mut old = MaybeUninit::<libc::sigaction>::uninit();
-    // SAFETY: a null new action only queries; `old` is writable.
-    retry("sigaction", None, || unsafe { libc::sigaction(signal, std::ptr::null(), old.as_mut_ptr()) })?;
-    // SAFETY: sigaction succeeded, so it filled `old`.
-    Ok(unsafe { old.assume_init() })
-}
-
-/// Whether `signal` is currently ignored (`SIG_IGN`), e.g. SIGINT in a job
-/// started with `&` by a non-interactive shell, or SIGHUP under `nohup`.
-pub(crate) fn is_ignored(signal: c_int) -> Result<bool> {
-    Ok(query_action(signal)?.sa_sigaction == libc::SIG_IGN)
-}
-
-/// Installs [`on_signal`] for `signal` (with `SA_RESTART`, and
-/// `SA_NOCLDSTOP` for SIGCHLD) and returns the previous disposition.
-pub(crate) fn install_handler(signal: c_int) -> Result<SavedAction> {
-    // SAFETY: sigaction is plain old data; all-zero is a valid empty value.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = on_signal as extern "C" fn(c_int) as libc::sighandler_t;
-    action.sa_flags = libc::SA_RESTART | if signal == libc::SIGCHLD { libc::SA_NOCLDSTOP } else { 0 };
-    // SAFETY: `sa_mask` is a valid sigset_t to initialise.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    let mut old = MaybeUninit::<libc::sigaction>::uninit();
-    // SAFETY: `action` is initialised; `old` is writable.
-    retry("sigaction", None, || unsafe { libc::sigaction(signal, &action, old.as_mut_ptr()) })?;
-    trace!("sigaction({}, handler)", crate::status::signal_abbrev(signal));
-    // SAFETY: sigaction succeeded, so it filled `old`.
-    Ok(SavedAction { signal, action: unsafe { old.assume_init() } })
-}
-
-/// Puts back a disposition saved by [`install_handler`].
-pub(crate) fn restore_handler(saved: &SavedAction) -> Result<()> {
-    // SAFETY: `saved.action` came from the kernel.
-    retry("sigaction", None, || unsafe { libc::sigaction(saved.signal, &saved.action, std::ptr::null_mut()) })
-        .map(drop)
-}
-
-/// The signals a child must set back to `SIG_DFL` before `exec`: every
-/// signal that has a handler in this process (a handler that ran in the
-/// child between fork and exec would act on the parent's behalf), plus
-/// `SIGPIPE` when it is ignored (Rust's runtime ignores it; a job expects
-/// the default, as `std::process::Command` gives it).
-pub(crate) fn signals_to_reset() -> Vec<c_int> {
-    #[cfg(target_os = "linux")]
-    let last = libc::SIGRTMAX();
-    #[cfg(not(target_os = "linux"))]
-    let last = 31;
-    (1..=last)
-        .filter(|&sig| match query_action(sig) {
-            Ok(a) => {
-                (a.sa_sigaction != libc::SIG_DFL && a.sa_sigaction != libc::SIG_IGN)
-                    || (sig == libc::SIGPIPE && a.sa_sigaction == libc::SIG_IGN)
-            }
-            // Signals the C library reserves for itself (EINVAL): skip.
-            Err(_) => false,
-        })
-        .collect()
-}
-
-/// A thread's signal mask, saved to be restored.
-pub(crate) struct SigMask(libc::sigset_t);
-
-impl SigMask {
-    fn change(how: c_int, signals: Option<&[c_int]>) -> Result<SigMask> {
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        let mut old = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: sigfillset/sigemptyset/sigaddset initialise `set`;
-        // pthread_sigmask reads `set` and fills `old`.
-        unsafe {
-            match signals {
-                None => {
-                    libc::sigfillset(set.as_mut_ptr());
-                }
-                Some(list) => {
-                    libc::sigemptyset(set.as_mut_ptr());
-                    for &sig in list {
-                        libc::sigaddset(set.as_mut_ptr(), sig);
-                    }
-                }
-            }
-            let rc = libc::pthread_sigmask(how, set.as_ptr(), old.as_mut_ptr());
-            if rc != 0 {
-                errno::set_errno(errno::Errno(rc));
-                return Err(os_error("pthread_sigmask", None));
-            }
-            Ok(SigMask(old.assume_init()))
-        }
-    }
-
-    /// Blocks every signal in the calling thread; returns the old mask.
-    pub(crate) fn block_all() -> Result<SigMask> {
-        SigMask::change(libc::SIG_SETMASK, None)
-    }
-
-    /// Unblocks `signals` in the calling thread; returns the old mask.
-    pub(crate) fn unblock(signals: &[c_int]) -> Result<SigMask> {
-        SigMask::change(libc::SIG_UNBLOCK, Some(signals))
-    }
-
-    /// Makes this the calling thread's mask again.
-    pub(crate) fn restore(&self) {
-        // SAFETY: `self.0` came from pthread_sigmask. Restoring a mask we
-        // read cannot fail (EINVAL is only for a bad `how`).
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@ use crate::status::{signal_abbrev, ExitStatus};
 
 pub(crate) mod bell;
 pub(crate) mod exec;
+pub(crate) mod registry;
 pub(crate) mod shm;
 pub(crate) mod signal;
 
@@ -102,8 +103,13 @@ pub(crate) enum Forked {
     Child,
 }
 
-/// Flushes Rust's and C's stdio buffers, so text buffered before a `fork`
-/// is not printed twice (once by each side).
+/// Flushes Rust's and C's stdio buffers (a child calls this before `_exit`,
+/// so what it printed is not lost).
+///
+/// In a child of [`fork`] this never waits on a lock another thread held:
+/// `fork` held Rust's stdout and stderr locks itself across the call (the
+/// child's copies are free), and glibc resets every C stdio lock in a
+/// child.
 pub(crate) fn flush_stdio() {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
@@ -112,17 +118,38 @@ pub(crate) fn flush_stdio() {
     unsafe { libc::fflush(std::ptr::null_mut()) };
 }
 
-/// `fork(2)`, after flushing stdio.
+/// `fork(2)`, with stdio flushed and Rust's stdio locks held across it.
+///
+/// `fork` copies only the calling thread. Had another thread been inside a
+/// `println!` at that instant, the child's copy of stdout's lock would
+/// stay locked forever, and the child's first print — or mproc's own
+/// flush before `_exit` — would hang. So the calling thread takes stdout's
+/// and stderr's locks first (waiting for any print in progress to finish),
+/// flushes them, forks, and releases them on both sides. Why that is
+/// sound in the child: the locks are reentrant and record their owner by
+/// thread id; the child's only thread is the copy of the forking thread,
+/// with the same thread id, so it owns them and its release unlocks them.
+/// Holding them also means no other thread can buffer text between the
+/// flush and the fork: the child's buffers start empty, and nothing the
+/// parent printed is printed twice. C stdio is flushed with `fflush(NULL)`
+/// first; glibc's `fork` takes and resets its own stdio locks.
 ///
 /// # Safety
 /// In the child, only the calling thread exists. If the parent had other
-/// threads, any lock they held (allocator, stdout, a user's `Mutex`) stays
-/// locked forever in the child; the child must not wait on such locks and
-/// must end with [`exit_now`], never by returning into the parent's code.
+/// threads, any other lock they held (a user's `Mutex`) stays locked
+/// forever in the child; the child must not wait on such locks and must end
+/// with [`exit_now`], never by returning into the parent's code.
 pub(crate) unsafe fn fork() -> Result<Forked> {
-    flush_stdio();
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    let _ = stdout.flush();
+    let _ = stderr.flush();
+    // SAFETY: see flush_stdio.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
     // SAFETY: the caller upholds the post-fork rules above.
     let pid = unsafe { libc::fork() };
+    drop(stderr);
+    drop(stdout);
     match pid {
         -1 => {
             let err = os_error("fork", None);
@@ -229,6 +256,7 @@ fn close_parent_only() {
         }
         let fd = entry.swap(-1, Ordering::AcqRel);
         if fd >= 0 {
+            trace!("close({fd})");
             // SAFETY: the fd was registered by a ParentOnlyFd of the parent;
             // that object's copy in the child never closes it (its Drop
             // checks the owner pid), so closing the number here cannot make
@@ -270,6 +298,22 @@ pub(crate) fn waitpid_until(pid: i32, deadline: Option<Instant>) -> Result<Optio
         std::thread::sleep(nap.min(left));
         nap = (nap * 2).min(Duration::from_millis(10));
     }
+}
+
+/// `waitid(P_PID, pid, WEXITED | WNOWAIT)`: whether the child `pid` has
+/// ended, leaving it unreaped (a zombie) so that its pid cannot be reused
+/// yet. With `nohang`, `Ok(false)` means still running; without, it waits.
+/// Not traced: the `waitpid` that reaps it next is.
+pub(crate) fn wait_ended(pid: i32, nohang: bool) -> Result<bool> {
+    let flags = libc::WEXITED | libc::WNOWAIT | if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: siginfo_t is plain old data; all-zero is valid, and si_pid
+    // stays 0 when WNOHANG finds no ended child.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+    retry("waitid", Some(pid), || unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) })?;
+    // SAFETY: waitid filled `info` (or left it zeroed); si_pid reads the
+    // field of the SIGCHLD layout that waitid writes.
+    Ok(unsafe { info.si_pid() } != 0)
 }
 
 /// `kill(2)`. A process that is already gone (`ESRCH`) is not an error:
@@ -465,6 +509,14 @@ pub(crate) struct Ready {
     pub hangup: bool,
 }
 
+/// The instant `d` from now, or `None` when `d` reaches past what an
+/// [`Instant`] can represent (`Duration::MAX`, say): "no limit". Every
+/// timeout the crate takes goes through here instead of `Instant + d`,
+/// which panics on overflow.
+pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
 /// `poll(2)` on `fds` with `(fd, want_read, want_write)`; `None` waits forever.
 /// A signal does not shorten the wait: EINTR restarts it with the time left.
 pub(crate) fn poll(fds: &[(BorrowedFd<'_>, bool, bool)], timeout: Option<Duration>) -> Result<Vec<Ready>> {
@@ -492,7 +544,8 @@ pub(crate) fn poll(fds: &[(BorrowedFd<'_>, bool, bool)], timeout: Option<Duratio
 /// (each costs a copy-on-write fault after a fork). EINTR restarts the wait
 /// with the time left; returns the number of entries with events.
 pub(crate) fn poll_in_place(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<usize> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout too large for an Instant waits forever, like `None`.
+    let deadline = timeout.and_then(deadline_after);
     loop {
         let ms = match deadline {
             None => -1,
@@ -511,6 +564,14 @@ pub(crate) fn poll_in_place(fds: &mut [libc::pollfd], timeout: Option<Duration>)
             return Err(os_error("poll", None));
         }
     }
+}
+
+/// Whether fd 1 is a pipe whose every read end is closed (`| head -1`
+/// after head exited): a zero-timeout `poll` for writing reports `POLLERR`
+/// on such a pipe, and on nothing else we write to.
+pub(crate) fn stdout_is_broken_pipe() -> bool {
+    let mut pfd = [libc::pollfd { fd: 1, events: libc::POLLOUT, revents: 0 }];
+    matches!(poll_in_place(&mut pfd, Some(Duration::ZERO)), Ok(1)) && pfd[0].revents & libc::POLLERR != 0
 }
 
 /// `dup2(2)`: makes `target` a copy of `fd` (used to wire up a child's stdio).

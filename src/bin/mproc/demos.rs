@@ -63,6 +63,7 @@ fn child_say(line: std::fmt::Arguments<'_>) {
 fn join_ok(what: &str, p: &Process) -> Result<(), u8> {
     match p.join() {
         Ok(0) => Ok(()),
+        Ok(_) if crate::died_of_our_sigpipe(p.exit_status()) => Err(crate::EXIT_SIGPIPE),
         Ok(_) => {
             let status = p.exit_status().map_or("ended badly".to_string(), |s| s.to_string());
             crate::complain(&format!("{what}: child {} {status}", p.pid().unwrap_or(-1)));
@@ -105,7 +106,10 @@ pub fn numbers(args: NumbersArgs) -> u8 {
     let mut status = 0;
     for p in &processes {
         if let Err(code) = join_ok("numbers", p) {
-            status = code;
+            // A real failure wins over a closed stdout.
+            if status == 0 || status == crate::EXIT_SIGPIPE {
+                status = code;
+            }
         }
     }
     if let Some(e) = failure {
@@ -123,8 +127,31 @@ pub fn cube(args: CubeArgs) -> u8 {
         Ok(pool) => pool,
         Err(e) => return fail("cube", &e),
     };
-    if let Err(e) = pool.map(print_cube, args.numbers) {
-        return fail("cube", &e);
+    let numbers = args.numbers.clone();
+    match pool.map(print_cube, args.numbers) {
+        Ok(cubes) => {
+            // The first problem in input order: a line the worker could not
+            // write, or a cube too large (printed nowhere: no false number).
+            for (n, cube) in numbers.iter().zip(cubes) {
+                let problem = match cube {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => format!("overflow: the cube of {n} does not fit in 128 bits"),
+                    Err(write_error) => write_error,
+                };
+                crate::complain(&format!("cube: {problem}"));
+                return crate::EXIT_FAILURE;
+            }
+        }
+        Err(Error::WorkerDied { exitcode, core_dumped, .. })
+            if crate::died_of_our_sigpipe(Some(mproc::ExitStatus::Signaled {
+                signal: -exitcode,
+                core_dumped,
+            })) =>
+        {
+            // The pool is killed and reaped as it drops, before we go.
+            return crate::EXIT_SIGPIPE;
+        }
+        Err(e) => return fail("cube", &e),
     }
     pool.close();
     if let Err(e) = pool.join() {
@@ -133,13 +160,21 @@ pub fn cube(args: CubeArgs) -> u8 {
     say(format_args!("Main process completed")).err().unwrap_or(0)
 }
 
-/// Runs in a worker: prints one line and returns the cube to the parent.
-fn print_cube(n: i64) -> i128 {
-    // i128: the cube of an i64 up to 2^42 in magnitude fits; beyond that
-    // wrapping would print nonsense, so saturate instead.
-    let result = i128::from(n).saturating_mul(i128::from(n)).saturating_mul(i128::from(n));
-    println!("The cube of {n} is {result}");
-    result
+/// Runs in a worker: prints one line and returns the cube to the parent;
+/// `Ok(None)`, and nothing printed, when the cube does not fit in an i128
+/// (|n| above 5541191377756); `Err` when stdout cannot be written
+/// (`> /dev/full`). The parent reports either in one line.
+fn print_cube(n: i64) -> Result<Option<i128>, String> {
+    use std::io::Write;
+    let wide = i128::from(n);
+    let Some(result) = wide.checked_mul(wide).and_then(|square| square.checked_mul(wide)) else {
+        return Ok(None);
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "The cube of {n} is {result}")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    Ok(Some(result))
 }
 
 /// One variable with one address in every process forked from us.

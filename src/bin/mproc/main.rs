@@ -4,6 +4,16 @@
 //! This file only parses arguments and dispatches; each subcommand lives in
 //! its own module and returns the process exit status.
 
+/// `outln!(out, "format", args...)`: one line through an [`Out`].
+macro_rules! outln {
+    ($out:expr) => {
+        $out.line(format_args!(""))
+    };
+    ($out:expr, $($arg:tt)*) => {
+        $out.line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod demos;
 mod run;
@@ -17,6 +27,10 @@ use clap::{Parser, Subcommand};
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status when a library call fails at run time.
 pub const EXIT_FAILURE: u8 = 1;
+/// Returned by a subcommand whose output was cut short by a closed stdout
+/// (`| head -1`), typically seen as a child killed by `SIGPIPE`: `main`
+/// then dies of `SIGPIPE` itself, quietly — 141 in a shell.
+pub const EXIT_SIGPIPE: u8 = 141;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::from(fail("signals", &e));
         }
     }
+    let is_run = matches!(cli.command, Command::Run(_));
     let code = match cli.command {
         Command::Square(args) => demos::square(args),
         Command::Numbers(args) => demos::numbers(args),
@@ -76,27 +91,90 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::main(args),
         Command::Run(args) => run::main(args),
     };
+    if code == EXIT_SIGPIPE && !is_run {
+        // SIGPIPE's default action was restored above: this ends the
+        // process as the signal would have on our own next write.
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGPIPE);
+    }
     ExitCode::from(code)
 }
 
-/// Help and version go to stdout with status 0; anything else is a usage
-/// error: one line on stderr, status 2.
+/// Whether a child's death is the closing of our stdout (`| head -1`):
+/// killed by `SIGPIPE` while our stdout is a pipe nobody reads. That is
+/// our own SIGPIPE, to end on quietly, not a failure to report.
+pub fn died_of_our_sigpipe(status: Option<mproc::ExitStatus>) -> bool {
+    matches!(status, Some(mproc::ExitStatus::Signaled { signal, .. }) if signal == libc::SIGPIPE)
+        && mproc::stdout_is_broken_pipe()
+}
+
+/// Help and version go to stdout with status 0 (1, with one line on
+/// stderr, if stdout cannot be written); anything else, a missing
+/// subcommand too, is a usage error: one line on stderr, status 2.
 fn usage_error(err: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     match err.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = err.print();
-            ExitCode::SUCCESS
+            use std::io::Write;
+            match err.print().and_then(|()| std::io::stdout().flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    complain(&format!("cannot write to stdout: {e}"));
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
         }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = err.print();
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            complain("a subcommand is required: square, numbers, cube, isolation, speedup, bench or run (see mproc --help)");
             ExitCode::from(EXIT_USAGE)
         }
         _ => {
             let text = err.render().to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("mproc: {}", first.strip_prefix("error: ").unwrap_or(first));
+            complain(first.strip_prefix("error: ").unwrap_or(first));
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// A subcommand's standard output. Every line goes through a write that
+/// reports errors (`println!` would panic on `> /dev/full`); after the
+/// first error the rest is dropped, and [`Out::finish`] turns it into one
+/// line on stderr and status 1.
+#[derive(Default)]
+pub struct Out {
+    error: Option<std::io::Error>,
+}
+
+impl Out {
+    pub fn new() -> Out {
+        Out::default()
+    }
+
+    /// Writes one line (use the `outln!` macro).
+    pub fn line(&mut self, args: std::fmt::Arguments<'_>) {
+        use std::io::Write;
+        if self.error.is_some() {
+            return;
+        }
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.write_all(b"\n")) {
+            self.error = Some(e);
+        }
+    }
+
+    /// Flushes; returns 0, or reports the first write error for `what`
+    /// and returns [`EXIT_FAILURE`].
+    pub fn finish(mut self, what: &str) -> u8 {
+        use std::io::Write;
+        if self.error.is_none() {
+            self.error = std::io::stdout().flush().err();
+        }
+        match self.error {
+            None => 0,
+            Some(e) => {
+                complain(&format!("{what}: cannot write to stdout: {e}"));
+                EXIT_FAILURE
+            }
         }
     }
 }

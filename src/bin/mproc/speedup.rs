@@ -90,6 +90,7 @@ pub fn measure(workers: usize, ranges: &[(u64, u64)]) -> Result<Timings, String>
 }
 
 pub fn main(args: SpeedupArgs) -> u8 {
+    let mut out = crate::Out::new();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = args.workers.map_or(cpus, |w| w as usize);
     let ranges: Vec<(u64, u64)> = (0..args.tasks as u64).map(|i| (i * args.work, args.work)).collect();
@@ -102,33 +103,37 @@ pub fn main(args: SpeedupArgs) -> u8 {
     };
     let secs = |d: Duration| d.as_secs_f64();
     let speedup = |d: Duration| secs(timings.sequential) / secs(d).max(1e-9);
-    println!(
+    outln!(
+        out,
         "CPU-bound work: counting primes below {} in {} tasks, {} workers, {} CPUs",
         args.tasks as u64 * args.work,
         args.tasks,
         workers,
         cpus
     );
-    println!("  {:<22} {:>9.3} s  {:>6.2}x", "sequential", secs(timings.sequential), 1.0);
-    println!(
+    outln!(out, "  {:<22} {:>9.3} s  {:>6.2}x", "sequential", secs(timings.sequential), 1.0);
+    outln!(
+        out,
         "  {:<22} {:>9.3} s  {:>6.2}x",
         format!("{workers} processes (Pool)"),
         secs(timings.processes),
         speedup(timings.processes)
     );
-    println!(
+    outln!(
+        out,
         "  {:<22} {:>9.3} s  {:>6.2}x",
         format!("{workers} threads"),
         secs(timings.threads),
         speedup(timings.threads)
     );
-    println!("  all three found {} primes", timings.primes);
+    outln!(out, "  all three found {} primes", timings.primes);
     let ratio = secs(timings.processes) / secs(timings.threads).max(1e-9);
-    println!(
+    outln!(
+        out,
         "In Rust there is no GIL: threads speed CPU-bound work up as well as processes do. \
          Here the processes took {ratio:.2}x the threads' time: that is the price of isolation \
          (fork, results copied through shared memory), and it buys tasks that can crash \
          without taking the program down."
     );
-    0
+    out.finish("speedup")
 }

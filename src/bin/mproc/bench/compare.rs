@@ -110,6 +110,7 @@ fn ratio(mproc: Option<f64>, other: Option<f64>, higher_is_better: bool) -> Stri
 }
 
 pub fn main(args: Args) -> u8 {
+    let mut out = crate::Out::new();
     let me = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
@@ -124,7 +125,7 @@ pub fn main(args: Args) -> u8 {
             "mproc: bench compare: {} not found: run `make compare` (it builds the C programs)",
             c("bench").display()
         );
-        return crate::EXIT_USAGE;
+        return crate::EXIT_FAILURE;
     }
     let python_ok = Command::new(&args.python).arg("-c").arg("pass").status().is_ok_and(|s| s.success());
 
@@ -141,7 +142,7 @@ pub fn main(args: Args) -> u8 {
             tsv(Command::new(&args.python).args(["-c", PY_POOL])).get("pool_map_100k").copied(),
         )
     } else {
-        println!("(python3 not found: the Python column is empty)");
+        outln!(out, "(python3 not found: the Python column is empty)");
         (None, None)
     };
     let cube_c = have(&c("cube_pool")).then(|| wall(&mut Command::new(c("cube_pool")))).flatten();
@@ -183,10 +184,10 @@ pub fn main(args: Args) -> u8 {
         "ms",
         false,
     );
-    println!("Measured in one run; ratios > 1 mean mproc is faster.");
-    table.print();
-    println!();
-    println!("Targets: within 1.2x of C (ratio >= 0.83) on fork+wait, pipe ping-pong and ring msgs/s;");
-    println!("Pool.map >= 20x Python's on tiny tasks.");
-    0
+    outln!(out, "Measured in one run; ratios > 1 mean mproc is faster.");
+    table.print(&mut out);
+    outln!(out);
+    outln!(out, "Targets: within 1.2x of C (ratio >= 0.83) on fork+wait, pipe ping-pong and ring msgs/s;");
+    outln!(out, "Pool.map >= 20x Python's on tiny tasks.");
+    out.finish("bench compare")
 }

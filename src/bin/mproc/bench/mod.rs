@@ -60,7 +60,7 @@ impl Table {
         self.rows.push(cells.to_vec());
     }
 
-    pub fn print(&self) {
+    pub fn print(&self, out: &mut crate::Out) {
         let columns = self.rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
@@ -77,9 +77,9 @@ impl Table {
                     }
                 })
                 .collect();
-            println!("  {}", line.join("  ").trim_end());
+            outln!(out, "  {}", line.join("  ").trim_end());
             if i == 0 {
-                println!("  {}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+                outln!(out, "  {}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
             }
         }
     }

@@ -106,6 +106,7 @@ fn large_input(workers: usize) -> mproc::Result<(f64, f64)> {
 }
 
 pub fn main(args: Args) -> u8 {
+    let mut out = crate::Out::new();
     let workers = args.workers as usize;
     let pool = match pool_map_rate(workers, args.items) {
         Ok(r) => r,
@@ -127,15 +128,15 @@ pub fn main(args: Args) -> u8 {
     };
     let cpu_speedup = timings.sequential.as_secs_f64() / timings.processes.as_secs_f64();
     if args.tsv {
-        println!("pool_map_trivial\t{pool:.0}\ttasks/s");
-        println!("sequential_trivial\t{seq:.0}\ttasks/s");
-        println!("threads_channel_trivial\t{threads:.0}\ttasks/s");
-        println!("pool_map_large_input\t{pool_big:.3}\ts");
-        println!("fork_map_large_input\t{fork_big:.3}\ts");
-        println!("pool_cpu_speedup\t{cpu_speedup:.2}\tx");
-        return 0;
+        outln!(out, "pool_map_trivial\t{pool:.0}\ttasks/s");
+        outln!(out, "sequential_trivial\t{seq:.0}\ttasks/s");
+        outln!(out, "threads_channel_trivial\t{threads:.0}\ttasks/s");
+        outln!(out, "pool_map_large_input\t{pool_big:.3}\ts");
+        outln!(out, "fork_map_large_input\t{fork_big:.3}\ts");
+        outln!(out, "pool_cpu_speedup\t{cpu_speedup:.2}\tx");
+        return out.finish("bench pool");
     }
-    println!("Pool::map of a trivial function over {} items, {workers} workers:", args.items);
+    outln!(out, "Pool::map of a trivial function over {} items, {workers} workers:", args.items);
     let mut table = Table::new(&["variant", "tasks/s", "pool / variant"]);
     table.row(&["Pool::map (default chunksize)".into(), format!("{pool:.0}"), "1.00x".into()]);
     table.row(&["sequential loop".into(), format!("{seq:.0}"), format!("{:.2}x", pool / seq)]);
@@ -144,9 +145,9 @@ pub fn main(args: Args) -> u8 {
         format!("{threads:.0}"),
         format!("{:.2}x", pool / threads),
     ]);
-    table.print();
-    println!();
-    println!("200,000 strings of 200 bytes, {workers} workers (the input crosses a wire, or not):");
+    table.print(&mut out);
+    outln!(out);
+    outln!(out, "200,000 strings of 200 bytes, {workers} workers (the input crosses a wire, or not):");
     let mut table = Table::new(&["variant", "seconds", "vs Pool::map"]);
     table.row(&[
         "Pool::map (encode, copy through the ring)".into(),
@@ -158,12 +159,12 @@ pub fn main(args: Args) -> u8 {
         format!("{fork_big:.3}"),
         format!("{:.2}x faster", pool_big / fork_big),
     ]);
-    table.print();
-    println!();
-    println!(
+    table.print(&mut out);
+    outln!(out);
+    outln!(out,
         "CPU-bound work (16 prime-counting tasks): sequential {:.3} s, Pool {:.3} s: {cpu_speedup:.2}x on {workers} workers (target >= 1.8x on 2 cores)",
         timings.sequential.as_secs_f64(),
         timings.processes.as_secs_f64()
     );
-    0
+    out.finish("bench pool")
 }

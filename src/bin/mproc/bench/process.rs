@@ -97,6 +97,7 @@ fn command_us(count: u32) -> Option<f64> {
 }
 
 pub fn main(args: Args) -> u8 {
+    let mut out = crate::Out::new();
     let measured = process_start_join_us(args.count)
         .and_then(|p| Ok((p, spawn_join_us(args.count)?, pipe_pingpong_us(args.count * 20)?)));
     let (process, spawn, pingpong) = match measured {
@@ -105,13 +106,13 @@ pub fn main(args: Args) -> u8 {
     };
     let command = command_us(args.count);
     if args.tsv {
-        println!("process_start_join\t{process:.1}\tus");
-        println!("spawn_join\t{spawn:.1}\tus");
-        println!("pipe_pingpong\t{pingpong:.1}\tus");
+        outln!(out, "process_start_join\t{process:.1}\tus");
+        outln!(out, "spawn_join\t{spawn:.1}\tus");
+        outln!(out, "pipe_pingpong\t{pingpong:.1}\tus");
         if let Some(c) = command {
-            println!("command_true\t{c:.1}\tus");
+            outln!(out, "command_true\t{c:.1}\tus");
         }
-        return 0;
+        return out.finish("bench process");
     }
     let mut table = Table::new(&["operation", "µs each", "vs Command"]);
     let ratio = |v: f64| command.map_or("-".to_string(), |c| format!("{:.2}x faster", c / v));
@@ -125,6 +126,6 @@ pub fn main(args: Args) -> u8 {
     if let Some(c) = command {
         table.row(&["baseline: Command /bin/true (fork + exec)".into(), format!("{c:.1}"), "1.00x".into()]);
     }
-    table.print();
-    0
+    table.print(&mut out);
+    out.finish("bench process")
 }

@@ -68,6 +68,7 @@ impl Transfer {
 }
 
 pub fn main(args: Args) -> u8 {
+    let mut out = crate::Out::new();
     let transfers = [
         Transfer { size: 8, count: args.count, in_bytes: false },
         Transfer { size: 64, count: args.count, in_bytes: false },
@@ -89,23 +90,26 @@ pub fn main(args: Args) -> u8 {
         for (transfer, ring, pipe) in rows {
             let name = transfer.name();
             let unit = if transfer.in_bytes { "GB/s" } else { "msgs/s" };
-            println!("ring_{name}\t{ring:.3}\t{unit}");
-            println!("pipe_{name}\t{pipe:.3}\t{unit}");
-            println!("ratio_{name}\t{:.2}\tx", ring / pipe);
+            outln!(out, "ring_{name}\t{ring:.3}\t{unit}");
+            outln!(out, "pipe_{name}\t{pipe:.3}\t{unit}");
+            outln!(out, "ratio_{name}\t{:.2}\tx", ring / pipe);
         }
     } else {
-        print_table(&args, &rows);
+        print_table(&mut out, &args, &rows);
     }
-    0
+    out.finish("bench ring")
 }
 
-fn print_table(args: &Args, rows: &[(&Transfer, f64, f64)]) {
+fn print_table(out: &mut crate::Out, args: &Args, rows: &[(&Transfer, f64, f64)]) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
+    outln!(
+        out,
         "ring vs pipe, child -> parent, {} small messages per run, median of {} runs, {} CPUs",
-        args.count, args.runs, cpus
+        args.count,
+        args.runs,
+        cpus
     );
-    println!("{:<14} {:>16} {:>16} {:>10}", "transfer", "ring", "pipe", "ring/pipe");
+    outln!(out, "{:<14} {:>16} {:>16} {:>10}", "transfer", "ring", "pipe", "ring/pipe");
     for (transfer, ring, pipe) in rows {
         let (what, ring_text, pipe_text) = if transfer.in_bytes {
             (
@@ -116,7 +120,7 @@ fn print_table(args: &Args, rows: &[(&Transfer, f64, f64)]) {
         } else {
             (format!("{} B msgs", transfer.size), millions(*ring), millions(*pipe))
         };
-        println!("{what:<14} {ring_text:>16} {pipe_text:>16} {:>9.1}x", ring / pipe);
+        outln!(out, "{what:<14} {ring_text:>16} {pipe_text:>16} {:>9.1}x", ring / pipe);
     }
 }
 

@@ -43,6 +43,7 @@ struct Contender {
 }
 
 pub fn main(args: Args) -> u8 {
+    let mut out = crate::Out::new();
     if args.count == 0 || args.rounds == 0 || args.jobs == Some(0) {
         eprintln!("mproc: bench run: --count, --rounds and --jobs must be at least 1");
         return crate::EXIT_USAGE;
@@ -95,7 +96,7 @@ pub fn main(args: Args) -> u8 {
         Err(err) => return failed(&format!("cannot write the input file: {err}")),
     };
     if !args.tsv {
-        println!("mproc bench run: jobs/s, {} rounds (median), -j {jobs}", args.rounds);
+        outln!(out, "mproc bench run: jobs/s, {} rounds (median), -j {jobs}", args.rounds);
     }
     for _ in 0..args.rounds {
         for c in &mut contenders {
@@ -109,9 +110,9 @@ pub fn main(args: Args) -> u8 {
 
     if args.tsv {
         for (c, rate) in contenders.iter().zip(&rates) {
-            println!("{}\t{rate:.0}\tjobs/s", c.tsv_name);
+            outln!(out, "{}\t{rate:.0}\tjobs/s", c.tsv_name);
         }
-        return 0;
+        return out.finish("bench run");
     }
     let echo_row = contenders.iter().position(|c| c.tsv_name == "run_jobs_echo").unwrap_or(0);
     let mut table = Table::new(&["command", "jobs", "jobs/s", "mproc run ÷ this"]);
@@ -126,11 +127,11 @@ pub fn main(args: Args) -> u8 {
             format!("{:.2}×", base / rate),
         ]);
     }
-    table.print();
+    table.print(&mut out);
     if !parallel {
-        println!("  (GNU parallel is not installed: skipped)");
+        outln!(out, "  (GNU parallel is not installed: skipped)");
     }
-    0
+    out.finish("bench run")
 }
 
 impl Contender {

@@ -1,0 +1,242 @@
+//! Process-wide registries that a signal handler reads: the live pools'
+//! zygotes, and the live [`crate::Process`] children.
+//!
+//! `fork` copies every static into the child. A table of "my children" or
+//! "my pools" copied that way describes the *parent's* children, and a
+//! child acting on it (its own exit handler killing them, or writing a kill
+//! order into a descriptor number that now names one of the child's own
+//! files) would act on another process's behalf. So each table records the
+//! pid of the process its entries belong to, and:
+//!
+//! - a reader ([`OwnedTable::for_each`]) in any other process sees an empty
+//!   table;
+//! - the first [`OwnedTable::insert`] in a new process adopts the table:
+//!   it clears the inherited entries, then claims it;
+//! - an [`Entry`] made by another process (a handle that reached a child
+//!   inside a closure) is not removed by that child: its slot there may
+//!   already hold one of the child's own entries.
+//!
+//! This costs nothing at `fork` (no page is written until the child
+//! registers something of its own), and it holds for any fork, not only
+//! mproc's. Everything is a lock-free atomic, so a signal handler may read
+//! a table at any moment, even one that interrupted an insert.
+
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+use super::getpid;
+
+/// A fixed-size table of non-zero `u64` values owned by one process.
+pub(crate) struct OwnedTable<const N: usize> {
+    /// The pid whose entries these are; `-pid` while that process clears
+    /// inherited entries (adopting); 0 before any insert.
+    owner: AtomicI32,
+    /// 0 marks a free entry.
+    entries: [AtomicU64; N],
+}
+
+/// One registered value: remove it with [`OwnedTable::remove`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    slot: usize,
+    owner: i32,
+}
+
+impl<const N: usize> OwnedTable<N> {
+    pub(crate) const fn new() -> Self {
+        OwnedTable { owner: AtomicI32::new(0), entries: [const { AtomicU64::new(0) }; N] }
+    }
+
+    /// Makes `me` the owner, clearing entries inherited from another
+    /// process first. Runs its slow path once per process.
+    fn adopt(&self, me: i32) {
+        loop {
+            // Acquire: pairs with the Release below, so once we see `me`
+            // the clearing is visible too.
+            let owner = self.owner.load(Ordering::Acquire);
+            if owner == me {
+                return;
+            }
+            if owner == -me {
+                // Another thread of this process is clearing: a few loads.
+                std::hint::spin_loop();
+                continue;
+            }
+            // 0, another pid, or another pid's "adopting" mark (a thread
+            // of the parent was adopting when it forked us): inherited.
+            // AcqRel: claims the clearing exactly once.
+            if self.owner.compare_exchange(owner, -me, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                continue;
+            }
+            for entry in &self.entries {
+                // Load first: an untouched page stays shared with the parent.
+                if entry.load(Ordering::Relaxed) != 0 {
+                    entry.store(0, Ordering::Relaxed);
+                }
+            }
+            // Release: the clearing happens before anyone sees us as owner.
+            self.owner.store(me, Ordering::Release);
+            return;
+        }
+    }
+
+    /// Registers `value` (non-zero) for this process. `None` when the
+    /// table is full: registration is best effort, and a caller then just
+    /// lacks what the table gives (a signal handler will not see it).
+    pub(crate) fn insert(&self, value: u64) -> Option<Entry> {
+        debug_assert_ne!(value, 0, "0 marks a free entry");
+        let me = getpid();
+        self.adopt(me);
+        // AcqRel/Acquire: the entry is visible to a handler on this thread
+        // at once; other threads only need the slot claimed exactly once.
+        (0..N)
+            .find(|&i| {
+                self.entries[i].compare_exchange(0, value, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            })
+            .map(|slot| Entry { slot, owner: me })
+    }
+
+    /// Unregisters `entry`, if this process made it (see the module docs).
+    pub(crate) fn remove(&self, entry: Entry) {
+        if entry.owner == getpid() {
+            self.entries[entry.slot].store(0, Ordering::Release);
+        }
+    }
+
+    /// Calls `f` with every value this process registered. Async-signal-
+    /// safe: `getpid` and atomic loads.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u64)) {
+        if self.owner.load(Ordering::Acquire) != getpid() {
+            // Never registered anything here, or inherited: not ours.
+            return;
+        }
+        for entry in &self.entries {
+            let value = entry.load(Ordering::Acquire);
+            if value != 0 {
+                f(value);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// live Process children
+
+/// The pids of this process's running [`crate::Process`] children: started
+/// and not yet reaped. The exit handler kills and reaps them.
+static CHILDREN: OwnedTable<1024> = OwnedTable::new();
+/// `pid << 32 | n`: process `pid` has `n` `Process::start`s between
+/// `fork` and registering the child (see [`ChildStart`]). One word, so that
+/// a child, which inherits a copy, tells at once that the count is not its.
+static STARTING: AtomicU64 = AtomicU64::new(0);
+
+fn starting_split(word: u64) -> (i32, u64) {
+    ((word >> 32) as i32, word & 0xffff_ffff)
+}
+
+/// Brackets one `fork` of a `Process` and the registration of its pid, so
+/// that the exit handler, if it runs on another thread meanwhile, waits for
+/// the registration instead of missing the child. (On the starting thread
+/// itself the caller blocks SIGINT and SIGTERM over the same stretch.)
+pub(crate) struct ChildStart(());
+
+impl ChildStart {
+    pub(crate) fn begin() -> ChildStart {
+        let me = getpid();
+        // AcqRel: the handler on another thread sees the count before the fork.
+        let _ = STARTING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+            let (owner, n) = starting_split(word);
+            let n = if owner == me { n + 1 } else { 1 };
+            Some((me as u32 as u64) << 32 | n)
+        });
+        ChildStart(())
+    }
+
+    /// After `fork`, in the parent: registers the child and ends the start.
+    pub(crate) fn register(self, pid: i32) -> Option<Entry> {
+        CHILDREN.insert(pid as u32 as u64)
+        // `self` drops here: the count goes down after the insert.
+    }
+}
+
+impl Drop for ChildStart {
+    fn drop(&mut self) {
+        let me = getpid();
+        // AcqRel: the registration above is visible before the count drops.
+        let _ = STARTING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+            let (owner, n) = starting_split(word);
+            // Another owner: a copy of a guard in a child; not counted here.
+            (owner == me && n > 0).then(|| word - 1)
+        });
+    }
+}
+
+/// Unregisters a child (before it is reaped: see `Process`).
+pub(crate) fn forget_child(entry: Entry) {
+    CHILDREN.remove(entry);
+}
+
+/// For the exit handler: `SIGKILL` to every registered child of this
+/// process, then reaps each. Waits up to a second for starts in progress
+/// on other threads to register their child first. Async-signal-safe:
+/// `getpid`, `clock_gettime`, `nanosleep`, `kill`, `waitpid`, atomics.
+pub(crate) fn kill_and_reap_children() {
+    let me = getpid();
+    let starting = || {
+        let (owner, n) = starting_split(STARTING.load(Ordering::Acquire));
+        owner == me && n > 0
+    };
+    if starting() {
+        let give_up = super::monotonic_ns().saturating_add(1_000_000_000);
+        // Bounded: the other thread may be waiting for a lock the thread
+        // this handler interrupted holds (stdout's, at fork).
+        while starting() && super::monotonic_ns() < give_up {
+            let nap = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+            // SAFETY: nanosleep reads a valid timespec; a null remainder is allowed.
+            unsafe { libc::nanosleep(&nap, std::ptr::null_mut()) };
+        }
+    }
+    CHILDREN.for_each(|pid| {
+        // SAFETY: kill takes integers. The pid is registered only while
+        // the child is unreaped (it is removed before `waitpid` reaps it),
+        // so it cannot name a recycled process.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    CHILDREN.for_each(|pid| {
+        let mut status = 0;
+        // SAFETY: `status` is a valid, writable int. ECHILD (another thread
+        // reaped it meanwhile) ends the loop like success.
+        while unsafe { libc::waitpid(pid as i32, &mut status, 0) } == -1 && super::last_errno() == libc::EINTR
+        {
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_ignores_entries_of_another_process() {
+        let table: OwnedTable<4> = OwnedTable::new();
+        let a = table.insert(7).expect("room");
+        let mut seen = Vec::new();
+        table.for_each(|v| seen.push(v));
+        assert_eq!(seen, [7]);
+        // Pretend the entries were inherited from a parent.
+        table.owner.store(getpid() + 1, Ordering::Release);
+        table.for_each(|_| panic!("a parent's entry must not be visible"));
+        // The first insert adopts: the inherited entry is gone.
+        let b = table.insert(9).expect("room");
+        let mut seen = Vec::new();
+        table.for_each(|v| seen.push(v));
+        assert_eq!(seen, [9]);
+        // An entry made by another process is not removed here.
+        table.remove(Entry { owner: getpid() + 1, ..b });
+        let _ = a;
+        let mut seen = Vec::new();
+        table.for_each(|v| seen.push(v));
+        assert_eq!(seen, [9]);
+        table.remove(b);
+        table.for_each(|_| panic!("removed"));
+    }
+}
