@@ -87,6 +87,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub(crate) mod outcome;
 pub mod pool;
 pub mod process;
 pub mod ring;

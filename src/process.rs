@@ -40,7 +40,6 @@
 //! can be inherited by the other's child, which then delays the first
 //! child's end-of-file until the second child exits.
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
@@ -49,6 +48,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::outcome;
 use crate::status::ExitStatus;
 use crate::sys::signal::SigMask;
 use crate::sys::{self, registry, Forked, ParentOnlyFd};
@@ -279,7 +279,7 @@ impl Process {
         match &*self.state.borrow() {
             // Running means not yet reaped, so the pid is still ours (at
             // worst a zombie): it cannot have been recycled.
-            State::Running { pid, .. } => sys::kill(*pid, signal),
+            State::Running { pid, .. } => sys::kill(sys::Pid::from_raw(*pid), signal),
             State::Exited { .. } => Ok(()),
             _ => Err(Error::InvalidState("process was never started")),
         }
@@ -325,7 +325,7 @@ impl Drop for Process {
             }
             let pid = *pid;
             if self.daemon {
-                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::kill(sys::Pid::from_raw(pid), libc::SIGKILL);
             }
             // Reap, so no zombie outlives the handle. Errors have nowhere to
             // go from a destructor; ECHILD would mean someone else reaped it.
@@ -345,21 +345,6 @@ pub(crate) fn run_child(target: impl FnOnce()) -> ! {
     sys::exit_now(code)
 }
 
-/// The text of a panic payload (`panic!("...")` gives `&str` or `String`).
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string panic payload>".to_string()
-    }
-}
-
-// The child's one message on the result pipe: a tag byte, then the value.
-const RESULT_OK: u8 = 0;
-const RESULT_PANICKED: u8 = 1;
-
 /// A child started by [`spawn`], whose return value comes back through a
 /// pipe. Dropping it unjoined closes the pipe, then waits for the child.
 #[derive(Debug)]
@@ -369,6 +354,8 @@ pub struct JoinHandle<T> {
     // the parent's wait forever.
     result: ParentOnlyFd,
     process: Process,
+    /// Known from the moment the handle exists (it is made after `start`).
+    pid: i32,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -391,33 +378,25 @@ where
     // Parent-only: `fork` closes it in the child, and in every later child.
     let result_r = ParentOnlyFd::new(result_r);
     let mut process = Process::new(move || {
-        let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+        // The child's one message on the result pipe (see `outcome`).
         let mut msg = Vec::new();
-        match &outcome {
-            Ok(value) => {
-                msg.push(RESULT_OK);
-                value.encode(&mut msg);
-            }
-            Err(payload) => {
-                msg.push(RESULT_PANICKED);
-                panic_message(payload.as_ref()).encode(&mut msg);
-            }
-        }
+        let panicked = outcome::run(f, &mut msg);
         // If the parent is gone there is no one to tell.
         let _ = sys::write_all(result_w.as_fd(), &msg);
-        if let Err(payload) = outcome {
+        if let Some(payload) = panicked {
             // Exit code 1, as for any panicking target.
             panic::resume_unwind(payload);
         }
     });
     process.start()?;
-    Ok(JoinHandle { result: result_r, process, _value: PhantomData })
+    let pid = process.pid().ok_or(Error::InvalidState("a started child has no pid"))?;
+    Ok(JoinHandle { result: result_r, process, pid, _value: PhantomData })
 }
 
 impl<T: Wire> JoinHandle<T> {
     /// The child's pid.
     pub fn pid(&self) -> i32 {
-        self.process.pid().unwrap_or(-1)
+        self.pid
     }
 
     /// Whether the child is still running.
@@ -451,25 +430,15 @@ impl<T: Wire> JoinHandle<T> {
         let status = self.process.exit_status().ok_or(Error::InvalidState("child not reaped"))?;
         let died =
             || Error::ChildDied { pid, exitcode: status.exitcode(), core_dumped: status.core_dumped() };
-        match bytes.split_first() {
-            Some((&RESULT_OK, body)) => match T::from_bytes(body) {
-                Ok(value) => Ok(value),
-                // Cut short by a death: report the death, not the bytes.
-                Err(_) if !status.success() => Err(died()),
-                Err(e) => Err(Error::Decode(e)),
-            },
-            Some((&RESULT_PANICKED, body)) => {
-                let message =
-                    String::from_bytes(body).unwrap_or_else(|_| "<unreadable panic message>".into());
-                Err(Error::Panicked { message })
-            }
-            None => Err(died()),
-            Some(_) if !status.success() => Err(died()),
-            Some((tag, _)) => Err(Error::Decode(crate::wire::DecodeError::new(if *tag > 1 {
-                "unknown result tag"
-            } else {
-                "bad result"
-            }))),
+        if bytes.is_empty() {
+            return Err(died());
+        }
+        match outcome::decode::<T>(&bytes) {
+            Ok(value) => Ok(value),
+            Err(e @ Error::Panicked { .. }) => Err(e),
+            // Cut short by a death: report the death, not the bytes.
+            Err(_) if !status.success() => Err(died()),
+            Err(e) => Err(e),
         }
     }
 }

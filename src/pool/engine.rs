@@ -824,8 +824,7 @@ impl Engine {
     fn kill_slot(&mut self, k: usize, cause: Error) -> Result<()> {
         if let SlotState::Live { pid } = self.slots[k].state {
             // Not yet reported dead, so not yet reaped: the pid is its own.
-            sys::kill(-pid, libc::SIGKILL)?;
-            sys::kill(pid, libc::SIGKILL)?;
+            sys::kill_group(sys::Pid::from_raw(pid), libc::SIGKILL)?;
             self.slots[k].kill_cause.get_or_insert(cause);
         }
         Ok(())

@@ -16,12 +16,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
-use super::message::ResultTag;
 use super::shared::{self, Layout, Woke};
 use crate::error::{Error, Result};
+use crate::outcome;
 use crate::sys::bell::Bell;
 use crate::sys::{self, Forked, ParentOnlyFd};
-use crate::wire::{DecodeError, Wire};
+use crate::wire::Wire;
 
 const RING_CAPACITY: usize = 64 * 1024;
 
@@ -87,7 +87,7 @@ where
     // has run out of items and is exiting on its own.
     for child in run.children.iter_mut().filter_map(Option::take) {
         if outcome.is_err() {
-            let _ = sys::kill(child.pid, libc::SIGKILL);
+            let _ = sys::kill(sys::Pid::from_raw(child.pid), libc::SIGKILL);
         }
         if let Err(e) = sys::waitpid(child.pid, false) {
             outcome = outcome.and(Err(e));
@@ -267,16 +267,8 @@ impl Worker<'_> {
             self.layout.running_item(self.slot).store(i as u64 + 1, Ordering::Relaxed);
             out.clear();
             out.extend_from_slice(&(i as u64).to_le_bytes());
-            match panic::catch_unwind(AssertUnwindSafe(|| f(&items[i]))) {
-                Ok(value) => {
-                    out.push(ResultTag::Ok as u8);
-                    value.encode(&mut out);
-                }
-                Err(payload) => {
-                    out.push(ResultTag::Panicked as u8);
-                    out.extend_from_slice(crate::process::panic_message(payload.as_ref()).as_bytes());
-                }
-            }
+            // A panic is that item's outcome; the child goes on with the next.
+            let _ = outcome::run(|| f(&items[i]), &mut out);
             let mut sent = 0;
             while !ring.try_send_partial(&out, &mut sent)? {
                 shared::wake(self.layout.parent_sleeping(), self.parent_bell);
@@ -290,25 +282,14 @@ impl Worker<'_> {
     }
 }
 
-/// Files one result message (`index u64 | tag | payload`); returns 1 if it
-/// filled a new slot.
+/// Files one result message (`index u64 | tag | payload`, see
+/// [`outcome`]); returns 1 if it filled a new slot.
 fn file<R: Wire>(results: &mut [Option<Result<R>>], msg: &[u8]) -> usize {
-    if msg.len() < 9 {
-        return 0;
-    }
-    let mut index = [0u8; 8];
-    index.copy_from_slice(&msg[..8]);
-    let Some(slot) = results.get_mut(u64::from_le_bytes(index) as usize) else { return 0 };
+    let Some((index, record)) = msg.split_first_chunk::<8>() else { return 0 };
+    let Some(slot) = results.get_mut(u64::from_le_bytes(*index) as usize) else { return 0 };
     if slot.is_some() {
         return 0;
     }
-    let payload = &msg[9..];
-    *slot = Some(match ResultTag::from_byte(msg[8]) {
-        Some(ResultTag::Ok) => R::from_bytes(payload).map_err(Error::Decode),
-        Some(ResultTag::Panicked) => {
-            Err(Error::Panicked { message: String::from_utf8_lossy(payload).into_owned() })
-        }
-        _ => Err(Error::Decode(DecodeError::new("corrupt result frame"))),
-    });
+    *slot = Some(outcome::decode(record));
     1
 }

@@ -213,7 +213,7 @@ fn run_task(batch: &Batch<'_>, arg: &[u8], out: &mut Vec<u8>, start: usize) -> R
         }
         Err(payload) => {
             out.truncate(start);
-            out.extend_from_slice(crate::process::panic_message(payload.as_ref()).as_bytes());
+            out.extend_from_slice(crate::outcome::panic_message(payload.as_ref()).as_bytes());
             ResultTag::Panicked
         }
     }

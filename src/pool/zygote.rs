@@ -41,8 +41,9 @@ use std::time::{Duration, Instant};
 use super::shared::Layout;
 use crate::error::{Error, OsError, Result};
 use crate::status::ExitStatus;
-use crate::sys::registry::{Entry, OwnedTable};
-use crate::sys::{self, Forked, ParentOnlyFd};
+use crate::sys::registry::{self, Entry};
+use crate::sys::{self, Forked, ParentOnlyFd, Pid};
+use crate::wire::Wire;
 
 const REQ_SPAWN: u32 = 1;
 const REQ_SHUTDOWN: u32 = 2;
@@ -54,6 +55,23 @@ const REP_SPAWN_FAILED: u32 = 2;
 const REP_DIED: u32 = 3;
 const REP_TIMED_OUT: u32 = 4;
 const REP_LEN: usize = 20;
+const _: () = assert!(<(u32, u32, i32, i32, i32)>::MIN_ENCODED_LEN == REP_LEN);
+
+/// A request record: `(kind, slot)` as little-endian words. Built on the
+/// stack, so the exit-signal handler can make one too.
+fn request_record(kind: u32, slot: usize) -> [u8; REQ_LEN] {
+    let mut rec = [0u8; REQ_LEN];
+    rec[0..4].copy_from_slice(&kind.to_le_bytes());
+    rec[4..8].copy_from_slice(&(slot as u32).to_le_bytes());
+    rec
+}
+
+/// The `(kind, slot)` of a request record.
+fn parse_request(rec: &[u8; REQ_LEN]) -> (u32, usize) {
+    let (kind, slot) = rec.split_at(4);
+    let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    (word(kind), word(slot) as usize)
+}
 
 /// After SIGTERM, how long a timed-out worker's process group gets before
 /// SIGKILL.
@@ -79,7 +97,9 @@ pub(crate) enum Report {
 }
 
 impl Report {
-    fn encode(&self) -> [u8; REP_LEN] {
+    /// The record: `(kind, slot, a, b, c)` as little-endian words, the
+    /// [`Wire`] encoding of that tuple ([`REP_LEN`] bytes).
+    fn encode(&self) -> Vec<u8> {
         let (kind, slot, a, b, c) = match *self {
             Report::Spawned { slot, pid } => (REP_SPAWNED, slot, pid, 0, 0),
             Report::SpawnFailed { slot, errno } => (REP_SPAWN_FAILED, slot, 0, errno, 0),
@@ -93,21 +113,12 @@ impl Report {
                 }
             }
         };
-        let mut out = [0u8; REP_LEN];
-        out[0..4].copy_from_slice(&kind.to_le_bytes());
-        out[4..8].copy_from_slice(&(slot as u32).to_le_bytes());
-        out[8..12].copy_from_slice(&a.to_le_bytes());
-        out[12..16].copy_from_slice(&b.to_le_bytes());
-        out[16..20].copy_from_slice(&c.to_le_bytes());
-        out
+        (kind, slot as u32, a, b, c).to_bytes()
     }
 
     fn decode(rec: &[u8]) -> Option<Report> {
-        let word = |i: usize| -> [u8; 4] { [rec[i], rec[i + 1], rec[i + 2], rec[i + 3]] };
-        let kind = u32::from_le_bytes(word(0));
-        let slot = u32::from_le_bytes(word(4)) as usize;
-        let (a, b, c) =
-            (i32::from_le_bytes(word(8)), i32::from_le_bytes(word(12)), i32::from_le_bytes(word(16)));
+        let (kind, slot, a, b, c) = <(u32, u32, i32, i32, i32)>::from_bytes(rec).ok()?;
+        let slot = slot as usize;
         let status = if c < 0 {
             ExitStatus::Exited(b)
         } else {
@@ -123,31 +134,11 @@ impl Report {
     }
 }
 
-/// Live zygotes of this process, for the signal handler: `pid << 32 | fd`
-/// of the request pipe. Lock-free so a handler can read it; owner-checked
-/// (see `sys::registry`), so a forked child never acts on its parent's
-/// pools, even with an exit handler of its own.
-static LIVE: OwnedTable<64> = OwnedTable::new();
-
-fn register(pid: i32, fd: i32) -> Option<Entry> {
-    LIVE.insert((pid as u64) << 32 | fd as u32 as u64)
-}
-
-/// Kills every pool's workers and reaps every zygote. Async-signal-safe:
-/// only `write` and `waitpid` on values read from atomics.
+/// Kills every pool's workers and reaps every zygote: what the exit-signal
+/// handler does for pools. Async-signal-safe (see
+/// [`registry::order_pools_and_reap`]).
 pub(crate) fn kill_all_pools() {
-    let mut rec = [0u8; REQ_LEN];
-    rec[0..4].copy_from_slice(&REQ_KILL_ALL.to_le_bytes());
-    LIVE.for_each(|e| {
-        let (pid, fd) = ((e >> 32) as i32, e as u32 as i32);
-        // SAFETY: async-signal-safe calls on integers and a stack buffer.
-        // The fd stays open while registered (unregistered before close).
-        unsafe {
-            libc::write(fd, rec.as_ptr().cast(), REQ_LEN);
-            let mut status = 0;
-            while libc::waitpid(pid, &mut status, 0) == -1 && crate::sys::last_errno() == libc::EINTR {}
-        }
-    });
+    registry::order_pools_and_reap(&request_record(REQ_KILL_ALL, 0));
 }
 
 /// The parent's handle on the zygote.
@@ -200,7 +191,7 @@ impl Zygote {
             }
             Forked::Parent(pid) => {
                 drop(zygote_side);
-                let registered = register(pid, requests_w.as_raw_fd());
+                let registered = registry::register_pool(pid, requests_w.as_raw_fd());
                 let zygote = Zygote {
                     pid,
                     requests: Some(requests_w),
@@ -223,9 +214,7 @@ impl Zygote {
 
     fn request(&self, kind: u32, slot: usize) -> Result<()> {
         let Some(fd) = &self.requests else { return Err(Error::Closed) };
-        let mut rec = [0u8; REQ_LEN];
-        rec[0..4].copy_from_slice(&kind.to_le_bytes());
-        rec[4..8].copy_from_slice(&(slot as u32).to_le_bytes());
+        let rec = request_record(kind, slot);
         // One write: a record is far below PIPE_BUF, so it is never split.
         // Without SIGPIPE: a zygote killed from outside must be an error
         // here, not the death of a program that restored SIGPIPE's default.
@@ -296,13 +285,13 @@ impl Zygote {
         if let Some(status) = sys::waitpid_until(self.pid, sys::deadline_after(limit))? {
             return Ok(Some(status));
         }
-        sys::kill(self.pid, libc::SIGKILL)?;
+        sys::kill(Pid::from_raw(self.pid), libc::SIGKILL)?;
         sys::waitpid(self.pid, false)
     }
 
     fn unregister(&mut self) {
         if let Some(entry) = self.registered.take() {
-            LIVE.remove(entry);
+            registry::forget_pool(entry);
         }
     }
 }
@@ -378,8 +367,7 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
         if !shutting_down && ready.get(1).is_some_and(|r| r.readable || r.hangup) {
             let mut rec = [0u8; REQ_LEN];
             let n = read_record(side.requests.as_fd(), &mut rec)?;
-            let kind = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
-            let slot = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]) as usize;
+            let (kind, slot) = parse_request(&rec);
             match (n, kind) {
                 (REQ_LEN, REQ_SPAWN) => {
                     match spawn_worker(side, slot, zygote_pid, parent_ignores_sigpipe, &sig_r, &sig_w) {
@@ -410,8 +398,7 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
 /// reused.
 fn kill_workers(live: &HashMap<i32, usize>, timers: &mut Timers) {
     for &pid in live.keys() {
-        let _ = sys::kill(-pid, libc::SIGKILL);
-        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = sys::kill_group(Pid::from_raw(pid), libc::SIGKILL);
     }
     timers.kill_groups_now();
 }
@@ -443,9 +430,10 @@ impl Timers {
             }
             // The group outlives its leader only while a member lives, and
             // while it lives no new process can get this pid: no reuse.
-            let _ = sys::kill(-pgid, libc::SIGKILL);
             if live.contains_key(&pgid) {
-                let _ = sys::kill(pgid, libc::SIGKILL);
+                let _ = sys::kill_group(Pid::from_raw(pgid), libc::SIGKILL);
+            } else {
+                let _ = sys::kill_orphaned_group(Pid::from_raw(pgid), libc::SIGKILL);
             }
             false
         });
@@ -470,8 +458,7 @@ impl Timers {
             // next one be killed in its place).
             let same = || layout.progress(slot).load(Ordering::Acquire) == progress;
             if ran >= limit_ns && same() {
-                let _ = sys::kill(-pid, libc::SIGTERM);
-                let _ = sys::kill(pid, libc::SIGTERM);
+                let _ = sys::kill_group(Pid::from_raw(pid), libc::SIGTERM);
                 self.timed_out.insert(pid);
                 self.group_kills.push((pid, now + TERM_GRACE));
                 wake_at = Some(wake_at.map_or(now + TERM_GRACE, |w| w.min(now + TERM_GRACE)));
@@ -488,7 +475,7 @@ impl Timers {
     /// SIGKILL now to every group still in its grace period.
     fn kill_groups_now(&mut self) {
         for (pgid, _) in self.group_kills.drain(..) {
-            let _ = sys::kill(-pgid, libc::SIGKILL);
+            let _ = sys::kill_orphaned_group(Pid::from_raw(pgid), libc::SIGKILL);
         }
     }
 }

@@ -273,7 +273,7 @@ impl Job {
             // The only failures left after ESRCH are EPERM (a process in the
             // group changed its credentials); there is nothing better to do
             // than carry on: SIGKILL follows, then the leader is reaped.
-            let _ = sys::kill(-pid, signal);
+            let _ = sys::kill_orphaned_group(sys::Pid::from_raw(pid), signal);
         }
     }
 }
@@ -743,8 +743,7 @@ impl<I> Drop for Engine<'_, I> {
         for seq in &self.live {
             let Some(job) = self.jobs.get(seq) else { continue };
             if let (Some(pid), None) = (job.pid, job.status) {
-                let _ = sys::kill(-pid, libc::SIGKILL);
-                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::kill_group(sys::Pid::from_raw(pid), libc::SIGKILL);
                 let _ = sys::waitpid(pid, false);
             }
         }

@@ -316,9 +316,44 @@ pub(crate) fn wait_ended(pid: i32, nohang: bool) -> Result<bool> {
     Ok(unsafe { info.si_pid() } != 0)
 }
 
-/// `kill(2)`. A process that is already gone (`ESRCH`) is not an error:
-/// every caller wants it gone. A negative `pid` names a process group.
-pub(crate) fn kill(pid: i32, signal: i32) -> Result<()> {
+/// A process id that names one process: never 0, -1 or a negated group,
+/// which `kill(2)` would read as "my group", "everyone" or a whole group.
+/// Every signal mproc sends goes through [`kill`], [`kill_group`] or
+/// [`kill_orphaned_group`], which take this type and check it.
+pub(crate) use nix::unistd::Pid;
+
+/// `kill(2)` to one process. A process that is already gone (`ESRCH`) is
+/// not an error: every caller wants it gone. A pid below 1 is refused
+/// ([`Error::InvalidArgument`]): it would name a group or every process.
+pub(crate) fn kill(pid: Pid, signal: i32) -> Result<()> {
+    if pid.as_raw() < 1 {
+        return Err(Error::InvalidArgument(format!("kill: {pid} is not a process")));
+    }
+    raw_kill(pid.as_raw(), signal)
+}
+
+/// `kill(2)` to the process group led by `leader`, then to `leader` itself
+/// (it may have left its group, or not have made it yet). For a leader that
+/// is not yet reaped, so that neither id can have been reused. Leaders 0
+/// and 1 are refused ([`Error::InvalidArgument`]): `kill(-1)` signals every
+/// process, and group 1 is init's.
+pub(crate) fn kill_group(leader: Pid, signal: i32) -> Result<()> {
+    let group = kill_orphaned_group(leader, signal);
+    let own = kill(leader, signal);
+    group.and(own)
+}
+
+/// `kill(2)` to process group `group` only: for a group whose leader has
+/// been reaped (the group id stays reserved while any member lives, so it
+/// cannot name someone else's group). Groups 0 and 1 are refused.
+pub(crate) fn kill_orphaned_group(group: Pid, signal: i32) -> Result<()> {
+    if group.as_raw() <= 1 {
+        return Err(Error::InvalidArgument(format!("kill: {group} is not a group mproc made")));
+    }
+    raw_kill(-group.as_raw(), signal)
+}
+
+fn raw_kill(pid: i32, signal: i32) -> Result<()> {
     trace!("kill({pid}, {})", signal_abbrev(signal));
     // SAFETY: kill takes only integers.
     if unsafe { libc::kill(pid, signal) } == -1 && last_errno() != libc::ESRCH {
@@ -630,4 +665,47 @@ pub(crate) fn wait_any_nohang() -> Result<Option<(i32, ExitStatus)>> {
 pub(crate) fn set_child_process_group(pid: i32) {
     // SAFETY: integers only.
     unsafe { libc::setpgid(pid, pid) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn kill_never_signals_a_group_everyone_or_init() {
+        // Each of these, let through, would signal this test's own group,
+        // every process we may signal, or init's group.
+        for raw in [0, -1, -42] {
+            assert!(matches!(kill(Pid::from_raw(raw), 0), Err(Error::InvalidArgument(_))), "kill({raw})");
+        }
+        for raw in [0, 1, -1] {
+            assert!(matches!(kill_group(Pid::from_raw(raw), 0), Err(Error::InvalidArgument(_))));
+            assert!(matches!(kill_orphaned_group(Pid::from_raw(raw), 0), Err(Error::InvalidArgument(_))));
+        }
+        // Signal 0 to ourselves: allowed, and only checks that we exist.
+        assert_eq!(kill(Pid::from_raw(getpid()), 0), Ok(()));
+    }
+
+    #[test]
+    fn current_pid_is_getpid_and_a_forked_child_sees_its_own() {
+        assert_eq!(current_pid(), getpid());
+        assert_eq!(current_pid(), getpid());
+        let (r, w) = pipe().unwrap();
+        // SAFETY: the child only writes to a pipe and `_exit`s.
+        match unsafe { fork() }.unwrap() {
+            Forked::Child => {
+                let same = current_pid() == getpid();
+                let _ = write_all(w.as_fd(), &[same as u8]);
+                exit_now(0)
+            }
+            Forked::Parent(child) => {
+                drop(w);
+                let mut out = Vec::new();
+                read_to_end(r.as_fd(), &mut out).unwrap();
+                assert_eq!(waitpid(child, false).unwrap(), Some(ExitStatus::Exited(0)));
+                assert_eq!(out, [1], "the child's current_pid() must be its own pid");
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Process-wide registries that a signal handler reads: the live pools'
-//! zygotes, and the live [`crate::Process`] children.
+//! zygotes, and the live [`crate::Process`] children, with what the
+//! handler does to each (async-signal-safe, so the raw calls live here).
 //!
 //! `fork` copies every static into the child. A table of "my children" or
 //! "my pools" copied that way describes the *parent's* children, and a
@@ -116,6 +117,42 @@ impl<const N: usize> OwnedTable<N> {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// live pools
+
+/// Live zygotes of this process, for the exit-signal handler: `pid << 32 |
+/// fd` of the pool's request pipe.
+static POOLS: OwnedTable<64> = OwnedTable::new();
+
+/// Registers a pool's zygote `pid` and the write end `fd` of its request
+/// pipe (which must stay open until [`forget_pool`]).
+pub(crate) fn register_pool(pid: i32, fd: i32) -> Option<Entry> {
+    POOLS.insert((pid as u32 as u64) << 32 | fd as u32 as u64)
+}
+
+/// Unregisters a pool (before its request pipe is closed).
+pub(crate) fn forget_pool(entry: Entry) {
+    POOLS.remove(entry);
+}
+
+/// For the exit handler: writes `order` (one request record, shorter than
+/// `PIPE_BUF`) to every registered pool's request pipe, then reaps each
+/// zygote. Async-signal-safe: `write` and `waitpid` on values read from
+/// atomics. A zygote that already died gives `EPIPE` (the handler blocks
+/// `SIGPIPE`) and is reaped all the same.
+pub(crate) fn order_pools_and_reap(order: &[u8]) {
+    POOLS.for_each(|e| {
+        let (pid, fd) = ((e >> 32) as i32, e as u32 as i32);
+        // SAFETY: `order` is a valid buffer; `fd` stays open while it is
+        // registered (the pool unregisters before it closes it).
+        unsafe { libc::write(fd, order.as_ptr().cast(), order.len()) };
+        let mut status = 0;
+        // SAFETY: `status` is a valid, writable int. The zygote is our
+        // unreaped child while registered, so the pid is still its own.
+        while unsafe { libc::waitpid(pid, &mut status, 0) } == -1 && super::last_errno() == libc::EINTR {}
+    });
 }
 
 // ---------------------------------------------------------------------------
