@@ -554,3 +554,47 @@ fn trace_shows_the_child_closing_the_sentinels_read_end() {
         "as in mproc(1) and the README: {stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// a pool whose zygote dies (hardening item 1)
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "finds the zygote in /proc")]
+fn speedup_with_its_zygote_killed_fails_in_one_line_instead_of_hanging() {
+    use std::time::{Duration, Instant};
+    let mut child = mproc_command(&["speedup", "--workers", "2", "--tasks", "40", "--work", "300000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mproc");
+    // The zygote: the child of mproc that has the two workers as children.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let zygote = loop {
+        let found = children_of(child.id()).into_iter().find(|&c| children_of(c as u32).len() == 2);
+        if let Some(z) = found {
+            break z;
+        }
+        assert!(Instant::now() < deadline, "no pool appeared");
+        assert!(child.try_wait().expect("try_wait").is_none(), "mproc ended before its pool started");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(zygote), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if killed.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mproc speedup still runs 10 s after its zygote was killed");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr).expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(&format!("zygote {zygote} killed by signal 9")), "{stderr}");
+}
