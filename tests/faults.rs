@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use mproc::{DecodeError, Error, Pool, Wire};
 
 mod common;
-use common::pools::{assert_no_children, children_of, full_pids, pipe, shared_mappings, stat};
+use common::pools::{assert_no_children, children_of, full_pids, pipe, shared_mappings, stat, watchdog};
 
 // ---------------------------------------------------------------------------
 // task functions
@@ -652,4 +652,107 @@ fn a_result_that_does_not_decode_fails_that_task_only() {
     assert_eq!(pool.apply(take_even_only, EvenOnly(2)), Ok(2));
     // Bad data is not a crash: nobody died.
     assert_eq!(pool.pids(), pids);
+}
+
+// ---------------------------------------------------------------------------
+// a worker that corrupts shared memory (isolation)
+
+/// The writable shared mappings this process can see: `(start, end)` of
+/// each line of `/proc/self/maps` with permissions `rw?s`.
+fn writable_shared_mappings() -> Vec<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next()?, fields.next()?);
+            if !(perms.starts_with("rw") && perms.ends_with('s')) {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
+        })
+        .collect()
+}
+
+fn shared_mappings_seen(_: u64) -> usize {
+    writable_shared_mappings().len()
+}
+
+/// Task 100 fills every shared mapping its worker can reach with
+/// pseudo-random bytes (a wild write everywhere at once); every other task
+/// triples its number.
+fn scribble_at_100(i: u64) -> u64 {
+    if i == 100 {
+        // Again and again for 100 ms, while the other workers work.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let until = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < until {
+            for (start, end) in writable_shared_mappings() {
+                for addr in (start..end).step_by(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // SAFETY: a mapping of this process, writable and
+                    // shared, 8-aligned (page-aligned start); clobbering it
+                    // is the test.
+                    unsafe { std::ptr::write_volatile(addr as *mut u64, x) };
+                }
+            }
+        }
+    } else {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    3 * i
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn a_worker_maps_only_its_own_rings() {
+    let pool = Pool::new(3).unwrap();
+    let in_parent = writable_shared_mappings().len();
+    assert!(in_parent > 3, "the parent maps a control block and one region per worker: {in_parent}");
+    // Each worker: its own slot only (no other worker's, no control block).
+    for seen in pool.map_chunked(shared_mappings_seen, 0..30u64, 1).unwrap() {
+        assert_eq!(seen, 1);
+    }
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn a_worker_that_scribbles_on_shared_memory_fails_only_its_own_tasks() {
+    let _dog = watchdog(Duration::from_secs(60), "a pool with a worker that scribbles on shared memory");
+    for round in 0..3 {
+        let pool = Pool::new(4).unwrap();
+        let before = pool.pids();
+        let outcomes: Vec<Result<u64, Error>> = pool.imap(scribble_at_100, 0..300u64).collect();
+        assert_eq!(outcomes.len(), 300, "round {round}: every task gets one outcome");
+        // The scribble may be caught (the ring fails its checks: Decode, or
+        // the worker dies) or healed (the worker rewrites its indices
+        // before anyone reads them): either is one outcome for the task.
+        assert!(
+            matches!(&outcomes[100], Ok(300) | Err(Error::Decode(_) | Error::WorkerDied { .. })),
+            "round {round}: {:?}",
+            outcomes[100]
+        );
+        // At worst the scribbler's own worker's tasks fail with it (a
+        // result packed with its own, run again beside it once more).
+        let mut failed = 0;
+        for (i, outcome) in outcomes.iter().enumerate().filter(|&(i, _)| i != 100) {
+            match outcome {
+                Ok(v) => assert_eq!(*v, 3 * i as u64),
+                Err(Error::Decode(_) | Error::WorkerDied { .. }) => failed += 1,
+                Err(e) => panic!("round {round}: task {i}: {e}"),
+            }
+        }
+        assert!(failed <= 8, "round {round}: {failed} other tasks failed");
+        // The other workers were not touched: the scribbler's worker, and
+        // the one that ran it again, are the most that were replaced.
+        let after = full_pids(&pool);
+        let survivors = before.iter().filter(|p| after.contains(p)).count();
+        assert!(survivors >= 2, "round {round}: only {survivors} of {before:?} survive ({after:?})");
+        // The parent and the pool go on.
+        let expected: Vec<u64> = (0..2000).filter(|&i| i != 100).map(|i| 3 * i).collect();
+        assert_eq!(pool.map(scribble_at_100, (0..2000u64).filter(|&i| i != 100)).unwrap(), expected);
+    }
+    assert_no_children();
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mproc::{Error, Pool};
 
 mod common;
-use common::pools::{assert_no_children, full_pids, pipe, shared_mappings, stat};
+use common::pools::{assert_no_children, full_pids, pipe, shared_mappings, stat, watchdog};
 
 // ---------------------------------------------------------------------------
 // task functions (plain `fn`s: they cross as addresses)
@@ -624,34 +624,6 @@ fn double(n: u64) -> u64 {
 
 fn inc(n: u64) -> u64 {
     n + 1
-}
-
-/// Aborts the whole test process if it is still running after `limit`: a
-/// hang becomes a failure that names what hung (the pool's zygote and
-/// workers die with us).
-struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-fn watchdog(limit: Duration, what: &'static str) -> Watchdog {
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = done.clone();
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if seen.load(Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("watchdog: {what} hung for {limit:?}");
-        std::process::abort();
-    });
-    Watchdog(done)
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
 }
 
 /// The pool's zygote: the one child of this test process.

@@ -36,6 +36,9 @@ const QUICK_BATCH: Duration = Duration::from_micros(500);
 /// Fresh workers of one slot that may die in a row before running any pool
 /// code (killed from outside) before the next one's death fails a task.
 const EARLY_DEATHS_LIMIT: u32 = 3;
+/// How often a finished task whose result died with its worker runs again
+/// before it fails with `WorkerDied` instead.
+const MAX_RERUNS: u8 = 1;
 /// How long to wait before asking the zygote again after a failed fork.
 const SPAWN_RETRY: Duration = Duration::from_millis(100);
 
@@ -49,6 +52,9 @@ pub(crate) struct Batch {
     pub call: Call,
     /// The whole task message: header (with `count`) and the arguments.
     pub msg: Vec<u8>,
+    /// How often these tasks ran to the end on a worker that then died
+    /// before their results reached us (see [`MAX_RERUNS`]).
+    pub reruns: u8,
 }
 
 impl Batch {
@@ -60,8 +66,14 @@ impl Batch {
         message::begin_batch(self.call, &mut msg);
         msg.extend_from_slice(&self.msg[offset..]);
         message::set_batch_count(&mut msg, self.count - at);
-        let tail =
-            Batch { sub: self.sub, first: self.first + at, count: self.count - at, call: self.call, msg };
+        let tail = Batch {
+            sub: self.sub,
+            first: self.first + at,
+            count: self.count - at,
+            call: self.call,
+            msg,
+            reruns: self.reruns,
+        };
         self.msg.truncate(offset);
         self.count = at;
         message::set_batch_count(&mut self.msg, at);
@@ -117,7 +129,7 @@ impl BatchEncoder {
             // more argument, unless the arguments are big (then it grows).
             let mut msg = Vec::with_capacity(message::BATCH_HEADER_LEN + expected.min(2 * max_msg));
             message::begin_batch(call, &mut msg);
-            Batch { sub, first, count: 0, call, msg }
+            Batch { sub, first, count: 0, call, msg, reruns: 0 }
         });
         let before = b.msg.len();
         message::push_arg(&mut b.msg, arg);
@@ -549,7 +561,7 @@ impl Engine {
             let reports = self.zygote.report_fd();
             let slots = &self.slots;
             let woke = shared::sleep(
-                self.layout.parent_sleeping(),
+                &self.layout.parent_flags(),
                 self.parent_bell.as_fd(),
                 &[reports],
                 timeout,
@@ -751,37 +763,42 @@ impl Engine {
             || cause.is_some()
             || lifecycle == shared::WORKER_INITIALIZING
             || slot.early_deaths >= EARLY_DEATHS_LIMIT;
-        let blamed = guilty.then_some(unsent);
         let mut rest: VecDeque<Batch> = std::mem::take(&mut slot.inflight);
         if let Some(head) = rest.front_mut() {
             if slot.head_done > 0 {
                 *head = head.split_off(slot.head_done);
             }
         }
+        // Its tasks without a result, in order: `unsent` that it finished
+        // (their results died with it), then the one it ran, then the rest.
+        // The words come from the worker's memory, which it may have
+        // scribbled on: clamp them to the tasks it really holds.
+        let pending: u64 = rest.iter().map(|b| u64::from(b.count)).sum();
+        let unsent = unsent.min(pending);
+        let victim_at = (guilty && pending > 0).then(|| unsent.min(pending - 1));
+        let lost = take_tasks(&mut rest, victim_at.unwrap_or(unsent));
+        let victim = victim_at.and_then(|_| take_tasks(&mut rest, 1).pop());
+        if let Some(hit) = victim {
+            let index = self.subs.get(&hit.sub).map_or(0, |s| s.base_index) + u64::from(hit.first);
+            let err = cause.unwrap_or_else(|| Error::died(pid, status, Some(index)));
+            self.file(hit.sub, hit.first, Err(err));
+        }
+        // Finished tasks whose results were lost run again, once: lost a
+        // second time (a task that kills its worker after it returns, or
+        // scribbles on its rings), they fail instead of looping for ever.
         let mut requeue = Vec::new();
-        let mut victim = None;
-        let mut skip = blamed;
-        while let Some(mut batch) = rest.pop_front() {
-            match skip {
-                Some(n) if n < u64::from(batch.count) => {
-                    let mut hit = batch.split_off(n as u32);
-                    let after = hit.split_off(1);
-                    victim = Some((hit.sub, hit.first));
-                    requeue.extend([batch, after].into_iter().filter(|b| b.count > 0));
-                    skip = None;
+        for mut batch in lost {
+            if batch.reruns >= MAX_RERUNS {
+                for i in batch.first..batch.first + batch.count {
+                    let index = self.subs.get(&batch.sub).map_or(0, |s| s.base_index) + u64::from(i);
+                    self.file(batch.sub, i, Err(Error::died(pid, status, Some(index))));
                 }
-                Some(n) => {
-                    skip = Some(n - u64::from(batch.count));
-                    requeue.push(batch);
-                }
-                None => requeue.push(batch),
+            } else {
+                batch.reruns += 1;
+                requeue.push(batch);
             }
         }
-        if let Some((sub, i)) = victim {
-            let index = self.subs.get(&sub).map_or(0, |s| s.base_index) + u64::from(i);
-            let err = cause.unwrap_or_else(|| Error::died(pid, status, Some(index)));
-            self.file(sub, i, Err(err));
-        }
+        requeue.extend(rest);
         for b in requeue.into_iter().rev() {
             self.queue.push_front(b);
         }
@@ -1024,4 +1041,21 @@ impl std::hash::Hasher for IdHasher {
     fn write_u64(&mut self, id: u64) {
         self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
+}
+
+/// Takes the first `n` tasks (or all, if fewer) off the front of `batches`,
+/// splitting a batch where needed.
+fn take_tasks(batches: &mut VecDeque<Batch>, mut n: u64) -> Vec<Batch> {
+    let mut taken = Vec::new();
+    while n > 0 {
+        let Some(mut batch) = batches.pop_front() else { break };
+        if u64::from(batch.count) > n {
+            // n < count <= u32::MAX.
+            let tail = batch.split_off(n as u32);
+            batches.push_front(tail);
+        }
+        n -= u64::from(batch.count);
+        taken.push(batch);
+    }
+    taken
 }

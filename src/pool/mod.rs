@@ -211,6 +211,11 @@ impl PoolBuilder {
                     sys::close_inherited(fd.as_raw_fd());
                 }
             }
+            // SAFETY: this process is a worker for `slot` from here on: it
+            // uses only that slot (the parent's flag included: its copy is
+            // in the slot), and ends in `_exit` (`Worker::run`), so no copy
+            // of the layout is ever dropped here.
+            unsafe { worker_layout.unmap_all_but(slot, false) };
             use std::os::fd::AsFd;
             worker::Worker {
                 layout: &worker_layout,

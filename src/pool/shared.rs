@@ -1,14 +1,19 @@
 //! The pool's shared memory and doorbells.
 //!
-//! One `MAP_SHARED` mapping, made before the zygote is forked, so the zygote
-//! and every worker it forks see the same pages:
+//! `MAP_SHARED` mappings, made before the zygote is forked, so the zygote
+//! and every worker it forks see the same pages: one control block, and
+//! one mapping per slot, which only that slot's worker keeps (it unmaps the
+//! others right after it is forked: a wild write in a worker can reach its
+//! own rings and the control block, nobody else's rings):
 //!
 //! ```text
-//! +-----------------+------------------+----------------+------------------+---
-//! | control (128 B) | slot 0 (128 B)   | slot 0 tasks   | slot 0 results   | slot 1 ...
-//! | parent_sleeping | worker_sleeping  | ring: parent ->| ring: worker ->  |
-//! |                 |                  | worker         | parent           |
-//! +-----------------+------------------+----------------+------------------+---
+//! control (1 page)    slot 0 (one mapping)                                slot 1 ...
+//! +-----------------+ +-----------------+----------------+-----------------+
+//! | parent_sleeping | | worker_sleeping | tasks ring:    | results ring:   |
+//! | reports_pending | | lifecycle       | parent ->      | worker ->       |
+//! | (fork_map:      | | progress, stamp | worker         | parent          |
+//! |  claim counter) | |                 |                |                 |
+//! +-----------------+ +-----------------+----------------+-----------------+
 //! ```
 //!
 //! Each side sleeps on exactly one pipe, its doorbell: the parent on
@@ -60,29 +65,28 @@ pub(crate) const WORKER_READY: u32 = 2;
 
 const FLAG: usize = std::mem::size_of::<SleepFlag>();
 const _: () = assert!(FLAG == 128 && std::mem::align_of::<SleepFlag>() == 128);
+/// A slot's mapping starts with two flag lines: the worker's own, and the
+/// parent's sleep flag as this worker sees it (a copy per slot, so a worker
+/// that scribbles on it loses only its own wake-ups). Its rings follow.
+const SLOT_HEADER: usize = 2 * FLAG;
 
-/// The shared mapping, carved into the control flag and one region per slot.
+/// The pool's shared memory: a control mapping (the zygote's report word;
+/// `fork_map`'s parent flag and claim counter) and one mapping per slot
+/// (the worker's flag, its copy of the parent's, and its two rings). A pool
+/// worker unmaps every slot but its own, and the control block, right after
+/// it is forked ([`Layout::unmap_all_but`]), so a wild write in one worker
+/// cannot reach another's tasks or results, nor the parent's bookkeeping.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
-    mapping: Arc<SharedMapping>,
-    slots: usize,
+    control: Arc<SharedMapping>,
+    slots: Vec<Arc<SharedMapping>>,
     ring_capacity: usize,
 }
 
 impl Layout {
-    fn slot_size(ring_capacity: usize) -> usize {
-        FLAG + 2 * ring::region_size(ring_capacity)
-    }
-
-    /// Bytes the mapping takes for `slots` workers, `None` past `usize`.
-    fn mapping_len(slots: usize, ring_capacity: usize) -> Option<usize> {
-        let rings = ring::region_size(ring_capacity).checked_mul(2)?;
-        slots.checked_mul(rings.checked_add(FLAG)?)?.checked_add(FLAG)
-    }
-
-    fn slot_offset(&self, slot: usize) -> usize {
-        assert!(slot < self.slots, "slot {slot} out of range");
-        FLAG + slot * Self::slot_size(self.ring_capacity)
+    /// Bytes one slot's mapping takes, `None` past `usize`.
+    fn slot_len(ring_capacity: usize) -> Option<usize> {
+        ring::region_size(ring_capacity).checked_mul(2)?.checked_add(SLOT_HEADER)
     }
 
     /// Maps room for `slots` workers with rings of `ring_capacity` bytes
@@ -90,27 +94,50 @@ impl Layout {
     /// empty.
     ///
     /// A size past what the address space holds is
-    /// [`Error::InvalidArgument`]; one the
-    /// kernel refuses is `Error::Os` naming `mmap`.
+    /// [`Error::InvalidArgument`]; one the kernel refuses is `Error::Os`
+    /// naming `mmap`.
     pub(crate) fn new(slots: usize, ring_capacity: usize) -> Result<Layout> {
-        let len = Self::mapping_len(slots, ring_capacity)
-            .filter(|&len| len <= isize::MAX as usize)
+        let slot_len = Self::slot_len(ring_capacity)
+            .filter(|&len| slots.checked_mul(len).is_some_and(|all| all <= isize::MAX as usize))
             .ok_or_else(|| {
                 Error::InvalidArgument(format!(
                     "{slots} workers with rings of {ring_capacity} bytes do not fit in memory"
                 ))
             })?;
-        let layout = Layout { mapping: Arc::new(SharedMapping::new(len)?), slots, ring_capacity };
-        for slot in 0..slots {
+        let control = Arc::new(SharedMapping::new(FLAG)?);
+        let slots = (0..slots).map(|_| SharedMapping::new(slot_len).map(Arc::new)).collect::<Result<_>>()?;
+        let layout = Layout { control, slots, ring_capacity };
+        for slot in 0..layout.slots.len() {
             layout.reset_slot(slot);
         }
         Ok(layout)
     }
 
+    /// In a child just forked to work for slot `keep`: unmaps every other
+    /// slot, and the control block unless `keep_control` (`fork_map`'s
+    /// children share its claim counter), so that nothing this process
+    /// does, however wild, can write there.
+    ///
+    /// # Safety
+    /// The calling process must never use what it unmapped again and never
+    /// drop a copy of this layout (a worker ends in `_exit`): the handles
+    /// still name the unmapped ranges, which a later mapping may reuse.
+    pub(crate) unsafe fn unmap_all_but(&self, keep: usize, keep_control: bool) {
+        for (j, slot) in self.slots.iter().enumerate() {
+            if j != keep {
+                // SAFETY: forwarded from the caller: slot j is never touched
+                // (nor its handle dropped) in this process again.
+                unsafe { slot.unmap_in_forked_child() };
+            }
+        }
+        if !keep_control {
+            // SAFETY: as above, for the control block.
+            unsafe { self.control.unmap_in_forked_child() };
+        }
+    }
+
     fn slot_base(&self, slot: usize) -> *mut u8 {
-        // SAFETY: the offset stays inside the mapping: FLAG + slot * size +
-        // size <= len by construction in `new`.
-        unsafe { self.mapping.as_ptr().add(self.slot_offset(slot)) }
+        self.slots[slot].as_ptr()
     }
 
     fn flag(&self, base: *mut u8) -> &AtomicU32 {
@@ -156,14 +183,14 @@ impl Layout {
 
     /// `fork_map`'s shared claim counter.
     pub(crate) fn claim_counter(&self) -> &AtomicU64 {
-        self.counter(self.mapping.as_ptr())
+        self.counter(self.control.as_ptr())
     }
 
     /// Pool: non-zero while the zygote has written reports the parent has
     /// not read yet. Spares the parent a `read` on the report pipe at each
     /// step of its loop.
     pub(crate) fn reports_pending(&self) -> &AtomicU64 {
-        self.counter(self.mapping.as_ptr())
+        self.counter(self.control.as_ptr())
     }
 
     /// `fork_map`: 1 + the item worker `slot` is running, 0 when none.
@@ -171,9 +198,23 @@ impl Layout {
         self.counter(self.slot_base(slot))
     }
 
-    /// The parent's sleep flag.
+    /// The parent's sleep flag as worker `slot` sees it (pool): the parent
+    /// raises every slot's copy before it sleeps (see [`sleep`]).
+    pub(crate) fn parent_sleeping_in(&self, slot: usize) -> &AtomicU32 {
+        // SAFETY: the second flag line of the slot's mapping (SLOT_HEADER
+        // bytes at its start), 128-aligned, alive as long as `self`.
+        self.flag(unsafe { self.slot_base(slot).add(FLAG) })
+    }
+
+    /// Every slot's copy of the parent's sleep flag (pool).
+    pub(crate) fn parent_flags(&self) -> Vec<&AtomicU32> {
+        (0..self.slots.len()).map(|k| self.parent_sleeping_in(k)).collect()
+    }
+
+    /// The parent's sleep flag in the control block (`fork_map`, whose
+    /// children keep the control block).
     pub(crate) fn parent_sleeping(&self) -> &AtomicU32 {
-        self.flag(self.mapping.as_ptr())
+        self.flag(self.control.as_ptr())
     }
 
     /// Worker `slot`'s sleep flag.
@@ -184,21 +225,20 @@ impl Layout {
     /// The parent-to-worker ring of `slot`: the parent keeps the sender,
     /// the worker the receiver. No doorbells: the pool rings its own.
     pub(crate) fn task_channel(&self, slot: usize) -> Result<(Sender, Receiver)> {
-        ring::attach(self.mapping.clone(), self.slot_offset(slot) + FLAG, self.ring_capacity)
+        ring::attach(self.slots[slot].clone(), SLOT_HEADER, self.ring_capacity)
     }
 
     /// The worker-to-parent ring of `slot`: the worker keeps the sender.
     pub(crate) fn result_channel(&self, slot: usize) -> Result<(Sender, Receiver)> {
-        let offset = self.slot_offset(slot) + FLAG + ring::region_size(self.ring_capacity);
-        ring::attach(self.mapping.clone(), offset, self.ring_capacity)
+        let offset = SLOT_HEADER + ring::region_size(self.ring_capacity);
+        ring::attach(self.slots[slot].clone(), offset, self.ring_capacity)
     }
 
     /// Empties both rings of `slot` and clears its flags. Only while no
     /// worker is attached to the slot (before the first, after a death).
     pub(crate) fn reset_slot(&self, slot: usize) {
-        let offset = self.slot_offset(slot) + FLAG;
-        ring::reset(&self.mapping, offset);
-        ring::reset(&self.mapping, offset + ring::region_size(self.ring_capacity));
+        ring::reset(&self.slots[slot], SLOT_HEADER);
+        ring::reset(&self.slots[slot], SLOT_HEADER + ring::region_size(self.ring_capacity));
         self.worker_sleeping(slot).store(0, Ordering::SeqCst);
         self.lifecycle(slot).store(WORKER_FORKED, Ordering::SeqCst);
         self.running_item(slot).store(0, Ordering::SeqCst);
@@ -234,11 +274,12 @@ pub(crate) enum Woke {
 }
 
 /// Spin-then-sleep: spins briefly re-checking `ready` (the ring's policy,
-/// [`ring::spin`]), then raises `flag`, re-checks, and sleeps in `poll` on
-/// `bell` (plus `extra` fds) for at most `timeout`. The flag is cleared by
-/// us, the sleeper, and only by us.
+/// [`ring::spin`]), then raises `flags` (every copy of the sleeper's flag
+/// a waker may read), re-checks, and sleeps in `poll` on `bell` (plus
+/// `extra` fds) for at most `timeout`. The flags are cleared by us, the
+/// sleeper, and only by us.
 pub(crate) fn sleep(
-    flag: &AtomicU32,
+    flags: &[&AtomicU32],
     bell: BorrowedFd<'_>,
     extra: &[BorrowedFd<'_>],
     timeout: Option<Duration>,
@@ -247,12 +288,13 @@ pub(crate) fn sleep(
     if ring::spin(|| Ok(ready()))? {
         return Ok(Woke::Ready);
     }
-    flag.store(1, Ordering::Relaxed);
+    let raise = |on: u32| flags.iter().for_each(|flag| flag.store(on, Ordering::Relaxed));
+    raise(1);
     // Pairs with the fence in `wake`: after this, a waker that publishes
     // later must see the flag, and we must see anything published before.
     fence(Ordering::SeqCst);
     if ready() {
-        flag.store(0, Ordering::Relaxed);
+        raise(0);
         return Ok(Woke::Ready);
     }
     sys::trace!("doorbell wait(fd {})", std::os::fd::AsRawFd::as_raw_fd(&bell));
@@ -274,7 +316,7 @@ pub(crate) fn sleep(
     };
     // Relaxed: the next `ready()` check by the owner re-reads the ring with
     // acquire loads of its own; clearing only stops wakers' syscalls.
-    flag.store(0, Ordering::Relaxed);
+    raise(0);
     polled?;
     woke
 }

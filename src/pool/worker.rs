@@ -171,7 +171,7 @@ impl Worker<'_> {
             // We freed ring space (a whole message, or fragments of a batch
             // bigger than the ring): a parent streaming into it may be
             // asleep waiting for exactly that.
-            shared::wake(self.layout.parent_sleeping(), self.parent_bell);
+            shared::wake(self.layout.parent_sleeping_in(self.slot), self.parent_bell);
             if whole {
                 return Ok(true);
             }
@@ -186,18 +186,18 @@ impl Worker<'_> {
     fn send(&self, results: &mut Sender, out: &mut Vec<u8>) -> Result<()> {
         let mut sent = 0;
         while !results.try_send_partial(out, &mut sent)? {
-            shared::wake(self.layout.parent_sleeping(), self.parent_bell);
+            shared::wake(self.layout.parent_sleeping_in(self.slot), self.parent_bell);
             if self.sleep(|| results.has_room())? == Woke::BellClosed {
                 return Err(Error::Closed);
             }
         }
-        shared::wake(self.layout.parent_sleeping(), self.parent_bell);
+        shared::wake(self.layout.parent_sleeping_in(self.slot), self.parent_bell);
         out.clear();
         Ok(())
     }
 
     fn sleep(&self, ready: impl Fn() -> bool) -> Result<Woke> {
-        shared::sleep(self.layout.worker_sleeping(self.slot), self.bell.as_fd(), &[], None, ready)
+        shared::sleep(&[self.layout.worker_sleeping(self.slot)], self.bell.as_fd(), &[], None, ready)
     }
 }
 

@@ -59,6 +59,20 @@ impl SharedMapping {
         self.ptr.as_ptr()
     }
 
+    /// Unmaps the range in this process without giving up the handle.
+    ///
+    /// # Safety
+    /// For a freshly forked child that keeps its copy of the handle but
+    /// never touches the memory again and never drops a copy of the handle
+    /// (it ends in `_exit`): otherwise a later mapping that reuses the range
+    /// would be read, written or unmapped through this handle.
+    pub(crate) unsafe fn unmap_in_forked_child(&self) {
+        trace!("munmap({:p}, {})", self.ptr, self.len);
+        // SAFETY: ptr/len are what mmap returned; per the contract above no
+        // reference into the range is used after this.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+
     /// The length asked for.
     pub(crate) fn len(&self) -> usize {
         self.len

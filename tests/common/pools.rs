@@ -1,6 +1,7 @@
 //! Helpers for the pool and fault tests.
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mproc::Pool;
@@ -72,4 +73,32 @@ pub fn assert_no_children() {
     );
     #[cfg(target_os = "linux")]
     assert_eq!(children_of(std::process::id() as i32), Vec::<i32>::new());
+}
+
+/// Aborts the whole test process if it is still running after `limit`: a
+/// hang becomes a failure that names what hung (the pool's zygote and
+/// workers die with us).
+pub struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+pub fn watchdog(limit: Duration, what: &'static str) -> Watchdog {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = done.clone();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if seen.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("watchdog: {what} hung for {limit:?}");
+        std::process::abort();
+    });
+    Watchdog(done)
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
