@@ -96,8 +96,10 @@ pub enum Error {
     ZygoteDied {
         /// The zygote's pid.
         pid: i32,
-        /// Python's convention: the exit code, or `-signal` when it was killed.
-        exitcode: i32,
+        /// Python's convention: the exit code, or `-signal` when it was
+        /// killed; `None` when its status was lost (the program ignores
+        /// `SIGCHLD`, so the kernel reaped it).
+        exitcode: Option<i32>,
     },
 }
 
@@ -135,7 +137,10 @@ impl fmt::Display for Error {
                 "the pool belongs to process {owner}: process {caller}, forked after it was made, cannot use it"
             ),
             Error::ZygoteDied { pid, exitcode } => {
-                write_death(f, "the pool's zygote", *pid, *exitcode, false)?;
+                match exitcode {
+                    Some(code) => write_death(f, "the pool's zygote", *pid, *code, false)?,
+                    None => write!(f, "the pool's zygote {pid} ended (its status was lost)")?,
+                }
                 write!(f, ": its workers are gone and the pool takes no more work")
             }
         }

@@ -55,13 +55,18 @@
 //!   the call. [`Pool`] forks once, at [`Pool::new`]; every later worker
 //!   comes from its single-threaded zygote, so a pool stays safe after you
 //!   start threads.
-//! - **Rust's stdout and stderr are safe.** mproc takes their (reentrant)
-//!   locks itself before every fork, waiting for any `println!` in progress
-//!   on another thread, flushes, forks, and releases them on both sides:
-//!   the child's only thread is the forking thread, so it owns its copies
-//!   and can print, and mproc's own flush before `_exit` never waits. The
-//!   price: a thread that holds `stdout().lock()` while it waits for your
-//!   `start()` deadlocks. C stdio's locks are reset in the child by glibc.
+//! - **Rust's stdout is safe.** mproc takes its (reentrant) lock itself
+//!   before every fork, waiting for any `println!` in progress on another
+//!   thread, flushes, forks, and releases it on both sides: the child's
+//!   only thread is the forking thread, so it owns its copy and can print,
+//!   and mproc's own flush before `_exit` never waits. The price: a thread
+//!   that holds `stdout().lock()` while it waits for your `start()`
+//!   deadlocks. Stderr is unbuffered and mproc never takes its lock in a
+//!   child; a child that prints to stderr (`eprintln!`) at the instant
+//!   another parent thread was inside one can still block, as with any
+//!   lock. (Holding both locks across the fork would deadlock against a
+//!   thread that holds one and prints to the other.) C stdio's locks are
+//!   reset in the child by glibc.
 //! - **Buffered output.** mproc flushes Rust's and C's stdio before every
 //!   fork, and children end with `_exit` after flushing their own, so no
 //!   line is printed twice. Bypass it (a `BufWriter` of your own) and you

@@ -8,7 +8,7 @@
 //!      fork()                 waitpid() reaps the zombie, once
 //! ```
 //!
-//! In the child, the target runs, stdout and stderr are flushed, and the
+//! In the child, the target runs, stdout is flushed (stderr has no buffer), and the
 //! process ends with `_exit`: the parent's destructors and `atexit` handlers
 //! belong to the parent and never run twice.
 //!
@@ -30,8 +30,8 @@
 //! `fork` copies only the calling thread. A lock held by another thread at
 //! that instant (a `Mutex` of yours) stays locked forever in the child.
 //! glibc's `malloc` and C stdio are made fork-safe by glibc itself, and
-//! mproc holds Rust's stdout and stderr locks across the fork (see the
-//! crate docs), so allocating and printing in the child are fine on Linux;
+//! mproc holds Rust's stdout lock across the fork (see the crate docs), so
+//! allocating and printing to stdout in the child are fine on Linux;
 //! but a child must not touch any other lock another thread may have held:
 //! start processes before you start threads, or make sure no other thread
 //! holds such a lock across `start()`.
@@ -381,8 +381,9 @@ where
         // The child's one message on the result pipe (see `outcome`).
         let mut msg = Vec::new();
         let panicked = outcome::run(f, &mut msg);
-        // If the parent is gone there is no one to tell.
-        let _ = sys::write_all(result_w.as_fd(), &msg);
+        // If the parent is gone (or dropped the handle) there is no one to
+        // tell; that is EPIPE here, not a death by SIGPIPE.
+        let _ = sys::bell::write_all_without_sigpipe(result_w.as_fd(), &msg);
         if let Some(payload) = panicked {
             // Exit code 1, as for any panicking target.
             panic::resume_unwind(payload);

@@ -647,7 +647,7 @@ fn wait_gone(pid: i32, within: Duration) {
 }
 
 fn is_zygote_died(e: &Error, zygote: i32) -> bool {
-    matches!(e, Error::ZygoteDied { pid, exitcode: -9 } if *pid == zygote)
+    matches!(e, Error::ZygoteDied { pid, exitcode: Some(-9) } if *pid == zygote)
 }
 
 #[test]
@@ -871,5 +871,75 @@ fn a_pool_can_be_used_from_inside_its_own_input_iterators() {
     let got: Vec<u64> = handles.into_iter().map(|mut h| h.get().unwrap()).collect();
     assert_eq!(got, vec![1, 3, 5, 7, 9]);
     drop(pool);
+    assert_no_children();
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "finds the zygote in /proc")]
+fn join_after_the_zygote_was_killed_is_zygote_died_not_ok() {
+    let _dog = watchdog(Duration::from_secs(30), "join after the zygote was killed");
+    let mut pool = Pool::new(2).unwrap();
+    assert_eq!(pool.map(cube, 0..4u64).unwrap(), vec![0, 1, 8, 27]);
+    let zygote = the_zygote();
+    signal(zygote, libc::SIGKILL);
+    wait_gone(zygote, Duration::from_secs(5));
+    pool.close();
+    let err = pool.join().unwrap_err();
+    assert!(is_zygote_died(&err, zygote), "{err}");
+    drop(pool);
+    assert_no_children();
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "finds the zygote in /proc")]
+fn join_with_a_stopped_zygote_ends_within_its_limit() {
+    let _dog = watchdog(Duration::from_secs(60), "join with a stopped zygote");
+    let mut pool = Pool::new(2).unwrap();
+    let workers = pool.pids();
+    assert_eq!(pool.map(cube, 0..4u64).unwrap(), vec![0, 1, 8, 27]);
+    let zygote = the_zygote();
+    signal(zygote, libc::SIGSTOP);
+    pool.close();
+    let started = Instant::now();
+    let err = pool.join().unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(20), "join took {:?}", started.elapsed());
+    assert!(is_zygote_died(&err, zygote), "killed after the limit: {err}");
+    drop(pool);
+    assert_no_children();
+    for w in workers {
+        wait_gone(w, Duration::from_secs(5));
+    }
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "finds the zygote in /proc")]
+fn the_exit_handler_does_not_wait_forever_for_a_stopped_zygote() {
+    let _dog = watchdog(Duration::from_secs(60), "SIGTERM with a stopped zygote");
+    let (report_r, report_w) = pipe();
+    let report_w_fd = report_w.as_raw_fd();
+    let mut child = mproc::Process::new(move || {
+        let pool = Pool::new(2).unwrap();
+        mproc::exit_cleanly_on_signals().unwrap();
+        let zygote = the_zygote();
+        let bytes = zygote.to_le_bytes();
+        // SAFETY: writes 4 bytes from a valid buffer to an inherited pipe.
+        assert_eq!(unsafe { libc::write(report_w_fd, bytes.as_ptr().cast(), 4) }, 4);
+        std::thread::sleep(Duration::from_secs(30));
+        drop(pool);
+    });
+    child.start().unwrap();
+    drop(report_w);
+    let mut zygote = [0u8; 4];
+    // SAFETY: reads at most 4 bytes into a valid buffer (blocking: the
+    // child writes them once its pool runs; 4 < PIPE_BUF, so in one piece).
+    assert_eq!(unsafe { libc::read(report_r.as_raw_fd(), zygote.as_mut_ptr().cast(), 4) }, 4);
+    let zygote = i32::from_le_bytes(zygote);
+    signal(zygote, libc::SIGSTOP);
+    signal(child.pid().unwrap(), libc::SIGTERM);
+    let started = Instant::now();
+    let code = child.join_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(code, Some(143), "the handler's exit status");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    wait_gone(zygote, Duration::from_secs(5));
     assert_no_children();
 }

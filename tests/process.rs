@@ -698,6 +698,48 @@ fn spawn_from_eight_threads_while_a_ninth_prints_never_hangs_a_child() {
     assert!(hung.is_empty(), "children stuck on a lock held at fork: {hung:?}");
 }
 
+#[test]
+fn spawn_while_another_thread_prints_to_stdout_holding_stderr_never_deadlocks() {
+    // The other lock order: a thread that holds stderr's lock while it
+    // prints to stdout. A fork that held both locks would wait for stdout
+    // while that thread waits for stderr, forever.
+    let null = fs::OpenOptions::new().write(true).open("/dev/null").expect("open /dev/null");
+    nix::unistd::dup2(null.as_raw_fd(), 1).expect("dup2 onto stdout");
+    nix::unistd::dup2(null.as_raw_fd(), 2).expect("dup2 onto stderr");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let printer = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut err = std::io::stderr().lock();
+                println!("printed to stdout while holding stderr's lock");
+                let _ = writeln!(err, "and to stderr");
+            }
+        })
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if Instant::now() > deadline {
+                    // Our stderr is /dev/null: say it through the exit code.
+                    std::process::exit(99);
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    for x in 0..200u64 {
+        assert_eq!(mproc::spawn(move || x * 3).expect("spawn").join().expect("join"), x * 3);
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    printer.join().expect("printer thread");
+    watchdog.join().expect("watchdog thread");
+}
+
 // ---------------------------------------------------------------------------
 // process-wide registries belong to one process (hardening item 2)
 

@@ -826,6 +826,9 @@ impl Engine {
             return Ok(());
         }
         if self.closed && self.queue.is_empty() {
+            // Nothing will ever need this slot: drop its retry timer too,
+            // or the wait would wake for it at once, again and again.
+            self.slots[k].retry_spawn_at = None;
             return Ok(());
         }
         if self.slots[k].retry_spawn_at.is_some_and(|t| Instant::now() < t) {

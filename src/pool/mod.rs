@@ -228,12 +228,15 @@ impl PoolBuilder {
             }
             .run()
         };
+        let parent_fds =
+            worker_writes.iter().map(AsRawFd::as_raw_fd).chain([parent_read.as_raw_fd()]).collect();
         let side = ZygoteSide {
             requests: requests_r,
             reports: reports_w,
             run_worker,
             layout: layout.clone(),
             task_timeout,
+            parent_fds,
         };
         let zygote = Zygote::start(requests_w, reports_r, side)?;
         let limits = Limits { max_tasks: self.max_tasks_per_child };
@@ -476,6 +479,8 @@ impl Pool {
             return Err(Error::WrongProcess { owner: self.owner, caller });
         }
         let engine = self.engine.get_mut();
+        // A zygote that died since the last call: say so, not Ok.
+        let _ = engine.refresh();
         if let Some(err) = &engine.broken {
             return Err(err.clone());
         }

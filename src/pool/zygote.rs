@@ -84,6 +84,12 @@ pub(crate) const TERM_GRACE: Duration = Duration::from_millis(200);
 /// once idle).
 pub(crate) const ZYGOTE_EXIT_LIMIT: Duration = Duration::from_secs(1);
 
+/// How long `join` waits for the zygote, once every worker was told to exit
+/// and has nothing left to do, before it kills it (a stopped zygote or
+/// worker must not block `join` forever) and reports it as
+/// `Error::ZygoteDied`.
+pub(crate) const ZYGOTE_JOIN_LIMIT: Duration = Duration::from_secs(10);
+
 /// What the zygote tells the parent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Report {
@@ -169,6 +175,13 @@ pub(crate) struct ZygoteSide<W: FnMut(usize)> {
     pub layout: Layout,
     /// The pool's limit on one task's run time.
     pub task_timeout: Option<Duration>,
+    /// The parent's own descriptors (its bell's read end, the workers'
+    /// bells' write ends), closed in the zygote right after the fork. They
+    /// are parent-only too, but that table is best effort (a full table
+    /// leaves a descriptor inherited), and a zygote holding them would keep
+    /// its workers from seeing the parent's death on systems without
+    /// `PR_SET_PDEATHSIG`.
+    pub parent_fds: Vec<std::os::fd::RawFd>,
 }
 
 impl Zygote {
@@ -184,8 +197,17 @@ impl Zygote {
         // SAFETY: the child runs only `zygote_main`, which ends in `_exit`.
         match unsafe { sys::fork() }? {
             Forked::Child => {
-                // `fork` closed the parent-only descriptors here; their
-                // owners are the parent's objects: never drop them.
+                // `fork` closed the parent-only descriptors here (those the
+                // table held); close the parent's ends by name as well. No
+                // other descriptor can have been opened in between, so no
+                // number here names anything else. Their owners are the
+                // parent's objects: never drop them.
+                for fd in [requests_w.as_raw_fd(), reports_r.as_raw_fd()]
+                    .into_iter()
+                    .chain(zygote_side.parent_fds.iter().copied())
+                {
+                    sys::close_inherited(fd);
+                }
                 std::mem::forget((requests_w, reports_r));
                 zygote_main(zygote_side, parent)
             }
@@ -261,10 +283,20 @@ impl Zygote {
         let sent = self.request(if kill { REQ_KILL_ALL } else { REQ_SHUTDOWN }, 0);
         // Closing the request pipe is the fallback order: EOF means kill all.
         self.requests = None;
-        let waited = if kill { self.reap_within(ZYGOTE_EXIT_LIMIT) } else { sys::waitpid(self.pid, false) };
+        let limit = if kill { ZYGOTE_EXIT_LIMIT } else { ZYGOTE_JOIN_LIMIT };
+        let waited = self.reap_within(limit);
         self.reaped = true;
-        sent.or(Ok::<(), Error>(()))?;
-        waited.map(drop)
+        let status = waited?;
+        if kill {
+            return Ok(());
+        }
+        // The polite end: every worker was told to exit, and the zygote
+        // exits 0 once it has reaped them all. Anything else is news.
+        match status {
+            Some(ExitStatus::Exited(0)) => sent,
+            Some(status) => Err(Error::ZygoteDied { pid: self.pid, exitcode: Some(status.exitcode()) }),
+            None => Err(Error::ZygoteDied { pid: self.pid, exitcode: None }),
+        }
     }
 
     /// The zygote's report pipe read end of file: it has exited (or is
@@ -275,18 +307,26 @@ impl Zygote {
         self.requests = None;
         let status = if self.reaped { None } else { self.reap_within(ZYGOTE_EXIT_LIMIT)? };
         self.reaped = true;
-        let exitcode = status.map_or(-libc::SIGKILL, |s| s.exitcode());
-        Ok(Error::ZygoteDied { pid: self.pid, exitcode })
+        Ok(Error::ZygoteDied { pid: self.pid, exitcode: status.map(|s| s.exitcode()) })
     }
 
     /// Waits at most `limit` for the zygote to exit, then kills it; reaps it
     /// either way. (It is our unreaped child, so its pid is still its own.)
+    /// `Ok(None)`: it was reaped by someone else (`SIGCHLD` ignored makes
+    /// the kernel reap it), so its status is lost.
     fn reap_within(&self, limit: Duration) -> Result<Option<ExitStatus>> {
-        if let Some(status) = sys::waitpid_until(self.pid, sys::deadline_after(limit))? {
-            return Ok(Some(status));
+        let waited = match sys::waitpid_until(self.pid, sys::deadline_after(limit)) {
+            Ok(Some(status)) => return Ok(Some(status)),
+            Ok(None) => {
+                sys::kill(Pid::from_raw(self.pid), libc::SIGKILL)?;
+                sys::waitpid(self.pid, false)
+            }
+            Err(e) => Err(e),
+        };
+        match waited {
+            Err(Error::Os(e)) if e.errno == libc::ECHILD => Ok(None),
+            other => other,
         }
-        sys::kill(Pid::from_raw(self.pid), libc::SIGKILL)?;
-        sys::waitpid(self.pid, false)
     }
 
     fn unregister(&mut self) {

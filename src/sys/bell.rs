@@ -109,6 +109,16 @@ pub(crate) fn write_without_sigpipe(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<us
     result
 }
 
+/// Writes all of `buf` with [`write_without_sigpipe`]: a reader that is
+/// gone is `Err` naming `write` with `EPIPE`, never a death by `SIGPIPE`.
+pub(crate) fn write_all_without_sigpipe(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<()> {
+    while !buf.is_empty() {
+        let n = write_without_sigpipe(fd, buf)?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
 fn sigpipe_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it and
     // sigaddset with a valid signal number cannot fail.

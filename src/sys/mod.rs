@@ -103,16 +103,16 @@ pub(crate) enum Forked {
     Child,
 }
 
-/// Flushes Rust's and C's stdio buffers (a child calls this before `_exit`,
-/// so what it printed is not lost).
+/// Flushes Rust's stdout and C's stdio buffers (a child calls this before
+/// `_exit`, so what it printed is not lost). Rust's stderr has no buffer,
+/// so it is left alone: taking its lock would gain nothing and could wait
+/// on a lock another thread held at `fork`.
 ///
 /// In a child of [`fork`] this never waits on a lock another thread held:
-/// `fork` held Rust's stdout and stderr locks itself across the call (the
-/// child's copies are free), and glibc resets every C stdio lock in a
-/// child.
+/// `fork` held Rust's stdout lock itself across the call (the child's copy
+/// is free), and glibc resets every C stdio lock in a child.
 pub(crate) fn flush_stdio() {
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     // SAFETY: fflush(NULL) flushes every C stdio stream; it takes no pointer
     // from us and is always safe to call.
     unsafe { libc::fflush(std::ptr::null_mut()) };
@@ -124,11 +124,16 @@ pub(crate) fn flush_stdio() {
 /// `println!` at that instant, the child's copy of stdout's lock would
 /// stay locked forever, and the child's first print — or mproc's own
 /// flush before `_exit` — would hang. So the calling thread takes stdout's
-/// and stderr's locks first (waiting for any print in progress to finish),
-/// flushes them, forks, and releases them on both sides. Why that is
-/// sound in the child: the locks are reentrant and record their owner by
-/// thread id; the child's only thread is the copy of the forking thread,
-/// with the same thread id, so it owns them and its release unlocks them.
+/// lock first (waiting for any print in progress to finish), flushes it,
+/// forks, and releases it on both sides. Why that is sound in the child:
+/// the lock is reentrant and records its owner by thread id; the child's
+/// only thread is the copy of the forking thread, with the same thread id,
+/// so it owns it and its release unlocks it. Only stdout's: stderr has no
+/// buffer to flush, and holding both would deadlock against a thread that
+/// holds stderr's lock while it prints to stdout (the other order, stdout
+/// held while printing to stderr, is the common one, so no order of the two
+/// is safe). mproc itself never takes stderr's lock in a child (`--trace`
+/// writes with one `write(2)`).
 /// Holding them also means no other thread can buffer text between the
 /// flush and the fork: the child's buffers start empty, and nothing the
 /// parent printed is printed twice. C stdio is flushed with `fflush(NULL)`
@@ -141,14 +146,11 @@ pub(crate) fn flush_stdio() {
 /// with [`exit_now`], never by returning into the parent's code.
 pub(crate) unsafe fn fork() -> Result<Forked> {
     let mut stdout = std::io::stdout().lock();
-    let mut stderr = std::io::stderr().lock();
     let _ = stdout.flush();
-    let _ = stderr.flush();
     // SAFETY: see flush_stdio.
     unsafe { libc::fflush(std::ptr::null_mut()) };
     // SAFETY: the caller upholds the post-fork rules above.
     let pid = unsafe { libc::fork() };
-    drop(stderr);
     drop(stdout);
     match pid {
         -1 => {
@@ -376,9 +378,12 @@ pub(crate) fn getpid() -> i32 {
     unsafe { libc::getpid() }
 }
 
-/// This process's pid, cached (0: not known yet). A `fork` by any means
+/// This process's pid, cached (0: not known yet). A `fork(3)` through libc
 /// (ours, `libc::fork`, nix's) clears it in the child through the
-/// `pthread_atfork` hook installed by the first call.
+/// `pthread_atfork` hook installed by the first call. A raw `clone(2)`
+/// system call or glibc's `_Fork` skips the hook: a child made that way and
+/// then using a pool would pass the owner check (`posix_spawn` and `vfork`
+/// are fine: such a child only `exec`s).
 static CACHED_PID: AtomicI32 = AtomicI32::new(0);
 /// 0: no hook yet; 1: being installed; 2: installed (only then is the pid
 /// cached, so a child forked before the hook exists never inherits a cache).

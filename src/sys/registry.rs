@@ -139,21 +139,47 @@ pub(crate) fn forget_pool(entry: Entry) {
 
 /// For the exit handler: writes `order` (one request record, shorter than
 /// `PIPE_BUF`) to every registered pool's request pipe, then reaps each
-/// zygote. Async-signal-safe: `write` and `waitpid` on values read from
-/// atomics. A zygote that already died gives `EPIPE` (the handler blocks
-/// `SIGPIPE`) and is reaped all the same.
+/// zygote, giving it [`ZYGOTE_GRACE_NS`] to exit before it gets `SIGKILL`
+/// (a stopped zygote must not hold the program's exit forever). Async-
+/// signal-safe: `write`, `waitpid`, `clock_gettime`, `nanosleep` and `kill`
+/// on values read from atomics. A zygote that already died gives `EPIPE`
+/// (the handler blocks `SIGPIPE`) and is reaped all the same.
 pub(crate) fn order_pools_and_reap(order: &[u8]) {
     POOLS.for_each(|e| {
-        let (pid, fd) = ((e >> 32) as i32, e as u32 as i32);
+        let fd = e as u32 as i32;
         // SAFETY: `order` is a valid buffer; `fd` stays open while it is
         // registered (the pool unregisters before it closes it).
         unsafe { libc::write(fd, order.as_ptr().cast(), order.len()) };
+    });
+    let give_up = super::monotonic_ns().saturating_add(ZYGOTE_GRACE_NS);
+    POOLS.for_each(|e| {
+        let pid = (e >> 32) as i32;
         let mut status = 0;
-        // SAFETY: `status` is a valid, writable int. The zygote is our
-        // unreaped child while registered, so the pid is still its own.
-        while unsafe { libc::waitpid(pid, &mut status, 0) } == -1 && super::last_errno() == libc::EINTR {}
+        loop {
+            // SAFETY: `status` is a valid, writable int. The zygote is our
+            // unreaped child while registered, so the pid is still its own.
+            let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if got != 0 && !(got == -1 && super::last_errno() == libc::EINTR) {
+                break; // reaped, or not ours to reap (ECHILD)
+            }
+            if super::monotonic_ns() >= give_up {
+                // SAFETY: as above, the pid is our unreaped child's.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: as above.
+                while unsafe { libc::waitpid(pid, &mut status, 0) } == -1
+                    && super::last_errno() == libc::EINTR
+                {}
+                break;
+            }
+            let nap = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+            // SAFETY: nanosleep reads a valid timespec; a null remainder is allowed.
+            unsafe { libc::nanosleep(&nap, std::ptr::null_mut()) };
+        }
     });
 }
+
+/// How long the exit handler waits for the pools' zygotes, all together.
+const ZYGOTE_GRACE_NS: u64 = 1_000_000_000;
 
 // ---------------------------------------------------------------------------
 // live Process children
