@@ -230,6 +230,9 @@ impl PoolBuilder {
             layout: layout.clone(),
             task_timeout,
         };
+        // The zygote and the workers it forks inherit the task-message
+        // check key: it must exist before this fork (see message::CheckKey).
+        message::prepare_check_key();
         let zygote = Zygote::start(requests_w, reports_r, side)?;
         let limits = Limits { max_tasks: self.max_tasks_per_child };
         let mut engine = Engine::new(layout, parent_read, worker_writes, zygote, limits)?;
