@@ -676,7 +676,8 @@ fn corrupt_next_task(_: u64) -> bool {
             let Some((start, end)) = line.split_whitespace().next().and_then(|r| r.split_once('-')) else {
                 continue;
             };
-            let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+            let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16))
+            else {
                 continue;
             };
             // SAFETY: a mapping of this process, readable and writable per
