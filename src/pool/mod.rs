@@ -53,7 +53,8 @@
 
 mod engine;
 mod fork_map;
-mod message;
+// pub(crate): the fuzz entry points (crate::fuzzing) reach its decoders.
+pub(crate) mod message;
 mod shared;
 mod worker;
 mod zygote;
