@@ -275,7 +275,7 @@ fn corrupt_producer(tx: &mut Sender, seed: u64, scope: Scope, scribble_percent: 
 }
 
 fn receiver_victim_episode(seed: u64) {
-    let scope = if seed % 4 == 0 { Scope::SleepWords } else { Scope::Anything };
+    let scope = if seed.is_multiple_of(4) { Scope::SleepWords } else { Scope::Anything };
     let scribble_percent = 1 + seed % 5;
     let (mut tx, mut rx) = channel(CAPACITY).unwrap();
     let pid = fork();
@@ -364,7 +364,7 @@ fn corrupt_consumer(rx: &mut Receiver, seed: u64, scope: Scope, scribble_percent
 }
 
 fn sender_victim_episode(seed: u64) {
-    let scope = if seed % 4 == 0 { Scope::SleepWords } else { Scope::Anything };
+    let scope = if seed.is_multiple_of(4) { Scope::SleepWords } else { Scope::Anything };
     let scribble_percent = 1 + seed % 5;
     let (mut tx, mut rx) = channel(CAPACITY).unwrap();
     let pid = fork();
