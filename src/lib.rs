@@ -92,6 +92,9 @@
 #![deny(missing_docs)]
 
 pub mod error;
+/// Not API: entry points for the fuzz targets in `fuzz/` (see the module).
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod outcome;
 pub mod pool;
 pub mod process;

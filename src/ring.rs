@@ -101,8 +101,15 @@
 //! ring has room: like data in a socket buffer, those messages are lost.
 //!
 //! Corrupt memory (a frame longer than the ring, one that runs past the
-//! published tail, unknown flags, indices out of range) gives
-//! [`Error::Decode`], never a panic; the receiver then stays in that error.
+//! published tail, unknown flags, indices out of range or not a multiple of
+//! 8) gives [`Error::Decode`], never a panic and never an access outside
+//! the ring, on both sides: each side checks every word it loads from
+//! shared memory (the consumer `tail` and each frame header, the producer
+//! `head`) before it computes anything from it; the sleep words only decide
+//! whether to ring a bell. The receiver then stays in that error. A peer
+//! that corrupts the ring can still make its own messages wrong, lose them,
+//! or leave the other side waiting (use the timeouts): what it sends is
+//! only ever bytes, never memory outside the ring.
 //!
 //! # Common deadlocks
 //! - Keeping both halves after `fork`: a process that still holds a copy of
@@ -221,6 +228,12 @@ impl Region {
         // outlives `&self` (we hold an Arc). Other processes touch the header
         // only through these atomics, which allow shared mutation.
         unsafe { &*self.map.as_ptr().add(self.offset).cast::<Header>() }
+    }
+
+    /// The region's first byte and its length, for test hooks.
+    fn raw(&self) -> (*mut u8, usize) {
+        // SAFETY: per the Region invariant, `offset` is inside the mapping.
+        (unsafe { self.map.as_ptr().add(self.offset) }, region_size(self.capacity as usize))
     }
 
     fn data(&self) -> *mut u8 {
@@ -688,9 +701,8 @@ impl Sender {
         // `free_space`; a caller that sleeps on the answer orders its own
         // sleep announcement before this load (SeqCst fence or store).
         let head = self.region.header().head.0.load(Ordering::Acquire);
-        let used = self.tail.wrapping_sub(head);
         // A corrupt head counts as room: the next send reports it.
-        used > self.region.capacity || self.region.capacity - used >= need
+        !self.valid_head(head) || self.region.capacity - (self.tail - head) >= need
     }
 
     /// The space bell's read end, for an external `poll` (wait for it to be
@@ -747,6 +759,24 @@ impl Sender {
         unsafe { self.region.write_frame_header(self.tail, len, flags) };
         self.tail += FRAME_HEADER;
         self.publish()
+    }
+
+    /// Test hook, not API: the start and length of this ring's shared
+    /// region (header, then data; the layout is in the module docs), so a
+    /// test can scribble on it as a corrupting peer would.
+    #[doc(hidden)]
+    pub fn raw_region(&self) -> (*mut u8, usize) {
+        self.region.raw()
+    }
+
+    /// Whether `head`, loaded from shared memory, is one the consumer could
+    /// have stored: a multiple of 8 (frames start at multiples of 8), no
+    /// lower than a head seen before, no higher than the tail we published.
+    /// Every free-space computation relies on it: with it, `tail - head` is
+    /// a multiple of 8 no larger than the capacity (our `tail` never runs
+    /// more than the capacity ahead of `cached_head`).
+    fn valid_head(&self, head: u64) -> bool {
+        head.is_multiple_of(8) && head >= self.cached_head && head <= self.published
     }
 
     /// Free bytes `need` must reach before the rest of a message of
@@ -813,9 +843,13 @@ impl Sender {
     }
 
     /// Free bytes at our tail; loads the shared head only when the cached
-    /// one does not already show `want` free.
+    /// one does not already show `want` free. The result is a multiple of 8
+    /// no larger than the capacity, whatever shared memory holds: the head
+    /// loaded is checked by [`valid_head`](Sender::valid_head) before use.
     fn free_space(&mut self, want: u64) -> Result<u64> {
         let capacity = self.region.capacity;
+        // No overflow: `cached_head` passed valid_head, and we never write
+        // more than the free space it showed.
         let free = capacity - (self.tail - self.cached_head);
         if free >= want {
             return Ok(free);
@@ -823,8 +857,8 @@ impl Sender {
         // Acquire: pairs with the consumer's release store of head, so its
         // copies out of the bytes below head happen before we overwrite them.
         let head = self.region.header().head.0.load(Ordering::Acquire);
-        if head < self.cached_head || head > self.published {
-            return Err(corrupt("ring head index out of range"));
+        if !self.valid_head(head) {
+            return Err(corrupt("ring head index out of range or misaligned"));
         }
         self.cached_head = head;
         Ok(capacity - (self.tail - head))
@@ -873,9 +907,8 @@ impl Sender {
         // sees our number and rings the space bell, or we see its head here.
         header.producer_sleeping.0.store(sleep, Ordering::SeqCst);
         let head = header.head.0.load(Ordering::SeqCst);
-        let used = self.tail.wrapping_sub(head);
         // A corrupt head also ends the wait: flush reports it.
-        if used > self.region.capacity || self.region.capacity - used >= need {
+        if !self.valid_head(head) || self.region.capacity - (self.tail - head) >= need {
             // Relaxed: see finish_wait.
             header.producer_sleeping.0.store(0, Ordering::Relaxed);
             return false;
@@ -1075,6 +1108,12 @@ impl Receiver {
                 return Ok(true);
             }
         }
+    }
+
+    /// Test hook, not API: as [`Sender::raw_region`].
+    #[doc(hidden)]
+    pub fn raw_region(&self) -> (*mut u8, usize) {
+        self.region.raw()
     }
 
     /// Bytes published and not yet consumed; loads the shared tail only

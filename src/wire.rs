@@ -46,11 +46,24 @@
 //! the module has no `unsafe`. A length prefix is checked against the bytes
 //! that are left before anything is allocated: a `Vec<u64>` claiming 2⁶⁰
 //! elements with 16 bytes left fails at once (each type declares, in
-//! [`Wire::MIN_ENCODED_LEN`], the fewest bytes a value can take). Memory
-//! reserved up front never exceeds the input's size. Elements that encode to
-//! no bytes at all, such as in `Vec<()>`, leave the length prefix as the only
-//! evidence, so such a vector may hold at most [`MAX_ZERO_WIDTH_LEN`]
-//! elements.
+//! [`Wire::MIN_ENCODED_LEN`], the fewest bytes a value can take). Elements
+//! that encode to no bytes at all, such as in `Vec<()>`, leave the length
+//! prefix as the only evidence, so such a vector may hold at most
+//! [`MAX_ZERO_WIDTH_LEN`] elements.
+//!
+//! The rule, exactly: **memory reserved up front while decoding is bounded
+//! by the input's length** (a lying length prefix costs nothing); **what the
+//! type's in-memory size makes of the input is not**. A decoded value takes
+//! its in-memory size, whatever it took on the wire: an `Option<[u64; 64]>`
+//! is 1 byte on the wire when `None` and 520 bytes in memory, so 1 MiB of
+//! zero bytes (after the length prefix) decoded as
+//! `Vec<Option<[u64; 64]>>` is a valid vector of 1,048,576 `None`s: 545 MB
+//! of elements, in an allocation that reaches about 1 GiB as the vector
+//! grows by doubling. The
+//! ratio is the type's: in-memory size over [`Wire::MIN_ENCODED_LEN`] per
+//! element, nested vectors multiplying it. A receiver of untrusted bytes
+//! bounds what it can cost by the types it decodes into (close to 1 for
+//! `Vec<u8>`, `String`, numbers) or by limiting the input's length.
 //!
 //! Decoding recurses once per level of nesting in the *type*; a recursive
 //! type of your own (a linked list through `Box`) lets the input choose the

@@ -756,3 +756,63 @@ fn a_worker_that_scribbles_on_shared_memory_fails_only_its_own_tasks() {
     }
     assert_no_children();
 }
+
+/// The argument [`corrupt_next_task`] looks for in the task ring.
+const VICTIM_ARG: u64 = 0x5EED_0F15_5A5A_0001;
+
+fn victim(n: u64) -> u64 {
+    n
+}
+
+/// Runs in a worker: waits for the task message of `victim(VICTIM_ARG)` to
+/// arrive in this worker's task ring (a shared mapping), flips one bit of
+/// its argument there (a wild write of the worker's own), and returns
+/// whether it found it. The message is `kind, entry, func, check, count,
+/// len, arg`: the argument lies 24 bytes after `func`.
+fn corrupt_next_task(_: u64) -> bool {
+    let func = (victim as fn(u64) -> u64 as usize as u64).to_le_bytes();
+    let arg = VICTIM_ARG.to_le_bytes();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        for line in maps.lines().filter(|l| l.split_whitespace().nth(1) == Some("rw-s")) {
+            let Some((start, end)) = line.split_whitespace().next().and_then(|r| r.split_once('-')) else {
+                continue;
+            };
+            let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16))
+            else {
+                continue;
+            };
+            // SAFETY: a mapping of this process, readable and writable per
+            // /proc/self/maps; the parent only writes the part of the
+            // ring past the published tail, never the message we look for.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
+            for at in 0..bytes.len().saturating_sub(32) {
+                if bytes[at..at + 8] == func && bytes[at + 24..at + 32] == arg {
+                    bytes[at + 24] ^= 1;
+                    return true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_task_message_corrupted_in_the_ring_fails_its_task_and_replaces_the_worker() {
+    let pool = Pool::new(1).unwrap();
+    let pids = pool.pids();
+    let mut corrupter = pool.apply_async(corrupt_next_task, 0).unwrap();
+    let mut hit = pool.apply_async(victim, VICTIM_ARG).unwrap();
+    assert_eq!(corrupter.get(), Ok(true), "the victim's message never showed up in the ring");
+    // Without a check over the arguments, the worker would have run
+    // victim(VICTIM_ARG ^ 1).
+    let got = hit.get();
+    assert!(matches!(got, Err(Error::Decode(_))), "{got:?}");
+    // The worker that read it left and was replaced; the pool goes on.
+    assert_ne!(pool.pids(), pids);
+    assert_eq!(pool.map(cube, 0..10u64), Ok((0..10u64).map(|n| n * n * n).collect()));
+    assert_eq!(pool.apply(victim, VICTIM_ARG), Ok(VICTIM_ARG));
+}

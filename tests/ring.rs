@@ -608,3 +608,83 @@ fn external_poll_wakes_on_data_and_hangs_up_on_death() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// a corrupt head (issue 15, item 1)
+
+/// Byte offset of `head` in a ring's shared header (see the layout in
+/// ring.rs: `tail` fills the first 128-byte line, `head` the second).
+const HEAD_OFFSET: usize = 128;
+
+/// Writes `value` into the shared head word of `tx`'s ring, as a
+/// corrupting consumer would.
+fn scribble_head(tx: &Sender, value: u64) {
+    let (base, len) = tx.raw_region();
+    assert!(len >= HEAD_OFFSET + 8);
+    // SAFETY: the head word lies inside the ring's region, 8-aligned; the
+    // ring is shared memory that both halves only access atomically or by
+    // plain copies, and nobody else touches it during the test.
+    unsafe { std::ptr::write_volatile(base.add(HEAD_OFFSET).cast::<u64>(), value) };
+}
+
+#[test]
+fn a_misaligned_head_is_a_decode_error_not_a_wild_write() {
+    watchdog();
+    let (mut tx, _rx) = channel(1024).unwrap();
+    tx.send(&[0xAB; 24]).unwrap(); // tail = 32
+    scribble_head(&tx, 1);
+    tx.enqueue(vec![0x5A; 100_000]);
+    let flushed = std::panic::catch_unwind(AssertUnwindSafe(|| tx.flush()));
+    assert!(
+        matches!(flushed, Ok(Err(Error::Decode(_)))),
+        "flush after a misaligned head: {:?}",
+        flushed.map_err(|_| "panicked")
+    );
+}
+
+#[test]
+fn a_misaligned_head_does_not_let_the_sender_overwrite_unread_frames() {
+    watchdog();
+    let (mut tx, mut rx) = channel(1024).unwrap();
+    tx.send(&[0xAB; 24]).unwrap();
+    scribble_head(&tx, 1);
+    tx.enqueue(vec![0x5A; 2000]);
+    let flushed = std::panic::catch_unwind(AssertUnwindSafe(|| tx.flush()));
+    assert!(
+        matches!(flushed, Ok(Err(Error::Decode(_)))),
+        "flush after a misaligned head: {:?}",
+        flushed.map_err(|_| "panicked")
+    );
+    // Whatever the sender did, the unread frame is intact.
+    scribble_head(&tx, 0);
+    let mut buf = Vec::new();
+    assert_eq!(rx.try_recv_into(&mut buf), Ok(true));
+    assert_eq!(buf, [0xAB; 24]);
+}
+
+#[test]
+fn every_bad_head_is_refused_by_every_sender_path() {
+    watchdog();
+    // Misaligned, behind the cached head, past the published tail, huge.
+    for bad in [1u64, 7, 36, 40, 1 << 40, u64::MAX, u64::MAX - 7] {
+        let (mut tx, _rx) = channel(1024).unwrap();
+        tx.send(&[1; 24]).unwrap(); // tail = 32
+        let (base, _) = tx.raw_region();
+        // SAFETY: as in scribble_head.
+        let tail = unsafe { std::ptr::read_volatile(base.cast::<u64>()) };
+        assert_eq!(tail, 32);
+        scribble_head(&tx, bad);
+        tx.enqueue(vec![2; 1020]);
+        assert!(!tx.prepare_wait(), "head {bad}: a corrupt head must end the wait");
+        let flushed = std::panic::catch_unwind(AssertUnwindSafe(|| tx.flush()));
+        assert!(
+            matches!(flushed, Ok(Err(Error::Decode(_)))),
+            "head {bad}: {:?}",
+            flushed.map_err(|_| "panicked")
+        );
+        let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            tx.send_timeout(&[3; 8], Duration::from_millis(10))
+        }));
+        assert!(matches!(sent, Ok(Err(Error::Decode(_)))), "head {bad}: {:?}", sent.map_err(|_| "panicked"));
+    }
+}

@@ -784,3 +784,26 @@ fn zero_width_elements_are_limited_in_number() {
         );
     }
 }
+
+#[test]
+fn memory_reserved_up_front_is_bounded_by_the_input_but_not_what_the_type_makes_of_it() {
+    // The documented rule (wire.rs, mproc(7)), first half: a declared
+    // length of 2^63 bytes with 64 bytes of input fails without asking for
+    // the declared length (an attempt would abort the process).
+    let mut bytes = length_prefix(u64::MAX / 2);
+    bytes.extend_from_slice(&[0xAB; 64]);
+    let (result, largest) = largest_allocation_during(|| Vec::<u8>::from_bytes(&bytes));
+    assert!(result.is_err());
+    assert!(largest <= bytes.len(), "a {largest}-byte allocation for {} bytes of input", bytes.len());
+    // Second half, what the rule does not promise: valid input of 4 KiB of
+    // `None`s decodes into 4,096 × 520 bytes. The type, not the decoder,
+    // sets that ratio.
+    let n = 4096;
+    let mut nones = length_prefix(n as u64);
+    nones.extend(std::iter::repeat_n(0, n));
+    let (result, largest) = largest_allocation_during(|| Vec::<Option<[u64; 64]>>::from_bytes(&nones));
+    assert_eq!(result.map(|v| v.len()), Ok(n));
+    let in_memory = n * std::mem::size_of::<Option<[u64; 64]>>();
+    assert!(largest >= in_memory, "largest allocation {largest}, the value takes {in_memory}");
+    assert!(largest > 100 * nones.len());
+}

@@ -132,7 +132,7 @@ impl BatchEncoder {
             Batch { sub, first, count: 0, call, msg, reruns: 0 }
         });
         let before = b.msg.len();
-        message::push_arg(&mut b.msg, arg);
+        message::push_arg(&mut b.msg, arg)?;
         self.arg_len = b.msg.len() - before - 4;
         b.count += 1;
         self.count += 1;
@@ -639,15 +639,11 @@ impl Engine {
             while slot.head_done < count {
                 let Some(record) = records.next() else { break };
                 let (tag, payload) = record?;
+                // A record the worker marked corrupt, or an unknown tag: the
+                // whole message is suspect (the worker is killed).
                 let outcome = match ResultTag::from_byte(tag) {
-                    Some(ResultTag::Ok) => Ok(payload),
-                    Some(ResultTag::Panicked) => {
-                        Err(Error::Panicked { message: String::from_utf8_lossy(payload).into_owned() })
-                    }
-                    Some(ResultTag::ArgDecode) => Err(Error::Decode(DecodeError::new(
-                        "the task's argument did not decode in the worker",
-                    ))),
                     Some(ResultTag::Corrupt) | None => return Err(DecodeError::new("corrupt result frame")),
+                    Some(_) => crate::outcome::bytes_or_error(tag, payload),
                 };
                 if let Some(s) = submission.as_deref_mut() {
                     s.set(first + slot.head_done, outcome);

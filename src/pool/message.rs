@@ -19,35 +19,81 @@
 //! `entry` and `func` are code addresses. They are valid in the worker
 //! because the worker is a `fork` of the parent's program image (through
 //! the zygote), never an `exec` of a new one: the same function sits at the
-//! same address. `check` guards against acting on a corrupted frame.
+//! same address. `check` guards against acting on a corrupted message:
+//! see [`CheckKey`].
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
+
+use crate::error::Error;
 use crate::wire::{DecodeError, Wire};
 
 const KIND_BATCH: u8 = 1;
 const KIND_EXIT: u8 = 2;
-const CHECK_KEY: u64 = 0x6d70_726f_635f_7631; // "mproc_v1"
+/// Where `check` sits in a task message (after `kind`, `entry`, `func`).
+const CHECK_AT: usize = 1 + 8 + 8;
 
-/// How a task ended, as the first byte of its result message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum ResultTag {
-    Ok = 0,
-    Panicked = 1,
-    ArgDecode = 2,
-    Corrupt = 3,
-}
+/// The key of the task-message check: a keyed hash (SipHash-1-3 today) of
+/// the whole sealed task message — kind, `entry`, `func`, `count` and every
+/// argument, everything but the `check` field itself.
+///
+/// Why keyed and non-linear: the worker calls `entry` and `func` through
+/// `transmute`, so a message with a flipped bit must never pass. A linear
+/// check (XORs and rotations of the fields) lets some flips cancel out — a
+/// bit of `func` together with the matching bit of `check` — and a wild
+/// write need only be unlucky once. A keyed hash has no such structure: a
+/// corrupted message passes with probability about 2^-64 whatever bits
+/// changed, and the key (random per process, unknown outside) keeps a
+/// writer that knows the algorithm from aiming at it.
+///
+/// Why the parent and its workers agree without sending the key anywhere:
+/// `RandomState::new()` draws its two 64-bit SipHash keys from the OS
+/// (once per thread, then varies them), and the `RandomState` value holds
+/// them. [`prepare_check_key`] stores one in a static before the pool forks
+/// its zygote, which forks the workers, so each worker has a byte-identical
+/// copy of the value: `build_hasher` there computes the same function of
+/// the same keys. The algorithm behind `RandomState` is unspecified and may
+/// change between Rust versions; that is fine here, because parent and
+/// worker are always the same program image (`fork`, never `exec`: the
+/// same reason `entry` and `func` are valid there).
+pub(crate) struct CheckKey(RandomState);
 
-impl ResultTag {
-    pub(crate) fn from_byte(b: u8) -> Option<ResultTag> {
-        Some(match b {
-            0 => ResultTag::Ok,
-            1 => ResultTag::Panicked,
-            2 => ResultTag::ArgDecode,
-            3 => ResultTag::Corrupt,
-            _ => return None,
-        })
+impl CheckKey {
+    /// A fresh random key.
+    fn new() -> CheckKey {
+        CheckKey(RandomState::new())
+    }
+
+    /// The check of a task message: a keyed hash of everything but the
+    /// check field. `msg` must be at least [`BATCH_HEADER_LEN`] bytes.
+    fn check(&self, msg: &[u8]) -> u64 {
+        let mut hasher = self.0.build_hasher();
+        // Two writes with no separator are unambiguous: the first part has
+        // a fixed length.
+        hasher.write(&msg[..CHECK_AT]);
+        hasher.write(&msg[CHECK_AT + 8..]);
+        hasher.finish()
     }
 }
+
+/// The process's check key, made on first use.
+static CHECK_KEY: OnceLock<CheckKey> = OnceLock::new();
+
+/// Makes the process's check key now, if it does not exist yet. Must run
+/// before a pool forks (its zygote and workers inherit the key): a worker
+/// that made its own key would refuse every task message.
+pub(crate) fn prepare_check_key() {
+    check_key();
+}
+
+fn check_key() -> &'static CheckKey {
+    CHECK_KEY.get_or_init(CheckKey::new)
+}
+
+/// How a task ended, as the first byte of its result record: the one
+/// outcome format of the crate (see `crate::outcome`).
+pub(crate) use crate::outcome::Tag as ResultTag;
 
 /// The type-erased entry point: decode the argument, call the function,
 /// encode the result.
@@ -55,7 +101,8 @@ type Entry = fn(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<(), Decode
 
 fn entry<A: Wire, R: Wire>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
     // SAFETY: `func` was produced by `Call::new::<A, R>` from a value of
-    // type `fn(A) -> R` (checked by `check`), in this same program image,
+    // type `fn(A) -> R` (the message passed its keyed check), in this same
+    // program image,
     // and this instantiation of `entry` is the one paired with it there.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
     let arg = A::from_bytes(arg)?;
@@ -74,35 +121,39 @@ impl Call {
     pub(crate) fn new<A: Wire, R: Wire>(f: fn(A) -> R) -> Call {
         Call { entry: entry::<A, R> as Entry as usize, func: f as usize }
     }
-
-    fn check(&self) -> u64 {
-        (self.entry as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            ^ (self.func as u64).rotate_left(17)
-            ^ CHECK_KEY
-    }
 }
 
 /// Bytes before the first argument of a task message.
 pub(crate) const BATCH_HEADER_LEN: usize = 1 + 8 + 8 + 8 + 4;
 
 /// Starts a task message for `call` in `out` (cleared first), with a count
-/// of 0; append arguments with [`push_arg`], then [`set_batch_count`].
+/// of 0 and no check yet; append arguments with [`push_arg`], then seal it
+/// with [`set_batch_count`].
 pub(crate) fn begin_batch(call: Call, out: &mut Vec<u8>) {
     out.clear();
     out.push(KIND_BATCH);
     out.extend_from_slice(&(call.entry as u64).to_le_bytes());
     out.extend_from_slice(&(call.func as u64).to_le_bytes());
-    out.extend_from_slice(&call.check().to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes()); // check: set_batch_count
     out.extend_from_slice(&0u32.to_le_bytes());
 }
 
-/// Appends one encoded argument to a task message.
-pub(crate) fn push_arg<A: Wire>(out: &mut Vec<u8>, arg: &A) {
+/// Appends one encoded argument to a task message. An argument whose
+/// encoding does not fit the `u32` length prefix (4 GiB) is refused, and
+/// the message is left as it was.
+pub(crate) fn push_arg<A: Wire>(out: &mut Vec<u8>, arg: &A) -> Result<(), Error> {
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
     arg.encode(out);
-    let len = (out.len() - at - 4) as u32;
+    let Ok(len) = u32::try_from(out.len() - at - 4) else {
+        let len = out.len() - at - 4;
+        out.truncate(at);
+        return Err(Error::InvalidArgument(format!(
+            "an argument of {len} bytes: one must encode to under 4 GiB"
+        )));
+    };
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(())
 }
 
 /// Appends one already-encoded argument (length prefix and bytes).
@@ -112,9 +163,19 @@ fn push_raw_arg(out: &mut Vec<u8>, arg: &[u8]) {
     out.extend_from_slice(arg);
 }
 
-/// Writes the task count into a message begun by [`begin_batch`].
+/// Writes the task count into a message begun by [`begin_batch`] and
+/// seals it: computes the check over the whole message as it now stands.
+/// Call it last, after every change to the message (a message changed
+/// afterwards fails its check in the worker); calling it again after a
+/// change (as `Batch::split_off` does) re-seals.
 pub(crate) fn set_batch_count(msg: &mut [u8], count: u32) {
+    seal_with(check_key(), msg, count);
+}
+
+fn seal_with(key: &CheckKey, msg: &mut [u8], count: u32) {
     msg[BATCH_HEADER_LEN - 4..BATCH_HEADER_LEN].copy_from_slice(&count.to_le_bytes());
+    let check = key.check(msg);
+    msg[CHECK_AT..CHECK_AT + 8].copy_from_slice(&check.to_le_bytes());
 }
 
 /// Where the arguments after the first `skip` ones start in a task message
@@ -154,9 +215,19 @@ pub(crate) fn begin_result(out: &mut Vec<u8>) -> usize {
 }
 
 /// Completes the record begun at `at`: its tag, and the length of
-/// everything appended since.
-pub(crate) fn finish_result(out: &mut [u8], at: usize, tag: ResultTag) {
-    let len = (out.len() - at - 5) as u32;
+/// everything appended since. A payload that does not fit the `u32` length
+/// prefix (4 GiB) becomes a `Panicked` record saying so: the task fails,
+/// and the records after it keep their places.
+pub(crate) fn finish_result(out: &mut Vec<u8>, at: usize, tag: ResultTag) {
+    let payload = out.len() - at - 5;
+    let (tag, len) = match u32::try_from(payload) {
+        Ok(len) => (tag, len),
+        Err(_) => {
+            out.truncate(at + 5);
+            out.extend_from_slice(format!("its result of {payload} bytes does not fit in 4 GiB").as_bytes());
+            (ResultTag::Panicked, (out.len() - at - 5) as u32)
+        }
+    };
     out[at] = tag as u8;
     out[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
 }
@@ -217,8 +288,13 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// Decodes a task message: `Ok(None)` is the exit order.
+/// Decodes a task message: `Ok(None)` is the exit order. A batch whose
+/// check fails (any change since the parent sealed it) is an error.
 pub(crate) fn decode_task_message(msg: &[u8]) -> Result<Option<Batch<'_>>, DecodeError> {
+    decode_with(check_key(), msg)
+}
+
+fn decode_with<'a>(key: &CheckKey, msg: &'a [u8]) -> Result<Option<Batch<'a>>, DecodeError> {
     let bad = || DecodeError::new("corrupt task message");
     let (&kind, rest) = msg.split_first().ok_or_else(bad)?;
     match kind {
@@ -235,7 +311,8 @@ pub(crate) fn decode_task_message(msg: &[u8]) -> Result<Option<Batch<'_>>, Decod
         u64::from_le_bytes(b)
     };
     let call = Call { entry: u64_at(0) as usize, func: u64_at(8) as usize };
-    if call.check() != u64_at(16) || call.entry == 0 || call.func == 0 {
+    // `msg` is at least BATCH_HEADER_LEN bytes (checked above).
+    if key.check(msg) != u64_at(16) || call.entry == 0 || call.func == 0 {
         return Err(bad());
     }
     let count = u32::from_le_bytes([rest[24], rest[25], rest[26], rest[27]]);
@@ -289,5 +366,92 @@ mod tests {
         assert!(decode_task_message(&msg).is_err());
         assert!(decode_task_message(&[]).is_err());
         assert!(decode_task_message(&msg[..10]).is_err());
+    }
+
+    fn triple(x: u64) -> u64 {
+        x * 3
+    }
+
+    /// A sealed task message of three arguments.
+    fn sealed() -> Vec<u8> {
+        let args: Vec<Vec<u8>> = [7u64, 1 << 40, u64::MAX].iter().map(|n| n.to_bytes()).collect();
+        let mut msg = Vec::new();
+        encode_batch(Call::new(triple as fn(u64) -> u64), args.iter().map(|a| a.as_slice()), &mut msg);
+        msg
+    }
+
+    fn flipped(msg: &[u8], bits: &[usize]) -> Vec<u8> {
+        let mut m = msg.to_vec();
+        for &bit in bits {
+            m[bit / 8] ^= 1 << (bit % 8);
+        }
+        m
+    }
+
+    /// Whether the worker would run anything from `msg` (the exit order,
+    /// which a flip of the kind byte can make, runs nothing).
+    fn would_run(msg: &[u8]) -> bool {
+        matches!(decode_task_message(msg), Ok(Some(_)))
+    }
+
+    #[test]
+    fn every_one_and_two_bit_flip_of_the_header_is_refused() {
+        let msg = sealed();
+        assert!(would_run(&msg));
+        let bits = BATCH_HEADER_LEN * 8;
+        for i in 0..bits {
+            assert!(!would_run(&flipped(&msg, &[i])), "flip of header bit {i} passed");
+            for j in i + 1..bits {
+                assert!(!would_run(&flipped(&msg, &[i, j])), "flip of header bits {i} and {j} passed");
+            }
+        }
+    }
+
+    #[test]
+    fn bit_flips_in_the_arguments_are_refused() {
+        let msg = sealed();
+        let (start, bits) = (BATCH_HEADER_LEN * 8, msg.len() * 8);
+        // Every single flip, and a deterministic sample of pairs (one in
+        // the arguments, one anywhere).
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        for i in start..bits {
+            assert!(!would_run(&flipped(&msg, &[i])), "flip of argument bit {i} passed");
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let j = (x % bits as u64) as usize;
+                if j != i {
+                    assert!(!would_run(&flipped(&msg, &[i, j])), "flip of bits {i} and {j} passed");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_fresh_key_gives_another_check_and_refuses_the_old_seal() {
+        let (a, b) = (CheckKey::new(), CheckKey::new());
+        let mut msg = sealed();
+        seal_with(&a, &mut msg, 3);
+        let with_a = msg[CHECK_AT..CHECK_AT + 8].to_vec();
+        assert!(matches!(decode_with(&a, &msg), Ok(Some(_))));
+        assert!(decode_with(&b, &msg).is_err(), "another key accepted the message");
+        seal_with(&b, &mut msg, 3);
+        assert_ne!(msg[CHECK_AT..CHECK_AT + 8], with_a[..], "two keys, one check");
+        assert!(matches!(decode_with(&b, &msg), Ok(Some(_))));
+    }
+
+    #[test]
+    fn the_check_covers_the_count_set_last() {
+        // A count patched in without resealing (what split_off must never
+        // do) is refused; resealing with the new count is accepted.
+        let mut msg = sealed();
+        msg[BATCH_HEADER_LEN - 4] = 2;
+        assert!(!would_run(&msg));
+        let cut = arg_offset(&msg, 2);
+        msg.truncate(cut);
+        assert!(!would_run(&msg));
+        set_batch_count(&mut msg, 2);
+        assert_eq!(decode_task_message(&msg).map(|b| b.map(|b| b.args().count())), Ok(Some(2)));
     }
 }

@@ -53,7 +53,8 @@
 
 mod engine;
 mod fork_map;
-mod message;
+// pub(crate): the fuzz entry points (crate::fuzzing) reach its decoders.
+pub(crate) mod message;
 mod shared;
 mod worker;
 mod zygote;
@@ -238,6 +239,9 @@ impl PoolBuilder {
             task_timeout,
             parent_fds,
         };
+        // The zygote and the workers it forks inherit the task-message
+        // check key: it must exist before this fork (see message::CheckKey).
+        message::prepare_check_key();
         let zygote = Zygote::start(requests_w, reports_r, side)?;
         let limits = Limits { max_tasks: self.max_tasks_per_child };
         let mut engine = Engine::new(layout, parent_read, worker_writes, zygote, limits)?;
