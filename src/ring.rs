@@ -465,6 +465,7 @@ fn halves(
         cached_tail: head,
         partial: Vec::new(),
         in_message: false,
+        max_message: usize::MAX,
         bells: receiver_bells,
         producer_gone: false,
         poisoned: None,
@@ -974,6 +975,8 @@ pub struct Receiver {
     partial: Vec<u8>,
     /// A MORE fragment has been received: `partial` holds a message start.
     in_message: bool,
+    /// The longest message accepted ([`Receiver::set_max_message`]).
+    max_message: usize,
     /// Wake: the space bell's write end, rung when the producer sleeps.
     /// Wait: the data bell's read end; end of file = producer gone.
     /// `None` for halves made by [`attach`].
@@ -1089,6 +1092,9 @@ impl Receiver {
                 return Err(corrupt("unknown frame flags"));
             }
             let more = flags & FLAG_MORE != 0;
+            if self.partial.len().saturating_add(len as usize) > self.max_message {
+                return Err(corrupt("message longer than the receiver's limit"));
+            }
             if !self.in_message && !more {
                 // The common case: a whole message in one frame.
                 buf.clear();
@@ -1108,6 +1114,15 @@ impl Receiver {
                 return Ok(true);
             }
         }
+    }
+
+    /// Refuses messages longer than `bytes` from now on: one that grows past
+    /// it, fragment by fragment, is [`Error::Decode`] (and the receiver stays
+    /// in that error), before its bytes are gathered. A producer that never
+    /// ends a message can then not make this side gather without limit.
+    /// Default: no limit.
+    pub fn set_max_message(&mut self, bytes: usize) {
+        self.max_message = bytes;
     }
 
     /// Test hook, not API: as [`Sender::raw_region`].

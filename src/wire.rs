@@ -63,7 +63,10 @@
 //! ratio is the type's: in-memory size over [`Wire::MIN_ENCODED_LEN`] per
 //! element, nested vectors multiplying it. A receiver of untrusted bytes
 //! bounds what it can cost by the types it decodes into (close to 1 for
-//! `Vec<u8>`, `String`, numbers) or by limiting the input's length.
+//! `Vec<u8>`, `String`, numbers), or by decoding with
+//! [`from_bytes_within`], which counts the memory of every `Vec`, `String`
+//! and `Box` before allocating it and refuses past a limit (the pool
+//! decodes every result that way, within its `max_result_size`).
 //!
 //! Decoding recurses once per level of nesting in the *type*; a recursive
 //! type of your own (a linked list through `Box`) lets the input choose the
@@ -139,6 +142,54 @@ const TRUNCATED: &str = "input ends early";
 const LENGTH_EXCEEDS_INPUT: &str = "length prefix exceeds the remaining input";
 const TOO_MANY_ZERO_WIDTH: &str = "too many zero-byte elements";
 const TRAILING_BYTES: &str = "trailing bytes after the value";
+const OVER_LIMIT: &str = "the decoded value would exceed its memory limit";
+
+std::thread_local! {
+    /// Bytes of memory the value being decoded on this thread may still
+    /// take, while [`from_bytes_within`] runs (`usize::MAX` otherwise).
+    static DECODE_BUDGET: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Counts `bytes` of memory a value being decoded is about to take against
+/// the limit of [`from_bytes_within`], if one is in force.
+fn charge<T: ?Sized>(bytes: usize) -> Result<(), DecodeError> {
+    DECODE_BUDGET.with(|budget| match budget.get().checked_sub(bytes) {
+        Some(left) => {
+            budget.set(left);
+            Ok(())
+        }
+        None => Err(DecodeError::new(OVER_LIMIT).for_type::<T>()),
+    })
+}
+
+/// [`Wire::from_bytes`], refusing with a [`DecodeError`] a value that would
+/// take more than `limit` bytes of memory once decoded: the elements of
+/// every `Vec`, the bytes of every `String`, every `Box`'s contents. The
+/// check comes before the allocation, so bytes that would decode into
+/// gigabytes (`None`s decoded as `Vec<Option<[u64; 64]>>`, 520 bytes each)
+/// cost nothing. Memory a type of your own allocates in its `decode` is
+/// not counted (use the crate's types inside it, and it is). A vector that
+/// grows as it decodes may briefly hold up to twice its elements' size.
+///
+/// ```
+/// use mproc::wire::{from_bytes_within, Wire};
+/// let bytes = vec![None::<[u64; 64]>; 1000].to_bytes(); // 8 + 1000 bytes
+/// assert!(from_bytes_within::<Vec<Option<[u64; 64]>>>(&bytes, 100_000).is_err());
+/// assert_eq!(from_bytes_within::<Vec<Option<[u64; 64]>>>(&bytes, 1 << 20).unwrap().len(), 1000);
+/// ```
+pub fn from_bytes_within<T: Wire>(bytes: &[u8], limit: usize) -> Result<T, DecodeError> {
+    /// Restores the outer budget however decoding ends (a nested call, or
+    /// a panic in a `decode` of the caller's).
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DECODE_BUDGET.with(|budget| budget.set(self.0));
+        }
+    }
+    let outer = DECODE_BUDGET.with(|budget| budget.replace(limit.min(budget.get())));
+    let _restore = Restore(outer);
+    T::from_bytes(bytes)
+}
 
 /// Why bytes did not decode.
 ///
@@ -526,6 +577,7 @@ impl Wire for String {
             return Err(DecodeError::new(LENGTH_EXCEEDS_INPUT).for_type::<Self>());
         }
         let bytes = take::<Self>(&mut rest, len)?;
+        charge::<Self>(len)?;
         // Validate before copying, so garbage costs no allocation.
         let text =
             std::str::from_utf8(bytes).map_err(|_| DecodeError::new("invalid UTF-8").for_type::<Self>())?;
@@ -546,6 +598,7 @@ impl<T: Wire> Wire for Vec<T> {
         let mut rest = *input;
         let len = read_len::<Self>(&mut rest)?;
         check_count::<T>(len, rest.len())?;
+        charge::<Self>(len.saturating_mul(std::mem::size_of::<T>()))?;
         *input = rest;
         T::decode_vec(input, len)
     }
@@ -627,6 +680,7 @@ impl<T: Wire> Wire for Box<T> {
     }
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        charge::<Self>(std::mem::size_of::<T>())?;
         T::decode(input).map(Box::new)
     }
 }

@@ -688,3 +688,25 @@ fn every_bad_head_is_refused_by_every_sender_path() {
         assert!(matches!(sent, Ok(Err(Error::Decode(_)))), "head {bad}: {:?}", sent.map_err(|_| "panicked"));
     }
 }
+
+#[test]
+fn a_receiver_with_a_message_limit_refuses_a_longer_message_as_it_streams_in() {
+    let (mut tx, mut rx) = mproc::ring::channel(4096).expect("channel");
+    rx.set_max_message(10_000);
+    tx.enqueue(vec![1u8; 9_000]);
+    tx.enqueue(vec![2u8; 50_000]);
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    let err = loop {
+        let _ = tx.flush();
+        match rx.try_recv_into(&mut buf) {
+            Ok(true) => got.push(buf.len()),
+            Ok(false) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(got, vec![9_000], "the message under the limit arrives whole");
+    assert!(matches!(err, mproc::Error::Decode(_)), "{err}");
+    // The receiver stays in that error.
+    assert!(matches!(rx.try_recv_into(&mut buf), Err(mproc::Error::Decode(_))));
+}

@@ -807,3 +807,25 @@ fn memory_reserved_up_front_is_bounded_by_the_input_but_not_what_the_type_makes_
     assert!(largest >= in_memory, "largest allocation {largest}, the value takes {in_memory}");
     assert!(largest > 100 * nones.len());
 }
+
+#[test]
+fn from_bytes_within_refuses_a_value_that_would_outgrow_its_limit_before_allocating() {
+    use mproc::wire::from_bytes_within;
+    // 1 MiB of `None` bytes: 1 MiB on the wire, 545 MB as elements.
+    let bytes = vec![None::<[u64; 64]>; 1 << 20].to_bytes();
+    let err = from_bytes_within::<Vec<Option<[u64; 64]>>>(&bytes, 64 << 20).unwrap_err();
+    assert_eq!(err.reason(), "the decoded value would exceed its memory limit");
+    // The same limit holds inside nesting, for strings, and for boxes.
+    let nested = vec![vec![7u64; 1000]; 10].to_bytes();
+    assert!(from_bytes_within::<Vec<Vec<u64>>>(&nested, 70_000).is_err());
+    assert_eq!(from_bytes_within::<Vec<Vec<u64>>>(&nested, 90_000).unwrap(), vec![vec![7u64; 1000]; 10]);
+    let text = "x".repeat(5000).to_bytes();
+    assert!(from_bytes_within::<String>(&text, 4999).is_err());
+    assert_eq!(from_bytes_within::<String>(&text, 5000).unwrap().len(), 5000);
+    assert!(from_bytes_within::<Box<[u64; 64]>>(&Box::new([1u64; 64]).to_bytes(), 511).is_err());
+    // Outside the call, no limit is left behind.
+    assert_eq!(
+        Vec::<Option<[u64; 64]>>::from_bytes(&vec![None::<[u64; 64]>; 1000].to_bytes()).unwrap().len(),
+        1000
+    );
+}

@@ -331,9 +331,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(layout: &Layout, k: usize) -> Result<Slot> {
+    fn new(layout: &Layout, k: usize, max_message: usize) -> Result<Slot> {
         let (tasks, _) = layout.task_channel(k)?;
-        let (_, results) = layout.result_channel(k)?;
+        let (_, mut results) = layout.result_channel(k)?;
+        results.set_max_message(max_message);
         Ok(Slot {
             state: SlotState::Spawning,
             tasks,
@@ -363,6 +364,16 @@ impl Slot {
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub max_tasks: Option<usize>,
+    /// Most memory one decoded result may take, and (with a ring's worth of
+    /// slack for the records packed beside it) the longest result message
+    /// a worker may send.
+    pub max_result: usize,
+}
+
+impl Limits {
+    fn max_message(&self, ring_capacity: usize) -> usize {
+        self.max_result.saturating_add(ring_capacity)
+    }
 }
 
 /// The parent's state.
@@ -396,7 +407,10 @@ impl Engine {
         zygote: Zygote,
         limits: Limits,
     ) -> Result<Engine> {
-        let slots = (0..worker_bells.len()).map(|k| Slot::new(&layout, k)).collect::<Result<Vec<_>>>()?;
+        let max_message = limits.max_message(layout.ring_capacity());
+        let slots = (0..worker_bells.len())
+            .map(|k| Slot::new(&layout, k, max_message))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Engine {
             layout,
             parent_bell,
@@ -518,6 +532,11 @@ impl Engine {
             }
             self.queue.push_back(b);
         }
+    }
+
+    /// Most memory one decoded result may take (`PoolBuilder::max_result_size`).
+    pub(crate) fn max_result(&self) -> usize {
+        self.limits.max_result
     }
 
     pub(crate) fn submission(&self, sub: u64) -> Option<&Submission> {
@@ -808,7 +827,8 @@ impl Engine {
         // The worker is gone: nobody else touches the slot's rings now.
         self.layout.reset_slot(k);
         let (tasks, _) = self.layout.task_channel(k)?;
-        let (_, results) = self.layout.result_channel(k)?;
+        let (_, mut results) = self.layout.result_channel(k)?;
+        results.set_max_message(self.limits.max_message(self.layout.ring_capacity()));
         let slot = &mut self.slots[k];
         slot.tasks = tasks;
         slot.results = results;

@@ -47,7 +47,9 @@
 //!
 //! Every task gets exactly one outcome. A worker packs the results of quick
 //! tasks into one message (see `worker`); results still packed when it
-//! dies are lost with it, and those tasks run again on another worker.
+//! dies are lost with it, and those tasks run again on another worker —
+//! once: lost a second time, a task fails with `WorkerDied` (so a task
+//! that corrupts its worker after it returns cannot loop).
 //! `map` returns the first error in input order (after every task of the
 //! call has ended); `imap` and `imap_unordered` yield each task's outcome.
 
@@ -110,7 +112,11 @@ pub struct PoolBuilder {
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
     ring_capacity: usize,
+    max_result_size: usize,
 }
+
+/// The default of [`PoolBuilder::max_result_size`]: 1 GiB.
+pub const DEFAULT_MAX_RESULT_SIZE: usize = 1 << 30;
 
 impl Default for PoolBuilder {
     fn default() -> Self {
@@ -120,6 +126,7 @@ impl Default for PoolBuilder {
             max_tasks_per_child: None,
             task_timeout: None,
             ring_capacity: DEFAULT_RING_CAPACITY,
+            max_result_size: DEFAULT_MAX_RESULT_SIZE,
         }
     }
 }
@@ -160,6 +167,22 @@ impl PoolBuilder {
     /// 4 KiB). Larger messages still pass, in fragments.
     pub fn ring_capacity(mut self, bytes: usize) -> Self {
         self.ring_capacity = bytes;
+        self
+    }
+
+    /// Most memory one task's result may take in the parent (default
+    /// [`DEFAULT_MAX_RESULT_SIZE`], 1 GiB): counted before it is allocated,
+    /// both as bytes received from the worker (a result message longer
+    /// than this and a ring's worth of records beside it is refused as it
+    /// streams in) and as the decoded value's memory (see
+    /// [`wire::from_bytes_within`](crate::wire::from_bytes_within): bytes
+    /// that would decode into far more memory than they take, or a hostile
+    /// worker's endless message, cost nothing). A result over the limit
+    /// fails its task with [`Error::Decode`]; a message over it is taken as
+    /// the worker's corruption (its task gets `Decode`, it is replaced).
+    /// `usize::MAX`: no limit.
+    pub fn max_result_size(mut self, bytes: usize) -> Self {
+        self.max_result_size = bytes;
         self
     }
 
@@ -243,7 +266,7 @@ impl PoolBuilder {
         // check key: it must exist before this fork (see message::CheckKey).
         message::prepare_check_key();
         let zygote = Zygote::start(requests_w, reports_r, side)?;
-        let limits = Limits { max_tasks: self.max_tasks_per_child };
+        let limits = Limits { max_tasks: self.max_tasks_per_child, max_result: self.max_result_size };
         let mut engine = Engine::new(layout, parent_read, worker_writes, zygote, limits)?;
         // On failure, dropping the engine kills and reaps whatever started.
         engine.start_workers()?;
@@ -389,12 +412,13 @@ impl Pool {
     ) -> Result<Vec<R>> {
         let (sub, len) = self.submit(call, items, chunk, 0)?;
         let mut engine = self.engine()?;
+        let limit = engine.max_result();
         let waited = engine.pump(None, |e| e.submission(sub).is_none_or(|s| s.is_complete()));
         let result = waited.and_then(|()| {
             let s = engine.submission(sub).ok_or(Error::Closed)?;
             let mut out = Vec::with_capacity(len);
             for i in 0..s.len() as u32 {
-                out.push(s.get(i).unwrap_or(Err(Error::Closed)).and_then(decode::<R>)?);
+                out.push(s.get(i).unwrap_or(Err(Error::Closed)).and_then(|b| decode::<R>(b, limit))?);
             }
             Ok(out)
         });
@@ -522,8 +546,9 @@ impl Drop for Pool {
     }
 }
 
-fn decode<R: Wire>(bytes: &[u8]) -> Result<R> {
-    R::from_bytes(bytes).map_err(Error::Decode)
+/// Decodes a result, within the pool's limit on what one result may take.
+fn decode<R: Wire>(bytes: &[u8], limit: usize) -> Result<R> {
+    crate::wire::from_bytes_within(bytes, limit).map_err(Error::Decode)
 }
 
 /// The pending result of [`Pool::apply_async`].
@@ -561,9 +586,13 @@ impl<R: Wire> AsyncResult<'_, R> {
         }
         let sub = self.sub;
         let mut engine = self.pool.engine()?;
+        let limit = engine.max_result();
         engine.pump(deadline, |e| e.submission(sub).is_none_or(|s| s.is_complete()))?;
-        let outcome =
-            engine.submission(sub).and_then(|s| s.get(0)).unwrap_or(Err(Error::Closed)).and_then(decode);
+        let outcome = engine
+            .submission(sub)
+            .and_then(|s| s.get(0))
+            .unwrap_or(Err(Error::Closed))
+            .and_then(|b| decode(b, limit));
         self.taken = true;
         engine.release(sub);
         outcome
@@ -692,6 +721,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
         if let Err(e) = waited {
             return Some(Err(e));
         }
+        let limit = engine.max_result();
         let Some((p, i)) = self.ready_one(&engine) else {
             // The pool ended with nothing for us: nothing more to come.
             self.pending.clear();
@@ -703,7 +733,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             .submission(chunk.sub)
             .and_then(|s| s.get(i as u32))
             .unwrap_or(Err(Error::Closed))
-            .and_then(decode);
+            .and_then(|b| decode(b, limit));
         chunk.yielded[i] = true;
         chunk.count += 1;
         while chunk.cursor < chunk.yielded.len() && chunk.yielded[chunk.cursor] {
