@@ -315,7 +315,7 @@ impl Zygote {
     /// `Ok(None)`: it was reaped by someone else (`SIGCHLD` ignored makes
     /// the kernel reap it), so its status is lost.
     fn reap_within(&self, limit: Duration) -> Result<Option<ExitStatus>> {
-        let waited = match sys::waitpid_until(self.pid, sys::deadline_after(limit)) {
+        let waited = match self.wait_exit(sys::deadline_after(limit)) {
             Ok(Some(status)) => return Ok(Some(status)),
             Ok(None) => {
                 sys::kill(Pid::from_raw(self.pid), libc::SIGKILL)?;
@@ -326,6 +326,37 @@ impl Zygote {
         match waited {
             Err(Error::Os(e)) if e.errno == libc::ECHILD => Ok(None),
             other => other,
+        }
+    }
+
+    /// Waits until `deadline` (`None`: no limit) for the zygote to exit and
+    /// reaps it; `Ok(None)` if it still runs then. Its exit closes the
+    /// report pipe's only write end, so the wait is a `poll` for that end
+    /// of file, not a timer; a look every [`REAP_LOOK`] covers a copy of
+    /// the write end that leaked into some other child.
+    fn wait_exit(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
+        const REAP_LOOK: Duration = Duration::from_millis(10);
+        let mut scratch = [0u8; 64 * REP_LEN];
+        loop {
+            if let Some(status) = sys::waitpid(self.pid, true)? {
+                return Ok(Some(status));
+            }
+            let left = deadline.map_or(REAP_LOOK, |d| d.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let ready = sys::poll(&[(self.reports.as_fd(), true, false)], Some(left.min(REAP_LOOK)))?;
+            if ready[0].hangup || ready[0].readable {
+                // Reports nobody will read now, or the end of file.
+                loop {
+                    match sys::read(self.reports.as_fd(), &mut scratch) {
+                        Ok(0) => return sys::waitpid(self.pid, false),
+                        Ok(_) => continue,
+                        Err(Error::Os(e)) if e.errno == libc::EAGAIN => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
         }
     }
 

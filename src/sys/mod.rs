@@ -282,26 +282,6 @@ pub(crate) fn waitpid(pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
     Ok(Some(status))
 }
 
-/// Waits for child `pid` until `deadline` (`None`: no limit) without
-/// blocking past it: `Ok(None)` if it is still running then. Polls with
-/// `WNOHANG`, sleeping 0.1 ms at first and at most 10 ms between looks (a
-/// child's exit wakes nothing we could `poll`).
-pub(crate) fn waitpid_until(pid: i32, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
-    let Some(deadline) = deadline else { return waitpid(pid, false) };
-    let mut nap = Duration::from_micros(100);
-    loop {
-        if let Some(status) = waitpid(pid, true)? {
-            return Ok(Some(status));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        std::thread::sleep(nap.min(left));
-        nap = (nap * 2).min(Duration::from_millis(10));
-    }
-}
-
 /// `waitid(P_PID, pid, WEXITED | WNOWAIT)`: whether the child `pid` has
 /// ended, leaving it unreaped (a zombie) so that its pid cannot be reused
 /// yet. With `nohang`, `Ok(false)` means still running; without, it waits.
