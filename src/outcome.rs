@@ -27,6 +27,9 @@ pub(crate) enum Tag {
     ArgDecode = 2,
     /// The worker could not read its task message (pool only).
     Corrupt = 3,
+    /// The result was larger than the pool's `max_result_size` (or 4 GiB);
+    /// the payload says how large (pool only).
+    TooLarge = 4,
 }
 
 impl Tag {
@@ -36,6 +39,7 @@ impl Tag {
             1 => Tag::Panicked,
             2 => Tag::ArgDecode,
             3 => Tag::Corrupt,
+            4 => Tag::TooLarge,
             _ => return None,
         })
     }
@@ -69,6 +73,9 @@ pub(crate) fn bytes_or_error(tag: u8, payload: &[u8]) -> Result<&[u8]> {
         Some(Tag::ArgDecode) => {
             Err(Error::Decode(DecodeError::new("the task's argument did not decode in the worker")))
         }
+        Some(Tag::TooLarge) => Err(Error::Decode(DecodeError::new(
+            "the result is larger than the pool's max_result_size (or 4 GiB)",
+        ))),
         Some(Tag::Corrupt) | None => Err(Error::Decode(DecodeError::new("corrupt result frame"))),
     }
 }

@@ -153,12 +153,16 @@ std::thread_local! {
 /// Counts `bytes` of memory a value being decoded is about to take against
 /// the limit of [`from_bytes_within`], if one is in force.
 fn charge<T: ?Sized>(bytes: usize) -> Result<(), DecodeError> {
-    DECODE_BUDGET.with(|budget| match budget.get().checked_sub(bytes) {
-        Some(left) => {
-            budget.set(left);
-            Ok(())
-        }
-        None => Err(DecodeError::new(OVER_LIMIT).for_type::<T>()),
+    DECODE_BUDGET.with(|budget| match budget.get() {
+        // No limit in force: nothing to count.
+        usize::MAX => Ok(()),
+        left => match left.checked_sub(bytes) {
+            Some(left) => {
+                budget.set(left);
+                Ok(())
+            }
+            None => Err(DecodeError::new(OVER_LIMIT).for_type::<T>()),
+        },
     })
 }
 
@@ -178,16 +182,30 @@ fn charge<T: ?Sized>(bytes: usize) -> Result<(), DecodeError> {
 /// assert_eq!(from_bytes_within::<Vec<Option<[u64; 64]>>>(&bytes, 1 << 20).unwrap().len(), 1000);
 /// ```
 pub fn from_bytes_within<T: Wire>(bytes: &[u8], limit: usize) -> Result<T, DecodeError> {
-    /// Restores the outer budget however decoding ends (a nested call, or
-    /// a panic in a `decode` of the caller's).
-    struct Restore(usize);
+    /// Gives the outer limit back, less what this call used, however
+    /// decoding ends (a panic in a `decode` of the caller's included): a
+    /// nested call cannot hand back what it spent.
+    struct Restore {
+        outer: usize,
+        start: usize,
+    }
     impl Drop for Restore {
         fn drop(&mut self) {
-            DECODE_BUDGET.with(|budget| budget.set(self.0));
+            DECODE_BUDGET.with(|budget| {
+                let used = self.start.saturating_sub(budget.get());
+                // Outside every limit (usize::MAX) nothing is counted.
+                let left =
+                    if self.outer == usize::MAX { usize::MAX } else { self.outer.saturating_sub(used) };
+                budget.set(left);
+            });
         }
     }
-    let outer = DECODE_BUDGET.with(|budget| budget.replace(limit.min(budget.get())));
-    let _restore = Restore(outer);
+    let start = DECODE_BUDGET.with(|budget| {
+        let outer = budget.get();
+        budget.set(limit.min(outer));
+        Restore { outer, start: limit.min(outer) }
+    });
+    let _restore = start;
     T::from_bytes(bytes)
 }
 

@@ -816,3 +816,47 @@ fn a_task_message_corrupted_in_the_ring_fails_its_task_and_replaces_the_worker()
     assert_eq!(pool.map(cube, 0..10u64), Ok((0..10u64).map(|n| n * n * n).collect()));
     assert_eq!(pool.apply(victim, VICTIM_ARG), Ok(VICTIM_ARG));
 }
+
+/// In a pool worker, for arguments starting with 1: writes a misaligned
+/// value into the `head` word of its own task ring for 200 ms (slot
+/// mapping: two 128-byte flag lines, then the task ring, whose `head` is
+/// the second 128-byte line of its header), while the parent streams big
+/// arguments into that ring.
+fn scribble_on_own_task_head(arg: Vec<u8>) -> usize {
+    if arg.first() == Some(&1) {
+        let mine = writable_shared_mappings();
+        assert_eq!(mine.len(), 1, "a pool worker maps its own slot only");
+        let head = (mine[0].0 + 256 + 128) as *mut u64;
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            // SAFETY: inside this worker's own shared mapping; clobbering
+            // the ring's head word is the test.
+            unsafe { std::ptr::write_volatile(head, 1) };
+        }
+    }
+    arg.len()
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn a_worker_that_corrupts_its_own_ring_head_fails_its_tasks_not_the_pool() {
+    let _dog = watchdog(Duration::from_secs(60), "a worker scribbling on its task ring's head");
+    let pool = Pool::new(2).unwrap();
+    // Arguments bigger than the ring, so they stream while it scribbles.
+    let args: Vec<Vec<u8>> = (0..12u8).map(|i| vec![u8::from(i == 0); 200_000]).collect();
+    let outcomes: Vec<Result<usize, Error>> = pool.imap(scribble_on_own_task_head, args.clone()).collect();
+    assert_eq!(outcomes.len(), 12, "one outcome per task, not a stream of errors");
+    for (i, outcome) in outcomes.iter().enumerate() {
+        assert!(
+            matches!(outcome, Ok(200_000) | Err(Error::Decode(_) | Error::WorkerDied { .. })),
+            "task {i}: {outcome:?}"
+        );
+    }
+    let ok = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert!(ok >= 6, "the other worker's tasks succeed: {outcomes:?}");
+    // The pool is not broken by one worker's ring.
+    let small: Vec<Vec<u8>> = (0..50).map(|_| vec![2u8; 10]).collect();
+    assert_eq!(pool.map(scribble_on_own_task_head, small).unwrap(), vec![10; 50]);
+    drop(pool);
+    assert_no_children();
+}

@@ -586,7 +586,10 @@ impl Engine {
                 timeout,
                 || {
                     slots.iter().any(|s| {
+                        // A slot being killed waits for its death report:
+                        // its ring may say "ready" for ever.
                         s.is_live()
+                            && s.kill_cause.is_none()
                             && (s.results.has_data() || (s.sending < s.inflight.len() && s.tasks.has_room()))
                     })
                 },
@@ -767,6 +770,10 @@ impl Engine {
         let (finished, running) = (progress / 2, progress % 2 == 1);
         let lifecycle = self.layout.lifecycle(k).load(Ordering::Acquire);
         let slot = &mut self.slots[k];
+        // Killed by us because its ring went corrupt: blame the first task
+        // without a result (which one did it cannot be known), and count no
+        // finished task as lost: nothing says they finished honestly.
+        let corrupted = matches!(slot.kill_cause, Some(Error::Decode(_)));
         let cause = slot.kill_cause.take().or(timed_out.then_some(Error::Timeout));
         let unsent = finished.saturating_sub(slot.received);
         // A worker killed before it ran any pool code blames nobody, but
@@ -789,7 +796,7 @@ impl Engine {
         // The words come from the worker's memory, which it may have
         // scribbled on: clamp them to the tasks it really holds.
         let pending: u64 = rest.iter().map(|b| u64::from(b.count)).sum();
-        let unsent = unsent.min(pending);
+        let unsent = if corrupted { 0 } else { unsent.min(pending) };
         let victim_at = (guilty && pending > 0).then(|| unsent.min(pending - 1));
         let lost = take_tasks(&mut rest, victim_at.unwrap_or(unsent));
         let victim = victim_at.and_then(|_| take_tasks(&mut rest, 1).pop());
@@ -858,12 +865,15 @@ impl Engine {
     /// Kills worker `k` (and its process group) now: its ring can no longer
     /// be trusted. The task it runs gets `cause`.
     fn kill_slot(&mut self, k: usize, cause: Error) -> Result<()> {
-        if let SlotState::Live { pid } = self.slots[k].state {
-            // Not yet reported dead, so not yet reaped: the pid is its own.
-            sys::kill_group(sys::Pid::from_raw(pid), libc::SIGKILL)?;
-            self.slots[k].kill_cause.get_or_insert(cause);
+        let slot = &mut self.slots[k];
+        if !slot.is_live() || slot.kill_cause.is_some() {
+            return Ok(());
         }
-        Ok(())
+        slot.kill_cause = Some(cause);
+        // The zygote kills it: it reaps its workers, so it alone knows
+        // whether the pid is still this worker's (we may not have read the
+        // report of its death yet, and a reaped pid can be reused).
+        self.zygote.kill_worker(k)
     }
 
     /// Retries failed forks when their time comes.
@@ -904,7 +914,7 @@ impl Engine {
             }
         }
         for k in 0..self.slots.len() {
-            if self.slots[k].is_live() {
+            if self.slots[k].is_live() && self.slots[k].kill_cause.is_none() {
                 self.flush(k)?;
             }
         }
@@ -937,9 +947,20 @@ impl Engine {
     fn flush(&mut self, k: usize) -> Result<()> {
         let slot = &mut self.slots[k];
         let mut wrote = false;
+        let mut corrupt = None;
         while let Some(batch) = slot.inflight.get(slot.sending) {
             let before = slot.sent_bytes;
-            let done = slot.tasks.try_send_partial(&batch.msg, &mut slot.sent_bytes)?;
+            let done = match slot.tasks.try_send_partial(&batch.msg, &mut slot.sent_bytes) {
+                Ok(done) => done,
+                // The worker's side of the ring (its head) is garbage: that
+                // worker's corruption, not the pool's. End it; the task it
+                // runs gets the error, the others run elsewhere.
+                Err(Error::Decode(e)) => {
+                    corrupt = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             wrote |= slot.sent_bytes != before;
             if !done {
                 break;
@@ -950,7 +971,10 @@ impl Engine {
         if wrote {
             self.wake_worker(k);
         }
-        Ok(())
+        match corrupt {
+            Some(e) => self.kill_slot(k, Error::Decode(e)),
+            None => Ok(()),
+        }
     }
 
     /// Rings worker `k`'s bell if it sleeps (and the pool still has bells).
@@ -964,20 +988,29 @@ impl Engine {
     pub(crate) fn send_exit(&mut self) -> Result<()> {
         for k in 0..self.slots.len() {
             let slot = &mut self.slots[k];
-            if !slot.is_live() || slot.exit_sent || slot.sending < slot.inflight.len() {
+            if !slot.is_live()
+                || slot.exit_sent
+                || slot.kill_cause.is_some()
+                || slot.sending < slot.inflight.len()
+            {
                 continue;
             }
             let mut sent = 0;
-            if slot.tasks.try_send_partial(&message::exit_message(), &mut sent)? {
-                slot.exit_sent = true;
-                self.wake_worker(k);
+            match slot.tasks.try_send_partial(&message::exit_message(), &mut sent) {
+                Ok(true) => {
+                    slot.exit_sent = true;
+                    self.wake_worker(k);
+                }
+                Ok(false) => {}
+                Err(Error::Decode(e)) => self.kill_slot(k, Error::Decode(e))?,
+                Err(e) => return Err(e),
             }
         }
         Ok(())
     }
 
     pub(crate) fn all_exits_sent(&self) -> bool {
-        self.slots.iter().all(|s| s.exit_sent || !s.is_live())
+        self.slots.iter().all(|s| s.exit_sent || !s.is_live() || s.kill_cause.is_some())
     }
 
     fn fail_queue(&mut self, err: &Error) {

@@ -244,19 +244,21 @@ pub(crate) fn begin_result(out: &mut Vec<u8>) -> usize {
 }
 
 /// Completes the record begun at `at`: its tag, and the length of
-/// everything appended since. A payload that does not fit the `u32` length
-/// prefix (4 GiB) becomes a `Panicked` record saying so: the task fails,
-/// and the records after it keep their places.
-pub(crate) fn finish_result(out: &mut Vec<u8>, at: usize, tag: ResultTag) {
+/// everything appended since. A payload longer than `max_payload` (the
+/// pool's `max_result_size`; never more than the `u32` length prefix
+/// holds, 4 GiB) becomes a `TooLarge` record saying how large it was: the
+/// task fails, the parent never receives the bytes, and the records after
+/// it keep their places.
+pub(crate) fn finish_result(out: &mut Vec<u8>, at: usize, tag: ResultTag, max_payload: usize) {
     let payload = out.len() - at - 5;
-    let (tag, len) = match u32::try_from(payload) {
-        Ok(len) => (tag, len),
-        Err(_) => {
-            out.truncate(at + 5);
-            out.extend_from_slice(format!("its result of {payload} bytes does not fit in 4 GiB").as_bytes());
-            (ResultTag::Panicked, (out.len() - at - 5) as u32)
-        }
+    let tag = if payload > max_payload.min(u32::MAX as usize) {
+        out.truncate(at + 5);
+        out.extend_from_slice(format!("{payload} bytes").as_bytes());
+        ResultTag::TooLarge
+    } else {
+        tag
     };
+    let len = (out.len() - at - 5) as u32;
     out[at] = tag as u8;
     out[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
 }

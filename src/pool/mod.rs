@@ -178,9 +178,11 @@ impl PoolBuilder {
     /// [`wire::from_bytes_within`](crate::wire::from_bytes_within): bytes
     /// that would decode into far more memory than they take, or a hostile
     /// worker's endless message, cost nothing). A result over the limit
-    /// fails its task with [`Error::Decode`]; a message over it is taken as
-    /// the worker's corruption (its task gets `Decode`, it is replaced).
-    /// `usize::MAX`: no limit.
+    /// fails its task with [`Error::Decode`]: the worker sends a short
+    /// record saying so instead of the bytes, and lives on. A message over
+    /// it (which only a corrupt or hostile worker sends) is taken as that
+    /// worker's corruption: its first unanswered task gets `Decode`, and it
+    /// is replaced. `usize::MAX`: no limit.
     pub fn max_result_size(mut self, bytes: usize) -> Self {
         self.max_result_size = bytes;
         self
@@ -229,6 +231,7 @@ impl PoolBuilder {
         let worker_layout = layout.clone();
         let (initializer, max_tasks) = (self.initializer, self.max_tasks_per_child);
         let stamp_tasks = task_timeout.is_some();
+        let max_result = self.max_result_size;
         let run_worker = move |slot: usize| {
             for (j, fd) in worker_reads.iter().enumerate() {
                 if j != slot {
@@ -249,6 +252,7 @@ impl PoolBuilder {
                 initializer,
                 max_tasks,
                 stamp_tasks,
+                max_result,
             }
             .run()
         };
@@ -719,6 +723,13 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
         // ready then too; `finished` only guards against waiting forever.
         let waited = engine.pump(None, |e| e.finished || self.ready_one(e).is_some());
         if let Err(e) = waited {
+            // The pool itself failed (its zygote died, a system call failed):
+            // say so once and end, instead of repeating it for ever.
+            for chunk in self.pending.drain(..) {
+                engine.release(chunk.sub);
+            }
+            self.input = None;
+            self.outstanding = 0;
             return Some(Err(e));
         }
         let limit = engine.max_result();

@@ -43,6 +43,9 @@ pub(crate) struct Worker<'a> {
     pub max_tasks: Option<usize>,
     /// Publish each task's start time (the pool has a task timeout).
     pub stamp_tasks: bool,
+    /// The pool's `max_result_size`: a larger result is sent as a
+    /// `TooLarge` record instead (the parent would refuse it anyway).
+    pub max_result: usize,
 }
 
 /// Decides when packed results go out: by size, or by time. Reading the
@@ -128,7 +131,7 @@ impl Worker<'_> {
                     // Unreadable batch: say so for its first task and leave;
                     // the parent re-queues the rest when it sees us die.
                     let at = message::begin_result(&mut out);
-                    message::finish_result(&mut out, at, ResultTag::Corrupt);
+                    message::finish_result(&mut out, at, ResultTag::Corrupt, 0);
                     self.send(&mut results, &mut out)?;
                     return Err(Error::InvalidState("corrupt task message"));
                 }
@@ -146,7 +149,7 @@ impl Worker<'_> {
                 progress.store(2 * done + 1, Ordering::Release);
                 let at = message::begin_result(&mut out);
                 let tag = run_task(&batch, arg, &mut out, at + 5);
-                message::finish_result(&mut out, at, tag);
+                message::finish_result(&mut out, at, tag, self.max_result);
                 done += 1;
                 progress.store(2 * done, Ordering::Release);
                 if self.max_tasks.is_some_and(|max| done >= max as u64) {

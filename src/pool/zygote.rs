@@ -48,6 +48,7 @@ use crate::wire::Wire;
 const REQ_SPAWN: u32 = 1;
 const REQ_SHUTDOWN: u32 = 2;
 const REQ_KILL_ALL: u32 = 3;
+const REQ_KILL_WORKER: u32 = 4;
 const REQ_LEN: usize = 8;
 
 const REP_SPAWNED: u32 = 1;
@@ -241,6 +242,12 @@ impl Zygote {
         // Without SIGPIPE: a zygote killed from outside must be an error
         // here, not the death of a program that restored SIGPIPE's default.
         sys::bell::write_without_sigpipe(fd.as_fd(), &rec).map(drop)
+    }
+
+    /// Asks the zygote to kill the worker of `slot` (and its process group)
+    /// if it still runs: its death comes back as a report.
+    pub(crate) fn kill_worker(&self, slot: usize) -> Result<()> {
+        self.request(REQ_KILL_WORKER, slot)
     }
 
     /// Asks for a worker in `slot`; the answer comes as a report.
@@ -453,6 +460,12 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
                     }
                 }
                 (REQ_LEN, REQ_SHUTDOWN) => shutting_down = true,
+                (REQ_LEN, REQ_KILL_WORKER) => {
+                    // Still unreaped (we reap, and have not): its pid is its own.
+                    if let Some((&pid, _)) = live.iter().find(|&(_, &s)| s == slot) {
+                        let _ = sys::kill_group(Pid::from_raw(pid), libc::SIGKILL);
+                    }
+                }
                 // REQ_KILL_ALL, or EOF: the parent is gone or wants it over.
                 _ => {
                     shutting_down = true;
