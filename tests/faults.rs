@@ -715,6 +715,13 @@ fn a_worker_maps_only_its_own_rings() {
     for seen in pool.map_chunked(shared_mappings_seen, 0..30u64, 1).unwrap() {
         assert_eq!(seen, 1);
     }
+    // A second pool's workers see none of the first pool's memory, and a
+    // fork_map child sees only its own slot and its call's control block.
+    let second = Pool::new(1).unwrap();
+    assert_eq!(second.map(shared_mappings_seen, 0..5u64).unwrap(), vec![1; 5]);
+    let seen = mproc::fork_map(2, &[0u8; 6], |_| writable_shared_mappings().len()).unwrap();
+    assert_eq!(seen, vec![2; 6]);
+    assert_eq!(pool.map(shared_mappings_seen, 0..5u64).unwrap(), vec![1; 5]);
 }
 
 #[test]

@@ -131,9 +131,13 @@ impl Run {
                         sys::close_inherited(read.as_raw_fd());
                     }
                 }
-                // SAFETY: this child uses only its own slot and ends in
-                // `_exit` (below), so no copy of the layout is dropped here.
-                unsafe { self.layout.unmap_all_but(slot, true) };
+                // SAFETY: this child uses only its own slot of this call's
+                // memory, maps nothing before this, and ends in `_exit`
+                // (below), so no copy of a layout is dropped here.
+                unsafe {
+                    self.layout.unmap_other_pools();
+                    self.layout.unmap_all_but(slot, true);
+                }
                 std::mem::forget(sentinel_w);
                 // Die with the parent (Linux); if it died before that took
                 // effect, we have been re-parented: leave now.
@@ -197,7 +201,7 @@ impl Run {
             }
             let rings_ready = || rings.iter().any(|r| r.has_data());
             let woke = shared::sleep(
-                &[self.layout.parent_sleeping()],
+                &self.layout.parent_flags(),
                 self.parent_read.as_fd(),
                 &sentinels,
                 None,
@@ -274,13 +278,13 @@ impl Worker<'_> {
             let _ = outcome::run(|| f(&items[i]), &mut out);
             let mut sent = 0;
             while !ring.try_send_partial(&out, &mut sent)? {
-                shared::wake(self.layout.parent_sleeping(), self.parent_bell);
+                shared::wake(self.layout.parent_sleeping_in(self.slot), self.parent_bell);
                 let sleeper = self.layout.worker_sleeping(self.slot);
                 if shared::sleep(&[sleeper], self.bell, &[], None, || ring.has_room())? == Woke::BellClosed {
                     return Err(Error::Closed); // the parent is gone
                 }
             }
-            shared::wake(self.layout.parent_sleeping(), self.parent_bell);
+            shared::wake(self.layout.parent_sleeping_in(self.slot), self.parent_bell);
         }
     }
 }

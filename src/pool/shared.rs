@@ -1,19 +1,20 @@
 //! The pool's shared memory and doorbells.
 //!
 //! `MAP_SHARED` mappings, made before the zygote is forked, so the zygote
-//! and every worker it forks see the same pages: one control block, and
-//! one mapping per slot, which only that slot's worker keeps (it unmaps the
-//! others right after it is forked: a wild write in a worker can reach its
-//! own rings and the control block, nobody else's rings):
+//! and every worker it forks see the same pages: one control block (the
+//! zygote's report word for the parent; `fork_map`'s claim counter), and
+//! one mapping per slot. A worker keeps only its own slot: right after it
+//! is forked it unmaps the other slots and (in a pool) the control block,
+//! and a pool's zygote unmaps every other pool's memory, so a wild write in
+//! a worker reaches its own rings and nothing else:
 //!
 //! ```text
-//! control (1 page)    slot 0 (one mapping)                                slot 1 ...
-//! +-----------------+ +-----------------+----------------+-----------------+
-//! | parent_sleeping | | worker_sleeping | tasks ring:    | results ring:   |
-//! | reports_pending | | lifecycle       | parent ->      | worker ->       |
-//! | (fork_map:      | | progress, stamp | worker         | parent          |
-//! |  claim counter) | |                 |                |                 |
-//! +-----------------+ +-----------------+----------------+-----------------+
+//! control (1 page)    slot 0 (one mapping)                                          slot 1 ...
+//! +-----------------+ +-----------------+-----------------+--------------+--------------+
+//! | reports_pending | | worker_sleeping | parent_sleeping | tasks ring:  | results ring:|
+//! | (fork_map:      | | lifecycle       | (this worker's  | parent ->    | worker ->    |
+//! |  claim counter) | | progress, stamp |  copy)          | worker       | parent       |
+//! +-----------------+ +-----------------+-----------------+--------------+--------------+
 //! ```
 //!
 //! Each side sleeps on exactly one pipe, its doorbell: the parent on
@@ -104,8 +105,9 @@ impl Layout {
                     "{slots} workers with rings of {ring_capacity} bytes do not fit in memory"
                 ))
             })?;
-        let control = Arc::new(SharedMapping::new(FLAG)?);
-        let slots = (0..slots).map(|_| SharedMapping::new(slot_len).map(Arc::new)).collect::<Result<_>>()?;
+        let control = Arc::new(SharedMapping::new_for_pool(FLAG)?);
+        let slots =
+            (0..slots).map(|_| SharedMapping::new_for_pool(slot_len).map(Arc::new)).collect::<Result<_>>()?;
         let layout = Layout { control, slots, ring_capacity };
         for slot in 0..layout.slots.len() {
             layout.reset_slot(slot);
@@ -134,6 +136,23 @@ impl Layout {
             // SAFETY: as above, for the control block.
             unsafe { self.control.unmap_in_forked_child() };
         }
+    }
+
+    /// Where each of this layout's mappings starts.
+    pub(crate) fn addresses(&self) -> Vec<*mut u8> {
+        std::iter::once(&self.control).chain(&self.slots).map(|m| m.as_ptr()).collect()
+    }
+
+    /// In a child just forked for this layout's pool (its zygote, or a
+    /// `fork_map` child): unmaps every other pool's memory, so a wild write
+    /// here or in the workers it forks cannot reach another pool's rings.
+    ///
+    /// # Safety
+    /// As for [`sys::shm::unmap_parents_pool_mappings`]: call right after
+    /// the fork, in a process that ends in `_exit`.
+    pub(crate) unsafe fn unmap_other_pools(&self) {
+        // SAFETY: forwarded from the caller.
+        unsafe { sys::shm::unmap_parents_pool_mappings(&self.addresses()) };
     }
 
     fn slot_base(&self, slot: usize) -> *mut u8 {
@@ -198,23 +217,18 @@ impl Layout {
         self.counter(self.slot_base(slot))
     }
 
-    /// The parent's sleep flag as worker `slot` sees it (pool): the parent
-    /// raises every slot's copy before it sleeps (see [`sleep`]).
+    /// The parent's sleep flag as worker `slot` sees it: the parent raises
+    /// every slot's copy before it sleeps (see [`sleep`]), so a worker that
+    /// clears its own copy loses only its own wake-ups.
     pub(crate) fn parent_sleeping_in(&self, slot: usize) -> &AtomicU32 {
         // SAFETY: the second flag line of the slot's mapping (SLOT_HEADER
         // bytes at its start), 128-aligned, alive as long as `self`.
         self.flag(unsafe { self.slot_base(slot).add(FLAG) })
     }
 
-    /// Every slot's copy of the parent's sleep flag (pool).
+    /// Every slot's copy of the parent's sleep flag.
     pub(crate) fn parent_flags(&self) -> Vec<&AtomicU32> {
         (0..self.slots.len()).map(|k| self.parent_sleeping_in(k)).collect()
-    }
-
-    /// The parent's sleep flag in the control block (`fork_map`, whose
-    /// children keep the control block).
-    pub(crate) fn parent_sleeping(&self) -> &AtomicU32 {
-        self.flag(self.control.as_ptr())
     }
 
     /// Worker `slot`'s sleep flag.

@@ -210,6 +210,9 @@ impl Zygote {
                     sys::close_inherited(fd);
                 }
                 std::mem::forget((requests_w, reports_r));
+                // SAFETY: a fresh child that serves this pool only and ends
+                // in `_exit` (`zygote_main`), before it maps anything.
+                unsafe { zygote_side.layout.unmap_other_pools() };
                 zygote_main(zygote_side, parent)
             }
             Forked::Parent(pid) => {

@@ -105,9 +105,15 @@ impl<const N: usize> OwnedTable<N> {
 
     /// Calls `f` with every value this process registered. Async-signal-
     /// safe: `getpid` and atomic loads.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(u64)) {
-        if self.owner.load(Ordering::Acquire) != getpid() {
-            // Never registered anything here, or inherited: not ours.
+    pub(crate) fn for_each(&self, f: impl FnMut(u64)) {
+        self.for_each_of(getpid(), f);
+    }
+
+    /// Calls `f` with every value process `owner` registered, if this table
+    /// (this process's copy of it) holds that process's entries.
+    fn for_each_of(&self, owner: i32, mut f: impl FnMut(u64)) {
+        if self.owner.load(Ordering::Acquire) != owner {
+            // Never registered anything there, or inherited: not its.
             return;
         }
         for entry in &self.entries {
@@ -117,6 +123,45 @@ impl<const N: usize> OwnedTable<N> {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// pools' shared memory
+
+/// The shared mappings of this process's pools (and `fork_map` calls), so
+/// that a process forked for one pool can unmap every other pool's: a
+/// worker's wild write must not reach another pool's rings either.
+static POOL_MAPPINGS: OwnedTable<1024> = OwnedTable::new();
+
+/// Page numbers fit 35 bits (47-bit addresses) and lengths in pages 29 bits
+/// (2 TiB): one `u64` per mapping.
+const LEN_BITS: u32 = 29;
+
+/// Registers a pool's mapping at `ptr` (page-aligned) of `len` bytes.
+/// `None` (not registered) if the table is full or the numbers do not fit.
+pub(crate) fn register_pool_mapping(ptr: *mut u8, len: usize) -> Option<Entry> {
+    let page = (ptr as usize as u64) >> 12;
+    let pages = (len as u64).div_ceil(4096);
+    if page >> (64 - LEN_BITS) != 0 || pages >> LEN_BITS != 0 {
+        return None;
+    }
+    POOL_MAPPINGS.insert(page << LEN_BITS | pages)
+}
+
+/// Unregisters a pool's mapping (before it is unmapped).
+pub(crate) fn forget_pool_mapping(entry: Entry) {
+    POOL_MAPPINGS.remove(entry);
+}
+
+/// In a child right after `fork`: calls `f(start, len)` for every pool
+/// mapping the parent had registered. Nothing if the table's entries are
+/// not the parent's own (never registered there, or inherited from further
+/// up: those ranges may since have been unmapped and reused).
+pub(crate) fn parents_pool_mappings(mut f: impl FnMut(*mut u8, usize)) {
+    POOL_MAPPINGS.for_each_of(super::getppid(), |value| {
+        let (page, pages) = (value >> LEN_BITS, value & ((1 << LEN_BITS) - 1));
+        f((page << 12) as usize as *mut u8, (pages as usize) * 4096);
+    });
 }
 
 // ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 use std::ptr::NonNull;
 
 use crate::error::{Error, OsError, Result};
+use crate::sys::registry::{self, Entry};
 use crate::sys::{os_error, trace};
 
 /// A zero-filled region of memory shared with every process forked after it
@@ -14,6 +15,8 @@ use crate::sys::{os_error, trace};
 pub(crate) struct SharedMapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// Registered as a pool's (see [`SharedMapping::new_for_pool`]).
+    pool_entry: Option<Entry>,
 }
 
 // SAFETY: the mapping is plain memory; all access to it goes through raw
@@ -51,7 +54,16 @@ impl SharedMapping {
             pid: None,
             errno: libc::ENOMEM,
         }))?;
-        Ok(SharedMapping { ptr, len })
+        Ok(SharedMapping { ptr, len, pool_entry: None })
+    }
+
+    /// [`SharedMapping::new`] for a pool's (or a `fork_map` call's) own
+    /// memory: registered, so that the processes of every other pool can
+    /// unmap it ([`unmap_parents_pool_mappings`]).
+    pub(crate) fn new_for_pool(len: usize) -> Result<SharedMapping> {
+        let mut mapping = SharedMapping::new(len)?;
+        mapping.pool_entry = registry::register_pool_mapping(mapping.as_ptr(), mapping.len);
+        Ok(mapping)
     }
 
     /// The first byte. Page-aligned.
@@ -81,9 +93,35 @@ impl SharedMapping {
 
 impl Drop for SharedMapping {
     fn drop(&mut self) {
+        if let Some(entry) = self.pool_entry.take() {
+            // Before the unmap: a fork in between must not unmap a range
+            // that may already be someone else's.
+            registry::forget_pool_mapping(entry);
+        }
         trace!("munmap({:p}, {})", self.ptr, self.len);
         // SAFETY: ptr/len are exactly what mmap returned, and this handle is
         // the only owner of the range in this process.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+/// In a child right after `fork`, made for one pool: unmaps every pool
+/// mapping the parent had (see [`SharedMapping::new_for_pool`]) except
+/// those starting at an address in `keep` (its own pool's), so that a wild
+/// write in this process, or in the workers it forks, cannot reach another
+/// pool's rings.
+///
+/// # Safety
+/// The calling process must never touch another pool's memory again nor
+/// drop a copy of its handles (it ends in `_exit`), and must call this
+/// before it maps anything of its own (the ranges are the parent's).
+pub(crate) unsafe fn unmap_parents_pool_mappings(keep: &[*mut u8]) {
+    registry::parents_pool_mappings(|ptr, len| {
+        if !keep.contains(&ptr) {
+            trace!("munmap({ptr:p}, {len})");
+            // SAFETY: per the contract above: the parent's pool mapping,
+            // inherited by this fresh child, which never uses it.
+            unsafe { libc::munmap(ptr.cast(), len) };
+        }
+    });
 }
