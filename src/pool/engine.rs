@@ -770,9 +770,7 @@ impl Engine {
         let (finished, running) = (progress / 2, progress % 2 == 1);
         let lifecycle = self.layout.lifecycle(k).load(Ordering::Acquire);
         let slot = &mut self.slots[k];
-        // Killed by us because its ring went corrupt: blame the first task
-        // without a result (which one did it cannot be known), and count no
-        // finished task as lost: nothing says they finished honestly.
+        // Killed by us because its ring went corrupt: see `victim_at` below.
         let corrupted = matches!(slot.kill_cause, Some(Error::Decode(_)));
         let cause = slot.kill_cause.take().or(timed_out.then_some(Error::Timeout));
         let unsent = finished.saturating_sub(slot.received);
@@ -796,8 +794,16 @@ impl Engine {
         // The words come from the worker's memory, which it may have
         // scribbled on: clamp them to the tasks it really holds.
         let pending: u64 = rest.iter().map(|b| u64::from(b.count)).sum();
-        let unsent = if corrupted { 0 } else { unsent.min(pending) };
-        let victim_at = (guilty && pending > 0).then(|| unsent.min(pending - 1));
+        let unsent = unsent.min(pending);
+        // The task to blame: the one it was running; or, when we killed it
+        // for a corrupt ring between tasks (while it sent results), the last
+        // one it finished, the likeliest culprit. Those before it count as
+        // lost (run again once, then fail), so a task that corrupts its
+        // worker cannot go round the workers for ever.
+        let victim_at = (guilty && pending > 0).then(|| {
+            let at = if corrupted && !running { unsent.saturating_sub(1) } else { unsent };
+            at.min(pending - 1)
+        });
         let lost = take_tasks(&mut rest, victim_at.unwrap_or(unsent));
         let victim = victim_at.and_then(|_| take_tasks(&mut rest, 1).pop());
         if let Some(hit) = victim {

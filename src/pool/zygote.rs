@@ -342,7 +342,7 @@ impl Zygote {
     /// Waits until `deadline` (`None`: no limit) for the zygote to exit and
     /// reaps it; `Ok(None)` if it still runs then. Its exit closes the
     /// report pipe's only write end, so the wait is a `poll` for that end
-    /// of file, not a timer; a look every [`REAP_LOOK`] covers a copy of
+    /// of file, not a timer; a look every 10 ms covers a copy of
     /// the write end that leaked into some other child.
     fn wait_exit(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
         const REAP_LOOK: Duration = Duration::from_millis(10);
