@@ -33,6 +33,7 @@ pub(crate) enum Tag {
 }
 
 impl Tag {
+    #[inline]
     pub(crate) fn from_byte(b: u8) -> Option<Tag> {
         Some(match b {
             0 => Tag::Ok,
@@ -64,6 +65,7 @@ pub(crate) fn run<R: Wire>(f: impl FnOnce() -> R, out: &mut Vec<u8>) -> Option<B
 
 /// The outcome a tag and its payload stand for: the value's bytes, still
 /// encoded, or the error the caller gets.
+#[inline]
 pub(crate) fn bytes_or_error(tag: u8, payload: &[u8]) -> Result<&[u8]> {
     match Tag::from_byte(tag) {
         Some(Tag::Ok) => Ok(payload),
