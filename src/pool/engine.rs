@@ -113,31 +113,37 @@ impl BatchEncoder {
         self.count as usize
     }
 
-    /// Encodes one more argument (`more`: how many the input says follow).
-    /// Returns a batch that is full and ready to queue.
-    pub(crate) fn push<A: Wire>(&mut self, arg: &A, more: usize) -> Result<Option<Batch>> {
+    /// Encodes one more argument (`more`: how many the input says follow,
+    /// asked only when a batch starts). Returns whether the batch is full:
+    /// then [`BatchEncoder::finish`] hands it over. Small and inlined: it
+    /// runs once per task.
+    #[inline]
+    pub(crate) fn push<A: Wire>(&mut self, arg: &A, more: impl FnOnce() -> usize) -> Result<bool> {
         // Tasks are numbered by `u32` within a call.
         if self.count == u32::MAX {
-            return Err(Error::InvalidArgument(format!("more than {} tasks in one call", u32::MAX)));
+            return Err(too_many_tasks());
         }
-        let (sub, call, first, chunk, max_msg, arg_len) =
-            (self.sub, self.call, self.count, self.chunk, self.max_msg, self.arg_len);
-        let b = self.batch.get_or_insert_with(|| {
-            let tasks = more.saturating_add(1).min(chunk as usize);
-            let expected = tasks.saturating_mul(4 + arg_len);
-            // A message ends once past `max_msg`: room for that and one
-            // more argument, unless the arguments are big (then it grows).
-            let mut msg = Vec::with_capacity(message::BATCH_HEADER_LEN + expected.min(2 * max_msg));
-            message::begin_batch(call, &mut msg);
-            Batch { sub, first, count: 0, call, msg, reruns: 0 }
-        });
+        if self.batch.is_none() {
+            self.batch = Some(self.start_batch(more()));
+        }
+        let Some(b) = self.batch.as_mut() else { return Ok(false) };
         let before = b.msg.len();
         message::push_arg(&mut b.msg, arg)?;
         self.arg_len = b.msg.len() - before - 4;
         b.count += 1;
         self.count += 1;
-        let full = b.count == chunk || b.msg.len() >= max_msg;
-        Ok(if full { self.batch.take() } else { None })
+        Ok(b.count == self.chunk || b.msg.len() >= self.max_msg)
+    }
+
+    /// A new batch whose first task is the next one, sized for `more` more.
+    fn start_batch(&self, more: usize) -> Batch {
+        let tasks = more.saturating_add(1).min(self.chunk as usize);
+        let expected = tasks.saturating_mul(4 + self.arg_len);
+        // A message ends once past `max_msg`: room for that and one more
+        // argument, unless the arguments are big (then it grows).
+        let mut msg = Vec::with_capacity(message::BATCH_HEADER_LEN + expected.min(2 * self.max_msg));
+        message::begin_batch(self.call, &mut msg);
+        Batch { sub: self.sub, first: self.count, count: 0, call: self.call, msg, reruns: 0 }
     }
 
     /// The last, partly filled batch.
@@ -1116,4 +1122,9 @@ fn take_tasks(batches: &mut VecDeque<Batch>, mut n: u64) -> Vec<Batch> {
         taken.push(batch);
     }
     taken
+}
+
+#[cold]
+fn too_many_tasks() -> Error {
+    Error::InvalidArgument(format!("more than {} tasks in one call", u32::MAX))
 }

@@ -347,8 +347,10 @@ impl Pool {
 
     fn fill<A: Wire>(&self, encoder: &mut BatchEncoder, mut items: impl Iterator<Item = A>) -> Result<()> {
         while let Some(arg) = items.next() {
-            if let Some(batch) = encoder.push(&arg, items.size_hint().0)? {
-                self.engine()?.queue(batch)?;
+            if encoder.push(&arg, || items.size_hint().0)? {
+                if let Some(batch) = encoder.finish() {
+                    self.engine()?.queue(batch)?;
+                }
             }
         }
         self.engine()?.end_fill(encoder.finish())
