@@ -40,7 +40,7 @@
 //! | `fork` fails (EAGAIN, ENOMEM)         | `Pool::new`: `Err(Error::Os)` naming `fork`, nothing left behind; later, queued tasks fail with it once no worker is left |
 //! | the parent dies (even by SIGKILL)     | the zygote sees EOF (or, on Linux, its parent change) and kills every worker |
 //! | the zygote is killed from outside     | the running call and every later one: `Err(Error::ZygoteDied)`; the workers die with it |
-//! | the zygote is stopped at `drop`/`terminate` | after one second it gets SIGKILL and is reaped; its workers die with it |
+//! | the zygote is stopped at `drop`/`terminate`/`join` | after 1 s (`join`: 10 s) it gets SIGKILL and is reaped (`join` then returns `ZygoteDied`); its workers die with it (Linux; elsewhere once idle) |
 //! | used from a child forked after the pool | `Err(Error::WrongProcess)` there; nothing of the parent's is touched |
 //! | called from its own input iterator    | works (`pool.imap(f, pool.imap(g, xs))`): items are pulled with no pool state borrowed |
 //! | new work after `close()`/`terminate()`| `Err(Error::Closed)`                            |
