@@ -343,7 +343,7 @@ fn without_trace_stderr_is_empty() {
 }
 
 #[test]
-fn a_full_stdout_is_one_clear_error_per_process_and_status_1_never_a_panic() {
+fn a_full_stdout_is_one_line_on_stderr_and_status_1_never_a_panic() {
     let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else { return };
     for args in [&["square"][..], &["numbers", "--count", "2"], &["isolation"], &["cube"]] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_mproc"))
@@ -355,6 +355,8 @@ fn a_full_stdout_is_one_clear_error_per_process_and_status_1_never_a_panic() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("panicked at"), "{args:?} panicked:\n{err}");
         assert!(err.lines().all(|l| l.starts_with("mproc: ")), "{args:?}:\n{err}");
+        assert_eq!(err.lines().count(), 1, "one line, as mproc(1) says: {args:?}:\n{err}");
+        assert!(err.contains("cannot write to stdout"), "{args:?}:\n{err}");
     }
 }
 

@@ -40,30 +40,52 @@ pub struct CubeArgs {
 #[derive(Args, Debug)]
 pub struct IsolationArgs {}
 
+/// Prints one line on stdout and flushes it.
+fn write_line(line: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush())
+}
+
 /// Prints one line on stdout; a write error (`> /dev/full`) becomes a
 /// one-line message and `Err(exit status)`, never a panic.
 fn say(line: std::fmt::Arguments<'_>) -> Result<(), u8> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    out.write_fmt(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).map_err(|e| {
+    write_line(line).map_err(|e| {
         crate::complain(&format!("cannot write to stdout: {e}"));
         crate::EXIT_FAILURE
     })
 }
 
-/// In a child: prints one line, or ends the child with status 1 if stdout
-/// cannot be written (the parent then reports it).
+/// A child's exit status for "my stdout could not be written":
+/// `EX_IOERR` from sysexits(3). The parent says so, once for all children.
+const CHILD_STDOUT_FAILED: i32 = 74;
+
+/// In a child: prints one line, or ends the child with
+/// [`CHILD_STDOUT_FAILED`] if stdout cannot be written. The child says
+/// nothing itself: its parent reports it, in one line however many
+/// children fail the same way.
 fn child_say(line: std::fmt::Arguments<'_>) {
-    if say(line).is_err() {
-        std::process::exit(1);
+    if write_line(line).is_err() {
+        std::process::exit(CHILD_STDOUT_FAILED);
     }
 }
+
+/// Whether the one line about children that could not write stdout was
+/// said already.
+static STDOUT_FAILURE_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Joins `p`; a child that did not exit 0 is a failure of the demo.
 fn join_ok(what: &str, p: &Process) -> Result<(), u8> {
     match p.join() {
         Ok(0) => Ok(()),
         Ok(_) if crate::died_of_our_sigpipe(p.exit_status()) => Err(crate::EXIT_SIGPIPE),
+        Ok(CHILD_STDOUT_FAILED) => {
+            use std::sync::atomic::Ordering;
+            if !STDOUT_FAILURE_SAID.swap(true, Ordering::Relaxed) {
+                crate::complain(&format!("{what}: cannot write to stdout (a child's write failed)"));
+            }
+            Err(crate::EXIT_FAILURE)
+        }
         Ok(_) => {
             let status = p.exit_status().map_or("ended badly".to_string(), |s| s.to_string());
             crate::complain(&format!("{what}: child {} {status}", p.pid().unwrap_or(-1)));
