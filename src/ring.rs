@@ -513,11 +513,6 @@ fn expired(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
-fn deadline_after(timeout: Duration) -> Option<Instant> {
-    // A timeout too large to represent is the same as none.
-    Instant::now().checked_add(timeout)
-}
-
 // ---------------------------------------------------------------------------
 // the producer
 
@@ -597,7 +592,7 @@ impl Sender {
     /// anything else, on the next `send`, `send_timeout` or `flush`. That
     /// way a partly streamed message is always completed.
     pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<()> {
-        self.send_until(msg, deadline_after(timeout))
+        self.send_until(msg, sys::deadline_after(timeout))
     }
 
     fn send_until(&mut self, msg: &[u8], deadline: Option<Instant>) -> Result<()> {
@@ -1029,7 +1024,7 @@ impl Receiver {
     /// then. A message half received stays inside the receiver.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>> {
         let mut msg = Vec::new();
-        Ok(self.recv_until(&mut msg, deadline_after(timeout))?.then_some(msg))
+        Ok(self.recv_until(&mut msg, sys::deadline_after(timeout))?.then_some(msg))
     }
 
     fn recv_until(&mut self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<bool> {

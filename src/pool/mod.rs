@@ -311,13 +311,20 @@ impl Pool {
     /// call's result type; the caller's input iterators and argument
     /// encoders run outside (see [`Pool::imap`]).
     fn engine(&self) -> Result<std::cell::RefMut<'_, Engine>> {
+        self.check_owner()?;
+        self.engine
+            .try_borrow_mut()
+            .map_err(|_| Error::InvalidState("the pool was called from inside one of its own calls"))
+    }
+
+    /// [`Error::WrongProcess`] unless called in the process that made the
+    /// pool (a child forked later has only a copy of its handles).
+    fn check_owner(&self) -> Result<()> {
         let caller = sys::current_pid();
         if caller != self.owner {
             return Err(Error::WrongProcess { owner: self.owner, caller });
         }
-        self.engine
-            .try_borrow_mut()
-            .map_err(|_| Error::InvalidState("the pool was called from inside one of its own calls"))
+        Ok(())
     }
 
     /// Queues `items` as one submission, encoded in `chunk`-task batches.
@@ -508,10 +515,7 @@ impl Pool {
     /// Waits for all queued work, then lets every worker exit and reaps it.
     /// Call [`Pool::close`] first (`Err(Error::InvalidState)` otherwise).
     pub fn join(&mut self) -> Result<()> {
-        let caller = sys::current_pid();
-        if caller != self.owner {
-            return Err(Error::WrongProcess { owner: self.owner, caller });
-        }
+        self.check_owner()?;
         let engine = self.engine.get_mut();
         // A zygote that died since the last call: say so, not Ok.
         let _ = engine.refresh();

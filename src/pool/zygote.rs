@@ -346,7 +346,6 @@ impl Zygote {
     /// the write end that leaked into some other child.
     fn wait_exit(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
         const REAP_LOOK: Duration = Duration::from_millis(10);
-        let mut scratch = [0u8; 64 * REP_LEN];
         loop {
             if let Some(status) = sys::waitpid(self.pid, true)? {
                 return Ok(Some(status));
@@ -356,16 +355,10 @@ impl Zygote {
                 return Ok(None);
             }
             let ready = sys::poll(&[(self.reports.as_fd(), true, false)], Some(left.min(REAP_LOOK)))?;
-            if ready[0].hangup || ready[0].readable {
-                // Reports nobody will read now, or the end of file.
-                loop {
-                    match sys::read(self.reports.as_fd(), &mut scratch) {
-                        Ok(0) => return sys::waitpid(self.pid, false),
-                        Ok(_) => continue,
-                        Err(Error::Os(e)) if e.errno == libc::EAGAIN => break,
-                        Err(e) => return Err(e),
-                    }
-                }
+            // Reports nobody will read now, or the end of file: the pipe
+            // is drained like a doorbell.
+            if (ready[0].hangup || ready[0].readable) && !sys::bell::drain(self.reports.as_fd())? {
+                return sys::waitpid(self.pid, false);
             }
         }
     }
