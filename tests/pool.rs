@@ -372,7 +372,7 @@ fn ten_thousand_apply_async_calls_never_block_behind_busy_workers() {
 fn terminate_with_a_backlog_returns_promptly() {
     let (gate_r, _gate_w) = pipe();
     let fds = mproc::open_fd_count();
-    let mut pool = Pool::new(2).unwrap();
+    let pool = Pool::new(2).unwrap();
     let pids = pool.pids();
     for _ in 0..2 {
         drop(pool.apply_async(wait_for_gate, gate_r.as_raw_fd()).unwrap());
@@ -428,7 +428,7 @@ fn max_tasks_per_child_replaces_workers() {
 #[test]
 fn workers_retired_by_max_tasks_are_replaced_after_close_until_the_queue_is_done() {
     let (runs_r, runs_w) = pipe();
-    let mut pool = Pool::builder().processes(2).max_tasks_per_child(2).build().unwrap();
+    let pool = Pool::builder().processes(2).max_tasks_per_child(2).build().unwrap();
     for i in 0..20u32 {
         // The handles are dropped: the tasks still run, and join waits.
         drop(pool.apply_async(record_run, (runs_w.as_raw_fd(), i)).unwrap());
@@ -455,7 +455,7 @@ fn workers_retired_by_max_tasks_are_replaced_after_close_until_the_queue_is_done
 
 #[test]
 fn close_refuses_new_work() {
-    let mut pool = Pool::new(2).unwrap();
+    let pool = Pool::new(2).unwrap();
     pool.close();
     assert_eq!(pool.map(cube, [1u64, 2]), Err(Error::Closed));
     assert_eq!(pool.apply(cube, 1), Err(Error::Closed));
@@ -468,7 +468,7 @@ fn close_refuses_new_work() {
 
 #[test]
 fn join_before_close_is_an_invalid_state() {
-    let mut pool = Pool::new(1).unwrap();
+    let pool = Pool::new(1).unwrap();
     assert!(matches!(pool.join(), Err(Error::InvalidState(_))));
     assert_eq!(pool.apply(cube, 2).unwrap(), 8);
 }
@@ -476,7 +476,7 @@ fn join_before_close_is_an_invalid_state() {
 #[test]
 fn join_waits_for_queued_work_and_reaps_every_worker() {
     let (runs_r, runs_w) = pipe();
-    let mut pool = Pool::new(3).unwrap();
+    let pool = Pool::new(3).unwrap();
     let pids = pool.pids();
     assert_eq!(pids.len(), 3);
     for i in 0..30u32 {
@@ -519,7 +519,7 @@ fn a_pool_leaks_no_descriptors_and_no_mappings() {
     assert_eq!(mproc::open_fd_count(), fds);
     assert_eq!(shared_mappings(), maps);
     {
-        let mut pool = Pool::new(2).unwrap();
+        let pool = Pool::new(2).unwrap();
         pool.map(cube, 0..100u64).unwrap();
         pool.close();
         pool.join().unwrap();
@@ -703,7 +703,7 @@ fn a_zygote_killed_during_map_fails_the_map_promptly() {
         let killed_at = killer.join().unwrap();
         assert!(is_zygote_died(&err, zygote), "{err}");
         assert!(killed_at.elapsed() < Duration::from_secs(2));
-        let mut pool = pool;
+        let pool = pool;
         pool.close();
         assert_eq!(pool.join().unwrap_err(), err);
         drop(pool);
@@ -878,7 +878,7 @@ fn a_pool_can_be_used_from_inside_its_own_input_iterators() {
 #[cfg_attr(not(target_os = "linux"), ignore = "finds the zygote in /proc")]
 fn join_after_the_zygote_was_killed_is_zygote_died_not_ok() {
     let _dog = watchdog(Duration::from_secs(30), "join after the zygote was killed");
-    let mut pool = Pool::new(2).unwrap();
+    let pool = Pool::new(2).unwrap();
     assert_eq!(pool.map(cube, 0..4u64).unwrap(), vec![0, 1, 8, 27]);
     let zygote = the_zygote();
     signal(zygote, libc::SIGKILL);
@@ -894,7 +894,7 @@ fn join_after_the_zygote_was_killed_is_zygote_died_not_ok() {
 #[cfg_attr(not(target_os = "linux"), ignore = "finds the zygote in /proc")]
 fn join_with_a_stopped_zygote_ends_within_its_limit() {
     let _dog = watchdog(Duration::from_secs(60), "join with a stopped zygote");
-    let mut pool = Pool::new(2).unwrap();
+    let pool = Pool::new(2).unwrap();
     let workers = pool.pids();
     assert_eq!(pool.map(cube, 0..4u64).unwrap(), vec![0, 1, 8, 27]);
     let zygote = the_zygote();

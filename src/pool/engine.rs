@@ -1,6 +1,8 @@
 //! The parent's half of the pool: queues, dispatch, results, deaths.
-//! Single-threaded; driven by `Pool` methods through `pump`. (Task timeouts
-//! are the zygote's: it runs whether or not the caller is in a pool call.)
+//! Plain state behind the pool's lock (see `driver`): whoever holds the
+//! lock may queue and dispatch; only the thread that holds the pump role
+//! as well reads the rings and the report pipe ([`Engine::step`]). (Task
+//! timeouts are the zygote's: it runs whatever the parent does.)
 //!
 //! Every task is in exactly one place at a time: the queue (not yet sent),
 //! a slot's in-flight list (sent to that worker, in order), or its
@@ -13,10 +15,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
+use std::task::Waker;
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use super::message::{self, Call, ResultTag};
-use super::shared::{self, Layout, Woke};
+use super::queue::TaskQueue;
+use super::shared::{self, Layout};
 use super::zygote::{Report, Zygote};
 use crate::error::{Error, OsError, Result};
 use crate::ring::{Receiver, Sender};
@@ -184,6 +189,35 @@ pub(crate) struct Submission {
     remaining: usize,
     /// The caller no longer wants these results (dropped handle).
     abandoned: bool,
+    /// Who to wake when results arrive (see [`Waiter`]), and whether each
+    /// wants every result (`imap`) or only the last one.
+    waiters: Vec<(Waiter, bool)>,
+}
+
+/// A thread parked until a submission has results, or a future's waker.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    Thread(Thread),
+    Task(Waker),
+}
+
+impl Waiter {
+    /// Wakes it. Called with the pool's lock released: a waker may run an
+    /// executor's code, which may call the pool.
+    pub(crate) fn wake(self) {
+        match self {
+            Waiter::Thread(t) => t.unpark(),
+            Waiter::Task(w) => w.wake(),
+        }
+    }
+
+    fn same(&self, other: &Waiter) -> bool {
+        match (self, other) {
+            (Waiter::Thread(a), Waiter::Thread(b)) => a.id() == b.id(),
+            (Waiter::Task(a), Waiter::Task(b)) => a.will_wake(b),
+            _ => false,
+        }
+    }
 }
 
 impl Submission {
@@ -196,6 +230,31 @@ impl Submission {
             errors: HashMap::new(),
             remaining: 0,
             abandoned: false,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Registers `waiter` for this submission's next result (`any`) or its
+    /// last; once per waiter (a thread parks again and again, a future is
+    /// polled again and again).
+    pub(crate) fn add_waiter(&mut self, waiter: Waiter, any: bool) {
+        match self.waiters.iter_mut().find(|(w, _)| w.same(&waiter)) {
+            Some(entry) => entry.1 |= any,
+            None => self.waiters.push((waiter, any)),
+        }
+    }
+
+    /// Moves the waiters due now (after a result was filed) to `out`.
+    fn take_due_waiters(&mut self, out: &mut Vec<Waiter>) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        if self.is_complete() {
+            out.extend(self.waiters.drain(..).map(|(w, _)| w));
+        } else {
+            let (due, wait): (Vec<_>, Vec<_>) = self.waiters.drain(..).partition(|(_, any)| *any);
+            self.waiters = wait;
+            out.extend(due.into_iter().map(|(w, _)| w));
         }
     }
 
@@ -386,11 +445,10 @@ impl Limits {
 #[derive(Debug)]
 pub(crate) struct Engine {
     pub layout: Layout,
-    parent_bell: ParentOnlyFd,
     worker_bells: Vec<ParentOnlyFd>,
     zygote: Zygote,
     slots: Vec<Slot>,
-    queue: VecDeque<Batch>,
+    queue: TaskQueue,
     subs: HashMap<u64, Submission, IdHash>,
     next_sub: u64,
     limits: Limits,
@@ -402,13 +460,31 @@ pub(crate) struct Engine {
     reports: Vec<Report>,
     /// Read the report pipe at the next step even if the zygote's flag is
     /// down: our poll saw the pipe readable or hung up (EOF sets no flag).
-    reports_due: bool,
+    pub reports_due: bool,
+    /// A thread holds the pump role: it alone reads the rings and the
+    /// report pipe, and it sleeps with the lock released (see `driver`).
+    pub pumping: bool,
+    /// ...and that thread is the pool's driver, not a caller.
+    pub driver_pumps: bool,
+    /// Which thread pumps (a waker the pool runs must not wait on it).
+    pub pumper: Option<std::thread::ThreadId>,
+    /// Counts the calls that waited on the pool (the driver waits for it
+    /// to stand still before it pumps itself).
+    pub call_epoch: u64,
+    /// A future waits for a result: the driver must pump, not idle.
+    pub futures_waiting: bool,
+    /// The driver sleeps until nudged (no work): `apply_async` nudges it.
+    pub driver_idle: bool,
+    /// Callers parked until the pump role is free or their results come.
+    pub parked: Vec<Thread>,
+    /// Waiters whose results were filed under the lock: woken once it is
+    /// released (see `driver::Locked`).
+    pub to_wake: Vec<Waiter>,
 }
 
 impl Engine {
     pub(crate) fn new(
         layout: Layout,
-        parent_bell: ParentOnlyFd,
         worker_bells: Vec<ParentOnlyFd>,
         zygote: Zygote,
         limits: Limits,
@@ -419,11 +495,10 @@ impl Engine {
             .collect::<Result<Vec<_>>>()?;
         Ok(Engine {
             layout,
-            parent_bell,
             worker_bells,
             zygote,
             slots,
-            queue: VecDeque::new(),
+            queue: TaskQueue::default(),
             subs: HashMap::default(),
             next_sub: 0,
             limits,
@@ -432,6 +507,14 @@ impl Engine {
             broken: None,
             reports: Vec::new(),
             reports_due: true,
+            pumping: false,
+            driver_pumps: false,
+            pumper: None,
+            call_epoch: 0,
+            futures_waiting: false,
+            driver_idle: false,
+            parked: Vec::new(),
+            to_wake: Vec::new(),
         })
     }
 
@@ -500,15 +583,25 @@ impl Engine {
         Ok(sub)
     }
 
-    /// Queues one finished batch and moves work along, so that workers
-    /// start on the first batches while later ones are being encoded.
+    /// Queues one finished batch and hands it out, so that workers start
+    /// on the first batches while later ones are being encoded.
     pub(crate) fn queue(&mut self, batch: Batch) -> Result<()> {
+        self.call_epoch = self.call_epoch.wrapping_add(1);
         self.queue_batch(Some(batch));
-        self.step()
+        if self.pumping {
+            return self.dispatch();
+        }
+        // Nobody pumps: take results in as well, so that workers whose
+        // result rings filled up go on while the caller encodes.
+        self.pumping = true;
+        let stepped = self.step();
+        self.pumping = false;
+        stepped
     }
 
     /// Queues the last batch of a submission (if any) and dispatches.
     pub(crate) fn end_fill(&mut self, batch: Option<Batch>) -> Result<()> {
+        self.call_epoch = self.call_epoch.wrapping_add(1);
         self.queue_batch(batch);
         self.dispatch()
     }
@@ -565,45 +658,53 @@ impl Engine {
         self.queue.is_empty() && self.slots.iter().all(|s| s.inflight.is_empty())
     }
 
-    /// Moves work forward until `done(self)` or `deadline`; sleeps (without
-    /// spinning a core) when nothing can move. `Err(Timeout)` at deadline.
-    pub(crate) fn pump(&mut self, deadline: Option<Instant>, done: impl Fn(&Engine) -> bool) -> Result<()> {
-        loop {
-            self.step()?;
-            if done(self) {
-                return Ok(());
-            }
-            if self.finished {
-                // Nothing can move any more: say why instead of waiting.
-                return Err(self.broken.clone().unwrap_or(Error::Closed));
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return Err(Error::Timeout);
-            }
-            let wake_at = [deadline, self.next_timer()].into_iter().flatten().min();
-            let timeout = wake_at.map(|t| t.saturating_duration_since(now));
-            let reports = self.zygote.report_fd();
-            let slots = &self.slots;
-            let woke = shared::sleep(
-                &self.layout.parent_flags(),
-                self.parent_bell.as_fd(),
-                &[reports],
-                timeout,
-                || {
-                    slots.iter().any(|s| {
-                        // A slot being killed waits for its death report:
-                        // its ring may say "ready" for ever.
-                        s.is_live()
-                            && s.kill_cause.is_none()
-                            && (s.results.has_data() || (s.sending < s.inflight.len() && s.tasks.has_room()))
-                    })
-                },
-            )?;
-            // Woken by the report pipe, a timeout, or the bell's end of file
-            // (every worker and the zygote gone): read the reports.
-            self.reports_due |= woke != Woke::Ready;
+    /// Whether the pump role has anything to do now, or soon: tasks queued
+    /// or in flight, a worker asked for, a timer set, reports to read.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.finished
+            && (!self.idle() || self.spawning() || self.reports_due || self.next_timer().is_some())
+    }
+
+    /// Whether a step would find something to do in the rings: results to
+    /// read, or task bytes waiting for room that has appeared. Cheap: what
+    /// the pumping thread polls while it spins.
+    pub(crate) fn ready_to_step(&self) -> bool {
+        self.slots.iter().any(|s| {
+            // A slot being killed waits for its death report: its ring may
+            // say "ready" for ever.
+            s.is_live()
+                && s.kill_cause.is_none()
+                && (s.results.has_data() || (s.sending < s.inflight.len() && s.tasks.has_room()))
+        })
+    }
+
+    /// Why nothing can move any more, once the pool has ended.
+    pub(crate) fn ended(&self) -> Option<Error> {
+        self.finished.then(|| self.broken.clone().unwrap_or(Error::Closed))
+    }
+
+    /// Tasks submitted and not yet handed to a worker.
+    pub(crate) fn queued_tasks(&self) -> usize {
+        self.queue.tasks()
+    }
+
+    pub(crate) fn submission_mut(&mut self, sub: u64) -> Option<&mut Submission> {
+        self.subs.get_mut(&sub)
+    }
+
+    /// Hands over a complete submission's results (the caller decodes them
+    /// with the lock released).
+    pub(crate) fn take_complete(&mut self, sub: u64) -> Option<Submission> {
+        if self.subs.get(&sub)?.is_complete() {
+            self.subs.remove(&sub)
+        } else {
+            None
         }
+    }
+
+    /// The report pipe, to watch while idle.
+    pub(crate) fn report_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.zygote.report_fd()
     }
 
     /// [`Engine::step`], reading the report pipe whatever the zygote's flag
@@ -615,7 +716,9 @@ impl Engine {
     }
 
     /// One non-blocking round: results in, reports in, timers, work out.
+    /// Only for the thread that holds the pump role.
     pub(crate) fn step(&mut self) -> Result<()> {
+        debug_assert!(self.pumping, "a step without the pump role");
         for k in 0..self.slots.len() {
             self.collect(k)?;
         }
@@ -687,8 +790,11 @@ impl Engine {
                 slot.quick = now.duration_since(slot.head_since) < QUICK_BATCH;
                 slot.head_since = now;
             }
-            if submission.is_some_and(|s| s.abandoned && s.is_complete()) {
-                self.subs.remove(&sub);
+            if let Some(s) = submission {
+                s.take_due_waiters(&mut self.to_wake);
+                if s.abandoned && s.is_complete() {
+                    self.subs.remove(&sub);
+                }
             }
         }
         Ok(())
@@ -697,6 +803,7 @@ impl Engine {
     fn file(&mut self, sub: u64, i: u32, outcome: Result<&[u8]>) {
         if let Some(s) = self.subs.get_mut(&sub) {
             s.set(i, outcome);
+            s.take_due_waiters(&mut self.to_wake);
             if s.abandoned && s.is_complete() {
                 self.subs.remove(&sub);
             }
@@ -899,7 +1006,7 @@ impl Engine {
     }
 
     /// The next instant a timer needs attention.
-    fn next_timer(&self) -> Option<Instant> {
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
         self.slots.iter().filter(|s| s.state == SlotState::Empty).filter_map(|s| s.retry_spawn_at).min()
     }
 

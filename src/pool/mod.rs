@@ -53,26 +53,29 @@
 //! `map` returns the first error in input order (after every task of the
 //! call has ended); `imap` and `imap_unordered` yield each task's outcome.
 
+mod driver;
 mod engine;
 mod fork_map;
 // pub(crate): the fuzz entry points (crate::fuzzing) reach its decoders.
 pub(crate) mod message;
+mod queue;
+mod results;
 mod shared;
 mod worker;
 mod zygote;
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use driver::{Core, Interest};
 use engine::{BatchEncoder, Engine, Limits};
 use message::Call;
 use shared::Layout;
 use zygote::{Zygote, ZygoteSide};
 
 pub use fork_map::fork_map;
+pub use results::{AsyncResult, Imap};
 
 use crate::error::{Error, Result};
 use crate::sys::{self, bell::Bell, ParentOnlyFd};
@@ -93,11 +96,8 @@ const DEFAULT_RING_CAPACITY: usize = 64 * 1024;
 /// ```
 #[derive(Debug)]
 pub struct Pool {
-    engine: RefCell<Engine>,
-    processes: usize,
-    /// The process that made the pool; in any other (a child forked later,
-    /// which has a copy of this object) every call is an error.
-    owner: i32,
+    /// Shared with the pool's results and its driver thread.
+    core: Arc<Core>,
 }
 
 /// Most workers one pool may have: far above any useful number (one per
@@ -271,10 +271,10 @@ impl PoolBuilder {
         message::prepare_check_key();
         let zygote = Zygote::start(requests_w, reports_r, side)?;
         let limits = Limits { max_tasks: self.max_tasks_per_child, max_result: self.max_result_size };
-        let mut engine = Engine::new(layout, parent_read, worker_writes, zygote, limits)?;
+        let mut engine = Engine::new(layout, worker_writes, zygote, limits)?;
         // On failure, dropping the engine kills and reaps whatever started.
         engine.start_workers()?;
-        Ok(Pool { engine: RefCell::new(engine), processes: n, owner: sys::current_pid() })
+        Ok(Pool { core: Core::start(engine, parent_read, n)? })
     }
 }
 
@@ -291,46 +291,44 @@ impl Pool {
 
     /// How many workers the pool keeps.
     pub fn processes(&self) -> usize {
-        self.processes
+        self.core.processes
     }
 
     /// The current workers' pids (a replaced worker's pid changes). Empty
     /// in a process other than the pool's own, and once the pool has ended.
     pub fn pids(&self) -> Vec<i32> {
-        let Ok(mut engine) = self.engine() else { return Vec::new() };
-        let _ = engine.refresh();
-        engine.pids()
+        if self.check_owner().is_err() {
+            return Vec::new();
+        }
+        let mut e = self.core.lock();
+        let _ = self.core.step_if_free(&mut e);
+        e.pids()
     }
 
-    /// The engine, for a call from the pool's own process.
-    ///
-    /// [`Error::WrongProcess`] in a child forked after the pool: its copy
-    /// of the rings and pipes belongs to the parent. [`Error::InvalidState`]
-    /// for a call made while another call of the same pool runs further up
-    /// this thread's stack — possible only from a [`Wire`] impl of the
-    /// call's result type; the caller's input iterators and argument
-    /// encoders run outside (see [`Pool::imap`]).
-    fn engine(&self) -> Result<std::cell::RefMut<'_, Engine>> {
-        self.check_owner()?;
-        self.engine
-            .try_borrow_mut()
-            .map_err(|_| Error::InvalidState("the pool was called from inside one of its own calls"))
+    /// Tasks submitted and not yet handed to a worker: what waits in this
+    /// process's memory. `map` and `apply_async` queue everything they are
+    /// given (as Python's pool does); `imap` at most a window's worth per
+    /// iterator. A service that must bound its memory checks this before it
+    /// submits more.
+    pub fn queued(&self) -> usize {
+        if self.check_owner().is_err() {
+            return 0;
+        }
+        self.core.lock().queued_tasks()
     }
 
     /// [`Error::WrongProcess`] unless called in the process that made the
-    /// pool (a child forked later has only a copy of its handles).
+    /// pool (a child forked later has only a copy of its handles). Checked
+    /// before anything is locked: a child forked while another thread held
+    /// the pool's lock would wait for it for ever.
     fn check_owner(&self) -> Result<()> {
-        let caller = sys::current_pid();
-        if caller != self.owner {
-            return Err(Error::WrongProcess { owner: self.owner, caller });
-        }
-        Ok(())
+        check_owner(&self.core)
     }
 
     /// Queues `items` as one submission, encoded in `chunk`-task batches.
-    /// The items are pulled and encoded with no pool state borrowed, so the
-    /// iterator may itself use the pool. Returns the submission's id and its
-    /// number of tasks.
+    /// The items are pulled and encoded with the lock released, so the
+    /// iterator may itself use the pool. Returns the submission's id and
+    /// its number of tasks.
     fn submit<A: Wire>(
         &self,
         call: Call,
@@ -338,16 +336,15 @@ impl Pool {
         chunk: usize,
         base_index: u64,
     ) -> Result<(u64, usize)> {
+        self.check_owner()?;
         let (sub, ring_capacity) = {
-            let mut engine = self.engine()?;
-            (engine.open(base_index, items.size_hint().0)?, engine.layout.ring_capacity())
+            let mut e = self.core.lock();
+            (e.open(base_index, items.size_hint().0)?, e.layout.ring_capacity())
         };
         let mut encoder = BatchEncoder::new(sub, call, chunk, ring_capacity);
         let filled = self.fill(&mut encoder, items);
         if filled.is_err() {
-            if let Ok(mut engine) = self.engine() {
-                engine.cancel(sub);
-            }
+            self.core.lock().cancel(sub);
         }
         filled.map(|()| (sub, encoder.count()))
     }
@@ -356,16 +353,16 @@ impl Pool {
         while let Some(arg) = items.next() {
             if encoder.push(&arg, || items.size_hint().0)? {
                 if let Some(batch) = encoder.finish() {
-                    self.engine()?.queue(batch)?;
+                    self.core.lock().queue(batch)?;
                 }
             }
         }
-        self.engine()?.end_fill(encoder.finish())
+        self.core.lock().end_fill(encoder.finish())
     }
 
     /// Python's default: ceil(len / (4 × processes)).
     fn default_chunksize(&self, len: usize) -> usize {
-        len.div_ceil(4 * self.processes).max(1)
+        len.div_ceil(4 * self.core.processes).max(1)
     }
 
     /// Applies `f` to every item, in parallel, and returns the results in
@@ -424,19 +421,12 @@ impl Pool {
         chunk: usize,
     ) -> Result<Vec<R>> {
         let (sub, len) = self.submit(call, items, chunk, 0)?;
-        let mut engine = self.engine()?;
-        let limit = engine.max_result();
-        let waited = engine.pump(None, |e| e.submission(sub).is_none_or(|s| s.is_complete()));
-        let result = waited.and_then(|()| {
-            let s = engine.submission(sub).ok_or(Error::Closed)?;
-            let mut out = Vec::with_capacity(len);
-            for i in 0..s.len() as u32 {
-                out.push(s.get(i).unwrap_or(Err(Error::Closed)).and_then(|b| decode::<R>(b, limit))?);
-            }
-            Ok(out)
-        });
-        engine.release(sub);
-        result
+        let (results, limit) = results::wait_for(&self.core, sub, None)?;
+        let mut out = Vec::with_capacity(len);
+        for i in 0..results.len() as u32 {
+            out.push(results.get(i).unwrap_or(Err(Error::Closed)).and_then(|b| results::decode::<R>(b, limit))?);
+        }
+        Ok(out)
     }
 
     /// Runs `f(arg)` on a worker and waits for the result.
@@ -446,18 +436,26 @@ impl Pool {
 
     /// Queues `f(arg)` and returns at once, even with thousands of tasks
     /// queued behind busy workers (they wait in the parent and enter the
-    /// rings as they drain).
+    /// rings as they drain, moved by the pool's driver thread whether or
+    /// not anyone waits). The handle owns its place: keep it, move it to
+    /// another thread, `.await` it, or drop it (the task still runs; its
+    /// result is dropped when it arrives).
     ///
     /// ```
     /// fn cube(n: u64) -> u64 { n * n * n }
     /// let pool = mproc::Pool::new(2)?;
     /// let mut r = pool.apply_async(cube, 7u64)?;
+    /// pool.close();
+    /// pool.join()?;
     /// assert_eq!(r.get()?, 343);
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    pub fn apply_async<A: Wire, R: Wire>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<'_, R>> {
+    pub fn apply_async<A: Wire, R: Wire>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>> {
         let (sub, _) = self.submit(Call::new(f), std::iter::once(arg), 1, 0)?;
-        Ok(AsyncResult { pool: self, sub, taken: false, _value: PhantomData })
+        let e = self.core.lock();
+        self.core.kick(&e);
+        drop(e);
+        Ok(AsyncResult::new(Arc::clone(&self.core), sub))
     }
 
     /// Lazily applies `f` to each item, yielding results in input order.
@@ -506,280 +504,107 @@ impl Pool {
         Imap::new(self, Call::new(f), items.into_iter(), chunksize.clamp(1, u32::MAX as usize / 2), true)
     }
 
-    /// Refuses new work from now on (`Err(Error::Closed)`); queued work
-    /// still runs. Follow with [`Pool::join`].
-    pub fn close(&mut self) {
-        self.engine.get_mut().closed = true;
+    /// Refuses new work from now on, from every thread
+    /// (`Err(Error::Closed)`); queued work still runs. Follow with
+    /// [`Pool::join`].
+    pub fn close(&self) {
+        if self.check_owner().is_ok() {
+            self.core.lock().closed = true;
+        }
     }
 
     /// Waits for all queued work, then lets every worker exit and reaps it.
     /// Call [`Pool::close`] first (`Err(Error::InvalidState)` otherwise).
-    pub fn join(&mut self) -> Result<()> {
+    /// Results not yet taken stay with their handles. Several threads may
+    /// join at once; each returns when the pool has ended.
+    pub fn join(&self) -> Result<()> {
         self.check_owner()?;
-        let engine = self.engine.get_mut();
+        let core = &self.core;
+        let mut e = core.lock();
         // A zygote that died since the last call: say so, not Ok.
-        let _ = engine.refresh();
-        if let Some(err) = &engine.broken {
+        let _ = core.step_if_free(&mut e);
+        if let Some(err) = &e.broken {
             return Err(err.clone());
         }
-        if !engine.closed {
+        if !e.closed {
             return Err(Error::InvalidState("join() called before close()"));
         }
-        if engine.finished {
-            return Ok(());
+        if !e.finished {
+            e = self.finish_queued_work(e)?;
         }
-        // Every task has its outcome, and no worker is still on its way: a
-        // worker forked after the exit orders went out would wait for tasks
-        // forever, and the zygote (told to wait for its workers) with it.
-        engine.pump(None, |e| e.idle() && !e.spawning())?;
-        engine.send_exit()?;
-        while !engine.all_exits_sent() {
-            match engine.pump(Some(Instant::now() + Duration::from_millis(1)), |_| false) {
-                Ok(()) | Err(Error::Timeout) => {}
-                Err(e) => return Err(e),
-            }
-            engine.send_exit()?;
-        }
-        engine.finish()
+        let broken = e.broken.clone();
+        core.wake_all(e);
+        core.join_driver();
+        broken.map_or(Ok(()), Err)
     }
 
-    /// Kills every worker now (SIGKILL), reaps them, and ends the pool.
-    /// Work not yet done is dropped. Dropping a pool does the same.
-    pub fn terminate(&mut self) {
-        let _ = self.engine.get_mut().terminate();
+    /// `join`'s work: every task has its outcome and no worker is still on
+    /// its way (a worker forked after the exit orders went out would wait
+    /// for tasks forever, and the zygote, told to wait for its workers,
+    /// with it); then the exit orders, then the zygote's polite end.
+    fn finish_queued_work<'a>(&'a self, e: driver::Locked<'a>) -> Result<driver::Locked<'a>> {
+        let core = &self.core;
+        let settled = |e: &Engine| e.finished || (e.idle() && !e.spawning());
+        let mut e = ended_is_ok(core, core.wait_until(e, None, Interest::NONE, settled))?;
+        while !e.finished {
+            e.send_exit()?;
+            if e.all_exits_sent() {
+                e.finish()?;
+                break;
+            }
+            let soon = Some(Instant::now() + Duration::from_millis(1));
+            e = match core.wait_until(e, soon, Interest::NONE, |e| e.finished) {
+                Err(Error::Timeout) => core.lock(),
+                waited => ended_is_ok(core, waited)?,
+            };
+        }
+        Ok(e)
     }
+
+    /// Kills every worker now (SIGKILL), reaps them, and ends the pool,
+    /// from any thread: calls waiting in other threads return
+    /// `Err(Error::Closed)` at once, as does every task without a result.
+    /// Dropping the pool does the same.
+    pub fn terminate(&self) {
+        if self.check_owner().is_err() {
+            return;
+        }
+        let mut e = self.core.lock();
+        let _ = e.terminate();
+        self.core.wake_all(e);
+        self.core.join_driver();
+    }
+}
+
+/// A `join` that finds the pool ended by another thread's `join` (not
+/// broken): that is the end it waited for.
+fn ended_is_ok<'a>(core: &'a Core, waited: Result<driver::Locked<'a>>) -> Result<driver::Locked<'a>> {
+    match waited {
+        Err(Error::Closed) => {
+            let e = core.lock();
+            if e.finished && e.broken.is_none() {
+                Ok(e)
+            } else {
+                Err(Error::Closed)
+            }
+        }
+        other => other,
+    }
+}
+
+/// [`Error::WrongProcess`] unless this is the process that made the pool.
+fn check_owner(core: &Core) -> Result<()> {
+    let caller = sys::current_pid();
+    if caller != core.owner {
+        return Err(Error::WrongProcess { owner: core.owner, caller });
+    }
+    Ok(())
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let _ = self.engine.get_mut().terminate();
-    }
-}
-
-/// Decodes a result, within the pool's limit on what one result may take.
-/// A type that owns no heap memory (nothing to drop: numbers, tuples and
-/// arrays of them) takes its own size whatever the bytes say, so it skips
-/// the counting, which would cost a trivial task a fifth of its time.
-fn decode<R: Wire>(bytes: &[u8], limit: usize) -> Result<R> {
-    let decoded = if std::mem::needs_drop::<R>() {
-        crate::wire::from_bytes_within(bytes, limit)
-    } else {
-        R::from_bytes(bytes)
-    };
-    decoded.map_err(Error::Decode)
-}
-
-/// The pending result of [`Pool::apply_async`].
-#[derive(Debug)]
-pub struct AsyncResult<'p, R> {
-    pool: &'p Pool,
-    sub: u64,
-    taken: bool,
-    _value: PhantomData<fn() -> R>,
-}
-
-impl<R: Wire> AsyncResult<'_, R> {
-    /// Whether the result is there (never blocks).
-    pub fn ready(&self) -> bool {
-        let Ok(mut engine) = self.pool.engine() else { return false };
-        let _ = engine.refresh();
-        engine.submission(self.sub).is_some_and(|s| s.is_complete())
-    }
-
-    /// Waits at most `timeout`. `Err(Error::Timeout)` if the task has not
-    /// finished; the task keeps running and you may ask again. Never kills.
-    /// A timeout too long to represent as an instant waits without limit.
-    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
-        self.wait(sys::deadline_after(timeout))
-    }
-
-    /// Waits for the result.
-    pub fn get(&mut self) -> Result<R> {
-        self.wait(None)
-    }
-
-    fn wait(&mut self, deadline: Option<Instant>) -> Result<R> {
-        if self.taken {
-            return Err(Error::InvalidState("the result was already taken"));
-        }
-        let sub = self.sub;
-        let mut engine = self.pool.engine()?;
-        let limit = engine.max_result();
-        engine.pump(deadline, |e| e.submission(sub).is_none_or(|s| s.is_complete()))?;
-        let outcome = engine
-            .submission(sub)
-            .and_then(|s| s.get(0))
-            .unwrap_or(Err(Error::Closed))
-            .and_then(|b| decode(b, limit));
-        self.taken = true;
-        engine.release(sub);
-        outcome
-    }
-}
-
-impl<R> Drop for AsyncResult<'_, R> {
-    fn drop(&mut self) {
-        if let Ok(mut engine) = self.pool.engine() {
-            engine.release(self.sub);
-        }
-    }
-}
-
-/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`].
-#[derive(Debug)]
-pub struct Imap<'p, A, R, I> {
-    pool: &'p Pool,
-    call: Call,
-    /// The items not yet submitted; `None` once they ran out (or the pool
-    /// refused more).
-    input: Option<I>,
-    chunksize: usize,
-    ordered: bool,
-    /// Most tasks submitted and not yet yielded: the memory bound.
-    window: usize,
-    /// Submitted chunks, in input order.
-    pending: VecDeque<Chunk>,
-    /// Tasks submitted and not yet yielded.
-    outstanding: usize,
-    next_index: u64,
-    /// A refusal to report once, after everything submitted was yielded.
-    refused: Option<Error>,
-    _types: PhantomData<fn(A) -> R>,
-}
-
-/// One submitted chunk of an [`Imap`].
-#[derive(Debug)]
-struct Chunk {
-    sub: u64,
-    /// Which of its tasks were yielded.
-    yielded: Vec<bool>,
-    /// Every task before this one was yielded.
-    cursor: usize,
-    count: usize,
-}
-
-impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
-    fn new(pool: &'p Pool, call: Call, input: I, chunksize: usize, ordered: bool) -> Self {
-        let window = pool.processes.saturating_mul(chunksize).saturating_mul(4).max(64);
-        Imap {
-            pool,
-            call,
-            input: Some(input),
-            chunksize,
-            ordered,
-            window,
-            pending: VecDeque::new(),
-            outstanding: 0,
-            next_index: 0,
-            refused: None,
-            _types: PhantomData,
-        }
-    }
-
-    /// Submits chunks until the window is full or the input ends.
-    fn refill(&mut self) -> Result<()> {
-        while self.outstanding + self.chunksize <= self.window {
-            let Some(input) = self.input.as_mut() else { return Ok(()) };
-            let chunk = input.by_ref().take(self.chunksize);
-            let (sub, n) = self.pool.submit(self.call, chunk, self.chunksize, self.next_index)?;
-            if n < self.chunksize {
-                self.input = None;
-            }
-            if n == 0 {
-                self.pool.engine()?.release(sub);
-                return Ok(());
-            }
-            self.next_index += n as u64;
-            self.outstanding += n;
-            self.pending.push_back(Chunk { sub, yielded: vec![false; n], cursor: 0, count: 0 });
-        }
-        Ok(())
-    }
-
-    /// The position (in `pending`, in its chunk) of a result to yield now.
-    /// In order: only the first task not yet yielded qualifies.
-    fn ready_one(&self, engine: &Engine) -> Option<(usize, usize)> {
-        for (p, chunk) in self.pending.iter().enumerate() {
-            let s = engine.submission(chunk.sub)?;
-            for i in chunk.cursor..chunk.yielded.len() {
-                if chunk.yielded[i] {
-                    continue;
-                }
-                if s.get(i as u32).is_some() {
-                    return Some((p, i));
-                }
-                if self.ordered {
-                    return None;
-                }
-            }
-        }
-        None
-    }
-}
-
-impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
-    type Item = Result<R>;
-
-    fn next(&mut self) -> Option<Result<R>> {
-        if let Err(e) = self.refill() {
-            // No more submissions; what was submitted still comes out.
-            self.input = None;
-            self.refused = Some(e);
-        }
-        if self.pending.is_empty() {
-            return self.refused.take().map(Err);
-        }
-        let mut engine = match self.pool.engine() {
-            Ok(engine) => engine,
-            Err(e) => return Some(Err(e)),
-        };
-        // An ended pool has given every task an outcome, so a result is
-        // ready then too; `finished` only guards against waiting forever.
-        let waited = engine.pump(None, |e| e.finished || self.ready_one(e).is_some());
-        if let Err(e) = waited {
-            // The pool itself failed (its zygote died, a system call failed):
-            // say so once and end, instead of repeating it for ever.
-            for chunk in self.pending.drain(..) {
-                engine.release(chunk.sub);
-            }
-            self.input = None;
-            self.outstanding = 0;
-            return Some(Err(e));
-        }
-        let limit = engine.max_result();
-        let Some((p, i)) = self.ready_one(&engine) else {
-            // The pool ended with nothing for us: nothing more to come.
-            self.pending.clear();
-            self.input = None;
-            return Some(Err(Error::Closed));
-        };
-        let chunk = &mut self.pending[p];
-        let outcome = engine
-            .submission(chunk.sub)
-            .and_then(|s| s.get(i as u32))
-            .unwrap_or(Err(Error::Closed))
-            .and_then(|b| decode(b, limit));
-        chunk.yielded[i] = true;
-        chunk.count += 1;
-        while chunk.cursor < chunk.yielded.len() && chunk.yielded[chunk.cursor] {
-            chunk.cursor += 1;
-        }
-        self.outstanding -= 1;
-        if chunk.count == chunk.yielded.len() {
-            engine.release(chunk.sub);
-            self.pending.remove(p);
-        }
-        Some(outcome)
-    }
-}
-
-impl<A, R, I> Drop for Imap<'_, A, R, I> {
-    fn drop(&mut self) {
-        if let Ok(mut engine) = self.pool.engine() {
-            for chunk in &self.pending {
-                engine.release(chunk.sub);
-            }
-        }
+        // In a forked child, nothing: not even the lock (see check_owner).
+        self.terminate();
     }
 }
 

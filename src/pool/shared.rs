@@ -302,6 +302,18 @@ pub(crate) fn sleep(
     if ring::spin(|| Ok(ready()))? {
         return Ok(Woke::Ready);
     }
+    sleep_without_spin(flags, bell, extra, timeout, ready)
+}
+
+/// [`sleep`] without the spin: for a sleeper that has nothing to catch in
+/// the next microseconds (and must not take a CPU from the workers).
+pub(crate) fn sleep_without_spin(
+    flags: &[&AtomicU32],
+    bell: BorrowedFd<'_>,
+    extra: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+    ready: impl Fn() -> bool,
+) -> Result<Woke> {
     let raise = |on: u32| flags.iter().for_each(|flag| flag.store(on, Ordering::Relaxed));
     raise(1);
     // Pairs with the fence in `wake`: after this, a waker that publishes

@@ -145,7 +145,7 @@ pub fn numbers(args: NumbersArgs) -> u8 {
 
 /// `mproc cube`: the seed's pool of three. Twin: `c-compare/cube_pool.c`.
 pub fn cube(args: CubeArgs) -> u8 {
-    let mut pool = match mproc::Pool::new(args.processes as usize) {
+    let pool = match mproc::Pool::new(args.processes as usize) {
         Ok(pool) => pool,
         Err(e) => return fail("cube", &e),
     };

@@ -1,0 +1,447 @@
+//! What makes a [`Pool`](super::Pool) shareable between threads: its
+//! engine behind one lock, the *pump role*, and a small driver thread.
+//!
+//! # The pump role
+//! Reading the result rings and the zygote's report pipe, and sleeping on
+//! the parent's doorbell until there is more, is one thread's job at a
+//! time: the thread that holds the pump role (a flag under the lock). It
+//! sleeps with the lock released, so other threads submit, dispatch and
+//! take their results meanwhile; it files every result that arrives,
+//! whoever it is for, and wakes the threads (or futures) waiting for them.
+//!
+//! - A caller that must wait (`get`, `map`, `imap`'s `next`, `join`) takes
+//!   the role if it is free and pumps until its own results are in: one
+//!   thread waiting on its own, the common case, pays no hand-over between
+//!   threads. If another thread holds the role, it parks until that thread
+//!   files its results, or leaves the role to it.
+//! - The **driver thread** pumps when work is outstanding and no caller is
+//!   waiting: tasks queued by `apply_async` move into the rings, results
+//!   move out, and futures are woken, while nobody is inside a pool call.
+//!   It leaves the role as soon as a caller waits (the caller pumps for
+//!   itself from then on), and after a caller leaves it, it takes the role
+//!   back only once [`GRACE`] has passed without a caller taking it, so a
+//!   loop of calls (`imap`'s `next`) is not interrupted by hand-overs.
+//!   Idle, it sleeps on its own pipe and on the report pipe (so a zygote
+//!   that dies between calls is noticed at once).
+//!
+//! # Fork safety
+//! After `Pool::new` the program has one more thread. The locks it may
+//! hold at any moment are this pool's engine lock and, inside allocations,
+//! the allocator's (glibc's `fork` resets those in the child). A child
+//! forked meanwhile never takes the engine lock: every entry point checks
+//! the owning pid first and touches nothing in another process (see
+//! `Pool::check_owner`), and the pool's `Drop` there neither locks nor
+//! joins. The driver writes nothing to stdout or stderr (traces go out by
+//! raw `write`), takes no registry lock (the registries are lock-free), and
+//! never runs user code: `Wire` encoding and decoding and wakers run in the
+//! callers' threads, with the lock released.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::engine::{Engine, Waiter};
+use super::shared::{self, Layout, Woke};
+use crate::error::{Error, Result};
+use crate::sys::{self, bell, ParentOnlyFd};
+
+/// How long the driver leaves the pump role free after a caller used it
+/// before taking it itself: longer than the gap between two calls of a
+/// loop, short against any task worth a process.
+pub(crate) const GRACE: Duration = Duration::from_millis(1);
+
+/// The pool's state shared by its handles ([`Pool`](super::Pool),
+/// [`AsyncResult`](super::AsyncResult)) and its driver thread.
+#[derive(Debug)]
+pub(crate) struct Core {
+    engine: Mutex<Engine>,
+    /// The process that made the pool; in any other, nothing here is used.
+    pub owner: i32,
+    pub processes: usize,
+    /// `PoolBuilder::max_result_size`.
+    pub max_result: usize,
+    /// What the pumping thread sleeps on with the lock released, so owned
+    /// here rather than by the engine: the parent's doorbell, a duplicate
+    /// of the zygote's report pipe, and the layout (the parent's flags).
+    parent_bell: ParentOnlyFd,
+    reports: ParentOnlyFd,
+    layout: Layout,
+    /// Wakes whoever pumps (asleep on the doorbell): the pool ended, or a
+    /// caller waits for the role the driver holds.
+    pump_nudge: Nudge,
+    /// Wakes the driver: work nobody pumps for, a future waiting, the end.
+    driver_nudge: Nudge,
+    driver: Mutex<Option<JoinHandle<()>>>,
+    /// The driver thread's id: it must never wait on its own pool (a
+    /// waker it runs might try).
+    driver_id: std::sync::OnceLock<std::thread::ThreadId>,
+}
+
+/// A wake-up for a thread asleep in `shared::sleep`: a flag it raises
+/// while asleep, a pipe to ring then, and a pending mark it checks.
+#[derive(Debug)]
+struct Nudge {
+    sleeping: AtomicU32,
+    pending: AtomicBool,
+    read: ParentOnlyFd,
+    write: ParentOnlyFd,
+}
+
+impl Nudge {
+    fn new() -> Result<Nudge> {
+        let bell::Bell { read, write } = bell::Bell::new()?;
+        Ok(Nudge {
+            sleeping: AtomicU32::new(0),
+            pending: AtomicBool::new(false),
+            read: ParentOnlyFd::new(read),
+            write: ParentOnlyFd::new(write),
+        })
+    }
+
+    fn nudge(&self) {
+        // SeqCst: ordered before `wake`'s fence and flag load, against the
+        // sleeper's flag store, fence and `pending` check.
+        self.pending.store(true, Ordering::SeqCst);
+        shared::wake(&self.sleeping, self.write.as_fd());
+    }
+
+    fn pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    fn take(&self) -> bool {
+        self.pending.swap(false, Ordering::SeqCst)
+    }
+
+    /// Empties the pipe after a wake-up that may have come through it.
+    fn drain(&self) {
+        let _ = bell::drain(self.read.as_fd());
+    }
+}
+
+/// The engine, locked. Waiters whose results were filed meanwhile are woken
+/// when it is dropped, after the lock is released (a woken thread would
+/// otherwise run straight into the lock).
+#[derive(Debug)]
+pub(crate) struct Locked<'a> {
+    guard: Option<MutexGuard<'a, Engine>>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        match &self.guard {
+            Some(g) => g,
+            None => unreachable!("the guard is taken only in drop"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Engine {
+        match &mut self.guard {
+            Some(g) => g,
+            None => unreachable!("the guard is taken only in drop"),
+        }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.guard.take() else { return };
+        let wake = std::mem::take(&mut guard.to_wake);
+        drop(guard);
+        for w in wake {
+            w.wake();
+        }
+    }
+}
+
+/// Which submissions a parked caller waits on, and whether for any result
+/// (`imap`) or only the last.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Interest<'s> {
+    pub subs: &'s [u64],
+    pub any: bool,
+}
+
+impl Interest<'_> {
+    pub(crate) const NONE: Interest<'static> = Interest { subs: &[], any: false };
+}
+
+impl Core {
+    /// Wraps a started engine and starts its driver thread.
+    pub(crate) fn start(engine: Engine, parent_bell: ParentOnlyFd, processes: usize) -> Result<Arc<Core>> {
+        let reports: OwnedFd = engine.report_fd().try_clone_to_owned().map_err(|e| {
+            Error::Os(crate::error::OsError { call: "dup", pid: None, errno: e.raw_os_error().unwrap_or(0) })
+        })?;
+        let layout = engine.layout.clone();
+        let max_result = engine.max_result();
+        let core = Arc::new(Core {
+            engine: Mutex::new(engine),
+            owner: sys::current_pid(),
+            processes,
+            max_result,
+            parent_bell,
+            reports: ParentOnlyFd::new(reports),
+            layout,
+            pump_nudge: Nudge::new()?,
+            driver_nudge: Nudge::new()?,
+            driver: Mutex::new(None),
+            driver_id: std::sync::OnceLock::new(),
+        });
+        let for_driver = Arc::clone(&core);
+        let handle = std::thread::Builder::new()
+            .name("mproc-pool".into())
+            .spawn(move || for_driver.drive())
+            .map_err(|e| {
+                Error::Os(crate::error::OsError {
+                    call: "pthread_create",
+                    pid: None,
+                    errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
+                })
+            })?;
+        let _ = core.driver_id.set(handle.thread().id());
+        *core.driver.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(core)
+    }
+
+    /// The engine, locked. A panic under the lock (a bug) leaves it
+    /// poisoned; the state is still the best there is, so go on with it.
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        Locked { guard: Some(self.engine.lock().unwrap_or_else(|p| p.into_inner())) }
+    }
+
+    /// Runs one step if no thread holds the pump role (for calls that show
+    /// the pool's state: `pids`, `ready`, `join`); with one, its thread
+    /// keeps the state fresh.
+    pub(crate) fn step_if_free(&self, e: &mut Locked<'_>) -> Result<()> {
+        if e.pumping {
+            return Ok(());
+        }
+        e.pumping = true;
+        let stepped = e.refresh();
+        e.pumping = false;
+        stepped
+    }
+
+    /// Waits until `done`, or the deadline (`Err(Timeout)`), or the pool's
+    /// end (its reason). Pumps if no thread does; parks otherwise, until
+    /// a result for `interest` is filed or the role is handed over.
+    pub(crate) fn wait_until<'a>(
+        &'a self,
+        mut e: Locked<'a>,
+        deadline: Option<Instant>,
+        interest: Interest<'_>,
+        done: impl Fn(&Engine) -> bool,
+    ) -> Result<Locked<'a>> {
+        let me = std::thread::current();
+        // A caller is active: the driver keeps out of its way (see GRACE).
+        e.call_epoch = e.call_epoch.wrapping_add(1);
+        if e.pumper == Some(me.id()) || self.driver_id.get() == Some(&me.id()) {
+            // A waker the pool ran (with the lock released, but on the
+            // thread that pumps) called back into it: waiting here would
+            // wait for ourselves.
+            return Err(Error::InvalidState("a pool was called from a waker it woke"));
+        }
+        loop {
+            if done(&e) {
+                return Ok(e);
+            }
+            if let Some(err) = e.ended() {
+                return Err(err);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout);
+            }
+            if !e.pumping {
+                return self.pump(e, deadline, false, &done);
+            }
+            for &sub in interest.subs {
+                if let Some(s) = e.submission_mut(sub) {
+                    s.add_waiter(Waiter::Thread(me.clone()), interest.any);
+                }
+            }
+            if !e.parked.iter().any(|t| t.id() == me.id()) {
+                e.parked.push(me.clone());
+            }
+            if e.driver_pumps {
+                // The driver leaves the role to a waiting caller.
+                self.pump_nudge.nudge();
+            }
+            drop(e);
+            match deadline {
+                Some(d) => std::thread::park_timeout(d.saturating_duration_since(Instant::now())),
+                None => std::thread::park(),
+            }
+            e = self.lock();
+            e.parked.retain(|t| t.id() != me.id());
+        }
+    }
+
+    /// Holds the pump role until `done`, the deadline, or the end; then
+    /// hands it to a parked caller, if any.
+    fn pump<'a>(
+        &'a self,
+        mut e: Locked<'a>,
+        deadline: Option<Instant>,
+        as_driver: bool,
+        done: &dyn Fn(&Engine) -> bool,
+    ) -> Result<Locked<'a>> {
+        e.pumping = true;
+        e.driver_pumps = as_driver;
+        e.pumper = Some(std::thread::current().id());
+        let outcome = loop {
+            if let Err(err) = e.step() {
+                break Err(err);
+            }
+            if done(&e) {
+                break Ok(());
+            }
+            if let Some(err) = e.ended() {
+                break Err(err);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break Err(Error::Timeout);
+            }
+            let wake_at = [deadline, e.next_timer()].into_iter().flatten().min();
+            let timeout = wake_at.map(|t| t.saturating_duration_since(now));
+            drop(e);
+            let woke = self.pump_sleep(timeout);
+            e = self.lock();
+            match woke {
+                Ok(woke) => e.reports_due |= woke != Woke::Ready,
+                Err(err) => break Err(err),
+            }
+        };
+        e.pumping = false;
+        e.driver_pumps = false;
+        e.pumper = None;
+        if let Some(next) = e.parked.first().cloned() {
+            e.to_wake.push(Waiter::Thread(next));
+        } else if !as_driver && e.futures_waiting && e.has_work() {
+            // A future waits for work nobody pumps for now.
+            self.driver_nudge.nudge();
+        }
+        outcome.map(|()| e)
+    }
+
+    /// The pumping thread's sleep, lock released: spins on the rings, then
+    /// sleeps on the doorbell, the report pipe and the pump nudge.
+    fn pump_sleep(&self, timeout: Option<Duration>) -> Result<Woke> {
+        let mut flags = self.layout.parent_flags();
+        flags.push(&self.pump_nudge.sleeping);
+        let woke = shared::sleep(
+            &flags,
+            self.parent_bell.as_fd(),
+            &[self.reports.as_fd(), self.pump_nudge.read.as_fd()],
+            timeout,
+            || {
+                self.pump_nudge.pending()
+                    || self.engine.lock().map_or(true, |e| e.ready_to_step())
+            },
+        );
+        if self.pump_nudge.take() || matches!(woke, Ok(Woke::Other)) {
+            self.pump_nudge.drain();
+        }
+        woke
+    }
+
+    /// The driver thread: pumps while work is outstanding and no caller
+    /// waits; ends with the pool.
+    fn drive(&self) {
+        let mut seen_epoch = u64::MAX;
+        loop {
+            let mut e = self.lock();
+            if e.finished {
+                let parked: Vec<_> = e.parked.iter().cloned().map(Waiter::Thread).collect();
+                e.to_wake.extend(parked);
+                return;
+            }
+            self.driver_nudge.take();
+            if !e.has_work() {
+                e.futures_waiting = false;
+                // Idle: sleep until work comes (`kick`). Watch the report
+                // pipe too (a zygote that dies now fails the pool at once),
+                // unless a caller pumps: then it reads the reports.
+                let watch = !e.pumping;
+                seen_epoch = e.call_epoch;
+                e.driver_idle = true;
+                drop(e);
+                let woke = self.driver_sleep(watch, None);
+                let mut e = self.lock();
+                e.driver_idle = false;
+                if let Ok(Woke::Other) = woke {
+                    e.reports_due = true;
+                }
+                continue;
+            }
+            // Pump for a future at once; for other work, once callers have
+            // left the pool alone for a grace period.
+            if !e.pumping && e.parked.is_empty() && (e.futures_waiting || e.call_epoch == seen_epoch) {
+                let done = |e: &Engine| !e.has_work() || !e.parked.is_empty();
+                if let Err(err) = self.pump(e, None, true, &done) {
+                    if !matches!(err, Error::Closed | Error::ZygoteDied { .. }) {
+                        // A failing system call: the callers see it too.
+                        // Do not spin on it.
+                        let _ = self.driver_sleep(false, Some(GRACE));
+                    }
+                }
+                continue;
+            }
+            seen_epoch = e.call_epoch;
+            drop(e);
+            let _ = self.driver_sleep(false, Some(GRACE));
+        }
+    }
+
+    /// The driver's sleep on its nudge (and the report pipe if `reports`).
+    fn driver_sleep(&self, reports: bool, timeout: Option<Duration>) -> Result<Woke> {
+        let watched = [self.reports.as_fd()];
+        let extra: &[_] = if reports { &watched } else { &[] };
+        let flags = [&self.driver_nudge.sleeping];
+        shared::sleep_without_spin(&flags, self.driver_nudge.read.as_fd(), extra, timeout, || {
+            self.driver_nudge.pending()
+        })
+    }
+
+    /// Makes sure someone will pump for work just queued by a call that
+    /// does not wait for it (`apply_async`): wakes the driver if it sleeps
+    /// without a timeout. (Otherwise it looks within [`GRACE`].)
+    pub(crate) fn kick(&self, e: &Locked<'_>) {
+        if !e.pumping && e.driver_idle {
+            self.driver_nudge.nudge();
+        }
+    }
+
+    /// Makes the driver pump now, for a future that waits (unless a caller
+    /// pumps: it files the result and wakes the future).
+    pub(crate) fn kick_for_future(&self, e: &Locked<'_>) {
+        if !e.pumping {
+            self.driver_nudge.nudge();
+        }
+    }
+
+    /// Wakes every thread that might wait on the pool after it ended: the
+    /// parked callers, the pumping thread, the driver.
+    pub(crate) fn wake_all(&self, mut e: Locked<'_>) {
+        let parked: Vec<_> = e.parked.iter().cloned().map(Waiter::Thread).collect();
+        e.to_wake.extend(parked);
+        drop(e);
+        self.pump_nudge.nudge();
+        self.driver_nudge.nudge();
+    }
+
+    /// Waits for the driver thread to end (after the pool ended).
+    pub(crate) fn join_driver(&self) {
+        let handle = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The parent's queue of task batches not yet handed to a worker: fair
+//! between calls, so that one thread's big `map` does not starve another
+//! thread's `apply`.
+//!
+//! Batches of one submission (one `map`, one `apply_async`, one `imap`
+//! chunk) keep their order; submissions take turns, one batch each, round
+//! robin. Batches taken back from a dead worker go first: they were sent
+//! before anything still queued.
+
+use std::collections::VecDeque;
+
+use super::engine::Batch;
+
+#[derive(Debug, Default)]
+pub(crate) struct TaskQueue {
+    /// Taken back from a worker (or split off by `max_tasks_per_child`):
+    /// sent before anything else.
+    first: VecDeque<Batch>,
+    /// One run of batches per submission with work queued, in turn order.
+    turns: VecDeque<VecDeque<Batch>>,
+    /// Tasks queued, for [`TaskQueue::tasks`].
+    tasks: usize,
+}
+
+impl TaskQueue {
+    /// Queues a new batch behind its submission's earlier ones.
+    pub(crate) fn push_back(&mut self, batch: Batch) {
+        self.tasks += batch.count as usize;
+        // Batches of one call arrive together: its run is the last one. A
+        // call whose encoding interleaved with another's gets a second run,
+        // a second turn; only order within a submission matters.
+        match self.turns.back_mut() {
+            Some(run) if run.front().is_some_and(|b| b.sub == batch.sub) => run.push_back(batch),
+            _ => self.turns.push_back(VecDeque::from([batch])),
+        }
+    }
+
+    /// Puts a batch back at the very front (it was sent once already).
+    pub(crate) fn push_front(&mut self, batch: Batch) {
+        self.tasks += batch.count as usize;
+        self.first.push_front(batch);
+    }
+
+    /// The next batch to send: retried ones first, then the submission
+    /// whose turn it is.
+    pub(crate) fn pop_front(&mut self) -> Option<Batch> {
+        let batch = match self.first.pop_front() {
+            Some(b) => b,
+            None => {
+                let mut run = self.turns.pop_front()?;
+                let b = run.pop_front()?;
+                if !run.is_empty() {
+                    self.turns.push_back(run);
+                }
+                b
+            }
+        };
+        self.tasks -= batch.count as usize;
+        Some(batch)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_empty() && self.turns.is_empty()
+    }
+
+    /// Tasks queued and not yet sent.
+    pub(crate) fn tasks(&self) -> usize {
+        self.tasks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::message::Call;
+
+    fn batch(sub: u64, first: u32) -> Batch {
+        fn f(x: u8) -> u8 {
+            x
+        }
+        Batch { sub, first, count: 1, call: Call::new(f), msg: Vec::new(), reruns: 0 }
+    }
+
+    fn order(q: &mut TaskQueue) -> Vec<(u64, u32)> {
+        std::iter::from_fn(|| q.pop_front()).map(|b| (b.sub, b.first)).collect()
+    }
+
+    #[test]
+    fn submissions_take_turns_and_keep_their_own_order() {
+        let mut q = TaskQueue::default();
+        for i in 0..3 {
+            q.push_back(batch(1, i));
+        }
+        q.push_back(batch(2, 0));
+        q.push_back(batch(3, 0));
+        q.push_back(batch(3, 1));
+        assert_eq!(q.tasks(), 6);
+        assert_eq!(order(&mut q), vec![(1, 0), (2, 0), (3, 0), (1, 1), (3, 1), (1, 2)]);
+        assert!(q.is_empty());
+        assert_eq!(q.tasks(), 0);
+    }
+
+    #[test]
+    fn batches_put_back_go_first() {
+        let mut q = TaskQueue::default();
+        q.push_back(batch(1, 0));
+        q.push_back(batch(2, 0));
+        q.push_front(batch(7, 5));
+        q.push_front(batch(7, 4));
+        assert_eq!(order(&mut q), vec![(7, 4), (7, 5), (1, 0), (2, 0)]);
+    }
+}
