@@ -437,6 +437,80 @@ fn chaos_every_task_is_accounted_for_exactly_once() {
     assert_eq!(shared_mappings(), maps);
 }
 
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn chaos_with_four_submitting_threads_every_task_is_accounted_for_once() {
+    // The same deaths, with four threads submitting to one pool at once:
+    // a death re-queues tasks of several callers, results for one thread
+    // arrive while another pumps, callers park and take the pump over.
+    let fds = mproc::open_fd_count();
+    let maps = shared_mappings();
+    let pool = std::sync::Arc::new(Pool::new(3).unwrap());
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let pool = std::sync::Arc::clone(&pool);
+            std::thread::spawn(move || {
+                // Each thread its own range of indices, the same 5% doomed.
+                let items: Vec<(u64, bool)> =
+                    killers(600).into_iter().map(|(i, die)| (t * 10_000 + i, die)).collect();
+                let doomed: HashSet<u64> = items.iter().filter(|x| x.1).map(|x| x.0).collect();
+                let check = |i: u64, r: &Result<u64, Error>| {
+                    if doomed.contains(&i) {
+                        assert!(matches!(r, Err(Error::WorkerDied { exitcode: -9, .. })), "{i}: {r:?}");
+                    } else {
+                        assert_eq!(r, &Ok(3 * i), "{i}");
+                    }
+                };
+                match t {
+                    0 => {
+                        let out: Vec<_> = pool.imap_chunked(maybe_die, items.clone(), 8).collect();
+                        assert_eq!(out.len(), items.len());
+                        for (x, r) in items.iter().zip(&out) {
+                            check(x.0, r);
+                        }
+                    }
+                    1 => {
+                        let mut seen = HashSet::new();
+                        for r in pool.imap_unordered(maybe_die, items.clone()) {
+                            let i = match r {
+                                Ok(v) => v / 3,
+                                Err(Error::WorkerDied { task: Some(k), .. }) => t * 10_000 + k,
+                                Err(e) => panic!("unexpected outcome {e:?}"),
+                            };
+                            assert!(seen.insert(i), "{i} twice");
+                        }
+                        assert_eq!(seen.len(), items.len());
+                    }
+                    2 => {
+                        let mut rs: Vec<_> =
+                            items.iter().map(|&x| pool.apply_async(maybe_die, x).unwrap()).collect();
+                        for (x, r) in items.iter().zip(rs.iter_mut()) {
+                            check(x.0, &r.get());
+                        }
+                    }
+                    _ => {
+                        let first = items.iter().find(|x| x.1).unwrap().0 - t * 10_000;
+                        let r = pool.map(maybe_die, items.clone());
+                        assert!(
+                            matches!(r, Err(Error::WorkerDied { task: Some(k), .. }) if k == first),
+                            "{r:?}"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    assert_eq!(full_pids(&pool).len(), 3);
+    assert_eq!(pool.map(cube, 0..3_000u64).unwrap(), (0..3_000u64).map(cube).collect::<Vec<_>>());
+    drop(pool);
+    assert_no_children();
+    assert_eq!(mproc::open_fd_count(), fds);
+    assert_eq!(shared_mappings(), maps);
+}
+
 // ---------------------------------------------------------------------------
 // parent death
 

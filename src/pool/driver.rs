@@ -339,10 +339,7 @@ impl Core {
             self.parent_bell.as_fd(),
             &[self.reports.as_fd(), self.pump_nudge.read.as_fd()],
             timeout,
-            || {
-                self.pump_nudge.pending()
-                    || self.engine.lock().map_or(true, |e| e.ready_to_step())
-            },
+            || self.pump_nudge.pending() || self.engine.lock().map_or(true, |e| e.ready_to_step()),
         );
         if self.pump_nudge.take() || matches!(woke, Ok(Woke::Other)) {
             self.pump_nudge.drain();

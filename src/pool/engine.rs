@@ -661,8 +661,7 @@ impl Engine {
     /// Whether the pump role has anything to do now, or soon: tasks queued
     /// or in flight, a worker asked for, a timer set, reports to read.
     pub(crate) fn has_work(&self) -> bool {
-        !self.finished
-            && (!self.idle() || self.spawning() || self.reports_due || self.next_timer().is_some())
+        !self.finished && (!self.idle() || self.spawning() || self.reports_due || self.next_timer().is_some())
     }
 
     /// Whether a step would find something to do in the rings: results to

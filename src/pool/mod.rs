@@ -424,7 +424,9 @@ impl Pool {
         let (results, limit) = results::wait_for(&self.core, sub, None)?;
         let mut out = Vec::with_capacity(len);
         for i in 0..results.len() as u32 {
-            out.push(results.get(i).unwrap_or(Err(Error::Closed)).and_then(|b| results::decode::<R>(b, limit))?);
+            out.push(
+                results.get(i).unwrap_or(Err(Error::Closed)).and_then(|b| results::decode::<R>(b, limit))?,
+            );
         }
         Ok(out)
     }

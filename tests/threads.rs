@@ -1,0 +1,469 @@
+//! A pool shared between threads: `Arc<Pool>`, owned results, work that
+//! moves while nobody calls, futures, fairness, and fork safety with the
+//! pool's driver thread running.
+//!
+//! Run with `cargo nextest run --test threads` (one process per test:
+//! these tests fork). Under plain `cargo test` they run one at a time and
+//! each leaves no child behind.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use mproc::{AsyncResult, Error, Pool};
+
+mod common;
+use common::pools::{assert_no_children, shared_mappings, watchdog};
+
+fn cube(n: u64) -> u64 {
+    n * n * n
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// A megabyte of `n`s.
+fn megabyte(n: u64) -> Vec<u8> {
+    vec![n as u8; 1 << 20]
+}
+
+fn segfault(n: u64) -> u64 {
+    if n % 7 == 3 {
+        // SAFETY: none: a real invalid access, to crash the worker.
+        unsafe { std::ptr::write_volatile(8 as *mut u64, n) };
+    }
+    n
+}
+
+/// Runs a future to completion on this thread: park until woken. No
+/// runtime, as a user's executor would be.
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// A waker that counts its wake-ups and names the threads they came from.
+#[derive(Default)]
+struct Counter {
+    wakes: AtomicUsize,
+    threads: Mutex<Vec<String>>,
+}
+
+impl Wake for Counter {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        self.threads.lock().unwrap().push(name);
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn pools_and_results_are_send_sync_and_owned() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send_static<T: Send + 'static>() {}
+    send_sync::<Pool>();
+    send_sync::<Arc<Pool>>();
+    send_static::<AsyncResult<u64>>();
+    send_static::<AsyncResult<Vec<String>>>();
+}
+
+#[test]
+fn eight_threads_share_one_pool_through_an_arc() {
+    let _w = watchdog(Duration::from_secs(60), "eight threads on one pool");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let start = Arc::new(Barrier::new(8));
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (pool, start) = (Arc::clone(&pool), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                let base = t * 1_000;
+                for round in 0..20u64 {
+                    let x = base + round;
+                    match round % 5 {
+                        0 => assert_eq!(
+                            pool.map(cube, x..x + 50).unwrap(),
+                            (x..x + 50).map(cube).collect::<Vec<_>>()
+                        ),
+                        1 => assert_eq!(pool.apply(cube, x).unwrap(), cube(x)),
+                        2 => {
+                            let got: Vec<u64> = pool.imap(cube, x..x + 30).map(|r| r.unwrap()).collect();
+                            assert_eq!(got, (x..x + 30).map(cube).collect::<Vec<_>>());
+                        }
+                        3 => {
+                            let mut got: Vec<u64> =
+                                pool.imap_unordered(cube, x..x + 30).map(|r| r.unwrap()).collect();
+                            got.sort_unstable();
+                            assert_eq!(got, (x..x + 30).map(cube).collect::<Vec<_>>());
+                        }
+                        _ => {
+                            let mut rs: Vec<_> =
+                                (x..x + 10).map(|i| pool.apply_async(cube, i).unwrap()).collect();
+                            assert_eq!(pool.pids().len(), 2);
+                            for (i, r) in (x..x + 10).zip(rs.iter_mut()) {
+                                assert_eq!(r.get().unwrap(), cube(i));
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(pool);
+    assert_no_children();
+}
+
+#[test]
+fn results_outlive_close_and_join_as_in_python() {
+    let pool = Pool::new(2).unwrap();
+    let mut r = pool.apply_async(cube, 7u64).unwrap();
+    let mut slow = pool.apply_async(sleep_ms, 100u64).unwrap();
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(r.get().unwrap(), 343);
+    assert_eq!(slow.get().unwrap(), 100);
+    // Taken once.
+    assert!(matches!(r.get(), Err(Error::InvalidState(_))));
+    // After the pool is gone, a handle still says what became of its task.
+    let mut late = {
+        let pool = Pool::new(1).unwrap();
+        pool.apply_async(sleep_ms, 5_000u64).unwrap()
+    };
+    assert!(matches!(late.get(), Err(Error::Closed)));
+    assert_no_children();
+}
+
+#[test]
+fn a_result_moves_to_another_thread_and_is_taken_there() {
+    let pool = Pool::new(2).unwrap();
+    let results: Vec<AsyncResult<u64>> = (0..20u64).map(|i| pool.apply_async(cube, i).unwrap()).collect();
+    let total = std::thread::spawn(move || results.into_iter().map(|mut r| r.get().unwrap()).sum::<u64>())
+        .join()
+        .unwrap();
+    assert_eq!(total, (0..20u64).map(cube).sum::<u64>());
+}
+
+#[test]
+fn close_in_one_thread_refuses_new_work_in_every_thread() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let mut before = pool.apply_async(sleep_ms, 50u64).unwrap();
+    {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.close()).join().unwrap();
+    }
+    let refused: Vec<bool> = (0..4)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                matches!(pool.apply(cube, 2u64), Err(Error::Closed))
+                    && matches!(pool.map(cube, 0..3u64), Err(Error::Closed))
+                    && matches!(pool.apply_async(cube, 2u64), Err(Error::Closed))
+            })
+        })
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(refused, vec![true; 4]);
+    // Work queued before the close still runs.
+    assert_eq!(before.get().unwrap(), 50);
+    pool.join().unwrap();
+}
+
+#[test]
+fn queued_work_runs_and_results_arrive_while_no_thread_calls_the_pool() {
+    let _w = watchdog(Duration::from_secs(60), "progress without a caller");
+    let pool = Pool::new(2).unwrap();
+    // Far more tasks than the workers hold at once: most wait in this
+    // process, and move into the rings only if something moves them.
+    let mut results: Vec<_> = (0..400u64).map(|i| pool.apply_async(sleep_ms, i % 2).unwrap()).collect();
+    // Each result is polled once, as a future, with a counting waker: the
+    // wake-ups can only come from the pool's own thread, since this one
+    // makes no pool call until every task has been accounted for.
+    let counter = Arc::new(Counter::default());
+    let waker = Waker::from(Arc::clone(&counter));
+    let mut cx = Context::from_waker(&waker);
+    let mut pending = 0;
+    let mut early = vec![false; results.len()];
+    for (i, r) in results.iter_mut().enumerate() {
+        match Pin::new(&mut *r).poll(&mut cx) {
+            Poll::Pending => pending += 1,
+            ready => {
+                assert_eq!(ready, Poll::Ready(Ok(i as u64 % 2)));
+                early[i] = true;
+            }
+        }
+    }
+    assert!(pending > 300, "only {pending} of 400 were pending: the test needs a backlog");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter.wakes.load(Ordering::SeqCst) < pending {
+        assert!(Instant::now() < deadline, "{} of {pending} woken", counter.wakes.load(Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        counter.threads.lock().unwrap().iter().all(|name| name == "mproc-pool"),
+        "wakers were called from {:?}",
+        counter.threads.lock().unwrap().iter().collect::<std::collections::BTreeSet<_>>()
+    );
+    assert_eq!(pool.queued(), 0);
+    // Every result is in: the polls now complete at once.
+    for (i, r) in results.iter_mut().enumerate().filter(|(i, _)| !early[*i]) {
+        assert_eq!(Pin::new(&mut *r).poll(&mut cx), Poll::Ready(Ok(i as u64 % 2)));
+    }
+}
+
+#[test]
+fn results_are_awaited_from_a_plain_executor() {
+    let pool = Pool::new(2).unwrap();
+    let a = pool.apply_async(cube, 3u64).unwrap();
+    let b = pool.apply_async(sleep_ms, 30u64).unwrap();
+    let crash = pool.apply_async(segfault, 3u64).unwrap();
+    let sum = block_on(async { a.await.unwrap() + b.await.unwrap() });
+    assert_eq!(sum, 27 + 30);
+    // A crash is an error value, awaited like any other.
+    assert!(matches!(block_on(crash), Err(Error::WorkerDied { exitcode: -11, .. })));
+    // From other threads, each with its own executor.
+    let pool = Arc::new(pool);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                (0..25u64)
+                    .map(|i| block_on(pool.apply_async(cube, t * 100 + i).unwrap()).unwrap())
+                    .sum::<u64>()
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(total, (0..4u64).flat_map(|t| (0..25).map(move |i| cube(t * 100 + i))).sum::<u64>());
+}
+
+#[test]
+fn a_thread_forking_beside_a_busy_pool_never_deadlocks() {
+    // The pool's driver thread, and a thread hammering the pool, hold the
+    // pool's lock and the allocator's at random moments; a child forked
+    // from a third thread must neither hang on them nor get wrong answers.
+    let _w = watchdog(Duration::from_secs(120), "fork beside a busy pool");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammer = {
+        let (pool, stop) = (Arc::clone(&pool), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                assert_eq!(pool.apply(cube, n).unwrap(), cube(n));
+                let mut r = pool.apply_async(cube, n + 1).unwrap();
+                assert_eq!(r.get().unwrap(), cube(n + 1));
+                n += 2;
+            }
+            n
+        })
+    };
+    for i in 0..200u64 {
+        let child = mproc::spawn(move || {
+            // Allocates and formats in the child: the allocator's and the
+            // formatter's locks must be free here.
+            let text = format!("{}", cube(i));
+            text.parse::<u64>().unwrap()
+        })
+        .unwrap();
+        assert_eq!(child.join().unwrap(), cube(i));
+    }
+    let forked = mproc::fork_map(2, &(0..100u64).collect::<Vec<_>>(), |&x| cube(x)).unwrap();
+    assert_eq!(forked, (0..100u64).map(cube).collect::<Vec<_>>());
+    stop.store(true, Ordering::SeqCst);
+    assert!(hammer.join().unwrap() > 0);
+    drop(pool);
+    assert_no_children();
+}
+
+#[test]
+fn a_big_map_in_one_thread_does_not_starve_the_others() {
+    let _w = watchdog(Duration::from_secs(60), "fairness");
+    const TASK_MS: u64 = 20;
+    let pool = Arc::new(Pool::new(2).unwrap());
+    // One thread queues 100 tasks (one per batch): 1 s of work on 2 workers.
+    let big = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.map_chunked(sleep_ms, vec![TASK_MS; 100], 1).unwrap().len())
+    };
+    while pool.queued() < 50 {
+        std::thread::yield_now();
+    }
+    // Seven threads arrive behind it, each with one task. Queued first in,
+    // first out, the last would wait for the whole map (a second); taking
+    // turns, each is served within a few task-times.
+    let start = Instant::now();
+    let waits: Vec<Duration> = (0..7)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                assert_eq!(pool.apply(sleep_ms, TASK_MS).unwrap(), TASK_MS);
+                t.elapsed()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let worst = waits.iter().max().copied().unwrap();
+    assert_eq!(big.join().unwrap(), 100);
+    let whole = start.elapsed();
+    assert!(worst < whole / 2, "the slowest of 7 applies waited {worst:?}, against {whole:?} for everything");
+}
+
+#[test]
+fn queued_work_stays_bounded_by_what_the_callers_hold() {
+    let _w = watchdog(Duration::from_secs(60), "backpressure");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let most = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (pool, most, done) = (Arc::clone(&pool), Arc::clone(&most), Arc::clone(&done));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                most.fetch_max(pool.queued(), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    // Eight endless inputs: only what each iterator's window holds may
+    // wait in the pool (64 tasks each, for 2 workers at chunksize 1).
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                pool.imap(cube, (t * 100_000)..).take(3_000).map(|r| r.unwrap()).count()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 3_000);
+    }
+    done.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 8 * 64, "{most} tasks waited in the parent at once");
+}
+
+#[test]
+fn terminate_from_another_thread_releases_eight_blocked_maps() {
+    let _w = watchdog(Duration::from_secs(60), "terminate under eight maps");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let start = Arc::new(Barrier::new(9));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (pool, start) = (Arc::clone(&pool), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                let t = Instant::now();
+                let r = pool.map_chunked(sleep_ms, vec![200u64; 50], 1);
+                (r.map(|v| v.len()), t.elapsed())
+            })
+        })
+        .collect();
+    start.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    pool.terminate();
+    for th in threads {
+        let (r, _) = th.join().unwrap();
+        assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+    }
+    // 400 tasks of 200 ms on 2 workers would take 40 s.
+    assert!(t.elapsed() < Duration::from_secs(5), "the maps took {:?} to return", t.elapsed());
+    assert!(matches!(pool.apply(cube, 1u64), Err(Error::Closed)));
+    drop(pool);
+    assert_no_children();
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn dropping_unfinished_results_never_blocks_and_frees_their_memory() {
+    let fds = mproc::open_fd_count();
+    let maps = shared_mappings();
+    let pool = Pool::new(2).unwrap();
+    // A result being waited for by nobody: dropping it returns at once.
+    let t = Instant::now();
+    drop(pool.apply_async(sleep_ms, 2_000u64).unwrap());
+    assert!(t.elapsed() < Duration::from_millis(500));
+    // 600 results of 1 MiB, dropped before they arrive: kept, they would
+    // take 600 MiB.
+    let rss_before = vm_rss_kib();
+    for i in 0..600u64 {
+        drop(pool.apply_async(megabyte, i).unwrap());
+    }
+    // The tasks still run (a dropped handle is not a cancellation).
+    assert_eq!(pool.apply(cube, 2u64).unwrap(), 8);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pool.queued() > 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pool.close();
+    pool.join().unwrap();
+    let grown = vm_rss_kib().saturating_sub(rss_before);
+    assert!(grown < 200 * 1024, "RSS grew by {grown} KiB");
+    drop(pool);
+    assert_eq!(mproc::open_fd_count(), fds);
+    assert_eq!(shared_mappings(), maps);
+    assert_no_children();
+}
+
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_waker_that_calls_back_into_the_pool_gets_an_error_not_a_deadlock() {
+    let _w = watchdog(Duration::from_secs(30), "re-entrant waker");
+    struct CallsPool {
+        pool: Arc<Pool>,
+        got: Mutex<Option<Result<u64, Error>>>,
+    }
+    impl Wake for CallsPool {
+        fn wake(self: Arc<Self>) {
+            let r = self.pool.apply(cube, 2u64);
+            *self.got.lock().unwrap() = Some(r);
+        }
+    }
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let waker = Arc::new(CallsPool { pool: Arc::clone(&pool), got: Mutex::new(None) });
+    let mut r = pool.apply_async(sleep_ms, 50u64).unwrap();
+    let w = Waker::from(Arc::clone(&waker));
+    assert!(Pin::new(&mut r).poll(&mut Context::from_waker(&w)).is_pending());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while waker.got.lock().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the waker never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Woken by the pool's own thread, the waker may not wait on the pool.
+    assert!(matches!(*waker.got.lock().unwrap(), Some(Err(Error::InvalidState(_)))));
+    assert_eq!(r.get().unwrap(), 50);
+    assert_eq!(pool.apply(cube, 3u64).unwrap(), 27);
+}
