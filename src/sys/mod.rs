@@ -8,10 +8,9 @@
 //! Submodules group the calls that belong to one later concept:
 //! [`shm`] (shared mappings) and [`exec`] (replacing a child's image).
 
-use std::fmt;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, OsError, Result};
@@ -22,6 +21,10 @@ pub(crate) mod exec;
 pub(crate) mod registry;
 pub(crate) mod shm;
 pub(crate) mod signal;
+pub(crate) mod trace;
+
+pub use trace::{set_trace, set_trace_categories, trace_categories, tracing, TraceCategories};
+pub(crate) use trace::{trace, trace_line};
 
 // ---------------------------------------------------------------------------
 // errors, EINTR, tracing
@@ -53,43 +56,6 @@ fn retry<T: Copy + PartialEq + From<i8>>(
         }
     }
 }
-
-static TRACE: AtomicBool = AtomicBool::new(false);
-
-/// Turns `--trace` on or off for this process and the children it forks.
-pub fn set_trace(on: bool) {
-    // Relaxed: a plain flag; no other memory is published through it.
-    TRACE.store(on, Ordering::Relaxed);
-}
-
-/// Whether `--trace` is on.
-pub fn tracing() -> bool {
-    TRACE.load(Ordering::Relaxed)
-}
-
-/// Prints one strace-style line, `[pid] call(args) = result`, to stderr.
-///
-/// Written with one `write(2)` on fd 2, not through `std::io::stderr()`: that
-/// lock may be held by another thread at `fork`, and a child must never wait
-/// on it. One write per line keeps lines from different processes whole.
-pub(crate) fn trace_line(args: fmt::Arguments<'_>) {
-    if !tracing() {
-        return;
-    }
-    let mut line = Vec::with_capacity(96);
-    // Writing into a Vec cannot fail.
-    let _ = writeln!(line, "[{}] {}", getpid(), args);
-    let _ = write_all_raw(2, &line);
-}
-
-macro_rules! trace {
-    ($($arg:tt)*) => {
-        if $crate::sys::tracing() {
-            $crate::sys::trace_line(format_args!($($arg)*))
-        }
-    };
-}
-pub(crate) use trace;
 
 // ---------------------------------------------------------------------------
 // processes
@@ -487,7 +453,7 @@ pub(crate) fn read_to_end(fd: BorrowedFd<'_>, out: &mut Vec<u8>) -> Result<()> {
     }
 }
 
-fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> Result<()> {
+pub(crate) fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> Result<()> {
     while !buf.is_empty() {
         // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
         let n = retry("write", None, || unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
