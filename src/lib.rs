@@ -109,7 +109,10 @@ pub use error::{Error, OsError, Result};
 pub use pool::{exit_cleanly_on_signals, fork_map, AsyncResult, Imap, Pool, PoolBuilder};
 pub use process::{spawn, JoinHandle, Process};
 pub use status::ExitStatus;
-pub use sys::{open_fd_count, set_trace, set_trace_categories, trace_categories, tracing, TraceCategories};
+pub use sys::{
+    minor_faults, open_fd_count, page_size, set_trace, set_trace_categories, trace_categories, tracing,
+    TraceCategories,
+};
 pub use wire::{DecodeError, Wire};
 
 /// Restores the default action of `SIGPIPE`, which Rust's runtime ignores:

@@ -566,6 +566,28 @@ pub(crate) fn dup2(fd: RawFd, target: RawFd) -> Result<()> {
     retry("dup2", None, || unsafe { libc::dup2(fd, target) }).map(drop)
 }
 
+/// Minor page faults of this process so far, all its threads together
+/// (`getrusage(RUSAGE_SELF)`'s `ru_minflt`): faults the kernel served
+/// without I/O, such as a page touched for the first time or copied on
+/// write after `fork`. The difference across one write says whether the
+/// write cost the kernel a copy (the isolation lesson).
+pub fn minor_faults() -> Result<u64> {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage for the duration of the call.
+    retry("getrusage", None, || unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) })?;
+    // A count is never negative; c_long only because C has no better type.
+    Ok(u64::try_from(usage.ru_minflt).unwrap_or(0))
+}
+
+/// The size of a page of memory in bytes (`sysconf(_SC_PAGESIZE)`): the
+/// unit the kernel maps, faults in and copies on write.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf takes an integer; _SC_PAGESIZE always has a value.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+}
+
 /// Counts this process's open file descriptors (for leak checks in tests
 /// and the CLI's self-checks). Linux reads `/proc/self/fd`; elsewhere
 /// `/dev/fd`.

@@ -19,7 +19,7 @@ use memmap2::MmapMut;
 
 use crate::error::{Error, OsError, Result};
 use crate::sys::registry::{self, Entry};
-use crate::sys::{retry, trace};
+use crate::sys::{page_size, retry, trace};
 
 /// The name of a pool's mappings (its control block and its slots), and
 /// of a `fork_map` call's.
@@ -138,13 +138,6 @@ impl Drop for SharedMapping {
         }
         trace!("munmap({:p}, {})", self.ptr, self.map.len());
     }
-}
-
-/// The system's page size.
-fn page_size() -> usize {
-    // SAFETY: sysconf takes an integer and cannot fail for _SC_PAGESIZE.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
 /// A memory file of `len` zero bytes called `name`, close-on-exec, that no
