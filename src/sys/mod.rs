@@ -6,7 +6,8 @@
 //! moment they exist, so a forgotten close is impossible.
 //!
 //! Submodules group the calls that belong to one later concept:
-//! [`shm`] (shared mappings) and [`exec`] (replacing a child's image).
+//! [`shm`] (shared mappings) and [`exec`] (replacing a child's image);
+//! [`trace`](mod@trace) prints the `--trace` lines.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -27,7 +28,7 @@ pub use trace::{set_trace, set_trace_categories, trace_categories, tracing, Trac
 pub(crate) use trace::{trace, trace_line};
 
 // ---------------------------------------------------------------------------
-// errors, EINTR, tracing
+// errors, EINTR
 
 /// The calling thread's `errno`.
 pub(crate) fn last_errno() -> i32 {
