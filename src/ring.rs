@@ -370,7 +370,8 @@ fn corrupt(reason: &'static str) -> Error {
 /// the consumer drops the [`Sender`].
 ///
 /// Errors: [`Error::InvalidArgument`] for 0 or more than [`MAX_CAPACITY`];
-/// [`Error::Os`] naming `mmap`, `pipe` or `fcntl`.
+/// [`Error::Os`] naming `memfd_create` (`shm_open` outside Linux), `ftruncate`,
+/// `mmap`, `pipe` or `fcntl`.
 pub fn channel(capacity: usize) -> Result<(Sender, Receiver)> {
     if capacity == 0 || capacity > MAX_CAPACITY {
         return Err(Error::InvalidArgument(format!(
