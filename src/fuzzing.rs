@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::pool::message;
 use crate::ring::{self, MIN_CAPACITY};
-use crate::sys::shm::SharedMapping;
+use crate::sys::shm::{SharedMapping, RING_NAME};
 
 /// Ring capacity the ring targets use: the smallest, so the input covers
 /// the whole data area.
@@ -21,7 +21,7 @@ const HEADER_LEN: usize = 512;
 /// A mapping holding one ring at offset 0, followed by a guard region of
 /// the same size that must stay zero.
 fn ring_mapping() -> Arc<SharedMapping> {
-    match SharedMapping::new(2 * ring::region_size(CAPACITY)) {
+    match SharedMapping::new(RING_NAME, 2 * ring::region_size(CAPACITY)) {
         Ok(map) => Arc::new(map),
         Err(err) => panic!("fuzzing: mmap failed: {err}"),
     }

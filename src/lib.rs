@@ -44,7 +44,8 @@
 //!
 //! Every system call lives in one private module, retries `EINTR`, and
 //! reports failure as [`Error::Os`] naming the call; [`set_trace`] prints
-//! each one as it happens (the CLI's `--trace`).
+//! each one as it happens (the CLI's `--trace`), and
+//! [`set_trace_categories`] only those of some [`TraceCategories`].
 //!
 //! # Rules of `fork`, and common deadlocks
 //!
@@ -108,7 +109,10 @@ pub use error::{Error, OsError, Result};
 pub use pool::{exit_cleanly_on_signals, fork_map, AsyncResult, Imap, Pool, PoolBuilder};
 pub use process::{spawn, JoinHandle, Process};
 pub use status::ExitStatus;
-pub use sys::{open_fd_count, set_trace, tracing};
+pub use sys::{
+    minor_faults, open_fd_count, page_size, set_trace, set_trace_categories, trace_categories, tracing,
+    TraceCategories,
+};
 pub use wire::{DecodeError, Wire};
 
 /// Restores the default action of `SIGPIPE`, which Rust's runtime ignores:

@@ -133,7 +133,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::sys::bell::{self, Bell, Rang};
-use crate::sys::shm::SharedMapping;
+use crate::sys::shm::{SharedMapping, RING_NAME};
 use crate::sys::{self, trace};
 use crate::wire::DecodeError;
 
@@ -370,7 +370,8 @@ fn corrupt(reason: &'static str) -> Error {
 /// the consumer drops the [`Sender`].
 ///
 /// Errors: [`Error::InvalidArgument`] for 0 or more than [`MAX_CAPACITY`];
-/// [`Error::Os`] naming `mmap`, `pipe` or `fcntl`.
+/// [`Error::Os`] naming `memfd_create` (`shm_open` outside Linux), `ftruncate`,
+/// `mmap`, `pipe` or `fcntl`.
 pub fn channel(capacity: usize) -> Result<(Sender, Receiver)> {
     if capacity == 0 || capacity > MAX_CAPACITY {
         return Err(Error::InvalidArgument(format!(
@@ -378,7 +379,7 @@ pub fn channel(capacity: usize) -> Result<(Sender, Receiver)> {
         )));
     }
     let capacity = capacity.max(MIN_CAPACITY).next_power_of_two();
-    let region = Region::new(Arc::new(SharedMapping::new(region_size(capacity))?), 0, capacity)?;
+    let region = Region::new(Arc::new(SharedMapping::new(RING_NAME, region_size(capacity))?), 0, capacity)?;
     let Bell { read: data_read, write: data_write } = Bell::new()?;
     let Bell { read: space_read, write: space_write } = Bell::new()?;
     trace!(
@@ -1292,7 +1293,7 @@ mod tests {
     use super::*;
 
     fn mapping(rings: usize, capacity: usize) -> Arc<SharedMapping> {
-        Arc::new(SharedMapping::new(rings * region_size(capacity)).expect("mmap"))
+        Arc::new(SharedMapping::new(RING_NAME, rings * region_size(capacity)).expect("mmap"))
     }
 
     #[test]

@@ -134,9 +134,19 @@ fn parse_counter_line(line: &str) -> Option<CounterLine<'_>> {
 
 /// Checks the isolation demo: 8 lines, the six counter lines with the
 /// values a fork and a thread must show and one address throughout, and a
-/// plain-words conclusion after each half.
+/// plain-words conclusion after each half; and, after each write, the
+/// lines counting what it cost the kernel (the counts themselves are
+/// checked in tests/isolation.rs).
 fn assert_isolation_output(text: &str) {
-    let lines: Vec<&str> = text.lines().collect();
+    let is_cost = |l: &&str| l.contains(" minor fault") || l.contains("private dirty");
+    let costs: Vec<&str> = text.lines().filter(is_cost).collect();
+    assert!(costs.len() == 2 || costs.len() == 3, "{text:?}");
+    assert!(costs[0].starts_with("fork: the child's one write cost "), "{costs:?}");
+    assert!(costs.last().is_some_and(|l| l.starts_with("thread: the thread's one write cost ")), "{costs:?}");
+    if costs.len() == 3 {
+        assert!(costs[1].starts_with("fork: the child's private dirty memory: "), "{costs:?}");
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !is_cost(l)).collect();
     assert_eq!(lines.len(), 8, "{text:?}");
     let counters: Vec<CounterLine> = [0, 1, 2, 4, 5, 6]
         .iter()

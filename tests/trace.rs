@@ -1,5 +1,7 @@
 //! `--trace` tells the truth: under `strace -f`, the forks and waits mproc
-//! reports are exactly the ones the kernel saw.
+//! reports are exactly the ones the kernel saw, with every category traced
+//! or only `--trace=process`; and a list of categories keeps only their
+//! calls.
 
 mod common;
 
@@ -70,17 +72,27 @@ fn from_trace(stderr: &str) -> (Pairs, Pairs) {
 }
 
 fn check(args: &[&str]) {
+    check_traced_with("--trace", args);
+}
+
+/// Runs `mproc <trace_option> <args>` under strace and compares the forks
+/// and waits each reports.
+fn check_traced_with(trace_option: &str, args: &[&str]) {
     if !common::require_tool("strace", "the check of --trace against strace") {
         return;
     }
-    let log =
-        std::env::temp_dir().join(format!("mproc-strace-{}-{}.log", std::process::id(), args.join("_")));
+    let log = std::env::temp_dir().join(format!(
+        "mproc-strace-{}-{}-{}.log",
+        std::process::id(),
+        trace_option.trim_start_matches('-').replace([',', '='], "_"),
+        args.join("_")
+    ));
     let out = common::run(
         Command::new("strace")
             .args(["-f", "-qq", "-e", "trace=fork,vfork,clone,clone3,wait4,waitid", "-o"])
             .arg(&log)
             .arg(env!("CARGO_BIN_EXE_mproc"))
-            .arg("--trace")
+            .arg(trace_option)
             .args(args),
     );
     assert!(out.status.success(), "mproc {args:?} under strace: {}", String::from_utf8_lossy(&out.stderr));
@@ -118,5 +130,73 @@ fn trace_lines_name_the_calls_of_the_lesson() {
     assert_eq!(common::lines(&out), ["The square of 5 is 25", "Main process completed"]);
     for call in ["pipe() = [", "fork() = ", "_exit(0)", "waitpid("] {
         assert!(err.contains(call), "no {call:?} in trace:\n{err}");
+    }
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "strace is Linux-only")]
+fn process_only_trace_still_matches_strace_for_square_and_the_pool() {
+    check_traced_with("--trace=process", &["square"]);
+    check_traced_with("--trace=process", &["cube"]);
+}
+
+/// The call each `[pid] call(...)` line of stderr names, in order; panics
+/// on any other line (the commands below print nothing else there).
+fn traced_calls(out: &std::process::Output) -> Vec<String> {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|line| {
+            let (_, call) = line.split_once("] ").unwrap_or_else(|| panic!("not a trace line: {line:?}"));
+            call.split(['(', ' ']).next().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn trace_process_prints_only_fork_wait_exit_and_kill() {
+    let out = common::run(common::mproc().args(["--trace=process", "square"]));
+    assert_eq!(common::lines(&out), ["The square of 5 is 25", "Main process completed"]);
+    let mut calls = traced_calls(&out);
+    calls.sort();
+    // One child: one fork, its _exit, one waitpid; no pipe, no close.
+    assert_eq!(calls, ["_exit", "fork", "waitpid"]);
+    // The pool: more processes, still only their lifecycle.
+    let calls = traced_calls(&common::run(common::mproc().args(["--trace=process", "cube"])));
+    assert!(calls.iter().any(|c| c == "fork") && calls.iter().any(|c| c == "waitpid"), "{calls:?}");
+    let others: Vec<_> = calls
+        .iter()
+        .filter(|c| !["fork", "waitpid", "_exit", "kill", "setpgid"].contains(&c.as_str()))
+        .collect();
+    assert!(others.is_empty(), "not process calls: {others:?}");
+}
+
+#[test]
+fn a_list_of_categories_traces_their_calls_and_nothing_else() {
+    let calls = traced_calls(&common::run(common::mproc().args(["--trace=ipc,fd", "cube"])));
+    for expected in ["pipe", "mmap", "close"] {
+        assert!(calls.iter().any(|c| c == expected), "no {expected} in {calls:?}");
+    }
+    assert!(!calls.iter().any(|c| c == "fork" || c == "waitpid" || c == "_exit"), "{calls:?}");
+    // The option goes after the subcommand too; `all` is every call.
+    let mut all = traced_calls(&common::run(common::mproc().args(["square", "--trace=all"])));
+    let mut bare = traced_calls(&common::run(common::mproc().args(["--trace", "square"])));
+    all.sort();
+    bare.sort();
+    assert_eq!(all, bare);
+    for expected in ["pipe", "fork", "close", "_exit", "waitpid"] {
+        assert!(all.iter().any(|c| c == expected), "no {expected} in {all:?}");
+    }
+}
+
+#[test]
+fn an_unknown_trace_category_is_a_one_line_usage_error() {
+    for bad in ["--trace=bogus", "--trace=process,", "--trace=", "--trace=PROCESS"] {
+        let out = common::run(common::mproc().args([bad, "square"]));
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(out.stdout.is_empty(), "{bad}: the command ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        assert!(err.starts_with("mproc: ") && err.contains("trace category"), "{bad}: {err}");
     }
 }

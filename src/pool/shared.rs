@@ -96,7 +96,7 @@ impl Layout {
     ///
     /// A size past what the address space holds is
     /// [`Error::InvalidArgument`]; one the kernel refuses is `Error::Os`
-    /// naming `mmap`.
+    /// naming the call that refused it (`ftruncate`, `mmap`).
     pub(crate) fn new(slots: usize, ring_capacity: usize) -> Result<Layout> {
         let slot_len = Self::slot_len(ring_capacity)
             .filter(|&len| slots.checked_mul(len).is_some_and(|all| all <= isize::MAX as usize))

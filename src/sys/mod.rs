@@ -6,12 +6,12 @@
 //! moment they exist, so a forgotten close is impossible.
 //!
 //! Submodules group the calls that belong to one later concept:
-//! [`shm`] (shared mappings) and [`exec`] (replacing a child's image).
+//! [`shm`] (shared mappings) and [`exec`] (replacing a child's image);
+//! [`trace`](mod@trace) prints the `--trace` lines.
 
-use std::fmt;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, OsError, Result};
@@ -22,9 +22,13 @@ pub(crate) mod exec;
 pub(crate) mod registry;
 pub(crate) mod shm;
 pub(crate) mod signal;
+pub(crate) mod trace;
+
+pub use trace::{set_trace, set_trace_categories, trace_categories, tracing, TraceCategories};
+pub(crate) use trace::{trace, trace_line};
 
 // ---------------------------------------------------------------------------
-// errors, EINTR, tracing
+// errors, EINTR
 
 /// The calling thread's `errno`.
 pub(crate) fn last_errno() -> i32 {
@@ -53,43 +57,6 @@ fn retry<T: Copy + PartialEq + From<i8>>(
         }
     }
 }
-
-static TRACE: AtomicBool = AtomicBool::new(false);
-
-/// Turns `--trace` on or off for this process and the children it forks.
-pub fn set_trace(on: bool) {
-    // Relaxed: a plain flag; no other memory is published through it.
-    TRACE.store(on, Ordering::Relaxed);
-}
-
-/// Whether `--trace` is on.
-pub fn tracing() -> bool {
-    TRACE.load(Ordering::Relaxed)
-}
-
-/// Prints one strace-style line, `[pid] call(args) = result`, to stderr.
-///
-/// Written with one `write(2)` on fd 2, not through `std::io::stderr()`: that
-/// lock may be held by another thread at `fork`, and a child must never wait
-/// on it. One write per line keeps lines from different processes whole.
-pub(crate) fn trace_line(args: fmt::Arguments<'_>) {
-    if !tracing() {
-        return;
-    }
-    let mut line = Vec::with_capacity(96);
-    // Writing into a Vec cannot fail.
-    let _ = writeln!(line, "[{}] {}", getpid(), args);
-    let _ = write_all_raw(2, &line);
-}
-
-macro_rules! trace {
-    ($($arg:tt)*) => {
-        if $crate::sys::tracing() {
-            $crate::sys::trace_line(format_args!($($arg)*))
-        }
-    };
-}
-pub(crate) use trace;
 
 // ---------------------------------------------------------------------------
 // processes
@@ -487,7 +454,7 @@ pub(crate) fn read_to_end(fd: BorrowedFd<'_>, out: &mut Vec<u8>) -> Result<()> {
     }
 }
 
-fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> Result<()> {
+pub(crate) fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> Result<()> {
     while !buf.is_empty() {
         // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
         let n = retry("write", None, || unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
@@ -598,6 +565,28 @@ pub(crate) fn stdout_is_broken_pipe() -> bool {
 pub(crate) fn dup2(fd: RawFd, target: RawFd) -> Result<()> {
     // SAFETY: integers only; an invalid fd is reported as EBADF.
     retry("dup2", None, || unsafe { libc::dup2(fd, target) }).map(drop)
+}
+
+/// Minor page faults of this process so far, all its threads together
+/// (`getrusage(RUSAGE_SELF)`'s `ru_minflt`): faults the kernel served
+/// without I/O, such as a page touched for the first time or copied on
+/// write after `fork`. The difference across one write says whether the
+/// write cost the kernel a copy (the isolation lesson).
+pub fn minor_faults() -> Result<u64> {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage for the duration of the call.
+    retry("getrusage", None, || unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) })?;
+    // A count is never negative; c_long only because C has no better type.
+    Ok(u64::try_from(usage.ru_minflt).unwrap_or(0))
+}
+
+/// The size of a page of memory in bytes (`sysconf(_SC_PAGESIZE)`): the
+/// unit the kernel maps, faults in and copies on write.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf takes an integer; _SC_PAGESIZE always has a value.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
 /// Counts this process's open file descriptors (for leak checks in tests

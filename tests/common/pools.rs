@@ -16,13 +16,20 @@ pub fn pipe() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
-/// Shared anonymous mappings of this process (what a pool maps): lines of
-/// `/proc/self/maps` that are shared (`s`) and backed by `/dev/zero`.
+/// The pool mappings of this process: lines of `/proc/self/maps` that
+/// are shared (`s`) and backed by a memory file named `mproc-pool`.
 pub fn shared_mappings() -> usize {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    pool_mappings(&std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps")).len()
+}
+
+/// The lines of a `/proc/PID/maps` text that are pool mappings (see
+/// [`shared_mappings`]).
+pub fn pool_mappings(maps: &str) -> Vec<&str> {
     maps.lines()
-        .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.ends_with('s')) && l.contains("/dev/zero"))
-        .count()
+        .filter(|l| {
+            l.split_whitespace().nth(1).is_some_and(|p| p.ends_with('s')) && l.contains("/memfd:mproc-pool")
+        })
+        .collect()
 }
 
 /// The pool's pids once every slot has a worker again (replacements are

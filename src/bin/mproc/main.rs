@@ -41,9 +41,11 @@ pub const EXIT_SIGPIPE: u8 = 141;
     propagate_version = true
 )]
 struct Cli {
-    /// Print every POSIX call (fork, waitpid, pipe, mmap, kill, ...) to stderr as it happens
-    #[arg(long, global = true)]
-    trace: bool,
+    /// Print every POSIX call (fork, waitpid, pipe, mmap, kill, ...) to stderr as it happens;
+    /// with a LIST, only the calls of its categories: process, ipc, fd, signal, all (comma-separated)
+    #[arg(long, global = true, value_name = "LIST", num_args = 0..=1, require_equals = true,
+          default_missing_value = "all")]
+    trace: Option<mproc::TraceCategories>,
 
     #[command(subcommand)]
     command: Command,
@@ -72,7 +74,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
-    mproc::set_trace(cli.trace);
+    mproc::set_trace_categories(cli.trace.unwrap_or(mproc::TraceCategories::empty()));
     // Ctrl-C or SIGTERM: kill and reap every pool's workers, exit 130/143.
     // A closed stdout (`| head -1`): die quietly of SIGPIPE, like a C
     // filter. `mproc run` handles both itself, reaping its jobs first.
