@@ -38,7 +38,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,13 @@ use crate::sys::{self, bell, ParentOnlyFd};
 /// before taking it itself: longer than the gap between two calls of a
 /// loop, short against any task worth a process.
 pub(crate) const GRACE: Duration = Duration::from_millis(1);
+
+/// The driver's stack: it runs the engine's loop and nothing else.
+const DRIVER_STACK: usize = 256 * 1024;
+
+fn os_error(call: &'static str, e: std::io::Error) -> Error {
+    Error::Os(crate::error::OsError { call, pid: None, errno: e.raw_os_error().unwrap_or(libc::EAGAIN) })
+}
 
 /// The pool's state shared by its handles ([`Pool`](super::Pool),
 /// [`AsyncResult`](super::AsyncResult)) and its driver thread.
@@ -73,6 +80,8 @@ pub(crate) struct Core {
     pump_nudge: Nudge,
     /// Wakes the driver: work nobody pumps for, a future waiting, the end.
     driver_nudge: Nudge,
+    /// This core, for the driver thread started later.
+    me: Weak<Core>,
     driver: Mutex<Option<JoinHandle<()>>>,
     /// The driver thread's id: it must never wait on its own pool (a
     /// waker it runs might try).
@@ -172,14 +181,15 @@ impl Interest<'_> {
 }
 
 impl Core {
-    /// Wraps a started engine and starts its driver thread.
+    /// Wraps a started engine. The driver thread starts the first time
+    /// work is left for it ([`Core::ensure_driver`]): a pool used only
+    /// through calls that wait (`map`, `apply`) never starts one.
     pub(crate) fn start(engine: Engine, parent_bell: ParentOnlyFd, processes: usize) -> Result<Arc<Core>> {
-        let reports: OwnedFd = engine.report_fd().try_clone_to_owned().map_err(|e| {
-            Error::Os(crate::error::OsError { call: "dup", pid: None, errno: e.raw_os_error().unwrap_or(0) })
-        })?;
+        let reports: OwnedFd = engine.report_fd().try_clone_to_owned().map_err(|e| os_error("dup", e))?;
         let layout = engine.layout.clone();
         let max_result = engine.max_result();
-        let core = Arc::new(Core {
+        let (pump_nudge, driver_nudge) = (Nudge::new()?, Nudge::new()?);
+        Ok(Arc::new_cyclic(|me| Core {
             engine: Mutex::new(engine),
             owner: sys::current_pid(),
             processes,
@@ -187,25 +197,34 @@ impl Core {
             parent_bell,
             reports: ParentOnlyFd::new(reports),
             layout,
-            pump_nudge: Nudge::new()?,
-            driver_nudge: Nudge::new()?,
+            pump_nudge,
+            driver_nudge,
+            me: me.clone(),
             driver: Mutex::new(None),
             driver_id: std::sync::OnceLock::new(),
-        });
-        let for_driver = Arc::clone(&core);
+        }))
+    }
+
+    /// Starts the driver thread unless it runs (or the pool has ended).
+    /// A failure to start it (the thread limit) is returned; the pool
+    /// still works, moving only while callers are in it.
+    pub(crate) fn ensure_driver(&self, e: &Engine) -> Result<()> {
+        if self.driver_id.get().is_some() || e.finished {
+            return Ok(());
+        }
+        let mut slot = self.driver.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(core) = self.me.upgrade() else { return Ok(()) };
+        if slot.is_some() {
+            return Ok(());
+        }
         let handle = std::thread::Builder::new()
             .name("mproc-pool".into())
-            .spawn(move || for_driver.drive())
-            .map_err(|e| {
-                Error::Os(crate::error::OsError {
-                    call: "pthread_create",
-                    pid: None,
-                    errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
-                })
-            })?;
-        let _ = core.driver_id.set(handle.thread().id());
-        *core.driver.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-        Ok(core)
+            .stack_size(DRIVER_STACK)
+            .spawn(move || core.drive())
+            .map_err(|e| os_error("pthread_create", e))?;
+        let _ = self.driver_id.set(handle.thread().id());
+        *slot = Some(handle);
+        Ok(())
     }
 
     /// The engine, locked. A panic under the lock (a bug) leaves it
@@ -322,8 +341,12 @@ impl Core {
         e.pumper = None;
         if let Some(next) = e.parked.first().cloned() {
             e.to_wake.push(Waiter::Thread(next));
-        } else if !as_driver && e.futures_waiting && e.has_work() {
-            // A future waits for work nobody pumps for now.
+        } else if !as_driver && e.has_work() && (e.driver_idle || self.driver_id.get().is_none()) {
+            // Work nobody pumps for now (an `imap` between two `next`s):
+            // the driver looks after it, once callers leave the pool alone
+            // (or at once for a future). Not started, the work waits for
+            // the next call, as it would without a driver.
+            let _ = self.ensure_driver(&e);
             self.driver_nudge.nudge();
         }
         outcome.map(|()| e)
@@ -359,11 +382,16 @@ impl Core {
                 return;
             }
             self.driver_nudge.take();
-            if !e.has_work() {
-                e.futures_waiting = false;
-                // Idle: sleep until work comes (`kick`). Watch the report
-                // pipe too (a zygote that dies now fails the pool at once),
-                // unless a caller pumps: then it reads the reports.
+            let work = e.has_work();
+            if !work || e.pumping {
+                if !work {
+                    e.futures_waiting = false;
+                }
+                // Nothing to do, or a caller pumps: sleep until nudged (by
+                // `kick`, or by that caller when it leaves the role with
+                // work outstanding). Idle, watch the report pipe too (a
+                // zygote that dies now fails the pool at once); while a
+                // caller pumps, it reads the reports.
                 let watch = !e.pumping;
                 seen_epoch = e.call_epoch;
                 e.driver_idle = true;
@@ -408,18 +436,22 @@ impl Core {
     /// Makes sure someone will pump for work just queued by a call that
     /// does not wait for it (`apply_async`): wakes the driver if it sleeps
     /// without a timeout. (Otherwise it looks within [`GRACE`].)
-    pub(crate) fn kick(&self, e: &Locked<'_>) {
+    pub(crate) fn kick(&self, e: &Locked<'_>) -> Result<()> {
+        self.ensure_driver(e)?;
         if !e.pumping && e.driver_idle {
             self.driver_nudge.nudge();
         }
+        Ok(())
     }
 
     /// Makes the driver pump now, for a future that waits (unless a caller
     /// pumps: it files the result and wakes the future).
-    pub(crate) fn kick_for_future(&self, e: &Locked<'_>) {
+    pub(crate) fn kick_for_future(&self, e: &Locked<'_>) -> Result<()> {
+        self.ensure_driver(e)?;
         if !e.pumping {
             self.driver_nudge.nudge();
         }
+        Ok(())
     }
 
     /// Wakes every thread that might wait on the pool after it ended: the

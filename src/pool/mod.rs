@@ -433,7 +433,10 @@ impl Pool {
 
     /// Runs `f(arg)` on a worker and waits for the result.
     pub fn apply<A: Wire, R: Wire>(&self, f: fn(A) -> R, arg: A) -> Result<R> {
-        self.apply_async(f, arg)?.get()
+        // Not through `apply_async`: a call that waits needs no driver.
+        let (sub, _) = self.submit(Call::new(f), std::iter::once(arg), 1, 0)?;
+        let (results, limit) = results::wait_for(&self.core, sub, None)?;
+        results.get(0).unwrap_or(Err(Error::Closed)).and_then(|b| results::decode(b, limit))
     }
 
     /// Queues `f(arg)` and returns at once, even with thousands of tasks
@@ -453,9 +456,12 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn apply_async<A: Wire, R: Wire>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>> {
+        self.check_owner()?;
+        // The driver first: without it, nothing would move this task.
+        self.core.ensure_driver(&self.core.lock())?;
         let (sub, _) = self.submit(Call::new(f), std::iter::once(arg), 1, 0)?;
         let e = self.core.lock();
-        self.core.kick(&e);
+        let _ = self.core.kick(&e);
         drop(e);
         Ok(AsyncResult::new(Arc::clone(&self.core), sub))
     }

@@ -146,8 +146,11 @@ impl<R: Wire> Future for AsyncResult<R> {
             Some(s) if !s.is_complete() => {
                 s.add_waiter(Waiter::Task(cx.waker().clone()), false);
                 e.futures_waiting = true;
-                this.core.kick_for_future(&e);
-                Poll::Pending
+                match this.core.kick_for_future(&e) {
+                    Ok(()) => Poll::Pending,
+                    // Nothing would ever wake this future.
+                    Err(err) => Poll::Ready(Err(err)),
+                }
             }
             _ => {
                 let s = e.take_complete(sub);
