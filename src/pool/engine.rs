@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::message::{self, Call, ResultTag};
 use super::queue::TaskQueue;
 use super::shared::{self, Layout};
-use super::zygote::{Report, Zygote};
+use super::zygote::{Report, Zygote, ZygoteExit};
 use crate::error::{Error, OsError, Result};
 use crate::ring::{Receiver, Sender};
 use crate::status::ExitStatus;
@@ -113,6 +113,11 @@ impl BatchEncoder {
         BatchEncoder { sub, call, chunk, max_msg: ring_capacity / 4, count: 0, arg_len: 16, batch: None }
     }
 
+    /// The submission the batches are for.
+    pub(crate) fn sub(&self) -> u64 {
+        self.sub
+    }
+
     /// Tasks encoded so far.
     pub(crate) fn count(&self) -> usize {
         self.count as usize
@@ -189,6 +194,8 @@ pub(crate) struct Submission {
     remaining: usize,
     /// The caller no longer wants these results (dropped handle).
     abandoned: bool,
+    /// Its caller is still encoding and queueing its tasks.
+    filling: bool,
     /// Who to wake when results arrive (see [`Waiter`]), and whether each
     /// wants every result (`imap`) or only the last one.
     waiters: Vec<(Waiter, bool)>,
@@ -230,6 +237,7 @@ impl Submission {
             errors: HashMap::new(),
             remaining: 0,
             abandoned: false,
+            filling: true,
             waiters: Vec::new(),
         }
     }
@@ -238,6 +246,11 @@ impl Submission {
     /// last; once per waiter (a thread parks again and again, a future is
     /// polled again and again).
     pub(crate) fn add_waiter(&mut self, waiter: Waiter, any: bool) {
+        // A submission has one future at most (its `AsyncResult`): its
+        // latest waker replaces the one it gave before.
+        if let Waiter::Task(_) = waiter {
+            self.waiters.retain(|(w, _)| !matches!(w, Waiter::Task(_)));
+        }
         match self.waiters.iter_mut().find(|(w, _)| w.same(&waiter)) {
             Some(entry) => entry.1 |= any,
             None => self.waiters.push((waiter, any)),
@@ -475,6 +488,9 @@ pub(crate) struct Engine {
     pub futures_waiting: bool,
     /// The driver sleeps until nudged (no work): `apply_async` nudges it.
     pub driver_idle: bool,
+    /// Submissions still being filled by their callers (`join` waits for
+    /// them: their tasks were accepted before `close`).
+    filling: usize,
     /// Callers parked until the pump role is free or their results come.
     pub parked: Vec<Thread>,
     /// Waiters whose results were filed under the lock: woken once it is
@@ -513,6 +529,7 @@ impl Engine {
             call_epoch: 0,
             futures_waiting: false,
             driver_idle: false,
+            filling: 0,
             parked: Vec::new(),
             to_wake: Vec::new(),
         })
@@ -577,6 +594,7 @@ impl Engine {
         }
         let sub = self.next_sub;
         self.next_sub += 1;
+        self.filling += 1;
         // The length hint sizes the result store up front; capped, as a
         // hint is only a hint (and `0..u64::MAX` has a huge one).
         self.subs.insert(sub, Submission::new(base_index, hint.min(1 << 24)));
@@ -600,15 +618,17 @@ impl Engine {
     }
 
     /// Queues the last batch of a submission (if any) and dispatches.
-    pub(crate) fn end_fill(&mut self, batch: Option<Batch>) -> Result<()> {
+    pub(crate) fn end_fill(&mut self, sub: u64, batch: Option<Batch>) -> Result<()> {
         self.call_epoch = self.call_epoch.wrapping_add(1);
         self.queue_batch(batch);
+        self.done_filling(sub);
         self.dispatch()
     }
 
     /// Forgets a submission whose filling failed: its queued tasks still
     /// run, and their results find no one.
     pub(crate) fn cancel(&mut self, sub: u64) {
+        self.done_filling(sub);
         self.subs.remove(&sub);
     }
 
@@ -649,6 +669,20 @@ impl Engine {
                 self.subs.remove(&sub);
             } else {
                 s.abandoned = true;
+            }
+        }
+    }
+
+    /// Whether a caller is still filling a submission (`join` waits).
+    pub(crate) fn filling(&self) -> bool {
+        self.filling > 0
+    }
+
+    /// Submission `sub` has all its tasks (once; a cancelled one too).
+    fn done_filling(&mut self, sub: u64) {
+        if let Some(s) = self.subs.get_mut(&sub) {
+            if std::mem::take(&mut s.filling) {
+                self.filling -= 1;
             }
         }
     }
@@ -1160,22 +1194,24 @@ impl Engine {
 
     /// Stops everything now: workers get SIGKILL, the zygote reaps them and
     /// exits, and every task without an outcome gets `Error::Closed`.
-    pub(crate) fn terminate(&mut self) -> Result<()> {
+    /// The caller waits for the returned zygote with the lock released.
+    pub(crate) fn terminate(&mut self) -> Option<ZygoteExit> {
         if self.finished {
-            return Ok(());
+            return None;
         }
         self.finished = true;
         self.closed = true;
-        let result = self.zygote.shutdown(true);
+        let exit = self.zygote.begin_shutdown(true);
         self.fail_everything(&Error::Closed);
-        result
+        exit
     }
 
     /// The polite end, once `idle()` and exits are sent: the zygote waits
-    /// for the workers to exit on their own, then exits itself.
-    pub(crate) fn finish(&mut self) -> Result<()> {
+    /// for the workers to exit on their own, then exits itself. The caller
+    /// waits for it with the lock released.
+    pub(crate) fn finish(&mut self) -> Option<ZygoteExit> {
         self.finished = true;
-        self.zygote.shutdown(false)
+        self.zygote.begin_shutdown(false)
     }
 }
 

@@ -286,27 +286,27 @@ impl Zygote {
     /// their own (they have been told to). Idempotent; does nothing in a
     /// process other than the owner.
     pub(crate) fn shutdown(&mut self, kill: bool) -> Result<()> {
+        match self.begin_shutdown(kill) {
+            Some(exit) => exit.wait(self.reports.as_fd()),
+            None => Ok(()),
+        }
+    }
+
+    /// Orders the zygote's end (as [`Zygote::shutdown`]) and hands over the
+    /// wait for it: the pool waits with its lock released, so that other
+    /// threads' calls do not hang on a zygote slow to go (stopped, say).
+    /// `None` if it was already ended, or this is not its parent.
+    pub(crate) fn begin_shutdown(&mut self, kill: bool) -> Option<ZygoteExit> {
         if self.reaped || sys::current_pid() != self.owner {
-            return Ok(());
+            return None;
         }
         self.unregister();
         let sent = self.request(if kill { REQ_KILL_ALL } else { REQ_SHUTDOWN }, 0);
         // Closing the request pipe is the fallback order: EOF means kill all.
         self.requests = None;
-        let limit = if kill { ZYGOTE_EXIT_LIMIT } else { ZYGOTE_JOIN_LIMIT };
-        let waited = self.reap_within(limit);
+        // Whoever holds the `ZygoteExit` reaps it.
         self.reaped = true;
-        let status = waited?;
-        if kill {
-            return Ok(());
-        }
-        // The polite end: every worker was told to exit, and the zygote
-        // exits 0 once it has reaped them all. Anything else is news.
-        match status {
-            Some(ExitStatus::Exited(0)) => sent,
-            Some(status) => Err(Error::ZygoteDied { pid: self.pid, exitcode: Some(status.exitcode()) }),
-            None => Err(Error::ZygoteDied { pid: self.pid, exitcode: None }),
-        }
+        Some(ZygoteExit { pid: self.pid, kill, sent })
     }
 
     /// The zygote's report pipe read end of file: it has exited (or is
@@ -320,52 +320,97 @@ impl Zygote {
         Ok(Error::ZygoteDied { pid: self.pid, exitcode: status.map(|s| s.exitcode()) })
     }
 
-    /// Waits at most `limit` for the zygote to exit, then kills it; reaps it
-    /// either way. (It is our unreaped child, so its pid is still its own.)
-    /// `Ok(None)`: it was reaped by someone else (`SIGCHLD` ignored makes
-    /// the kernel reap it), so its status is lost.
+    /// [`reap_within`] this zygote, through its report pipe.
     fn reap_within(&self, limit: Duration) -> Result<Option<ExitStatus>> {
-        let waited = match self.wait_exit(sys::deadline_after(limit)) {
-            Ok(Some(status)) => return Ok(Some(status)),
-            Ok(None) => {
-                sys::kill(Pid::from_raw(self.pid), libc::SIGKILL)?;
-                sys::waitpid(self.pid, false)
-            }
-            Err(e) => Err(e),
-        };
-        match waited {
-            Err(Error::Os(e)) if e.errno == libc::ECHILD => Ok(None),
-            other => other,
-        }
-    }
-
-    /// Waits until `deadline` (`None`: no limit) for the zygote to exit and
-    /// reaps it; `Ok(None)` if it still runs then. Its exit closes the
-    /// report pipe's only write end, so the wait is a `poll` for that end
-    /// of file, not a timer; a look every 10 ms covers a copy of
-    /// the write end that leaked into some other child.
-    fn wait_exit(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
-        const REAP_LOOK: Duration = Duration::from_millis(10);
-        loop {
-            if let Some(status) = sys::waitpid(self.pid, true)? {
-                return Ok(Some(status));
-            }
-            let left = deadline.map_or(REAP_LOOK, |d| d.saturating_duration_since(Instant::now()));
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let ready = sys::poll(&[(self.reports.as_fd(), true, false)], Some(left.min(REAP_LOOK)))?;
-            // Reports nobody will read now, or the end of file: the pipe
-            // is drained like a doorbell.
-            if (ready[0].hangup || ready[0].readable) && !sys::bell::drain(self.reports.as_fd())? {
-                return sys::waitpid(self.pid, false);
-            }
-        }
+        reap_within(self.pid, self.reports.as_fd(), limit)
     }
 
     fn unregister(&mut self) {
         if let Some(entry) = self.registered.take() {
             registry::forget_pool(entry);
+        }
+    }
+}
+
+/// A zygote told to end, to be waited for and reaped
+/// ([`Zygote::begin_shutdown`]).
+#[derive(Debug)]
+#[must_use = "the zygote must be reaped"]
+pub(crate) struct ZygoteExit {
+    pid: i32,
+    kill: bool,
+    /// Whether the order reached it.
+    sent: Result<()>,
+}
+
+impl ZygoteExit {
+    /// Waits for the zygote (at most [`ZYGOTE_EXIT_LIMIT`] after a kill
+    /// order, [`ZYGOTE_JOIN_LIMIT`] after a polite one; then `SIGKILL`),
+    /// reaps it, and says whether a polite end went as it should.
+    /// `reports`: the report pipe (any copy of its read end).
+    pub(crate) fn wait(self, reports: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        let limit = if self.kill { ZYGOTE_EXIT_LIMIT } else { ZYGOTE_JOIN_LIMIT };
+        let status = reap_within(self.pid, reports, limit)?;
+        if self.kill {
+            return Ok(());
+        }
+        // The polite end: every worker was told to exit, and the zygote
+        // exits 0 once it has reaped them all. Anything else is news.
+        match status {
+            Some(ExitStatus::Exited(0)) => self.sent,
+            Some(status) => Err(Error::ZygoteDied { pid: self.pid, exitcode: Some(status.exitcode()) }),
+            None => Err(Error::ZygoteDied { pid: self.pid, exitcode: None }),
+        }
+    }
+}
+
+/// Waits at most `limit` for zygote `pid` to exit, then kills it; reaps it
+/// either way. (It is our unreaped child, so its pid is still its own.)
+/// `Ok(None)`: it was reaped by someone else (`SIGCHLD` ignored makes the
+/// kernel reap it), so its status is lost.
+fn reap_within(
+    pid: i32,
+    reports: std::os::fd::BorrowedFd<'_>,
+    limit: Duration,
+) -> Result<Option<ExitStatus>> {
+    let waited = match wait_exit(pid, reports, sys::deadline_after(limit)) {
+        Ok(Some(status)) => return Ok(Some(status)),
+        Ok(None) => {
+            sys::kill(Pid::from_raw(pid), libc::SIGKILL)?;
+            sys::waitpid(pid, false)
+        }
+        Err(e) => Err(e),
+    };
+    match waited {
+        Err(Error::Os(e)) if e.errno == libc::ECHILD => Ok(None),
+        other => other,
+    }
+}
+
+/// Waits until `deadline` (`None`: no limit) for zygote `pid` to exit and
+/// reaps it; `Ok(None)` if it still runs then. Its exit closes the report
+/// pipe's only write end, so the wait is a `poll` for that end of file,
+/// not a timer; a look every 10 ms covers a copy of the write end that
+/// leaked into some other child.
+fn wait_exit(
+    pid: i32,
+    reports: std::os::fd::BorrowedFd<'_>,
+    deadline: Option<Instant>,
+) -> Result<Option<ExitStatus>> {
+    const REAP_LOOK: Duration = Duration::from_millis(10);
+    loop {
+        if let Some(status) = sys::waitpid(pid, true)? {
+            return Ok(Some(status));
+        }
+        let left = deadline.map_or(REAP_LOOK, |d| d.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let ready = sys::poll(&[(reports, true, false)], Some(left.min(REAP_LOOK)))?;
+        // Reports nobody will read now, or the end of file: the pipe is
+        // drained like a doorbell.
+        if (ready[0].hangup || ready[0].readable) && !sys::bell::drain(reports)? {
+            return sys::waitpid(pid, false);
         }
     }
 }
