@@ -594,3 +594,90 @@ fn other_threads_do_not_wait_while_a_stopped_zygote_is_ended() {
     drop(pool);
     assert_no_children();
 }
+
+// found by the second review
+
+#[test]
+fn work_moves_while_a_thread_keeps_submitting_without_waiting() {
+    // A producer that never waits, submitting more often than the driver's
+    // grace period: its tasks must still run as it goes, not pile up.
+    let _w = watchdog(Duration::from_secs(60), "a producer that never waits");
+    let pool = Pool::new(2).unwrap();
+    let mut most = 0;
+    for i in 0..3_000u64 {
+        drop(pool.apply_async(cube, i).unwrap());
+        most = most.max(pool.queued());
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    assert!(most < 500, "{most} tasks waited in the parent");
+}
+
+fn panics_at(n: u64) -> impl Iterator<Item = u64> {
+    (0..n + 1).inspect(move |&i| {
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(i < n, "the input iterator panicked");
+    })
+}
+
+#[test]
+fn join_is_not_held_up_by_a_map_whose_input_panics() {
+    let _w = watchdog(Duration::from_secs(60), "join beside a panicking input");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let mapper = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.map_chunked(cube, panics_at(100), 1))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    pool.close();
+    let t = Instant::now();
+    pool.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "join took {:?}", t.elapsed());
+    assert!(mapper.join().is_err(), "the map's thread should have panicked");
+    assert!(pool.pids().is_empty(), "an ended pool has no workers");
+}
+
+#[test]
+fn join_from_a_calls_own_input_is_an_error_not_a_deadlock() {
+    let _w = watchdog(Duration::from_secs(30), "join from inside a map's input");
+    let pool = Pool::new(2).unwrap();
+    let joined = std::cell::RefCell::new(None);
+    let input = (0..10u64).inspect(|&i| {
+        if i == 5 {
+            pool.close();
+            *joined.borrow_mut() = Some(pool.join());
+        }
+    });
+    assert_eq!(pool.map_chunked(cube, input, 1).unwrap(), (0..10u64).map(cube).collect::<Vec<_>>());
+    assert!(matches!(joined.into_inner(), Some(Err(Error::InvalidState(_)))));
+    pool.join().unwrap();
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn terminate_during_a_join_kills_now_and_every_joiner_sees_the_end() {
+    let _w = watchdog(Duration::from_secs(60), "terminate during join");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    assert_eq!(pool.map(cube, 0..10u64).unwrap().len(), 10);
+    let worker = pool.pids()[0];
+    // A stopped worker cannot exit on its own: a polite join waits for it
+    // (up to 10 s).
+    // SAFETY: kill takes integers; the worker is our pool's.
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGSTOP) }, 0);
+    pool.close();
+    let joiners: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || pool.join())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    pool.terminate();
+    assert!(t.elapsed() < Duration::from_secs(3), "terminate took {:?}", t.elapsed());
+    let outcomes: Vec<_> = joiners.into_iter().map(|j| j.join().unwrap()).collect();
+    assert_eq!(outcomes[0], outcomes[1]);
+    // The worker is gone: killed and reaped, not left stopped.
+    assert!(common::pools::stat(worker).is_none(), "worker {worker} is still there");
+    drop(pool);
+    assert_no_children();
+}

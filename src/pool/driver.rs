@@ -89,6 +89,11 @@ pub(crate) struct Core {
     /// This core, for the driver thread started later.
     me: Weak<Core>,
     driver: Mutex<Option<JoinHandle<()>>>,
+    /// How the zygote's end went, once the thread that waited for it
+    /// (outside the engine lock) knows: every `join` and `terminate`
+    /// returns only then, and all see the same outcome.
+    zygote_end: Mutex<Option<Result<()>>>,
+    zygote_end_cv: std::sync::Condvar,
     /// The driver thread's id: it must never wait on its own pool (a
     /// waker it runs might try).
     driver_id: std::sync::OnceLock<std::thread::ThreadId>,
@@ -142,6 +147,7 @@ impl Nudge {
 #[derive(Debug)]
 pub(crate) struct Locked<'a> {
     guard: Option<MutexGuard<'a, Engine>>,
+    core: &'a Core,
 }
 
 impl std::ops::Deref for Locked<'_> {
@@ -167,7 +173,11 @@ impl Drop for Locked<'_> {
     fn drop(&mut self) {
         let Some(mut guard) = self.guard.take() else { return };
         let wake = std::mem::take(&mut guard.to_wake);
+        let nudge = std::mem::take(&mut guard.nudge_pumper) && guard.pumping;
         drop(guard);
+        if nudge {
+            self.core.pump_nudge.nudge();
+        }
         for w in wake {
             // A waker is an executor's code: one that panics (its panic
             // hook has reported it) must not leave the pump role taken or
@@ -211,6 +221,8 @@ impl Core {
             driver_nudge,
             me: me.clone(),
             driver: Mutex::new(None),
+            zygote_end: Mutex::new(None),
+            zygote_end_cv: std::sync::Condvar::new(),
             driver_id: std::sync::OnceLock::new(),
         }))
     }
@@ -240,7 +252,7 @@ impl Core {
     /// The engine, locked. A panic under the lock (a bug) leaves it
     /// poisoned; the state is still the best there is, so go on with it.
     pub(crate) fn lock(&self) -> Locked<'_> {
-        Locked { guard: Some(self.engine.lock().unwrap_or_else(|p| p.into_inner())) }
+        Locked { guard: Some(self.engine.lock().unwrap_or_else(|p| p.into_inner())), core: self }
     }
 
     /// Runs one step if no thread holds the pump role (for calls that show
@@ -489,14 +501,37 @@ impl Core {
         Ok(())
     }
 
-    /// A copy of the zygote's report pipe, to wait for its end on.
-    pub(crate) fn reports_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.reports.as_fd()
-    }
-
-    /// Wakes the thread that pumps, to look at the state again.
-    pub(crate) fn nudge_pumper(&self) {
-        self.pump_nudge.nudge();
+    /// After the pool ended (`e.finished`, with `exit` from that same
+    /// lock): wakes every thread that might wait, then waits for the
+    /// zygote's end with the lock released — as the one that reaps it if
+    /// `exit` is ours, or for the thread that does. `Ok` if there is none
+    /// (it died and was reaped already).
+    pub(crate) fn end_zygote(
+        &self,
+        mut e: Locked<'_>,
+        exit: Option<super::zygote::ZygoteExit>,
+    ) -> Result<()> {
+        let Some(exit) = exit else {
+            let ending = e.zygote_ending;
+            self.wake_all(e);
+            if !ending {
+                return Ok(());
+            }
+            let mut end = self.zygote_end.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(r) = end.as_ref() {
+                    return r.clone();
+                }
+                end = self.zygote_end_cv.wait(end).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        e.zygote_ending = true;
+        self.wake_all(e);
+        let r = exit.wait(self.reports.as_fd());
+        *self.zygote_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
+        self.zygote_end_cv.notify_all();
+        self.lock().zygote_ending = false;
+        r
     }
 
     /// Wakes every thread that might wait on the pool after it ended: the

@@ -194,8 +194,10 @@ pub(crate) struct Submission {
     remaining: usize,
     /// The caller no longer wants these results (dropped handle).
     abandoned: bool,
-    /// Its caller is still encoding and queueing its tasks.
+    /// Its caller is still encoding and queueing its tasks...
     filling: bool,
+    /// ...on this thread (when its input is the caller's own iterator).
+    filler: Option<std::thread::ThreadId>,
     /// Who to wake when results arrive (see [`Waiter`]), and whether each
     /// wants every result (`imap`) or only the last one.
     waiters: Vec<(Waiter, bool)>,
@@ -238,6 +240,7 @@ impl Submission {
             remaining: 0,
             abandoned: false,
             filling: true,
+            filler: None,
             waiters: Vec::new(),
         }
     }
@@ -491,6 +494,12 @@ pub(crate) struct Engine {
     /// Submissions still being filled by their callers (`join` waits for
     /// them: their tasks were accepted before `close`).
     filling: usize,
+    /// A state change the pumping thread must look at (a submission done
+    /// filling, which `join` may wait for): `Locked`'s drop nudges it.
+    pub nudge_pumper: bool,
+    /// The zygote was ordered to end and is being waited for, outside the
+    /// lock, by the thread that holds its `ZygoteExit`.
+    pub zygote_ending: bool,
     /// Callers parked until the pump role is free or their results come.
     pub parked: Vec<Thread>,
     /// Waiters whose results were filed under the lock: woken once it is
@@ -530,6 +539,8 @@ impl Engine {
             futures_waiting: false,
             driver_idle: false,
             filling: 0,
+            nudge_pumper: false,
+            zygote_ending: false,
             parked: Vec::new(),
             to_wake: Vec::new(),
         })
@@ -568,6 +579,9 @@ impl Engine {
     }
 
     pub(crate) fn pids(&self) -> Vec<i32> {
+        if self.finished {
+            return Vec::new();
+        }
         self.slots
             .iter()
             .filter_map(|s| match s.state {
@@ -604,13 +618,19 @@ impl Engine {
     /// Queues one finished batch and hands it out, so that workers start
     /// on the first batches while later ones are being encoded.
     pub(crate) fn queue(&mut self, batch: Batch) -> Result<()> {
+        // A caller encoding a big input, about to wait for it: the driver
+        // keeps out of its way (see `driver::GRACE`).
         self.call_epoch = self.call_epoch.wrapping_add(1);
         self.queue_batch(Some(batch));
+        self.step_unless_pumped()
+    }
+
+    /// A step if no thread pumps (results in as well as tasks out, so
+    /// workers whose result rings filled up go on), else a dispatch.
+    pub(crate) fn step_unless_pumped(&mut self) -> Result<()> {
         if self.pumping {
             return self.dispatch();
         }
-        // Nobody pumps: take results in as well, so that workers whose
-        // result rings filled up go on while the caller encodes.
         self.pumping = true;
         let stepped = self.step();
         self.pumping = false;
@@ -619,7 +639,6 @@ impl Engine {
 
     /// Queues the last batch of a submission (if any) and dispatches.
     pub(crate) fn end_fill(&mut self, sub: u64, batch: Option<Batch>) -> Result<()> {
-        self.call_epoch = self.call_epoch.wrapping_add(1);
         self.queue_batch(batch);
         self.done_filling(sub);
         self.dispatch()
@@ -683,7 +702,22 @@ impl Engine {
         if let Some(s) = self.subs.get_mut(&sub) {
             if std::mem::take(&mut s.filling) {
                 self.filling -= 1;
+                // A `join` may wait (pumping) for the last one.
+                self.nudge_pumper |= self.filling == 0 && self.closed;
             }
+        }
+    }
+
+    /// Whether `thread` is filling a submission now (a `join` from inside
+    /// a `map`'s own input would wait for itself).
+    pub(crate) fn is_filling(&self, thread: std::thread::ThreadId) -> bool {
+        self.filling > 0 && self.subs.values().any(|s| s.filling && s.filler == Some(thread))
+    }
+
+    /// Records which thread fills submission `sub`.
+    pub(crate) fn set_filler(&mut self, sub: u64, thread: std::thread::ThreadId) {
+        if let Some(s) = self.subs.get_mut(&sub) {
+            s.filler = Some(thread);
         }
     }
 
@@ -844,6 +878,12 @@ impl Engine {
     }
 
     fn handle_reports(&mut self) -> Result<()> {
+        if self.finished {
+            // The zygote is being (or has been) waited for and reaped by
+            // whoever ended the pool, who drains the pipe: reports now are
+            // about workers that are gone.
+            return Ok(());
+        }
         // Load before swap: the word shares a cache line with the parent's
         // sleep flag, which every worker reads after each send; a write at
         // each step would bounce that line. SeqCst: pairs with the zygote's
@@ -1197,6 +1237,10 @@ impl Engine {
     /// The caller waits for the returned zygote with the lock released.
     pub(crate) fn terminate(&mut self) -> Option<ZygoteExit> {
         if self.finished {
+            if self.zygote_ending {
+                // `join` waits for a polite end: make it a kill.
+                self.zygote.kill_all();
+            }
             return None;
         }
         self.finished = true;

@@ -371,7 +371,12 @@ impl Pool {
         base_index: u64,
     ) -> Result<(u64, usize)> {
         self.check_owner()?;
-        let sub = self.core.lock().open(base_index, items.size_hint().0)?;
+        let sub = {
+            let mut e = self.core.lock();
+            let sub = e.open(base_index, items.size_hint().0)?;
+            e.set_filler(sub, std::thread::current().id());
+            sub
+        };
         // Cancels the submission if filling fails, or unwinds (the
         // caller's iterator or `Wire` impl panicked): `join` waits for
         // submissions being filled.
@@ -403,13 +408,7 @@ impl Pool {
                 }
             }
         }
-        let mut e = self.core.lock();
-        e.end_fill(sub, encoder.finish())?;
-        if e.closed {
-            // A `join` may wait for this submission's end.
-            self.core.nudge_pumper();
-        }
-        Ok(())
+        self.core.lock().end_fill(sub, encoder.finish())
     }
 
     /// Python's default: ceil(len / (4 × processes)).
@@ -512,6 +511,12 @@ impl Pool {
             b
         });
         e.end_fill(sub, batch)?;
+        if unattended {
+            // Nobody will wait for it: move the work along now if nobody
+            // pumps (a producer submitting faster than the driver's grace
+            // period would otherwise keep everything queued).
+            e.step_unless_pumped()?;
+        }
         Ok((e, sub))
     }
 
@@ -609,15 +614,18 @@ impl Pool {
         if !e.closed {
             return Err(Error::InvalidState("join() called before close()"));
         }
+        if e.is_filling(std::thread::current().id()) {
+            // From a call's own input iterator: it would wait for itself.
+            return Err(Error::InvalidState("join() called while this thread submits to the pool"));
+        }
         let mut exit = None;
         if !e.finished {
             (e, exit) = self.finish_queued_work(e)?;
         }
         let broken = e.broken.clone();
-        core.wake_all(e);
         // The zygote's end is waited for with the lock released: other
         // threads' calls (`ready`, dropping a result) never wait for it.
-        let waited = exit.map_or(Ok(()), |exit| exit.wait(core.reports_fd()));
+        let waited = core.end_zygote(e, exit);
         core.join_driver();
         broken.map_or(waited, Err)
     }
@@ -658,10 +666,7 @@ impl Pool {
         }
         let mut e = self.core.lock();
         let exit = e.terminate();
-        self.core.wake_all(e);
-        if let Some(exit) = exit {
-            let _ = exit.wait(self.core.reports_fd());
-        }
+        let _ = self.core.end_zygote(e, exit);
         self.core.join_driver();
     }
 }

@@ -302,11 +302,23 @@ impl Zygote {
         }
         self.unregister();
         let sent = self.request(if kill { REQ_KILL_ALL } else { REQ_SHUTDOWN }, 0);
-        // Closing the request pipe is the fallback order: EOF means kill all.
-        self.requests = None;
+        if kill {
+            // Closing the request pipe is the fallback order: EOF means
+            // kill all. After a polite order it stays open, for
+            // [`Zygote::kill_all`].
+            self.requests = None;
+        }
         // Whoever holds the `ZygoteExit` reaps it.
         self.reaped = true;
         Some(ZygoteExit { pid: self.pid, kill, sent })
+    }
+
+    /// Turns a polite end already ordered into a kill: every worker gets
+    /// `SIGKILL` from the zygote (which reaps them, so their pids are
+    /// still theirs), and the zygote exits.
+    pub(crate) fn kill_all(&mut self) {
+        let _ = self.request(REQ_KILL_ALL, 0);
+        self.requests = None;
     }
 
     /// The zygote's report pipe read end of file: it has exited (or is
@@ -454,6 +466,10 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     let mut live: HashMap<i32, usize> = HashMap::new();
     let mut timers = Timers::default();
     let mut shutting_down = false;
+    // Requests are read until EOF or a kill order, also after a polite
+    // shutdown order: the parent may then still ask for the kill
+    // (`terminate` while `join` waits).
+    let mut listening = true;
     loop {
         if !shutting_down && sys::getppid() != parent {
             // Re-parented: the parent died. Same as EOF on the requests.
@@ -467,7 +483,7 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
         }
         let wake_at = timers.run(&live, &side.layout, side.task_timeout);
         let mut fds = vec![(sig_r.as_fd(), true, false)];
-        if !shutting_down {
+        if listening {
             fds.push((side.requests.as_fd(), true, false));
         }
         let ready = sys::poll(&fds, wake_at.map(|t| t.saturating_duration_since(Instant::now())))?;
@@ -483,11 +499,13 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
                 }
             }
         }
-        if !shutting_down && ready.get(1).is_some_and(|r| r.readable || r.hangup) {
+        if listening && ready.get(1).is_some_and(|r| r.readable || r.hangup) {
             let mut rec = [0u8; REQ_LEN];
             let n = read_record(side.requests.as_fd(), &mut rec)?;
             let (kind, slot) = parse_request(&rec);
             match (n, kind) {
+                // No new worker once the end was ordered.
+                (REQ_LEN, REQ_SPAWN) if shutting_down => {}
                 (REQ_LEN, REQ_SPAWN) => {
                     match spawn_worker(side, slot, zygote_pid, parent_ignores_sigpipe, &sig_r, &sig_w) {
                         Ok(pid) => {
@@ -510,6 +528,7 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
                 // REQ_KILL_ALL, or EOF: the parent is gone or wants it over.
                 _ => {
                     shutting_down = true;
+                    listening = false;
                     kill_workers(&live, &mut timers);
                 }
             }
