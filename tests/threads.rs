@@ -681,3 +681,81 @@ fn terminate_during_a_join_kills_now_and_every_joiner_sees_the_end() {
     drop(pool);
     assert_no_children();
 }
+
+// found by the third review
+
+#[test]
+fn a_waker_that_ends_the_pool_while_it_is_ending_returns() {
+    let _w = watchdog(Duration::from_secs(60), "a waker that terminates");
+    struct Ends(Arc<Pool>);
+    impl Wake for Ends {
+        fn wake(self: Arc<Self>) {
+            self.0.terminate();
+            let _ = self.0.join();
+        }
+    }
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let mut r = pool.apply_async(sleep_ms, 5_000u64).unwrap();
+    let waker = Waker::from(Arc::new(Ends(Arc::clone(&pool))));
+    assert!(Pin::new(&mut r).poll(&mut Context::from_waker(&waker)).is_pending());
+    let t = Instant::now();
+    let ender = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.terminate())
+    };
+    ender.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "terminate took {:?}", t.elapsed());
+    assert!(matches!(r.get(), Err(Error::Closed) | Err(Error::InvalidState(_))));
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn a_zygote_killed_after_a_worker_died_is_zygote_died_not_a_write_error() {
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.apply(cube, 2u64).unwrap(), 8);
+    let worker = pool.pids()[0];
+    let zygote = common::pools::stat(worker).unwrap().1;
+    // SAFETY: kill takes integers; both are our pool's processes.
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGKILL) }, 0);
+    // The zygote reports the death (and would be asked for a replacement).
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(zygote, libc::SIGKILL) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    // Queued before the death was read, or refused after: either way the
+    // one outcome says what happened.
+    let r = pool.apply_async(cube, 3u64).and_then(|mut r| r.get());
+    assert!(matches!(r, Err(Error::ZygoteDied { .. })), "{r:?}");
+    for _ in 0..3 {
+        let r = pool.apply(cube, 3u64);
+        assert!(matches!(r, Err(Error::ZygoteDied { .. })), "{r:?}");
+        let r = pool.apply_async(cube, 3u64).map(drop);
+        assert!(matches!(r, Err(Error::ZygoteDied { .. })), "{r:?}");
+    }
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn terminate_during_a_join_that_waits_for_a_stopped_zygote_takes_the_kill_limit() {
+    let _w = watchdog(Duration::from_secs(60), "terminate during join, zygote stopped");
+    let pool = Arc::new(Pool::new(1).unwrap());
+    assert_eq!(pool.apply(cube, 2u64).unwrap(), 8);
+    let zygote = common::pools::stat(pool.pids()[0]).unwrap().1;
+    pool.close();
+    // SAFETY: kill takes integers; the zygote is our child.
+    assert_eq!(unsafe { libc::kill(zygote, libc::SIGSTOP) }, 0);
+    let joiner = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.join())
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    pool.terminate();
+    // join alone would wait 10 s; a terminate means the 1 s kill limit.
+    assert!(t.elapsed() < Duration::from_secs(4), "terminate took {:?}", t.elapsed());
+    let first = joiner.join().unwrap();
+    // A later join sees the same end.
+    assert_eq!(pool.join(), first);
+    drop(pool);
+    assert_no_children();
+}

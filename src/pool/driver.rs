@@ -94,6 +94,8 @@ pub(crate) struct Core {
     /// returns only then, and all see the same outcome.
     zygote_end: Mutex<Option<Result<()>>>,
     zygote_end_cv: std::sync::Condvar,
+    /// See [`Core::hurry_zygote`].
+    hurry: AtomicBool,
     /// The driver thread's id: it must never wait on its own pool (a
     /// waker it runs might try).
     driver_id: std::sync::OnceLock<std::thread::ThreadId>,
@@ -223,6 +225,7 @@ impl Core {
             driver: Mutex::new(None),
             zygote_end: Mutex::new(None),
             zygote_end_cv: std::sync::Condvar::new(),
+            hurry: AtomicBool::new(false),
             driver_id: std::sync::OnceLock::new(),
         }))
     }
@@ -514,24 +517,42 @@ impl Core {
         let Some(exit) = exit else {
             let ending = e.zygote_ending;
             self.wake_all(e);
-            if !ending {
-                return Ok(());
-            }
             let mut end = self.zygote_end.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 if let Some(r) = end.as_ref() {
+                    // Every `join` and `terminate` sees the same end.
                     return r.clone();
+                }
+                if !ending {
+                    // No zygote to wait for: it died (and was reaped) on
+                    // its own; the pool's `broken` error says so.
+                    return Ok(());
                 }
                 end = self.zygote_end_cv.wait(end).unwrap_or_else(|p| p.into_inner());
             }
         };
         e.zygote_ending = true;
-        self.wake_all(e);
-        let r = exit.wait(self.reports.as_fd());
+        // Wake nobody before the end is known: a waker run here (on this
+        // thread) that calls `terminate` or `join` would wait for it.
+        let mut wake = std::mem::take(&mut e.to_wake);
+        wake.extend(e.parked.iter().cloned().map(Waiter::Thread));
+        drop(e);
+        self.pump_nudge.nudge();
+        self.driver_nudge.nudge();
+        let r = exit.wait(self.reports.as_fd(), &self.hurry);
         *self.zygote_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
         self.zygote_end_cv.notify_all();
         self.lock().zygote_ending = false;
+        for w in wake {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
+        }
         r
+    }
+
+    /// A `terminate` while another thread waits for the zygote's polite
+    /// end: that wait takes the kill's shorter limit from now on.
+    pub(crate) fn hurry_zygote(&self) {
+        self.hurry.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Wakes every thread that might wait on the pool after it ended: the

@@ -500,6 +500,9 @@ pub(crate) struct Engine {
     /// The zygote was ordered to end and is being waited for, outside the
     /// lock, by the thread that holds its `ZygoteExit`.
     pub zygote_ending: bool,
+    /// The report pipe read end of file (or a request EPIPE): the zygote
+    /// has died; the next reading of reports ends the pool.
+    zygote_gone: bool,
     /// Callers parked until the pump role is free or their results come.
     pub parked: Vec<Thread>,
     /// Waiters whose results were filed under the lock: woken once it is
@@ -541,6 +544,7 @@ impl Engine {
             filling: 0,
             nudge_pumper: false,
             zygote_ending: false,
+            zygote_gone: false,
             parked: Vec::new(),
             to_wake: Vec::new(),
         })
@@ -896,6 +900,9 @@ impl Engine {
         }
         let mut reports = std::mem::take(&mut self.reports);
         let alive = self.zygote.read_reports(&mut reports)?;
+        // A zygote that is gone is asked for nothing more (its request
+        // pipe would answer EPIPE): its last reports are still filed.
+        self.zygote_gone |= !alive;
         for rep in reports.drain(..) {
             match rep {
                 Report::Spawned { slot, pid } => {
@@ -1049,9 +1056,22 @@ impl Engine {
         if self.slots[k].retry_spawn_at.is_some_and(|t| Instant::now() < t) {
             return Ok(());
         }
+        if self.zygote_gone {
+            return Ok(());
+        }
         self.slots[k].retry_spawn_at = None;
         self.slots[k].state = SlotState::Spawning;
-        self.zygote.spawn(k)
+        match self.zygote.spawn(k) {
+            // The zygote died since its last report: the end of file on the
+            // report pipe (read next) says so, for every call, as
+            // `ZygoteDied`; not this write's EPIPE.
+            Err(Error::Os(e)) if e.errno == libc::EPIPE => {
+                self.zygote_gone = true;
+                self.reports_due = true;
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Kills worker `k` (and its process group) now: its ring can no longer

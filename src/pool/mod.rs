@@ -514,8 +514,10 @@ impl Pool {
         if unattended {
             // Nobody will wait for it: move the work along now if nobody
             // pumps (a producer submitting faster than the driver's grace
-            // period would otherwise keep everything queued).
-            e.step_unless_pumped()?;
+            // period would otherwise keep everything queued). The task is
+            // queued: an error here is for whoever waits next, not a
+            // refusal of this task.
+            let _ = e.step_unless_pumped();
         }
         Ok((e, sub))
     }
@@ -666,6 +668,9 @@ impl Pool {
         }
         let mut e = self.core.lock();
         let exit = e.terminate();
+        if e.zygote_ending {
+            self.core.hurry_zygote();
+        }
         let _ = self.core.end_zygote(e, exit);
         self.core.join_driver();
     }

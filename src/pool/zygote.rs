@@ -35,7 +35,7 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::shared::Layout;
@@ -287,7 +287,7 @@ impl Zygote {
     /// process other than the owner.
     pub(crate) fn shutdown(&mut self, kill: bool) -> Result<()> {
         match self.begin_shutdown(kill) {
-            Some(exit) => exit.wait(self.reports.as_fd()),
+            Some(exit) => exit.wait(self.reports.as_fd(), &AtomicBool::new(false)),
             None => Ok(()),
         }
     }
@@ -334,7 +334,7 @@ impl Zygote {
 
     /// [`reap_within`] this zygote, through its report pipe.
     fn reap_within(&self, limit: Duration) -> Result<Option<ExitStatus>> {
-        reap_within(self.pid, self.reports.as_fd(), limit)
+        reap_within(self.pid, self.reports.as_fd(), limit, &AtomicBool::new(false))
     }
 
     fn unregister(&mut self) {
@@ -360,9 +360,11 @@ impl ZygoteExit {
     /// order, [`ZYGOTE_JOIN_LIMIT`] after a polite one; then `SIGKILL`),
     /// reaps it, and says whether a polite end went as it should.
     /// `reports`: the report pipe (any copy of its read end).
-    pub(crate) fn wait(self, reports: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    /// `hurry`: set by a `terminate` that came while we wait for a polite
+    /// end; from then on the kill's shorter limit applies.
+    pub(crate) fn wait(self, reports: std::os::fd::BorrowedFd<'_>, hurry: &AtomicBool) -> Result<()> {
         let limit = if self.kill { ZYGOTE_EXIT_LIMIT } else { ZYGOTE_JOIN_LIMIT };
-        let status = reap_within(self.pid, reports, limit)?;
+        let status = reap_within(self.pid, reports, limit, hurry)?;
         if self.kill {
             return Ok(());
         }
@@ -384,8 +386,9 @@ fn reap_within(
     pid: i32,
     reports: std::os::fd::BorrowedFd<'_>,
     limit: Duration,
+    hurry: &AtomicBool,
 ) -> Result<Option<ExitStatus>> {
-    let waited = match wait_exit(pid, reports, sys::deadline_after(limit)) {
+    let waited = match wait_exit(pid, reports, sys::deadline_after(limit), hurry) {
         Ok(Some(status)) => return Ok(Some(status)),
         Ok(None) => {
             sys::kill(Pid::from_raw(pid), libc::SIGKILL)?;
@@ -407,10 +410,17 @@ fn reap_within(
 fn wait_exit(
     pid: i32,
     reports: std::os::fd::BorrowedFd<'_>,
-    deadline: Option<Instant>,
+    mut deadline: Option<Instant>,
+    hurry: &AtomicBool,
 ) -> Result<Option<ExitStatus>> {
     const REAP_LOOK: Duration = Duration::from_millis(10);
+    let mut hurried = false;
     loop {
+        if !hurried && hurry.load(Ordering::SeqCst) {
+            hurried = true;
+            let soon = Instant::now() + ZYGOTE_EXIT_LIMIT;
+            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+        }
         if let Some(status) = sys::waitpid(pid, true)? {
             return Ok(Some(status));
         }
@@ -471,9 +481,12 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     // (`terminate` while `join` waits).
     let mut listening = true;
     loop {
-        if !shutting_down && sys::getppid() != parent {
-            // Re-parented: the parent died. Same as EOF on the requests.
+        if listening && sys::getppid() != parent {
+            // Re-parented: the parent died. Same as EOF on the requests,
+            // also during a polite end (a copy of the request pipe's write
+            // end leaked into another process would hide that EOF).
             shutting_down = true;
+            listening = false;
             kill_workers(&live, &mut timers);
         }
         if shutting_down && live.is_empty() {
