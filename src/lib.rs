@@ -103,6 +103,7 @@ pub mod ring;
 pub mod runner;
 pub mod status;
 pub(crate) mod sys;
+pub mod timeline;
 pub mod wire;
 
 pub use error::{Error, OsError, Result};
@@ -110,8 +111,8 @@ pub use pool::{exit_cleanly_on_signals, fork_map, AsyncResult, Imap, Pool, PoolB
 pub use process::{spawn, JoinHandle, Process};
 pub use status::ExitStatus;
 pub use sys::{
-    minor_faults, open_fd_count, page_size, set_trace, set_trace_categories, trace_categories, tracing,
-    TraceCategories,
+    minor_faults, open_fd_count, page_size, set_trace, set_trace_categories, terminal_columns,
+    trace_categories, tracing, TraceCategories,
 };
 pub use wire::{DecodeError, Wire};
 

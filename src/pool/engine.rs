@@ -775,6 +775,9 @@ impl Engine {
                     Some(ResultTag::Corrupt) | None => return Err(DecodeError::new("corrupt result frame")),
                     Some(_) => crate::outcome::bytes_or_error(tag, payload),
                 };
+                if let Err(e) = &outcome {
+                    crate::timeline::task_failed(slot.inflight.front().map(|b| b.msg.as_ptr()), e);
+                }
                 if let Some(s) = submission.as_deref_mut() {
                     s.set(first + slot.head_done, outcome);
                 }
@@ -782,6 +785,7 @@ impl Engine {
                 slot.received += 1;
             }
             if slot.head_done == count {
+                crate::timeline::batch_done(slot.inflight.front().map(|b| b.msg.as_ptr()));
                 slot.inflight.pop_front();
                 slot.head_done = 0;
                 slot.sending = slot.sending.saturating_sub(1);
@@ -1057,6 +1061,9 @@ impl Engine {
         slot.assigned = slot.assigned.saturating_add(batch.count as usize);
         if slot.inflight.is_empty() {
             slot.head_since = Instant::now();
+        }
+        if let SlotState::Live { pid } = slot.state {
+            crate::timeline::batch_sent(pid, batch.msg.as_ptr(), batch.count);
         }
         slot.inflight.push_back(batch);
     }

@@ -55,8 +55,11 @@ const REP_SPAWNED: u32 = 1;
 const REP_SPAWN_FAILED: u32 = 2;
 const REP_DIED: u32 = 3;
 const REP_TIMED_OUT: u32 = 4;
-const REP_LEN: usize = 20;
-const _: () = assert!(<(u32, u32, i32, i32, i32)>::MIN_ENCODED_LEN == REP_LEN);
+/// A report record: the report, then the zygote's `CLOCK_MONOTONIC` when it
+/// made it (for the timeline: when the worker was forked or reaped).
+const REP_BODY_LEN: usize = 20;
+const REP_LEN: usize = REP_BODY_LEN + 8;
+const _: () = assert!(<(u32, u32, i32, i32, i32)>::MIN_ENCODED_LEN == REP_BODY_LEN);
 
 /// A request record: `(kind, slot)` as little-endian words. Built on the
 /// stack, so the exit-signal handler can make one too.
@@ -105,8 +108,9 @@ pub(crate) enum Report {
 
 impl Report {
     /// The record: `(kind, slot, a, b, c)` as little-endian words, the
-    /// [`Wire`] encoding of that tuple ([`REP_LEN`] bytes).
-    fn encode(&self) -> Vec<u8> {
+    /// [`Wire`] encoding of that tuple ([`REP_BODY_LEN`] bytes), then the
+    /// time stamp `at_ns`.
+    fn encode(&self, at_ns: u64) -> Vec<u8> {
         let (kind, slot, a, b, c) = match *self {
             Report::Spawned { slot, pid } => (REP_SPAWNED, slot, pid, 0, 0),
             Report::SpawnFailed { slot, errno } => (REP_SPAWN_FAILED, slot, 0, errno, 0),
@@ -120,24 +124,30 @@ impl Report {
                 }
             }
         };
-        (kind, slot as u32, a, b, c).to_bytes()
+        let mut rec = (kind, slot as u32, a, b, c).to_bytes();
+        rec.extend_from_slice(&at_ns.to_le_bytes());
+        rec
     }
 
-    fn decode(rec: &[u8]) -> Option<Report> {
-        let (kind, slot, a, b, c) = <(u32, u32, i32, i32, i32)>::from_bytes(rec).ok()?;
+    /// A record's report and its time stamp.
+    fn decode(rec: &[u8]) -> Option<(Report, u64)> {
+        let (body, stamp) = rec.split_at_checked(REP_BODY_LEN)?;
+        let at_ns = u64::from_le_bytes(stamp.try_into().ok()?);
+        let (kind, slot, a, b, c) = <(u32, u32, i32, i32, i32)>::from_bytes(body).ok()?;
         let slot = slot as usize;
         let status = if c < 0 {
             ExitStatus::Exited(b)
         } else {
             ExitStatus::Signaled { signal: b, core_dumped: c != 0 }
         };
-        match kind {
-            REP_SPAWNED => Some(Report::Spawned { slot, pid: a }),
-            REP_SPAWN_FAILED => Some(Report::SpawnFailed { slot, errno: b }),
-            REP_DIED => Some(Report::Died { slot, pid: a, status, timed_out: false }),
-            REP_TIMED_OUT => Some(Report::Died { slot, pid: a, status, timed_out: true }),
-            _ => None,
-        }
+        let report = match kind {
+            REP_SPAWNED => Report::Spawned { slot, pid: a },
+            REP_SPAWN_FAILED => Report::SpawnFailed { slot, errno: b },
+            REP_DIED => Report::Died { slot, pid: a, status, timed_out: false },
+            REP_TIMED_OUT => Report::Died { slot, pid: a, status, timed_out: true },
+            _ => return None,
+        };
+        Some((report, at_ns))
     }
 }
 
@@ -216,6 +226,7 @@ impl Zygote {
                 zygote_main(zygote_side, parent)
             }
             Forked::Parent(pid) => {
+                crate::timeline::role(pid, crate::timeline::Role::Zygote, b"");
                 drop(zygote_side);
                 let registered = registry::register_pool(pid, requests_w.as_raw_fd());
                 let zygote = Zygote {
@@ -275,9 +286,30 @@ impl Zygote {
             }
         }
         let whole = self.partial.len() / REP_LEN * REP_LEN;
-        out.extend(self.partial[..whole].chunks_exact(REP_LEN).filter_map(Report::decode));
+        for (report, at_ns) in self.partial[..whole].chunks_exact(REP_LEN).filter_map(Report::decode) {
+            // What the timeline sees of the workers: the zygote's reports.
+            match report {
+                Report::Spawned { pid, .. } => crate::timeline::worker_forked(self.pid, pid, at_ns),
+                Report::Died { pid, status, timed_out, .. } => {
+                    crate::timeline::worker_ended(pid, status, timed_out, at_ns)
+                }
+                Report::SpawnFailed { .. } => {}
+            }
+            out.push(report);
+        }
         self.partial.drain(..whole);
         Ok(alive)
+    }
+
+    /// Reads the reports nobody waits for any more (the pool is ending);
+    /// `Ok(false)` at end of file. They are dropped once the timeline, if
+    /// one records, has seen them.
+    fn drain_reports(&mut self) -> Result<bool> {
+        if !crate::timeline::recording() {
+            return sys::bell::drain(self.reports.as_fd());
+        }
+        let mut unread = Vec::new();
+        self.read_reports(&mut unread)
     }
 
     /// Ends the zygote and waits for it. `kill`: workers get `SIGKILL` now,
@@ -324,7 +356,7 @@ impl Zygote {
     /// either way. (It is our unreaped child, so its pid is still its own.)
     /// `Ok(None)`: it was reaped by someone else (`SIGCHLD` ignored makes
     /// the kernel reap it), so its status is lost.
-    fn reap_within(&self, limit: Duration) -> Result<Option<ExitStatus>> {
+    fn reap_within(&mut self, limit: Duration) -> Result<Option<ExitStatus>> {
         let waited = match self.wait_exit(sys::deadline_after(limit)) {
             Ok(Some(status)) => return Ok(Some(status)),
             Ok(None) => {
@@ -344,10 +376,12 @@ impl Zygote {
     /// report pipe's only write end, so the wait is a `poll` for that end
     /// of file, not a timer; a look every 10 ms covers a copy of
     /// the write end that leaked into some other child.
-    fn wait_exit(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
+    fn wait_exit(&mut self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
         const REAP_LOOK: Duration = Duration::from_millis(10);
         loop {
             if let Some(status) = sys::waitpid(self.pid, true)? {
+                // Its last reports (its workers' deaths) are in the pipe.
+                self.drain_reports()?;
                 return Ok(Some(status));
             }
             let left = deadline.map_or(REAP_LOOK, |d| d.saturating_duration_since(Instant::now()));
@@ -357,7 +391,7 @@ impl Zygote {
             let ready = sys::poll(&[(self.reports.as_fd(), true, false)], Some(left.min(REAP_LOOK)))?;
             // Reports nobody will read now, or the end of file: the pipe
             // is drained like a doorbell.
-            if (ready[0].hangup || ready[0].readable) && !sys::bell::drain(self.reports.as_fd())? {
+            if (ready[0].hangup || ready[0].readable) && !self.drain_reports()? {
                 return sys::waitpid(self.pid, false);
             }
         }
@@ -432,9 +466,9 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
             while let Some((pid, status)) = sys::wait_any_nohang()? {
                 if let Some(slot) = live.remove(&pid) {
                     let timed_out = timers.timed_out.remove(&pid);
-                    if !shutting_down {
-                        report(side, Report::Died { slot, pid, status, timed_out });
-                    }
+                    // While shutting down too: the parent reads these
+                    // while it waits for us (the timeline shows them).
+                    report(side, Report::Died { slot, pid, status, timed_out });
                 }
             }
         }
@@ -574,7 +608,7 @@ fn read_record(fd: std::os::fd::BorrowedFd<'_>, rec: &mut [u8; REQ_LEN]) -> Resu
 
 fn report<W: FnMut(usize)>(side: &ZygoteSide<W>, rep: Report) {
     // A parent that is gone cannot be told; the request pipe's EOF will end us.
-    let _ = sys::write_all(side.reports.as_fd(), &rep.encode());
+    let _ = sys::write_all(side.reports.as_fd(), &rep.encode(sys::monotonic_ns()));
     // After the write: a parent that sees the word set finds the report in
     // the pipe. SeqCst: a plain flag between two processes, set rarely.
     side.layout.reports_pending().store(1, Ordering::SeqCst);

@@ -1,0 +1,256 @@
+//! From events to lanes: one per process, with its batches and markers,
+//! ready to draw.
+
+use std::collections::HashMap;
+
+use super::{Event, Outcome, Role, Timeline};
+use crate::status::ExitStatus;
+
+/// Two kills of one process with one signal this close together are one
+/// marker (`kill_group` signals the group, then the leader).
+const SAME_KILL_NS: u64 = 1_000_000;
+
+/// One process's lane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lane {
+    /// The process's id.
+    pub pid: i32,
+    /// What it was to the recording process.
+    pub role: Role,
+    /// A job's command line; empty otherwise.
+    pub label: String,
+    /// The process that forked it (`None` for the recording process).
+    pub parent: Option<i32>,
+    /// When it was forked (0 for the recording process), in nanoseconds.
+    pub start: u64,
+    /// When it was reaped; `None`: not while the timeline recorded.
+    pub end: Option<u64>,
+    /// How it ended, when it was reaped.
+    pub status: Option<ExitStatus>,
+    /// Signals the recording process sent it, in order.
+    pub kills: Vec<Kill>,
+    /// When it was found past its time limit.
+    pub timeout: Option<u64>,
+    /// Its pool batches, in the order they ended.
+    pub bars: Vec<Bar>,
+}
+
+/// A signal sent to a lane's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kill {
+    /// When, in nanoseconds.
+    pub at: u64,
+    /// Which signal.
+    pub signal: i32,
+}
+
+/// A batch of pool tasks on its worker's lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bar {
+    /// When the parent handed the batch to the worker, in nanoseconds.
+    pub start: u64,
+    /// When the parent had its last result (or the worker's end).
+    pub end: u64,
+    /// How many tasks the batch carries.
+    pub tasks: u32,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl Lane {
+    fn new(pid: i32, role: Role, parent: Option<i32>, start: u64) -> Lane {
+        Lane {
+            pid,
+            role,
+            label: String::new(),
+            parent,
+            start,
+            end: None,
+            status: None,
+            kills: Vec::new(),
+            timeout: None,
+            bars: Vec::new(),
+        }
+    }
+}
+
+impl Timeline {
+    /// One lane per process that existed while recording, the recording
+    /// process first, the others in the order they were forked.
+    ///
+    /// A batch still open when its worker's lane ends is drawn to that end
+    /// and counts as [`Outcome::WorkerDied`] (the first of them
+    /// [`Outcome::Timeout`] when the worker was killed for its time); one
+    /// still open when the recording ends is drawn to that end with the
+    /// outcome it had so far.
+    pub fn lanes(&self) -> Vec<Lane> {
+        let mut events: Vec<&Event> = self.events.iter().collect();
+        // Stable: events of one instant keep the order they were recorded in.
+        events.sort_by_key(|e| e.at());
+        let mut lanes = vec![Lane::new(self.owner, Role::Parent, None, 0)];
+        // The latest lane of each pid (a pid may be reused for a new process).
+        let mut current: HashMap<i32, usize> = HashMap::from([(self.owner, 0)]);
+        // Open batches: their name, the lane they run on, the bar so far.
+        let mut open: HashMap<u64, (usize, Bar)> = HashMap::new();
+        for event in events {
+            match *event {
+                Event::Forked { at, parent, child } => {
+                    current.insert(child, lanes.len());
+                    lanes.push(Lane::new(child, Role::Child, Some(parent), at));
+                }
+                Event::Role { at, pid, role, ref label } => {
+                    let i = *current.entry(pid).or_insert_with(|| {
+                        lanes.push(Lane::new(pid, role, None, at));
+                        lanes.len() - 1
+                    });
+                    lanes[i].role = role;
+                    lanes[i].label.clone_from(label);
+                }
+                Event::Ended { at, pid, status } => {
+                    if let Some(&i) = current.get(&pid) {
+                        lanes[i].end = Some(at);
+                        lanes[i].status = Some(status);
+                    }
+                }
+                Event::Killed { at, pid, signal } => {
+                    let Some(&i) = current.get(&pid) else { continue };
+                    let kills = &mut lanes[i].kills;
+                    let repeat =
+                        kills.last().is_some_and(|k| k.signal == signal && at - k.at.min(at) < SAME_KILL_NS);
+                    if !repeat {
+                        kills.push(Kill { at, signal });
+                    }
+                }
+                Event::TimedOut { at, pid } => {
+                    if let Some(&i) = current.get(&pid) {
+                        lanes[i].timeout.get_or_insert(at);
+                    }
+                }
+                Event::BatchSent { at, worker, batch, tasks } => {
+                    if let Some(&i) = current.get(&worker) {
+                        open.insert(batch, (i, Bar { start: at, end: at, tasks, outcome: Outcome::Ok }));
+                    }
+                }
+                Event::TaskFailed { batch, outcome, .. } => {
+                    if let Some((_, bar)) = open.get_mut(&batch) {
+                        bar.outcome = bar.outcome.max(outcome);
+                    }
+                }
+                Event::BatchDone { at, batch } => {
+                    if let Some((i, mut bar)) = open.remove(&batch) {
+                        bar.end = at;
+                        lanes[i].bars.push(bar);
+                    }
+                }
+            }
+        }
+        // Batches cut short. On a worker killed for its time, the first
+        // open batch is the one that ran too long; those queued behind it
+        // died with the worker.
+        let mut cut: Vec<(usize, Bar)> = open.into_values().collect();
+        cut.sort_by_key(|(_, bar)| bar.start);
+        let mut blamed = std::collections::HashSet::new();
+        for (i, mut bar) in cut {
+            let lane = &mut lanes[i];
+            match lane.end {
+                Some(end) => {
+                    bar.end = end.max(bar.start);
+                    let first = blamed.insert(i);
+                    bar.outcome =
+                        if first && lane.timeout.is_some() { Outcome::Timeout } else { Outcome::WorkerDied };
+                }
+                None => bar.end = self.duration.max(bar.start),
+            }
+            lane.bars.push(bar);
+        }
+        // Stable: the parent (start 0) stays first; pids forked at one
+        // instant keep their order.
+        lanes.sort_by_key(|l| l.start);
+        lanes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeline(events: Vec<Event>) -> Timeline {
+        Timeline { owner: 100, duration: 1_000, events, dropped: 0 }
+    }
+
+    #[test]
+    fn each_fork_makes_a_lane_that_ends_where_it_was_reaped() {
+        let lanes = timeline(vec![
+            Event::Forked { at: 10, parent: 100, child: 101 },
+            Event::Forked { at: 20, parent: 100, child: 102 },
+            Event::Role { at: 21, pid: 102, role: Role::Zygote, label: String::new() },
+            Event::Ended { at: 50, pid: 101, status: ExitStatus::Exited(3) },
+        ])
+        .lanes();
+        let summary: Vec<_> =
+            lanes.iter().map(|l| (l.pid, l.role, l.parent, l.start, l.end, l.status)).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (100, Role::Parent, None, 0, None, None),
+                (101, Role::Child, Some(100), 10, Some(50), Some(ExitStatus::Exited(3))),
+                (102, Role::Zygote, Some(100), 20, None, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reused_pid_gets_a_lane_of_its_own() {
+        let lanes = timeline(vec![
+            Event::Forked { at: 10, parent: 100, child: 101 },
+            Event::Ended { at: 20, pid: 101, status: ExitStatus::Exited(0) },
+            Event::Forked { at: 30, parent: 100, child: 101 },
+            Event::Ended { at: 40, pid: 101, status: ExitStatus::Exited(1) },
+        ])
+        .lanes();
+        let ends: Vec<_> = lanes.iter().skip(1).map(|l| (l.start, l.end, l.status)).collect();
+        assert_eq!(
+            ends,
+            vec![(10, Some(20), Some(ExitStatus::Exited(0))), (30, Some(40), Some(ExitStatus::Exited(1)))]
+        );
+    }
+
+    #[test]
+    fn batches_pair_by_name_and_take_their_worst_outcome() {
+        let lanes = timeline(vec![
+            Event::Forked { at: 1, parent: 100, child: 7 },
+            Event::BatchSent { at: 10, worker: 7, batch: 0xa0, tasks: 4 },
+            Event::TaskFailed { at: 12, batch: 0xa0, outcome: Outcome::Panicked },
+            Event::TaskFailed { at: 13, batch: 0xa0, outcome: Outcome::Failed },
+            Event::BatchDone { at: 15, batch: 0xa0 },
+            // The same name again, once the first batch is done.
+            Event::BatchSent { at: 16, worker: 7, batch: 0xa0, tasks: 1 },
+            Event::BatchDone { at: 18, batch: 0xa0 },
+            // Cut short by a timeout.
+            Event::BatchSent { at: 20, worker: 7, batch: 0xb0, tasks: 2 },
+            Event::TimedOut { at: 30, pid: 7 },
+            Event::Ended { at: 31, pid: 7, status: ExitStatus::Signaled { signal: 15, core_dumped: false } },
+        ])
+        .lanes();
+        assert_eq!(
+            lanes[1].bars,
+            vec![
+                Bar { start: 10, end: 15, tasks: 4, outcome: Outcome::Panicked },
+                Bar { start: 16, end: 18, tasks: 1, outcome: Outcome::Ok },
+                Bar { start: 20, end: 31, tasks: 2, outcome: Outcome::Timeout },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_group_kill_and_its_leader_kill_are_one_marker() {
+        let lanes = timeline(vec![
+            Event::Forked { at: 1, parent: 100, child: 7 },
+            Event::Killed { at: 10, pid: 7, signal: 15 },
+            Event::Killed { at: 11, pid: 7, signal: 15 },
+            Event::Killed { at: 5_000_000, pid: 7, signal: 9 },
+        ])
+        .lanes();
+        assert_eq!(lanes[1].kills, vec![Kill { at: 10, signal: 15 }, Kill { at: 5_000_000, signal: 9 }]);
+    }
+}

@@ -1,0 +1,509 @@
+//! A timeline of processes and pool batches: which process existed when,
+//! who forked whom, how each ended, and which batch of tasks ran on which
+//! worker — the record behind the CLI's `--timeline`.
+//!
+//! ```
+//! mproc::timeline::start()?;
+//! let mut p = mproc::Process::new(|| ());
+//! p.start()?;
+//! p.join()?;
+//! let timeline = mproc::timeline::finish().expect("recording in this process");
+//! let lanes = timeline.lanes();
+//! assert_eq!(lanes.len(), 2); // the parent and its child
+//! assert_eq!(lanes[1].status, Some(mproc::ExitStatus::Exited(0)));
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! # What is recorded, and by whom
+//! Only the process that called [`start`] records, and only what it sees
+//! itself: the `fork`s it makes and the `waitpid`s that reap its children,
+//! the signals it sends, its pools' zygote reports (a worker forked, a
+//! worker ended — stamped by the zygote with the monotonic clock every
+//! process shares), and its pools' batches as it sends them and takes
+//! their results. A forked child inherits a copy of the recorder and
+//! records nothing (so nothing ever has to travel back from a child).
+//!
+//! # Cost
+//! Events go into a buffer allocated once by [`start`]: recording one is
+//! a clock read, one atomic `fetch_add` to claim a slot, and four stores,
+//! with no lock (a forked child never waits on one another thread held,
+//! and threads of the parent never wait for each other). A full buffer
+//! drops later events and counts them ([`Timeline::dropped`]). With no
+//! recording, each hook costs one atomic load.
+//!
+//! # Pool batches
+//! A pool sends tasks to a worker in batches (one task each when tasks are
+//! slow, many when they are quick). The timeline draws one bar per batch
+//! as the parent sees it: from the moment it hands the batch to a worker
+//! to the moment it has the batch's last result. A batch cut short by its
+//! worker's death ends at that death (its tasks run again elsewhere, or
+//! fail: see [`crate::Pool`]).
+
+mod lanes;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+pub use lanes::{Bar, Kill, Lane};
+
+use crate::error::{Error, Result};
+use crate::status::ExitStatus;
+use crate::sys;
+
+/// Events the buffer holds (32 bytes each): a `Pool::map` of a million
+/// trivial tasks takes a few thousand.
+const CAPACITY: usize = 1 << 18;
+/// Bytes of labels (job command lines) the buffer holds.
+const LABEL_CAPACITY: usize = 1 << 20;
+/// The longest label kept, in bytes.
+const LABEL_MAX: usize = 4096;
+
+/// What a process was to the recording process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The process that recorded the timeline.
+    Parent,
+    /// A pool's zygote, which forks the pool's workers.
+    Zygote,
+    /// A pool worker.
+    Worker,
+    /// Any other forked child (a [`crate::Process`], a
+    /// [`crate::fork_map`] child).
+    Child,
+    /// A job of [`crate::runner::run`]; its lane's label is the command.
+    Job,
+}
+
+impl Role {
+    /// The role's name as the pictures print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Parent => "parent",
+            Role::Zygote => "zygote",
+            Role::Worker => "worker",
+            Role::Child => "child",
+            Role::Job => "job",
+        }
+    }
+
+    fn from_code(code: u64) -> Role {
+        match code {
+            0 => Role::Parent,
+            1 => Role::Zygote,
+            2 => Role::Worker,
+            4 => Role::Job,
+            _ => Role::Child,
+        }
+    }
+
+    fn code(self) -> u64 {
+        match self {
+            Role::Parent => 0,
+            Role::Zygote => 1,
+            Role::Worker => 2,
+            Role::Child => 3,
+            Role::Job => 4,
+        }
+    }
+}
+
+/// How a batch of pool tasks ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Every task returned.
+    Ok,
+    /// A task failed without panicking (its argument or result did not
+    /// cross, say).
+    Failed,
+    /// A task panicked (the worker lived on).
+    Panicked,
+    /// Its worker died before the batch's last result came.
+    WorkerDied,
+    /// Its worker was killed because a task ran past the pool's timeout.
+    Timeout,
+}
+
+impl Outcome {
+    /// Every outcome, in the order a legend lists them.
+    pub const ALL: [Outcome; 5] =
+        [Outcome::Ok, Outcome::Panicked, Outcome::Failed, Outcome::WorkerDied, Outcome::Timeout];
+
+    /// The outcome's name as the pictures print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Panicked => "panicked",
+            Outcome::WorkerDied => "worker died",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// One recorded event. Every `at` is nanoseconds since [`start`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // the fields are named for what they are
+pub enum Event {
+    /// `parent` forked `child`.
+    Forked { at: u64, parent: i32, child: i32 },
+    /// What process `pid` is; `label` is a job's command line (or empty).
+    Role { at: u64, pid: i32, role: Role, label: String },
+    /// Process `pid` was reaped (for a pool worker: reported reaped by the
+    /// zygote) and ended with `status`.
+    Ended { at: u64, pid: i32, status: ExitStatus },
+    /// The recording process sent `signal` to `pid` (or to its group).
+    Killed { at: u64, pid: i32, signal: i32 },
+    /// Process `pid` ran past its time limit and was killed for it.
+    TimedOut { at: u64, pid: i32 },
+    /// A batch of `tasks` pool tasks went to worker `worker`. `batch` names
+    /// the batch until [`Event::BatchDone`] (then it may be reused).
+    BatchSent { at: u64, worker: i32, batch: u64, tasks: u32 },
+    /// A task of batch `batch` failed with `outcome`.
+    TaskFailed { at: u64, batch: u64, outcome: Outcome },
+    /// The last result of batch `batch` came in.
+    BatchDone { at: u64, batch: u64 },
+}
+
+impl Event {
+    /// When it happened, in nanoseconds since [`start`].
+    pub fn at(&self) -> u64 {
+        match *self {
+            Event::Forked { at, .. }
+            | Event::Role { at, .. }
+            | Event::Ended { at, .. }
+            | Event::Killed { at, .. }
+            | Event::TimedOut { at, .. }
+            | Event::BatchSent { at, .. }
+            | Event::TaskFailed { at, .. }
+            | Event::BatchDone { at, .. } => at,
+        }
+    }
+}
+
+/// A finished recording: see [`finish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeline {
+    /// The recording process.
+    pub owner: i32,
+    /// Nanoseconds from [`start`] to [`finish`].
+    pub duration: u64,
+    /// Every event, in the order they were recorded.
+    pub events: Vec<Event>,
+    /// Events not recorded because the buffer was full.
+    pub dropped: u64,
+}
+
+// ---------------------------------------------------------------------------
+// the recorder
+
+/// Event kinds, as stored (0: a slot claimed but not yet written).
+const FORKED: u64 = 1;
+const ROLE: u64 = 2;
+const ENDED: u64 = 3;
+const KILLED: u64 = 4;
+const TIMED_OUT: u64 = 5;
+const BATCH_SENT: u64 = 6;
+const TASK_FAILED: u64 = 7;
+const BATCH_DONE: u64 = 8;
+
+/// One event as stored: four words, the kind written last.
+#[derive(Default)]
+struct Slot {
+    /// The event's kind; 0 until the other words are written.
+    kind: AtomicU64,
+    /// `CLOCK_MONOTONIC`, in nanoseconds.
+    at: AtomicU64,
+    a: AtomicU64,
+    b: AtomicU64,
+}
+
+struct Recorder {
+    owner: i32,
+    start_ns: u64,
+    /// Cleared by [`finish`]: later hooks record nothing.
+    on: AtomicBool,
+    /// Slots claimed so far (past the end: events dropped).
+    next: AtomicUsize,
+    slots: Box<[Slot]>,
+    /// Label bytes, claimed like slots; published by the `Role` event that
+    /// names them.
+    labels: Box<[AtomicU8]>,
+    labels_next: AtomicUsize,
+}
+
+static RECORDER: OnceLock<Recorder> = OnceLock::new();
+
+/// Starts recording in this process. Once per process:
+/// [`Error::InvalidState`] the second time.
+pub fn start() -> Result<()> {
+    let mut started = false;
+    RECORDER.get_or_init(|| {
+        started = true;
+        let slots = std::iter::repeat_with(Slot::default).take(CAPACITY).collect();
+        let labels = std::iter::repeat_with(|| AtomicU8::new(0)).take(LABEL_CAPACITY).collect();
+        Recorder {
+            owner: sys::getpid(),
+            // After the buffers are made: their cost is not the program's.
+            start_ns: sys::monotonic_ns(),
+            on: AtomicBool::new(true),
+            next: AtomicUsize::new(0),
+            slots,
+            labels,
+            labels_next: AtomicUsize::new(0),
+        }
+    });
+    if started {
+        Ok(())
+    } else {
+        Err(Error::InvalidState("the timeline was started already"))
+    }
+}
+
+/// Whether this process records a timeline now.
+pub fn recording() -> bool {
+    recorder().is_some()
+}
+
+/// Ends the recording and returns it; `None` if this process did not
+/// [`start`] one (a forked child has none), or it was finished already.
+pub fn finish() -> Option<Timeline> {
+    let r = recorder()?;
+    // Relaxed: a plain switch. Hooks running on other threads now may
+    // still claim slots; those not yet published are skipped below.
+    r.on.store(false, Ordering::Relaxed);
+    let end_ns = sys::monotonic_ns();
+    let claimed = r.next.load(Ordering::Relaxed);
+    let mut events = Vec::with_capacity(claimed.min(r.slots.len()));
+    for slot in &r.slots[..claimed.min(r.slots.len())] {
+        // Acquire: pairs with the Release store of `kind` in `push`, so the
+        // other words (and a role's label bytes) are those of this event.
+        let kind = slot.kind.load(Ordering::Acquire);
+        let at = slot.at.load(Ordering::Relaxed).saturating_sub(r.start_ns);
+        let (a, b) = (slot.a.load(Ordering::Relaxed), slot.b.load(Ordering::Relaxed));
+        if let Some(event) = r.decode(kind, at, a, b) {
+            events.push(event);
+        }
+    }
+    Some(Timeline {
+        owner: r.owner,
+        duration: end_ns.saturating_sub(r.start_ns),
+        events,
+        dropped: claimed.saturating_sub(r.slots.len()) as u64,
+    })
+}
+
+/// The recorder, if this process records.
+#[inline]
+fn recorder() -> Option<&'static Recorder> {
+    let r = RECORDER.get()?;
+    // Relaxed: a plain switch; the owner never changes, and a child's
+    // current_pid() is its own from the moment it exists.
+    (r.on.load(Ordering::Relaxed) && r.owner == sys::current_pid()).then_some(r)
+}
+
+/// Two i32 in one word (`hi` in the upper half).
+fn pack(hi: i32, lo: i32) -> u64 {
+    (u64::from(hi as u32) << 32) | u64::from(lo as u32)
+}
+
+fn unpack(word: u64) -> (i32, i32) {
+    ((word >> 32) as u32 as i32, word as u32 as i32)
+}
+
+fn pack_status(status: ExitStatus) -> u64 {
+    match status {
+        ExitStatus::Exited(code) => pack(0, code),
+        ExitStatus::Signaled { signal, core_dumped } => pack(1 | (i32::from(core_dumped) << 1), signal),
+    }
+}
+
+fn unpack_status(word: u64) -> ExitStatus {
+    match unpack(word) {
+        (0, code) => ExitStatus::Exited(code),
+        (flags, signal) => ExitStatus::Signaled { signal, core_dumped: flags & 2 != 0 },
+    }
+}
+
+fn pack_outcome(outcome: Outcome) -> u64 {
+    Outcome::ALL.iter().position(|&o| o == outcome).unwrap_or(0) as u64
+}
+
+impl Recorder {
+    /// Claims a slot and writes one event into it; a full buffer counts it.
+    #[inline]
+    fn push(&self, kind: u64, at: u64, a: u64, b: u64) {
+        // Relaxed: the claim only has to be unique; the event is published
+        // by the Release store of its kind.
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = self.slots.get(i) else { return };
+        slot.at.store(at, Ordering::Relaxed);
+        slot.a.store(a, Ordering::Relaxed);
+        slot.b.store(b, Ordering::Relaxed);
+        // Release: pairs with the Acquire load in `finish`.
+        slot.kind.store(kind, Ordering::Release);
+    }
+
+    /// Copies `label` into the label buffer: `(offset << 32) | len`, or an
+    /// empty label when the buffer is full.
+    fn store_label(&self, label: &[u8]) -> u64 {
+        let label = &label[..label.len().min(LABEL_MAX)];
+        // Relaxed: a unique claim, published with the Role event.
+        let at = self.labels_next.fetch_add(label.len(), Ordering::Relaxed);
+        let Some(room) = self.labels.get(at..at + label.len()) else { return 0 };
+        for (cell, &byte) in room.iter().zip(label) {
+            cell.store(byte, Ordering::Relaxed);
+        }
+        ((at as u64) << 32) | label.len() as u64
+    }
+
+    fn label(&self, word: u64) -> String {
+        let (at, len) = ((word >> 32) as usize, (word & 0xffff_ffff) as usize);
+        let bytes: Vec<u8> = self
+            .labels
+            .get(at..at + len)
+            .map_or(Vec::new(), |cells| cells.iter().map(|c| c.load(Ordering::Relaxed)).collect());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn decode(&self, kind: u64, at: u64, a: u64, b: u64) -> Option<Event> {
+        let (hi, lo) = unpack(a);
+        Some(match kind {
+            FORKED => Event::Forked { at, parent: hi, child: lo },
+            ROLE => Event::Role { at, pid: hi, role: Role::from_code(lo as u64), label: self.label(b) },
+            ENDED => Event::Ended { at, pid: hi, status: unpack_status(b) },
+            KILLED => Event::Killed { at, pid: hi, signal: lo },
+            TIMED_OUT => Event::TimedOut { at, pid: hi },
+            BATCH_SENT => Event::BatchSent { at, worker: hi, batch: b, tasks: lo as u32 },
+            TASK_FAILED => Event::TaskFailed {
+                at,
+                batch: b,
+                outcome: Outcome::ALL.get(lo as usize).copied().unwrap_or(Outcome::Failed),
+            },
+            BATCH_DONE => Event::BatchDone { at, batch: b },
+            _ => return None,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// hooks: called where the recording process sees each event
+
+/// This process forked `child` (from `sys`, where the fork returns).
+pub(crate) fn forked(child: i32) {
+    if let Some(r) = recorder() {
+        r.push(FORKED, sys::monotonic_ns(), pack(r.owner, child), 0);
+    }
+}
+
+/// What process `pid` is (a zygote, a job and its command line).
+pub(crate) fn role(pid: i32, role: Role, label: &[u8]) {
+    if let Some(r) = recorder() {
+        let label = r.store_label(label);
+        r.push(ROLE, sys::monotonic_ns(), pack(pid, role.code() as i32), label);
+    }
+}
+
+/// `pid` is a job of the runner, running `command`.
+pub(crate) fn job(pid: i32, command: &[Vec<u8>]) {
+    if recording() {
+        role(pid, Role::Job, &crate::runner::shell_line(command));
+    }
+}
+
+/// This process reaped `pid` (from `sys`, where `waitpid` returns).
+pub(crate) fn reaped(pid: i32, status: ExitStatus) {
+    if let Some(r) = recorder() {
+        r.push(ENDED, sys::monotonic_ns(), pack(pid, 0), pack_status(status));
+    }
+}
+
+/// This process sent `signal` to `pid`, or to the group `-pid`.
+pub(crate) fn killed(pid: i32, signal: i32) {
+    if let Some(r) = recorder() {
+        r.push(KILLED, sys::monotonic_ns(), pack(pid.saturating_abs(), signal), 0);
+    }
+}
+
+/// Process `pid` ran past its time limit (and is being killed for it).
+pub(crate) fn timed_out(pid: i32) {
+    if let Some(r) = recorder() {
+        r.push(TIMED_OUT, sys::monotonic_ns(), pack(pid, 0), 0);
+    }
+}
+
+/// A pool's zygote reported that it forked worker `pid` at `at_ns`
+/// (`CLOCK_MONOTONIC`).
+pub(crate) fn worker_forked(zygote: i32, pid: i32, at_ns: u64) {
+    if let Some(r) = recorder() {
+        r.push(FORKED, at_ns, pack(zygote, pid), 0);
+        r.push(ROLE, at_ns, pack(pid, Role::Worker.code() as i32), 0);
+    }
+}
+
+/// A pool's zygote reported that it reaped worker `pid` at `at_ns`;
+/// `timed_out`: it had killed it for running past the task timeout.
+pub(crate) fn worker_ended(pid: i32, status: ExitStatus, timed_out: bool, at_ns: u64) {
+    if let Some(r) = recorder() {
+        if timed_out {
+            r.push(TIMED_OUT, at_ns, pack(pid, 0), 0);
+        }
+        r.push(ENDED, at_ns, pack(pid, 0), pack_status(status));
+    }
+}
+
+/// A pool batch of `tasks` tasks went to worker `pid`; `batch` is the
+/// address of its task message, which names it while it is in flight.
+#[inline]
+pub(crate) fn batch_sent(pid: i32, batch: *const u8, tasks: u32) {
+    if let Some(r) = recorder() {
+        r.push(BATCH_SENT, sys::monotonic_ns(), pack(pid, tasks as i32), batch as usize as u64);
+    }
+}
+
+/// A task of the batch whose message is at `batch` failed with `err`.
+#[cold]
+pub(crate) fn task_failed(batch: Option<*const u8>, err: &Error) {
+    if let (Some(r), Some(batch)) = (recorder(), batch) {
+        let outcome = if matches!(err, Error::Panicked { .. }) { Outcome::Panicked } else { Outcome::Failed };
+        r.push(
+            TASK_FAILED,
+            sys::monotonic_ns(),
+            pack(0, pack_outcome(outcome) as i32),
+            batch as usize as u64,
+        );
+    }
+}
+
+/// The last result of the batch whose message is at `batch` came in.
+#[inline]
+pub(crate) fn batch_done(batch: Option<*const u8>) {
+    if let (Some(r), Some(batch)) = (recorder(), batch) {
+        r.push(BATCH_DONE, sys::monotonic_ns(), 0, batch as usize as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_pairs_survive_packing() {
+        for status in [
+            ExitStatus::Exited(0),
+            ExitStatus::Exited(255),
+            ExitStatus::Exited(-1),
+            ExitStatus::Signaled { signal: 9, core_dumped: false },
+            ExitStatus::Signaled { signal: 11, core_dumped: true },
+        ] {
+            assert_eq!(unpack_status(pack_status(status)), status);
+        }
+        assert_eq!(unpack(pack(-5, 7)), (-5, 7));
+        assert_eq!(unpack(pack(i32::MAX, i32::MIN)), (i32::MAX, i32::MIN));
+        for outcome in Outcome::ALL {
+            assert_eq!(Outcome::ALL[pack_outcome(outcome) as usize], outcome);
+        }
+        for role in [Role::Parent, Role::Zygote, Role::Worker, Role::Child, Role::Job] {
+            assert_eq!(Role::from_code(role.code()), role);
+        }
+    }
+}
