@@ -160,6 +160,8 @@ fn job_commands_are_escaped_in_the_picture() {
     assert_eq!(jobs.len(), 1, "{lanes:?}");
     assert_eq!(jobs[0].name, format!("{} job echo '<a&\"b>'", jobs[0].pid));
     assert_eq!(jobs[0].exit.as_deref(), Some("exit 0"));
+    assert_eq!(jobs[0].batches.len(), 1, "one bar for the job");
+    assert!(jobs[0].batches[0].starts_with("job: ok, "), "{:?}", jobs[0].batches);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -31,7 +31,9 @@ pub struct Lane {
     pub kills: Vec<Kill>,
     /// When it was found past its time limit.
     pub timeout: Option<u64>,
-    /// Its pool batches, in the order they ended.
+    /// Its pool batches, in the order they ended; for a job that ended,
+    /// one bar: the job, [`Outcome::Ok`] for exit 0, [`Outcome::Timeout`]
+    /// when it was killed for its time, [`Outcome::Failed`] otherwise.
     pub bars: Vec<Bar>,
 }
 
@@ -44,7 +46,7 @@ pub struct Kill {
     pub signal: i32,
 }
 
-/// A batch of pool tasks on its worker's lane.
+/// A batch of pool tasks on its worker's lane, or a job on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bar {
     /// When the parent handed the batch to the worker, in nanoseconds.
@@ -163,6 +165,16 @@ impl Timeline {
             }
             lane.bars.push(bar);
         }
+        // A job is one bar, coloured by how it ended.
+        for lane in lanes.iter_mut().filter(|l| l.role == Role::Job) {
+            let (Some(end), Some(status)) = (lane.end, lane.status) else { continue };
+            let outcome = match status {
+                _ if lane.timeout.is_some() => Outcome::Timeout,
+                ExitStatus::Exited(0) => Outcome::Ok,
+                _ => Outcome::Failed,
+            };
+            lane.bars.push(Bar { start: lane.start, end, tasks: 1, outcome });
+        }
         // Stable: the parent (start 0) stays first; pids forked at one
         // instant keep their order.
         lanes.sort_by_key(|l| l.start);
@@ -240,6 +252,25 @@ mod tests {
                 Bar { start: 20, end: 31, tasks: 2, outcome: Outcome::Timeout },
             ]
         );
+    }
+
+    #[test]
+    fn a_job_is_one_bar_coloured_by_its_end() {
+        let sigterm = ExitStatus::Signaled { signal: 15, core_dumped: false };
+        let mut events = Vec::new();
+        for (pid, status, timed_out) in
+            [(1, ExitStatus::Exited(0), false), (2, ExitStatus::Exited(3), false), (3, sigterm, true)]
+        {
+            events.push(Event::Forked { at: 10, parent: 100, child: pid });
+            events.push(Event::Role { at: 11, pid, role: Role::Job, label: "sleep 1".into() });
+            if timed_out {
+                events.push(Event::TimedOut { at: 40, pid });
+            }
+            events.push(Event::Ended { at: 50, pid, status });
+        }
+        let outcomes: Vec<_> = timeline(events).lanes().iter().flat_map(|l| l.bars.clone()).collect();
+        let bar = |outcome| Bar { start: 10, end: 50, tasks: 1, outcome };
+        assert_eq!(outcomes, vec![bar(Outcome::Ok), bar(Outcome::Failed), bar(Outcome::Timeout)]);
     }
 
     #[test]

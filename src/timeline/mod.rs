@@ -113,7 +113,7 @@ pub enum Outcome {
     /// Every task returned.
     Ok,
     /// A task failed without panicking (its argument or result did not
-    /// cross, say).
+    /// cross, say); a job that did not exit 0.
     Failed,
     /// A task panicked (the worker lived on).
     Panicked,

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mproc::timeline::{Lane, Timeline};
+use mproc::timeline::{Lane, Role, Timeline};
 
 /// Where the picture goes, and which kind it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,8 +118,13 @@ impl Title {
 
     /// `mproc cube  ·  2026-11-30 07:12:05 UTC  ·  2 CPUs`
     pub fn line(&self) -> String {
+        format!("{}  ·  {}", self.command, self.machine())
+    }
+
+    /// `2026-11-30 07:12:05 UTC  ·  2 CPUs`
+    pub fn machine(&self) -> String {
         let cpus = if self.cpus == 1 { "1 CPU".to_string() } else { format!("{} CPUs", self.cpus) };
-        format!("{}  ·  {}  ·  {cpus}", self.command, self.date)
+        format!("{}  ·  {cpus}", self.date)
     }
 }
 
@@ -170,8 +175,11 @@ fn end_label(lane: &Lane) -> String {
 fn summary(timeline: &Timeline, lanes: &[Lane]) -> String {
     let mut line =
         format!("{} processes over {} ms", lanes.len(), format_ms(timeline.duration as f64 / 1e6, 3));
-    if lanes.iter().any(|l| !l.bars.is_empty()) {
+    if lanes.iter().any(|l| l.role == Role::Worker && !l.bars.is_empty()) {
         line.push_str("; bars on worker lanes are pool batches, from dispatch to last result");
+    }
+    if lanes.iter().any(|l| l.role == Role::Job) {
+        line.push_str("; a job's bar is coloured by how it ended");
     }
     if timeline.dropped > 0 {
         line.push_str(&format!("; {} events not recorded (buffer full)", timeline.dropped));

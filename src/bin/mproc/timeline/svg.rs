@@ -18,6 +18,9 @@ const LANES_TOP: f64 = 84.0;
 /// Characters of a lane's name shown before it is cut (the whole name is
 /// its hover text).
 const NAME_CHARS: usize = 44;
+/// Characters of the command line shown in the title (the whole line is
+/// the picture's hover text).
+const COMMAND_CHARS: usize = 130;
 
 const LIFETIME: &str = "#b8c0cc";
 const KILL: &str = "#c62828";
@@ -54,13 +57,18 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// The first `n` characters of `text`, with `…` when it was longer.
+/// `text` in at most `n` characters: its start and its end with `…` in
+/// between when it is longer (a job's arguments come last).
 fn cut(text: &str, n: usize) -> String {
-    if text.chars().count() <= n {
+    let len = text.chars().count();
+    if len <= n {
         return text.to_string();
     }
-    let mut short: String = text.chars().take(n.saturating_sub(1)).collect();
+    let head = n.saturating_sub(1) * 2 / 3;
+    let tail = n.saturating_sub(1) - head;
+    let mut short: String = text.chars().take(head).collect();
     short.push('…');
+    short.extend(text.chars().skip(len - tail));
     short
 }
 
@@ -87,9 +95,14 @@ pub fn render(timeline: &Timeline, lanes: &[Lane], title: &Title) -> String {
     let _ = writeln!(
         s,
         r#"<text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#,
-        escape(&title.line())
+        escape(&cut(&title.command, COMMAND_CHARS))
     );
-    let _ = writeln!(s, r##"<text x="10" y="42" fill="#555">{}</text>"##, escape(&summary(timeline, lanes)));
+    let _ = writeln!(
+        s,
+        r##"<text x="10" y="42" fill="#555">{}  ·  {}</text>"##,
+        escape(&title.machine()),
+        escape(&summary(timeline, lanes))
+    );
     axis(&mut s, duration, lanes_bottom, &x);
     // Stripes first, so every lane's marks sit above every stripe.
     for i in (1..lanes.len()).step_by(2) {
@@ -166,10 +179,14 @@ fn lane_svg(
     );
     for bar in &lane.bars {
         let (b0, b1) = (x(bar.start), x(bar.end));
-        let tasks = if bar.tasks == 1 { "1 task".to_string() } else { format!("{} tasks", bar.tasks) };
+        let what = match (lane.role, bar.tasks) {
+            (Role::Job, _) => "job".to_string(),
+            (_, 1) => "batch of 1 task".to_string(),
+            (_, n) => format!("batch of {n} tasks"),
+        };
         let _ = writeln!(
             s,
-            r#"<rect class="batch" x="{b0:.1}" y="{:.1}" width="{:.1}" height="14" fill="{}"><title>batch of {tasks}: {}, {} ms</title></rect>"#,
+            r#"<rect class="batch" x="{b0:.1}" y="{:.1}" width="{:.1}" height="14" fill="{}" stroke="white" stroke-width="0.5"><title>{what}: {}, {} ms</title></rect>"#,
             y - 7.0,
             (b1 - b0).max(1.0),
             colour(bar.outcome),
@@ -225,10 +242,10 @@ fn lane_svg(
 /// What each colour and mark means, in two rows below the lanes.
 fn legend(s: &mut String, top: f64) {
     let _ = writeln!(s, r#"<g class="legend">"#);
-    let mut x = 10.0;
-    let _ = writeln!(s, r#"<rect x="{x}" y="{}" width="24" height="6" fill="{LIFETIME}"/>"#, top - 3.0);
-    let _ = writeln!(s, r#"<text x="{}" y="{}">process lifetime</text>"#, x + 30.0, top + 4.0);
-    x += 150.0;
+    let _ = writeln!(s, r#"<rect x="10" y="{}" width="24" height="6" fill="{LIFETIME}"/>"#, top - 3.0);
+    let _ = writeln!(s, r#"<text x="40" y="{}">process lifetime</text>"#, top + 4.0);
+    let _ = writeln!(s, r#"<text x="200" y="{}">pool batch or job:</text>"#, top + 4.0);
+    let mut x = 320.0;
     for outcome in Outcome::ALL {
         let _ = writeln!(
             s,
@@ -236,8 +253,8 @@ fn legend(s: &mut String, top: f64) {
             top - 7.0,
             colour(outcome)
         );
-        let _ = writeln!(s, r#"<text x="{}" y="{}">batch: {}</text>"#, x + 30.0, top + 4.0, outcome.name());
-        x += 150.0;
+        let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, x + 30.0, top + 4.0, outcome.name());
+        x += 125.0;
     }
     let row = top + 26.0;
     let _ = writeln!(
@@ -281,7 +298,8 @@ mod tests {
 
     #[test]
     fn long_names_are_cut_with_an_ellipsis() {
-        assert_eq!(cut("abcdef", 4), "abc…");
+        assert_eq!(cut("abcdefg", 4), "ab…g");
+        assert_eq!(cut("sh -c 'sleep $0' 0.5", 12), "sh -c '…0.5");
         assert_eq!(cut("abcd", 4), "abcd");
     }
 }
