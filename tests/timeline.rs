@@ -147,6 +147,30 @@ fn numbers_draws_the_parent_and_each_child() {
 }
 
 #[test]
+fn speedup_draws_each_task_on_a_worker_lane() {
+    let dir = scratch("speedup");
+    let svg_path = dir.join("s.svg");
+    let args = ["speedup", "--workers", "2", "--tasks", "6", "--work", "2000"];
+    let out = run(mproc().arg("--trace=process").arg("--timeline").arg(&svg_path).args(args));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lanes = lanes_of(&std::fs::read_to_string(&svg_path).expect("the SVG was written"));
+    let pids: BTreeSet<i32> = lanes.iter().map(|l| l.pid).collect();
+    assert_eq!(pids, traced_pids(&stderr(&out)));
+    let roles: Vec<&str> = lanes.iter().map(|l| l.role.as_str()).collect();
+    assert_eq!(roles, ["parent", "zygote", "worker", "worker"]);
+    // Chunks of one task: six batches, on the workers' lanes only.
+    let batches: Vec<&String> = lanes.iter().flat_map(|l| &l.batches).collect();
+    assert_eq!(batches.len(), 6, "{batches:?}");
+    assert!(batches.iter().all(|b| b.starts_with("batch of 1 task: ok,")), "{batches:?}");
+    assert!(lanes[..2].iter().all(|l| l.batches.is_empty()));
+    // The pool is dropped, not joined: its workers die of SIGKILL.
+    for worker in &lanes[2..] {
+        assert_eq!(worker.exit.as_deref(), Some("SIGKILL"), "{worker:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn job_commands_are_escaped_in_the_picture() {
     let dir = scratch("escape");
     let svg_path = dir.join("t.svg");
@@ -253,7 +277,7 @@ fn a_recorded_pool_shows_batches_panics_timeouts_and_every_end() {
     child.start().expect("start a child");
     assert_eq!(child.join().expect("join"), 3);
     let pool =
-        mproc::Pool::builder().processes(2).task_timeout(Duration::from_millis(300)).build().expect("a pool");
+        mproc::Pool::builder().processes(2).task_timeout(Duration::from_secs(1)).build().expect("a pool");
     let pids = pool.pids();
     let results: Vec<_> = pool.imap_chunked(square_or_fail, 0..5u64, 1).collect();
     assert!(matches!(results[1], Err(mproc::Error::Panicked { .. })), "{results:?}");

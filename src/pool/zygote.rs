@@ -11,7 +11,9 @@
 //! Protocol, over two pipes made before the zygote was forked:
 //! requests (parent -> zygote) and reports (zygote -> parent) are fixed-size
 //! little-endian records, each written with one `write` (< PIPE_BUF, so
-//! never split).
+//! never split). A report carries the zygote's `CLOCK_MONOTONIC` when it
+//! was made, for the timeline; deaths are reported while the pool shuts
+//! down too (the parent reads them while it waits for the zygote).
 //!
 //! Task timeouts are the zygote's job too: it is always awake to run a
 //! timer, whether or not the parent is inside a pool call, and it maps the

@@ -79,7 +79,7 @@ impl Recording {
             }
         };
         let written = match self.file {
-            Some(mut file) => file.write_all(picture.as_bytes()).and_then(|()| file.sync_data()),
+            Some(mut file) => file.write_all(picture.as_bytes()),
             None => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(picture.as_bytes()).and_then(|()| out.flush())

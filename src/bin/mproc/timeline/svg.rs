@@ -147,7 +147,8 @@ fn axis(s: &mut String, duration: u64, bottom: f64, x: &impl Fn(u64) -> f64) {
     }
 }
 
-/// One lane: its name, its lifetime, its batches, and its markers.
+/// One lane: its name, its lifetime, its batches, the arrow of its fork,
+/// and its marks.
 /// `parent_y`: the middle of the forking process's lane, for the arrow.
 fn lane_svg(
     s: &mut String,
@@ -202,6 +203,13 @@ fn lane_svg(
             r##"<line class="fork" x1="{x0:.1}" y1="{py:.1}" x2="{x0:.1}" y2="{tip:.1}" stroke="#455a64" marker-end="url(#arrow)"/>"##
         );
     }
+    marks(s, lane, y, x);
+    s.push_str("</g>\n");
+}
+
+/// A lane's marks: the signals sent to it, its timeout, and its end with
+/// the exit status or signal.
+fn marks(s: &mut String, lane: &Lane, y: f64, x: &impl Fn(u64) -> f64) {
     for kill in &lane.kills {
         let k = x(kill.at);
         let signal = mproc::status::signal_abbrev(kill.signal);
@@ -222,8 +230,8 @@ fn lane_svg(
             format_ms(at as f64 / 1e6, 3)
         );
     }
-    if lane.end.is_some() {
-        let label = end_label(lane);
+    if let Some(end) = lane.end {
+        let (x1, label) = (x(end), end_label(lane));
         let failed = !matches!(lane.status, Some(mproc::ExitStatus::Exited(0)));
         let fill = if failed { KILL } else { "#263238" };
         let _ = writeln!(
@@ -236,7 +244,6 @@ fn lane_svg(
             escape(&label)
         );
     }
-    s.push_str("</g>\n");
 }
 
 /// What each colour and mark means, in two rows below the lanes.
@@ -299,7 +306,7 @@ mod tests {
     #[test]
     fn long_names_are_cut_with_an_ellipsis() {
         assert_eq!(cut("abcdefg", 4), "ab…g");
-        assert_eq!(cut("sh -c 'sleep $0' 0.5", 12), "sh -c '…0.5");
+        assert_eq!(cut("sh -c 'sleep $0' 0.5", 12), "sh -c '… 0.5");
         assert_eq!(cut("abcd", 4), "abcd");
     }
 }
