@@ -42,6 +42,10 @@
 //! **[`runner`]** is the engine of `mproc run`, a parallel command runner on
 //! `fork` + `execvp`.
 //!
+//! **[`timeline`]** records which process existed when, who forked whom,
+//! how each ended and which pool batch ran where, without locks, for a
+//! picture drawn at the end (the CLI's `--timeline`).
+//!
 //! Every system call lives in one private module, retries `EINTR`, and
 //! reports failure as [`Error::Os`] naming the call; [`set_trace`] prints
 //! each one as it happens (the CLI's `--trace`), and

@@ -28,10 +28,11 @@ pub fn parse_destination(arg: &OsStr) -> Result<Destination, String> {
     if arg == "-" {
         return Ok(Destination::Stdout);
     }
+    use std::os::unix::ffi::OsStrExt;
     let path = PathBuf::from(arg);
-    match path.extension().and_then(OsStr::to_str) {
-        Some("svg") => Ok(Destination::Svg(path)),
-        Some("txt") => Ok(Destination::Text(path)),
+    match arg.as_bytes() {
+        name if name.ends_with(b".svg") => Ok(Destination::Svg(path)),
+        name if name.ends_with(b".txt") => Ok(Destination::Text(path)),
         _ => Err("FILE must end in .svg (a picture) or .txt (text), or be - (SVG on stdout)".into()),
     }
 }
@@ -230,7 +231,8 @@ mod tests {
         assert_eq!(parse_destination(OsStr::new("-")), Ok(Destination::Stdout));
         assert_eq!(parse_destination(OsStr::new("a/t.svg")), Ok(Destination::Svg("a/t.svg".into())));
         assert_eq!(parse_destination(OsStr::new("t.txt")), Ok(Destination::Text("t.txt".into())));
-        for bad in ["t.png", "t", "svg", "t.SVGX", ""] {
+        assert_eq!(parse_destination(OsStr::new(".svg")), Ok(Destination::Svg(".svg".into())));
+        for bad in ["t.png", "t", "svg", "t.SVG", "t.svg/", ""] {
             assert!(parse_destination(OsStr::new(bad)).is_err(), "{bad:?}");
         }
     }
