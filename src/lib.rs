@@ -36,6 +36,50 @@
 //! # Ok::<(), mproc::Error>(())
 //! ```
 //!
+//! The pool is `Send + Sync` and its results are owned futures: a service
+//! shares one `Arc<Pool>` between its request threads, or awaits results
+//! from any executor. A request handler that runs a crash-prone decoder in
+//! the pool, and gets an error instead of a crashed server:
+//!
+//! ```
+//! # use std::{future::Future, pin::pin, sync::Arc, task::{Context, Poll, Wake, Waker}};
+//! fn decode(image: Vec<u8>) -> u64 {
+//!     // Stands for a C library that may crash on hostile input.
+//!     if image.first() == Some(&0xff) {
+//!         std::process::abort();
+//!     }
+//!     image.len() as u64
+//! }
+//!
+//! async fn handle(pool: Arc<mproc::Pool>, body: Vec<u8>) -> String {
+//!     match pool.apply_async(decode, body) {
+//!         Ok(pending) => match pending.await {
+//!             Ok(pixels) => format!("200 {pixels} pixels"),
+//!             Err(e) => format!("422 {e}"),
+//!         },
+//!         Err(e) => format!("503 {e}"),
+//!     }
+//! }
+//!
+//! # fn block_on<F: Future>(f: F) -> F::Output {
+//! #     struct Unpark(std::thread::Thread);
+//! #     impl Wake for Unpark { fn wake(self: Arc<Self>) { self.0.unpark() } }
+//! #     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+//! #     let mut f = pin!(f);
+//! #     loop {
+//! #         match f.as_mut().poll(&mut Context::from_waker(&waker)) {
+//! #             Poll::Ready(v) => return v,
+//! #             Poll::Pending => std::thread::park(),
+//! #         }
+//! #     }
+//! # }
+//! let pool = Arc::new(mproc::Pool::new(2)?);
+//! // Any executor will do (tokio, async-std, futures' block_on...).
+//! assert_eq!(block_on(handle(pool.clone(), vec![1, 2, 3])), "200 3 pixels");
+//! assert!(block_on(handle(pool.clone(), vec![0xff])).starts_with("422 worker"));
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
 //! **[`fork_map`]** forks its workers at the call, so the closure may
 //! capture anything and the input is shared by copy-on-write, never encoded.
 //!
@@ -59,7 +103,9 @@
 //!   start threads, or make sure no other thread holds such a lock across
 //!   the call. [`Pool`] forks once, at [`Pool::new`]; every later worker
 //!   comes from its single-threaded zygote, so a pool stays safe after you
-//!   start threads.
+//!   start threads. A pool's own driver thread (see [`pool`]) holds only
+//!   that pool's lock, which no child ever takes, so a `Process` or
+//!   `fork_map` beside a busy pool is safe.
 //! - **Rust's stdout is safe.** mproc takes its (reentrant) lock itself
 //!   before every fork, waiting for any `println!` in progress on another
 //!   thread, flushes, forks, and releases it on both sides: the child's

@@ -69,6 +69,8 @@ pub(crate) struct Core {
     pub processes: usize,
     /// `PoolBuilder::max_result_size`.
     pub max_result: usize,
+    /// Each ring's capacity (how task messages are cut).
+    pub ring_capacity: usize,
     /// What the pumping thread sleeps on with the lock released, so owned
     /// here rather than by the engine: the parent's doorbell, a duplicate
     /// of the zygote's report pipe, and the layout (the parent's flags).
@@ -194,6 +196,7 @@ impl Core {
             owner: sys::current_pid(),
             processes,
             max_result,
+            ring_capacity: layout.ring_capacity(),
             parent_bell,
             reports: ParentOnlyFd::new(reports),
             layout,
@@ -436,12 +439,10 @@ impl Core {
     /// Makes sure someone will pump for work just queued by a call that
     /// does not wait for it (`apply_async`): wakes the driver if it sleeps
     /// without a timeout. (Otherwise it looks within [`GRACE`].)
-    pub(crate) fn kick(&self, e: &Locked<'_>) -> Result<()> {
-        self.ensure_driver(e)?;
+    pub(crate) fn kick(&self, e: &Locked<'_>) {
         if !e.pumping && e.driver_idle {
             self.driver_nudge.nudge();
         }
-        Ok(())
     }
 
     /// Makes the driver pump now, for a future that waits (unless a caller

@@ -17,14 +17,43 @@
 //! results cross as [`Wire`] bytes. For closures with captures (and inputs
 //! that should not be copied at all) use [`fork_map()`].
 //!
+//! # Many threads, one pool
+//! `Pool` is `Send + Sync`: share it as `Arc<Pool>` (or `&Pool` in scoped
+//! threads) and call it from any number of threads at once. Every method
+//! takes `&self`, `close`, `join` and `terminate` included, so one thread
+//! can end a pool others use (their calls then return `Err(Closed)`).
+//! [`AsyncResult`] owns its place in the pool: keep it, send it to another
+//! thread, or `.await` it (it is a [`Future`](std::future::Future); no
+//! runtime needed):
+//!
+//! ```
+//! use std::sync::Arc;
+//! fn cube(n: u64) -> u64 { n * n * n }
+//! let pool = Arc::new(mproc::Pool::new(2)?);
+//! let handlers: Vec<_> = (0..4u64)
+//!     .map(|t| {
+//!         let pool = Arc::clone(&pool);
+//!         std::thread::spawn(move || pool.apply(cube, t))
+//!     })
+//!     .collect();
+//! let cubes: Vec<u64> = handlers.into_iter().map(|h| h.join().unwrap()).collect::<Result<_, _>>()?;
+//! assert_eq!(cubes, vec![0, 1, 8, 27]);
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
 //! # Who moves the work
-//! The pool has no thread of its own: the parent's half runs inside your
-//! calls (`map`, `imap`'s `next`, `get`, `ready`, `pids`, ...). Tasks
-//! already handed to a worker run regardless, but queued ones move into the
-//! rings, and results out of them, only while you are in such a call. So
-//! `apply_async` returns at once, and the work behind it advances when you
-//! wait for it. One thing never waits for you: `task_timeout`, which the
-//! zygote enforces on its own clock.
+//! A caller that waits moves the work itself (`map`, `apply`, `get`,
+//! `imap`'s `next`): it takes results out of the rings and hands queued
+//! tasks in, for every thread, while it waits for its own; other waiting
+//! threads park until their results are in. When nobody waits, a small
+//! **driver thread** (`mproc-pool`) does it, so that `apply_async`'s
+//! backlog drains and futures complete while no thread is in a pool call.
+//! It starts the first time work is left for it (the first `apply_async`,
+//! an awaited result, an `imap` between two `next`s), steps aside while a
+//! caller waits, and ends with the pool; a pool used only through calls
+//! that wait never starts one. `task_timeout` never waits for anyone: the
+//! zygote enforces it on its own clock. See `driver` for the details and
+//! for what the extra thread means for `fork` (mproc(7), "Fork safety").
 //!
 //! # Failure model
 //! | what happens                          | what the caller gets                          |
@@ -43,7 +72,12 @@
 //! | the zygote is stopped at `drop`/`terminate`/`join` | after 1 s (`join`: 10 s) it gets SIGKILL and is reaped (`join` then returns `ZygoteDied`); its workers die with it (Linux; elsewhere once idle) |
 //! | used from a child forked after the pool | `Err(Error::WrongProcess)` there; nothing of the parent's is touched |
 //! | called from its own input iterator    | works (`pool.imap(f, pool.imap(g, xs))`): items are pulled with no pool state borrowed |
-//! | new work after `close()`/`terminate()`| `Err(Error::Closed)`                            |
+//! | new work after `close()`/`terminate()`, from any thread | `Err(Error::Closed)`                |
+//! | another thread terminates (or drops) the pool while calls wait | each returns `Err(Error::Closed)` at once; tasks without a result get `Closed` |
+//! | an `AsyncResult` is dropped before its task ends | nothing waits: the task still runs, its result is dropped on arrival |
+//! | an `AsyncResult` is kept past its pool | `get`/`.await`: `Err(Error::Closed)` unless the result was already in; the handle holds the pool's shared memory and a few descriptors until it is dropped |
+//! | a waker the pool wakes calls back into it and waits | `Err(Error::InvalidState)` (it runs on the thread that moves the work) |
+//! | the driver thread cannot be started (thread limit) | `apply_async` (or the await): `Err(Error::Os)` naming `pthread_create`; calls that wait still work |
 //!
 //! Every task gets exactly one outcome. A worker packs the results of quick
 //! tasks into one message (see `worker`); results still packed when it
@@ -434,9 +468,29 @@ impl Pool {
     /// Runs `f(arg)` on a worker and waits for the result.
     pub fn apply<A: Wire, R: Wire>(&self, f: fn(A) -> R, arg: A) -> Result<R> {
         // Not through `apply_async`: a call that waits needs no driver.
-        let (sub, _) = self.submit(Call::new(f), std::iter::once(arg), 1, 0)?;
-        let (results, limit) = results::wait_for(&self.core, sub, None)?;
-        results.get(0).unwrap_or(Err(Error::Closed)).and_then(|b| results::decode(b, limit))
+        let (e, sub) = self.submit_one(Call::new(f), arg, false)?;
+        results::wait_for_one(&self.core, e, sub)
+    }
+
+    /// Queues one task under one lock (encoded before it), and keeps the
+    /// lock for what the caller does next: a task at a time costs one
+    /// lock, as many threads calling `apply` at once do. `unattended`: the
+    /// caller will not wait for it, so the driver must run first (a task
+    /// nothing would move is refused, not queued).
+    fn submit_one<A: Wire>(&self, call: Call, arg: A, unattended: bool) -> Result<(driver::Locked<'_>, u64)> {
+        self.check_owner()?;
+        let mut encoder = BatchEncoder::new(0, call, 1, self.core.ring_capacity);
+        encoder.push(&arg, || 0)?;
+        let mut e = self.core.lock();
+        if unattended {
+            self.core.ensure_driver(&e)?;
+        }
+        let sub = e.open(0, 1)?;
+        if let Some(mut batch) = encoder.finish() {
+            batch.sub = sub;
+            e.queue(batch)?;
+        }
+        Ok((e, sub))
     }
 
     /// Queues `f(arg)` and returns at once, even with thousands of tasks
@@ -456,12 +510,8 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn apply_async<A: Wire, R: Wire>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>> {
-        self.check_owner()?;
-        // The driver first: without it, nothing would move this task.
-        self.core.ensure_driver(&self.core.lock())?;
-        let (sub, _) = self.submit(Call::new(f), std::iter::once(arg), 1, 0)?;
-        let e = self.core.lock();
-        let _ = self.core.kick(&e);
+        let (e, sub) = self.submit_one(Call::new(f), arg, true)?;
+        self.core.kick(&e);
         drop(e);
         Ok(AsyncResult::new(Arc::clone(&self.core), sub))
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::driver::{Core, Interest};
+use super::driver::{Core, Interest, Locked};
 use super::engine::{Engine, Submission, Waiter};
 use super::message::Call;
 use super::{check_owner, Pool};
@@ -41,7 +41,17 @@ fn take_when_complete(
     deadline: Option<Instant>,
     release_on_error: bool,
 ) -> Result<(Option<Submission>, usize)> {
-    let e = core.lock();
+    take_when_complete_locked(core, core.lock(), sub, deadline, release_on_error)
+}
+
+/// [`take_when_complete`], the pool already locked.
+fn take_when_complete_locked<'a>(
+    core: &'a Core,
+    e: Locked<'a>,
+    sub: u64,
+    deadline: Option<Instant>,
+    release_on_error: bool,
+) -> Result<(Option<Submission>, usize)> {
     let limit = e.max_result();
     let complete = |e: &Engine| e.submission(sub).is_none_or(|s| s.is_complete());
     match core.wait_until(e, deadline, Interest { subs: &[sub], any: false }, complete) {
@@ -60,6 +70,13 @@ fn take_when_complete(
 pub(crate) fn wait_for(core: &Core, sub: u64, deadline: Option<Instant>) -> Result<(Submission, usize)> {
     let (s, limit) = take_when_complete(core, sub, deadline, true)?;
     Ok((s.ok_or(Error::Closed)?, limit))
+}
+
+/// `apply`'s wait, with the lock its submission was queued under: the
+/// one task's outcome, decoded.
+pub(crate) fn wait_for_one<'a, R: Wire>(core: &'a Core, e: Locked<'a>, sub: u64) -> Result<R> {
+    let (s, limit) = take_when_complete_locked(core, e, sub, None, true)?;
+    outcome(s, limit)
 }
 
 /// The pending result of [`Pool::apply_async`]: owned, so it may be kept

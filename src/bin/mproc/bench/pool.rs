@@ -1,7 +1,8 @@
 //! `mproc bench pool`: tasks per second for `Pool::map` on a trivial
 //! function, against a sequential loop and `std::thread` workers fed by a
-//! channel; `fork_map` against `Pool::map` on a large input; and the
-//! speedup on CPU-bound work.
+//! channel; one task at a time (`imap` at chunksize 1, `apply` from eight
+//! threads at once, `apply_async` one by one); `fork_map` against
+//! `Pool::map` on a large input; and the speedup on CPU-bound work.
 
 use std::sync::mpsc;
 use std::time::Instant;
@@ -85,6 +86,71 @@ fn threads_rate(workers: usize, items: u64) -> f64 {
     items as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Tasks/s for trivial tasks sent one at a time on one pool: `imap` at
+/// chunksize 1 from one thread; `apply` from eight threads sharing the
+/// pool; 20,000 `apply_async` submitted, then each `get`.
+struct OneByOne {
+    imap: f64,
+    apply_8_threads: f64,
+    apply_async: f64,
+}
+
+const THREADS: u64 = 8;
+
+fn one_by_one(workers: usize) -> mproc::Result<OneByOne> {
+    let wrong = || mproc::Error::InvalidState("a one-by-one run returned wrong results");
+    let pool = mproc::Pool::new(workers)?;
+    let n = 40_000u64;
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for r in pool.imap(trivial, 0..n) {
+        sum = sum.wrapping_add(r?);
+    }
+    let imap = n as f64 / t.elapsed().as_secs_f64();
+    if sum != (0..n).map(trivial).fold(0, u64::wrapping_add) {
+        return Err(wrong());
+    }
+    let t = Instant::now();
+    let per_thread = n / THREADS;
+    let sums = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|k| {
+                let pool = &pool;
+                s.spawn(move || -> mproc::Result<u64> {
+                    let mut sum = 0u64;
+                    for x in k * per_thread..(k + 1) * per_thread {
+                        sum = sum.wrapping_add(pool.apply(trivial, x)?);
+                    }
+                    Ok(sum)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(mproc::Error::Closed)))
+            .collect::<mproc::Result<Vec<u64>>>()
+    })?;
+    let apply_8_threads = (per_thread * THREADS) as f64 / t.elapsed().as_secs_f64();
+    if sums.into_iter().fold(0, u64::wrapping_add)
+        != (0..per_thread * THREADS).map(trivial).fold(0, u64::wrapping_add)
+    {
+        return Err(wrong());
+    }
+    let m = 20_000u64;
+    let t = Instant::now();
+    let mut pending = Vec::with_capacity(m as usize);
+    for x in 0..m {
+        pending.push(pool.apply_async(trivial, x)?);
+    }
+    for (x, r) in (0..m).zip(pending.iter_mut()) {
+        if r.get()? != trivial(x) {
+            return Err(wrong());
+        }
+    }
+    let apply_async = m as f64 / t.elapsed().as_secs_f64();
+    Ok(OneByOne { imap, apply_8_threads, apply_async })
+}
+
 /// Seconds for `Pool::map` and `fork_map` over a large input (many
 /// strings): the pool encodes and copies every item, fork_map copies none.
 fn large_input(workers: usize) -> mproc::Result<(f64, f64)> {
@@ -114,6 +180,10 @@ pub fn main(args: Args) -> u8 {
     };
     let seq = sequential_rate(args.items);
     let threads = threads_rate(workers, args.items);
+    let single = match one_by_one(workers) {
+        Ok(v) => v,
+        Err(e) => return crate::fail("bench pool", &e),
+    };
     let (pool_big, fork_big) = match large_input(workers) {
         Ok(v) => v,
         Err(e) => return crate::fail("bench pool", &e),
@@ -131,6 +201,9 @@ pub fn main(args: Args) -> u8 {
         outln!(out, "pool_map_trivial\t{pool:.0}\ttasks/s");
         outln!(out, "sequential_trivial\t{seq:.0}\ttasks/s");
         outln!(out, "threads_channel_trivial\t{threads:.0}\ttasks/s");
+        outln!(out, "imap_chunksize_1\t{:.0}\ttasks/s", single.imap);
+        outln!(out, "apply_8_threads\t{:.0}\ttasks/s", single.apply_8_threads);
+        outln!(out, "apply_async_one_by_one\t{:.0}\ttasks/s", single.apply_async);
         outln!(out, "pool_map_large_input\t{pool_big:.3}\ts");
         outln!(out, "fork_map_large_input\t{fork_big:.3}\ts");
         outln!(out, "pool_cpu_speedup\t{cpu_speedup:.2}\tx");
@@ -144,6 +217,24 @@ pub fn main(args: Args) -> u8 {
         format!("{workers} threads fed by a channel"),
         format!("{threads:.0}"),
         format!("{:.2}x", pool / threads),
+    ]);
+    table.print(&mut out);
+    outln!(out);
+    outln!(
+        out,
+        "One trivial task at a time, {workers} workers (the pool shared by {THREADS} threads, or not):"
+    );
+    let mut table = Table::new(&["variant", "tasks/s", "vs imap"]);
+    table.row(&["imap, chunksize 1, one thread".into(), format!("{:.0}", single.imap), "1.00x".into()]);
+    table.row(&[
+        format!("apply from {THREADS} threads at once"),
+        format!("{:.0}", single.apply_8_threads),
+        format!("{:.2}x (target >= 0.8x)", single.apply_8_threads / single.imap),
+    ]);
+    table.row(&[
+        "apply_async x 20,000, then get each".into(),
+        format!("{:.0}", single.apply_async),
+        format!("{:.2}x", single.apply_async / single.imap),
     ]);
     table.print(&mut out);
     outln!(out);
