@@ -50,9 +50,10 @@ use crate::error::{Error, Result};
 use crate::status::ExitStatus;
 use crate::sys;
 
-/// Events the buffer holds (32 bytes each): a `Pool::map` of a million
-/// trivial tasks takes a few thousand.
-const CAPACITY: usize = 1 << 18;
+/// Events the buffer holds (32 bytes each, 16 MiB): a `Pool::map` of a
+/// million trivial tasks takes a few thousand, a task sent alone
+/// (`apply`, `imap` at chunksize 1) two.
+const CAPACITY: usize = 1 << 19;
 /// Bytes of labels (job command lines) the buffer holds.
 const LABEL_CAPACITY: usize = 1 << 20;
 /// The longest label kept, in bytes.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use mproc::timeline::{Lane, Outcome, Role, Timeline};
+use mproc::timeline::{Bar, Lane, Outcome, Role, Timeline};
 
 use super::{end_label, format_ms, lane_name, summary, ticks, Title};
 
@@ -178,21 +178,23 @@ fn lane_svg(
         format_ms(lane.start as f64 / 1e6, 3),
         lane.end.map_or("the end".to_string(), |e| format!("{} ms", format_ms(e as f64 / 1e6, 3)))
     );
-    for bar in &lane.bars {
-        let (b0, b1) = (x(bar.start), x(bar.end));
-        let what = match (lane.role, bar.tasks) {
-            (Role::Job, _) => "job".to_string(),
-            (_, 1) => "batch of 1 task".to_string(),
-            (_, n) => format!("batch of {n} tasks"),
+    for group in groups(&lane.bars, x) {
+        let what = match (lane.role, group.batches, group.tasks) {
+            (Role::Job, _, _) => "job".to_string(),
+            (_, 1, 1) => "batch of 1 task".to_string(),
+            (_, 1, n) => format!("batch of {n} tasks"),
+            (_, b, n) => format!("{b} batches, {n} tasks"),
         };
         let _ = writeln!(
             s,
-            r#"<rect class="batch" x="{b0:.1}" y="{:.1}" width="{:.1}" height="14" fill="{}" stroke="white" stroke-width="0.5"><title>{what}: {}, {} ms</title></rect>"#,
+            r#"<rect class="batch" x="{:.1}" y="{:.1}" width="{:.1}" height="14" fill="{}" stroke="white" stroke-width="0.5"><title>{what}: {}, {} ms from {} ms</title></rect>"#,
+            group.x0,
             y - 7.0,
-            (b1 - b0).max(1.0),
-            colour(bar.outcome),
-            bar.outcome.name(),
-            format_ms(bar.end.saturating_sub(bar.start) as f64 / 1e6, 3)
+            (group.x1 - group.x0).max(1.0),
+            colour(group.outcome),
+            group.outcome.name(),
+            format_ms(group.end.saturating_sub(group.start) as f64 / 1e6, 3),
+            format_ms(group.start as f64 / 1e6, 3)
         );
     }
     if let Some(py) = parent_y {
@@ -244,6 +246,48 @@ fn marks(s: &mut String, lane: &Lane, y: f64, x: &impl Fn(u64) -> f64) {
             escape(&label)
         );
     }
+}
+
+/// Bars of one outcome that overlap or touch on screen, drawn as one: a
+/// worker running thousands of tiny batches is one green stretch, not
+/// thousands of rectangles on top of each other.
+struct Group {
+    x0: f64,
+    x1: f64,
+    start: u64,
+    end: u64,
+    batches: usize,
+    tasks: u64,
+    outcome: Outcome,
+}
+
+/// `bars` in groups of one outcome whose rectangles overlap or are less
+/// than a pixel apart, in the order they start.
+fn groups(bars: &[Bar], x: &impl Fn(u64) -> f64) -> Vec<Group> {
+    let mut sorted: Vec<&Bar> = bars.iter().collect();
+    sorted.sort_by_key(|b| b.start);
+    let mut groups: Vec<Group> = Vec::new();
+    for bar in sorted {
+        let (x0, x1) = (x(bar.start), x(bar.end).max(x(bar.start) + 1.0));
+        match groups.last_mut() {
+            Some(g) if g.outcome == bar.outcome && x0 <= g.x1 + 1.0 => {
+                g.x1 = g.x1.max(x1);
+                g.end = g.end.max(bar.end);
+                g.batches += 1;
+                g.tasks += u64::from(bar.tasks);
+            }
+            _ => groups.push(Group {
+                x0,
+                x1,
+                start: bar.start,
+                end: bar.end,
+                batches: 1,
+                tasks: u64::from(bar.tasks),
+                outcome: bar.outcome,
+            }),
+        }
+    }
+    groups
 }
 
 /// What each colour and mark means, in two rows below the lanes.
@@ -301,6 +345,32 @@ mod tests {
         assert_eq!(escape(r#"<a&"b'>"#), "&lt;a&amp;&quot;b&apos;&gt;");
         assert_eq!(escape("bell\u{7}"), "bell\u{fffd}");
         assert_eq!(escape("plain"), "plain");
+    }
+
+    #[test]
+    fn bars_that_meet_on_screen_are_one_group_of_one_outcome() {
+        let bar = |start, end, outcome| Bar { start, end, tasks: 2, outcome };
+        let bars = [
+            bar(0, 10, Outcome::Ok),
+            bar(5, 20, Outcome::Ok),
+            bar(20, 30, Outcome::Panicked),
+            bar(30, 40, Outcome::Ok),
+            bar(90, 95, Outcome::Ok),
+        ];
+        // One pixel per nanosecond.
+        let summary: Vec<_> = groups(&bars, &|ns| ns as f64)
+            .iter()
+            .map(|g| (g.start, g.end, g.batches, g.tasks, g.outcome))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (0, 20, 2, 4, Outcome::Ok),
+                (20, 30, 1, 2, Outcome::Panicked),
+                (30, 40, 1, 2, Outcome::Ok),
+                (90, 95, 1, 2, Outcome::Ok),
+            ]
+        );
     }
 
     #[test]
