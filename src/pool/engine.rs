@@ -776,7 +776,7 @@ impl Engine {
                     Some(_) => crate::outcome::bytes_or_error(tag, payload),
                 };
                 if let Err(e) = &outcome {
-                    crate::timeline::task_failed(slot.inflight.front().map(|b| b.msg.as_ptr()), e);
+                    crate::timeline::task_failed(self.zygote.pid(), k, e);
                 }
                 if let Some(s) = submission.as_deref_mut() {
                     s.set(first + slot.head_done, outcome);
@@ -785,11 +785,11 @@ impl Engine {
                 slot.received += 1;
             }
             if slot.head_done == count {
-                crate::timeline::batch_done(slot.inflight.front().map(|b| b.msg.as_ptr()));
                 slot.inflight.pop_front();
                 slot.head_done = 0;
                 slot.sending = slot.sending.saturating_sub(1);
                 let now = Instant::now();
+                crate::timeline::batch_ran(self.zygote.pid(), k, slot.head_since, now, count);
                 slot.quick = now.duration_since(slot.head_since) < QUICK_BATCH;
                 slot.head_since = now;
             }
@@ -925,6 +925,7 @@ impl Engine {
         if let Some(hit) = victim {
             let index = self.subs.get(&hit.sub).map_or(0, |s| s.base_index) + u64::from(hit.first);
             let err = cause.unwrap_or_else(|| Error::died(pid, status, Some(index)));
+            crate::timeline::batch_cut(pid, self.slots[k].head_since, &err);
             self.file(hit.sub, hit.first, Err(err));
         }
         // Finished tasks whose results were lost run again, once: lost a
@@ -1061,9 +1062,6 @@ impl Engine {
         slot.assigned = slot.assigned.saturating_add(batch.count as usize);
         if slot.inflight.is_empty() {
             slot.head_since = Instant::now();
-        }
-        if let SlotState::Live { pid } = slot.state {
-            crate::timeline::batch_sent(pid, batch.msg.as_ptr(), batch.count);
         }
         slot.inflight.push_back(batch);
     }

@@ -246,6 +246,11 @@ impl Zygote {
         }
     }
 
+    /// The zygote's pid.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// The report pipe, for the parent's `poll`.
     pub(crate) fn report_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.reports.as_fd()
@@ -291,7 +296,7 @@ impl Zygote {
         for (report, at_ns) in self.partial[..whole].chunks_exact(REP_LEN).filter_map(Report::decode) {
             // What the timeline sees of the workers: the zygote's reports.
             match report {
-                Report::Spawned { pid, .. } => crate::timeline::worker_forked(self.pid, pid, at_ns),
+                Report::Spawned { slot, pid } => crate::timeline::worker_forked(self.pid, slot, pid, at_ns),
                 Report::Died { pid, status, timed_out, .. } => {
                     crate::timeline::worker_ended(pid, status, timed_out, at_ns)
                 }

@@ -31,7 +31,8 @@ pub struct Lane {
     pub kills: Vec<Kill>,
     /// When it was found past its time limit.
     pub timeout: Option<u64>,
-    /// Its pool batches, in the order they ended; for a job that ended,
+    /// Its pool batches, in the order they ended (a batch cut short by
+    /// the worker's death is one task long); for a job that ended,
     /// one bar: the job, [`Outcome::Ok`] for exit 0, [`Outcome::Timeout`]
     /// when it was killed for its time, [`Outcome::Failed`] otherwise.
     pub bars: Vec<Bar>,
@@ -78,13 +79,9 @@ impl Lane {
 
 impl Timeline {
     /// One lane per process that existed while recording, the recording
-    /// process first, the others in the order they were forked.
-    ///
-    /// A batch still open when its worker's lane ends is drawn to that end
-    /// and counts as [`Outcome::WorkerDied`] (the first of them
-    /// [`Outcome::Timeout`] when the worker was killed for its time); one
-    /// still open when the recording ends is drawn to that end with the
-    /// outcome it had so far.
+    /// process first, the others in the order they were forked. A pool
+    /// batch is drawn on the lane of the worker that ran it; no bar
+    /// reaches past its lane's end.
     pub fn lanes(&self) -> Vec<Lane> {
         let mut events: Vec<&Event> = self.events.iter().collect();
         // Stable: events of one instant keep the order they were recorded in.
@@ -92,8 +89,9 @@ impl Timeline {
         let mut lanes = vec![Lane::new(self.owner, Role::Parent, None, 0)];
         // The latest lane of each pid (a pid may be reused for a new process).
         let mut current: HashMap<i32, usize> = HashMap::from([(self.owner, 0)]);
-        // Open batches: their name, the lane they run on, the bar so far.
-        let mut open: HashMap<u64, (usize, Bar)> = HashMap::new();
+        // Each pool slot's worker now, and the worst failure of the batch it
+        // runs, keyed by (zygote, slot).
+        let mut slots: HashMap<(i32, u32), (usize, Outcome)> = HashMap::new();
         for event in events {
             match *event {
                 Event::Forked { at, parent, child } => {
@@ -128,58 +126,58 @@ impl Timeline {
                         lanes[i].timeout.get_or_insert(at);
                     }
                 }
-                Event::BatchSent { at, worker, batch, tasks } => {
-                    if let Some(&i) = current.get(&worker) {
-                        open.insert(batch, (i, Bar { start: at, end: at, tasks, outcome: Outcome::Ok }));
+                Event::Slot { zygote, slot, pid, .. } => {
+                    if let Some(&i) = current.get(&pid) {
+                        slots.insert((zygote, slot), (i, Outcome::Ok));
                     }
                 }
-                Event::TaskFailed { batch, outcome, .. } => {
-                    if let Some((_, bar)) = open.get_mut(&batch) {
-                        bar.outcome = bar.outcome.max(outcome);
+                Event::TaskFailed { zygote, slot, outcome, .. } => {
+                    if let Some((_, worst)) = slots.get_mut(&(zygote, slot)) {
+                        *worst = (*worst).max(outcome);
                     }
                 }
-                Event::BatchDone { at, batch } => {
-                    if let Some((i, mut bar)) = open.remove(&batch) {
-                        bar.end = at;
-                        lanes[i].bars.push(bar);
+                Event::BatchRan { at, start, zygote, slot, tasks } => {
+                    if let Some((i, worst)) = slots.get_mut(&(zygote, slot)) {
+                        let outcome = std::mem::replace(worst, Outcome::Ok);
+                        lanes[*i].bars.push(Bar { start, end: at, tasks, outcome });
+                    }
+                }
+                Event::BatchCut { at, start, pid, outcome } => {
+                    if let Some(&i) = current.get(&pid) {
+                        lanes[i].bars.push(Bar { start, end: at, tasks: 1, outcome });
                     }
                 }
             }
         }
-        // Batches cut short. On a worker killed for its time, the first
-        // open batch is the one that ran too long; those queued behind it
-        // died with the worker.
-        let mut cut: Vec<(usize, Bar)> = open.into_values().collect();
-        cut.sort_by_key(|(_, bar)| bar.start);
-        let mut blamed = std::collections::HashSet::new();
-        for (i, mut bar) in cut {
-            let lane = &mut lanes[i];
-            match lane.end {
-                Some(end) => {
-                    bar.end = end.max(bar.start);
-                    let first = blamed.insert(i);
-                    bar.outcome =
-                        if first && lane.timeout.is_some() { Outcome::Timeout } else { Outcome::WorkerDied };
+        for lane in &mut lanes {
+            // The parent reads results (and learns of deaths) after the
+            // fact: nothing of a worker is drawn past its end.
+            if let Some(end) = lane.end {
+                for bar in &mut lane.bars {
+                    bar.end = bar.end.min(end);
+                    bar.start = bar.start.min(bar.end);
                 }
-                None => bar.end = self.duration.max(bar.start),
             }
-            lane.bars.push(bar);
-        }
-        // A job is one bar, coloured by how it ended.
-        for lane in lanes.iter_mut().filter(|l| l.role == Role::Job) {
-            let (Some(end), Some(status)) = (lane.end, lane.status) else { continue };
-            let outcome = match status {
-                _ if lane.timeout.is_some() => Outcome::Timeout,
-                ExitStatus::Exited(0) => Outcome::Ok,
-                _ => Outcome::Failed,
-            };
-            lane.bars.push(Bar { start: lane.start, end, tasks: 1, outcome });
+            if lane.role == Role::Job {
+                job_bar(lane);
+            }
         }
         // Stable: the parent (start 0) stays first; pids forked at one
         // instant keep their order.
         lanes.sort_by_key(|l| l.start);
         lanes
     }
+}
+
+/// A job is one bar, coloured by how it ended.
+fn job_bar(lane: &mut Lane) {
+    let (Some(end), Some(status)) = (lane.end, lane.status) else { return };
+    let outcome = match status {
+        _ if lane.timeout.is_some() => Outcome::Timeout,
+        ExitStatus::Exited(0) => Outcome::Ok,
+        _ => Outcome::Failed,
+    };
+    lane.bars.push(Bar { start: lane.start, end, tasks: 1, outcome });
 }
 
 #[cfg(test)]
@@ -228,30 +226,37 @@ mod tests {
     }
 
     #[test]
-    fn batches_pair_by_name_and_take_their_worst_outcome() {
+    fn batches_go_to_the_worker_of_their_slot_with_their_worst_outcome() {
         let lanes = timeline(vec![
-            Event::Forked { at: 1, parent: 100, child: 7 },
-            Event::BatchSent { at: 10, worker: 7, batch: 0xa0, tasks: 4 },
-            Event::TaskFailed { at: 12, batch: 0xa0, outcome: Outcome::Panicked },
-            Event::TaskFailed { at: 13, batch: 0xa0, outcome: Outcome::Failed },
-            Event::BatchDone { at: 15, batch: 0xa0 },
-            // The same name again, once the first batch is done.
-            Event::BatchSent { at: 16, worker: 7, batch: 0xa0, tasks: 1 },
-            Event::BatchDone { at: 18, batch: 0xa0 },
-            // Cut short by a timeout.
-            Event::BatchSent { at: 20, worker: 7, batch: 0xb0, tasks: 2 },
+            Event::Forked { at: 1, parent: 100, child: 50 },
+            Event::Forked { at: 2, parent: 50, child: 7 },
+            Event::Slot { at: 2, zygote: 50, slot: 0, pid: 7 },
+            Event::TaskFailed { at: 12, zygote: 50, slot: 0, outcome: Outcome::Panicked },
+            Event::TaskFailed { at: 13, zygote: 50, slot: 0, outcome: Outcome::Failed },
+            Event::BatchRan { at: 15, start: 10, zygote: 50, slot: 0, tasks: 4 },
+            // The next batch starts clean.
+            Event::BatchRan { at: 18, start: 15, zygote: 50, slot: 0, tasks: 1 },
+            // Slot 0 of another pool is another worker's.
+            Event::BatchRan { at: 19, start: 15, zygote: 51, slot: 0, tasks: 9 },
             Event::TimedOut { at: 30, pid: 7 },
-            Event::Ended { at: 31, pid: 7, status: ExitStatus::Signaled { signal: 15, core_dumped: false } },
+            Event::Ended { at: 30, pid: 7, status: ExitStatus::Signaled { signal: 15, core_dumped: false } },
+            // Seen by the parent after the death: drawn up to it.
+            Event::BatchCut { at: 31, start: 18, pid: 7, outcome: Outcome::Timeout },
+            // A replacement in the same slot.
+            Event::Forked { at: 32, parent: 50, child: 8 },
+            Event::Slot { at: 32, zygote: 50, slot: 0, pid: 8 },
+            Event::BatchRan { at: 40, start: 33, zygote: 50, slot: 0, tasks: 2 },
         ])
         .lanes();
         assert_eq!(
-            lanes[1].bars,
+            lanes[2].bars,
             vec![
                 Bar { start: 10, end: 15, tasks: 4, outcome: Outcome::Panicked },
-                Bar { start: 16, end: 18, tasks: 1, outcome: Outcome::Ok },
-                Bar { start: 20, end: 31, tasks: 2, outcome: Outcome::Timeout },
+                Bar { start: 15, end: 18, tasks: 1, outcome: Outcome::Ok },
+                Bar { start: 18, end: 30, tasks: 1, outcome: Outcome::Timeout },
             ]
         );
+        assert_eq!(lanes[3].bars, vec![Bar { start: 33, end: 40, tasks: 2, outcome: Outcome::Ok }]);
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //!
 //! # Cost
 //! Events go into a buffer allocated once by [`start`]: recording one is
-//! a clock read, one atomic `fetch_add` to claim a slot, and four stores,
+//! a clock read (none for a batch), one atomic `fetch_add` to claim a
+//! slot, and five stores,
 //! with no lock (a forked child never waits on one another thread held,
 //! and threads of the parent never wait for each other). A full buffer
 //! drops later events and counts them ([`Timeline::dropped`]). With no
@@ -34,15 +35,18 @@
 //! # Pool batches
 //! A pool sends tasks to a worker in batches (one task each when tasks are
 //! slow, many when they are quick). The timeline draws one bar per batch
-//! as the parent sees it: from the moment it hands the batch to a worker
-//! to the moment it has the batch's last result. A batch cut short by its
-//! worker's death ends at that death (its tasks run again elsewhere, or
-//! fail: see [`crate::Pool`]).
+//! as the parent sees it: from the moment the batch became the worker's
+//! current one (handed to an idle worker, or the one before it done) to
+//! the moment the parent has its last result. One event per batch, at its
+//! end, with the pool's own time stamps: recording reads no clock. A batch
+//! cut short by its worker's death ends at that death, coloured by why
+//! (its worker died, or was killed for running past the task timeout).
 
 mod lanes;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 pub use lanes::{Bar, Kill, Lane};
 
@@ -50,10 +54,10 @@ use crate::error::{Error, Result};
 use crate::status::ExitStatus;
 use crate::sys;
 
-/// Events the buffer holds (32 bytes each, 16 MiB): a `Pool::map` of a
+/// Events the buffer holds (40 bytes each, 10 MiB): a `Pool::map` of a
 /// million trivial tasks takes a few thousand, a task sent alone
-/// (`apply`, `imap` at chunksize 1) two.
-const CAPACITY: usize = 1 << 19;
+/// (`apply`, `imap` at chunksize 1) one.
+const CAPACITY: usize = 1 << 18;
 /// Bytes of labels (job command lines) the buffer holds.
 const LABEL_CAPACITY: usize = 1 << 20;
 /// The longest label kept, in bytes.
@@ -156,13 +160,21 @@ pub enum Event {
     Killed { at: u64, pid: i32, signal: i32 },
     /// Process `pid` ran past its time limit and was killed for it.
     TimedOut { at: u64, pid: i32 },
-    /// A batch of `tasks` pool tasks went to worker `worker`. `batch` names
-    /// the batch until [`Event::BatchDone`] (then it may be reused).
-    BatchSent { at: u64, worker: i32, batch: u64, tasks: u32 },
-    /// A task of batch `batch` failed with `outcome`.
-    TaskFailed { at: u64, batch: u64, outcome: Outcome },
-    /// The last result of batch `batch` came in.
-    BatchDone { at: u64, batch: u64 },
+    /// Worker `pid` serves slot `slot` of the pool whose zygote is
+    /// `zygote` (until it ends).
+    Slot { at: u64, zygote: i32, slot: u32, pid: i32 },
+    /// A task of the batch that the worker in slot `slot` of pool `zygote`
+    /// runs failed with `outcome`.
+    TaskFailed { at: u64, zygote: i32, slot: u32, outcome: Outcome },
+    /// The worker in slot `slot` of pool `zygote` ran a batch of `tasks`
+    /// tasks, from `start` (when the parent saw it become the worker's
+    /// current batch) to `at` (when the parent had its last result).
+    BatchRan { at: u64, start: u64, zygote: i32, slot: u32, tasks: u32 },
+    /// Worker `pid` died in the batch it had run since `start`, which ends
+    /// with `outcome` ([`Outcome::WorkerDied`], [`Outcome::Timeout`], or
+    /// [`Outcome::Failed`] when the parent had it killed for a corrupt
+    /// ring).
+    BatchCut { at: u64, start: u64, pid: i32, outcome: Outcome },
 }
 
 impl Event {
@@ -174,9 +186,10 @@ impl Event {
             | Event::Ended { at, .. }
             | Event::Killed { at, .. }
             | Event::TimedOut { at, .. }
-            | Event::BatchSent { at, .. }
+            | Event::Slot { at, .. }
             | Event::TaskFailed { at, .. }
-            | Event::BatchDone { at, .. } => at,
+            | Event::BatchRan { at, .. }
+            | Event::BatchCut { at, .. } => at,
         }
     }
 }
@@ -203,11 +216,12 @@ const ROLE: u64 = 2;
 const ENDED: u64 = 3;
 const KILLED: u64 = 4;
 const TIMED_OUT: u64 = 5;
-const BATCH_SENT: u64 = 6;
+const SLOT: u64 = 6;
 const TASK_FAILED: u64 = 7;
-const BATCH_DONE: u64 = 8;
+const BATCH_RAN: u64 = 8;
+const BATCH_CUT: u64 = 9;
 
-/// One event as stored: four words, the kind written last.
+/// One event as stored: five words, the kind written last.
 #[derive(Default)]
 struct Slot {
     /// The event's kind; 0 until the other words are written.
@@ -216,11 +230,15 @@ struct Slot {
     at: AtomicU64,
     a: AtomicU64,
     b: AtomicU64,
+    c: AtomicU64,
 }
 
 struct Recorder {
     owner: i32,
     start_ns: u64,
+    /// The same instant as `start_ns`, to place the pool's own `Instant`s
+    /// on the timeline without reading the clock again.
+    start: Instant,
     /// Cleared by [`finish`]: later hooks record nothing.
     on: AtomicBool,
     /// Slots claimed so far (past the end: events dropped).
@@ -240,12 +258,19 @@ pub fn start() -> Result<()> {
     let mut started = false;
     RECORDER.get_or_init(|| {
         started = true;
-        let slots = std::iter::repeat_with(Slot::default).take(CAPACITY).collect();
+        let slots: Box<[Slot]> = std::iter::repeat_with(Slot::default).take(CAPACITY).collect();
+        // The allocator hands out zeroed pages untouched: fault them in
+        // now, once, rather than one by one while the program runs.
+        for slot in slots.iter().step_by(sys::page_size() / std::mem::size_of::<Slot>()) {
+            // Relaxed: nothing is published yet; the write only maps the page.
+            slot.kind.store(0, Ordering::Relaxed);
+        }
         let labels = std::iter::repeat_with(|| AtomicU8::new(0)).take(LABEL_CAPACITY).collect();
         Recorder {
             owner: sys::getpid(),
             // After the buffers are made: their cost is not the program's.
             start_ns: sys::monotonic_ns(),
+            start: Instant::now(),
             on: AtomicBool::new(true),
             next: AtomicUsize::new(0),
             slots,
@@ -281,7 +306,8 @@ pub fn finish() -> Option<Timeline> {
         let kind = slot.kind.load(Ordering::Acquire);
         let at = slot.at.load(Ordering::Relaxed).saturating_sub(r.start_ns);
         let (a, b) = (slot.a.load(Ordering::Relaxed), slot.b.load(Ordering::Relaxed));
-        if let Some(event) = r.decode(kind, at, a, b) {
+        let c = slot.c.load(Ordering::Relaxed);
+        if let Some(event) = r.decode(kind, at, [a, b, c]) {
             events.push(event);
         }
     }
@@ -329,10 +355,20 @@ fn pack_outcome(outcome: Outcome) -> u64 {
     Outcome::ALL.iter().position(|&o| o == outcome).unwrap_or(0) as u64
 }
 
+fn outcome_of(word: u64) -> Outcome {
+    usize::try_from(word).ok().and_then(|i| Outcome::ALL.get(i)).copied().unwrap_or(Outcome::Failed)
+}
+
 impl Recorder {
     /// Claims a slot and writes one event into it; a full buffer counts it.
     #[inline]
     fn push(&self, kind: u64, at: u64, a: u64, b: u64) {
+        self.push3(kind, at, [a, b, 0]);
+    }
+
+    /// [`Recorder::push`] with a third word.
+    #[inline]
+    fn push3(&self, kind: u64, at: u64, [a, b, c]: [u64; 3]) {
         // Relaxed: the claim only has to be unique; the event is published
         // by the Release store of its kind.
         let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -340,6 +376,7 @@ impl Recorder {
         slot.at.store(at, Ordering::Relaxed);
         slot.a.store(a, Ordering::Relaxed);
         slot.b.store(b, Ordering::Relaxed);
+        slot.c.store(c, Ordering::Relaxed);
         // Release: pairs with the Acquire load in `finish`.
         slot.kind.store(kind, Ordering::Release);
     }
@@ -366,7 +403,17 @@ impl Recorder {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    fn decode(&self, kind: u64, at: u64, a: u64, b: u64) -> Option<Event> {
+    /// `instant` as `CLOCK_MONOTONIC` nanoseconds (an `Instant` reads that
+    /// clock on Linux; elsewhere the two agree from the start on, while the
+    /// machine does not sleep). An instant before the start (of a pool made
+    /// before it) counts as the start.
+    #[inline]
+    fn ns_of(&self, instant: Instant) -> u64 {
+        let since = instant.saturating_duration_since(self.start).as_nanos();
+        self.start_ns.saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
+    }
+
+    fn decode(&self, kind: u64, at: u64, [a, b, c]: [u64; 3]) -> Option<Event> {
         let (hi, lo) = unpack(a);
         Some(match kind {
             FORKED => Event::Forked { at, parent: hi, child: lo },
@@ -374,13 +421,21 @@ impl Recorder {
             ENDED => Event::Ended { at, pid: hi, status: unpack_status(b) },
             KILLED => Event::Killed { at, pid: hi, signal: lo },
             TIMED_OUT => Event::TimedOut { at, pid: hi },
-            BATCH_SENT => Event::BatchSent { at, worker: hi, batch: b, tasks: lo as u32 },
-            TASK_FAILED => Event::TaskFailed {
+            SLOT => Event::Slot { at, zygote: hi, slot: b as u32, pid: lo },
+            TASK_FAILED => Event::TaskFailed { at, zygote: hi, slot: lo as u32, outcome: outcome_of(b) },
+            BATCH_RAN => Event::BatchRan {
                 at,
-                batch: b,
-                outcome: Outcome::ALL.get(lo as usize).copied().unwrap_or(Outcome::Failed),
+                start: c.saturating_sub(self.start_ns),
+                zygote: hi,
+                slot: lo as u32,
+                tasks: b as u32,
             },
-            BATCH_DONE => Event::BatchDone { at, batch: b },
+            BATCH_CUT => Event::BatchCut {
+                at,
+                start: c.saturating_sub(self.start_ns),
+                pid: hi,
+                outcome: outcome_of(b),
+            },
             _ => return None,
         })
     }
@@ -432,12 +487,13 @@ pub(crate) fn timed_out(pid: i32) {
     }
 }
 
-/// A pool's zygote reported that it forked worker `pid` at `at_ns`
-/// (`CLOCK_MONOTONIC`).
-pub(crate) fn worker_forked(zygote: i32, pid: i32, at_ns: u64) {
+/// A pool's zygote reported that it forked worker `pid` for `slot` at
+/// `at_ns` (`CLOCK_MONOTONIC`).
+pub(crate) fn worker_forked(zygote: i32, slot: usize, pid: i32, at_ns: u64) {
     if let Some(r) = recorder() {
         r.push(FORKED, at_ns, pack(zygote, pid), 0);
         r.push(ROLE, at_ns, pack(pid, Role::Worker.code() as i32), 0);
+        r.push(SLOT, at_ns, pack(zygote, pid), slot as u64);
     }
 }
 
@@ -452,34 +508,40 @@ pub(crate) fn worker_ended(pid: i32, status: ExitStatus, timed_out: bool, at_ns:
     }
 }
 
-/// A pool batch of `tasks` tasks went to worker `pid`; `batch` is the
-/// address of its task message, which names it while it is in flight.
-#[inline]
-pub(crate) fn batch_sent(pid: i32, batch: *const u8, tasks: u32) {
-    if let Some(r) = recorder() {
-        r.push(BATCH_SENT, sys::monotonic_ns(), pack(pid, tasks as i32), batch as usize as u64);
-    }
-}
-
-/// A task of the batch whose message is at `batch` failed with `err`.
+/// A task of the batch that the worker in `slot` of pool `zygote` runs
+/// failed with `err`.
 #[cold]
-pub(crate) fn task_failed(batch: Option<*const u8>, err: &Error) {
-    if let (Some(r), Some(batch)) = (recorder(), batch) {
+pub(crate) fn task_failed(zygote: i32, slot: usize, err: &Error) {
+    if let Some(r) = recorder() {
         let outcome = if matches!(err, Error::Panicked { .. }) { Outcome::Panicked } else { Outcome::Failed };
-        r.push(
-            TASK_FAILED,
-            sys::monotonic_ns(),
-            pack(0, pack_outcome(outcome) as i32),
-            batch as usize as u64,
-        );
+        r.push(TASK_FAILED, sys::monotonic_ns(), pack(zygote, slot as i32), pack_outcome(outcome));
     }
 }
 
-/// The last result of the batch whose message is at `batch` came in.
+/// The worker in `slot` of pool `zygote` ran a batch of `tasks` tasks from
+/// `start` to `end`: the pool's own instants, so that recording reads no
+/// clock (one event per batch, a few stores).
 #[inline]
-pub(crate) fn batch_done(batch: Option<*const u8>) {
-    if let (Some(r), Some(batch)) = (recorder(), batch) {
-        r.push(BATCH_DONE, sys::monotonic_ns(), 0, batch as usize as u64);
+pub(crate) fn batch_ran(zygote: i32, slot: usize, start: Instant, end: Instant, tasks: u32) {
+    if let Some(r) = recorder() {
+        let (start, end) = (r.ns_of(start), r.ns_of(end));
+        r.push3(BATCH_RAN, end, [pack(zygote, slot as i32), u64::from(tasks), start]);
+    }
+}
+
+/// Worker `pid` died in the batch it had run since `start`; `cause` is
+/// what its task gets (a timeout, its death, or the corruption it was
+/// killed for).
+#[cold]
+pub(crate) fn batch_cut(pid: i32, start: Instant, cause: &Error) {
+    if let Some(r) = recorder() {
+        let outcome = match cause {
+            Error::Timeout => Outcome::Timeout,
+            Error::WorkerDied { .. } => Outcome::WorkerDied,
+            // Killed by the parent: its ring went corrupt.
+            _ => Outcome::Failed,
+        };
+        r.push3(BATCH_CUT, sys::monotonic_ns(), [pack(pid, 0), pack_outcome(outcome), r.ns_of(start)]);
     }
 }
 
@@ -501,7 +563,7 @@ mod tests {
         assert_eq!(unpack(pack(-5, 7)), (-5, 7));
         assert_eq!(unpack(pack(i32::MAX, i32::MIN)), (i32::MAX, i32::MIN));
         for outcome in Outcome::ALL {
-            assert_eq!(Outcome::ALL[pack_outcome(outcome) as usize], outcome);
+            assert_eq!(outcome_of(pack_outcome(outcome)), outcome);
         }
         for role in [Role::Parent, Role::Zygote, Role::Worker, Role::Child, Role::Job] {
             assert_eq!(Role::from_code(role.code()), role);

@@ -177,7 +177,7 @@ fn summary(timeline: &Timeline, lanes: &[Lane]) -> String {
     let mut line =
         format!("{} processes over {} ms", lanes.len(), format_ms(timeline.duration as f64 / 1e6, 3));
     if lanes.iter().any(|l| l.role == Role::Worker && !l.bars.is_empty()) {
-        line.push_str("; bars on worker lanes are pool batches, from dispatch to last result");
+        line.push_str("; bars on worker lanes are pool batches, from their turn to their last result");
     }
     if lanes.iter().any(|l| l.role == Role::Job) {
         line.push_str("; a job's bar is coloured by how it ended");
