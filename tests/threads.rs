@@ -467,3 +467,217 @@ fn a_waker_that_calls_back_into_the_pool_gets_an_error_not_a_deadlock() {
     assert_eq!(r.get().unwrap(), 50);
     assert_eq!(pool.apply(cube, 3u64).unwrap(), 27);
 }
+
+// ---------------------------------------------------------------------------
+// found by review: each of these hung, froze or lost work before its fix
+
+#[test]
+fn callers_parked_behind_a_caller_that_leaves_are_never_stranded() {
+    // Three threads, twenty `apply`s each, many rounds: the thread woken
+    // to take over the pump role may find its own result already in and
+    // leave; it must pass the role on, or the others park for ever.
+    let _w = watchdog(Duration::from_secs(120), "stranded parked callers");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    for round in 0..300u64 {
+        let threads: Vec<_> = (0..3u64)
+            .map(|t| {
+                let pool = Arc::clone(&pool);
+                std::thread::spawn(move || {
+                    for i in 0..20u64 {
+                        let x = round * 100 + t * 20 + i;
+                        assert_eq!(pool.apply(cube, x).unwrap(), cube(x));
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_panicking_waker_leaves_the_pool_working() {
+    let _w = watchdog(Duration::from_secs(60), "panicking waker");
+    struct Panics;
+    impl Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            panic!("an executor's waker panicked");
+        }
+    }
+    let pool = Arc::new(Pool::new(2).unwrap());
+    // Work outstanding beside the future, so the thread that runs the
+    // waker has more to do afterwards.
+    let mut slow = pool.apply_async(sleep_ms, 300u64).unwrap();
+    let mut r = pool.apply_async(sleep_ms, 20u64).unwrap();
+    let waker = Waker::from(Arc::new(Panics));
+    assert!(Pin::new(&mut r).poll(&mut Context::from_waker(&waker)).is_pending());
+    std::thread::sleep(Duration::from_millis(100));
+    // Other threads, later futures and the result itself still work.
+    let other = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.apply(cube, 3u64).unwrap())
+    };
+    assert_eq!(other.join().unwrap(), 27);
+    assert_eq!(block_on(pool.apply_async(cube, 4u64).unwrap()).unwrap(), 64);
+    assert_eq!(r.get().unwrap(), 20);
+    assert_eq!(slow.get().unwrap(), 300);
+}
+
+#[test]
+fn polling_with_a_zero_timeout_moves_the_work() {
+    // Each poll counts as a caller's activity, so the driver keeps out of
+    // its way: the poll itself must take the result in. (Before, it gave
+    // up before looking, and a result waited for a gap of a millisecond
+    // between polls: 50 ms to seconds for a 20 ms task.)
+    let _w = watchdog(Duration::from_secs(60), "get_timeout(ZERO) polling");
+    let pool = Pool::new(2).unwrap();
+    for _ in 0..10 {
+        let mut r = pool.apply_async(sleep_ms, 20u64).unwrap();
+        let t = Instant::now();
+        let v = loop {
+            match r.get_timeout(Duration::ZERO) {
+                Ok(v) => break v,
+                Err(Error::Timeout) => std::thread::sleep(Duration::from_micros(100)),
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        assert_eq!(v, 20);
+        assert!(t.elapsed() < Duration::from_millis(1_000), "a 20 ms task took {:?}", t.elapsed());
+    }
+}
+
+/// Yields `n` numbers slowly: an input still being encoded when another
+/// thread closes and joins the pool.
+fn slowly(n: u64) -> impl Iterator<Item = u64> {
+    (0..n).inspect(|_| std::thread::sleep(Duration::from_millis(1)))
+}
+
+#[test]
+fn join_waits_for_a_map_that_was_being_filled_before_close() {
+    let _w = watchdog(Duration::from_secs(60), "join beside a filling map");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let mapper = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.map_chunked(cube, slowly(200), 1))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    pool.close();
+    pool.join().unwrap();
+    // Accepted before the close: every task ran.
+    assert_eq!(mapper.join().unwrap().unwrap(), (0..200u64).map(cube).collect::<Vec<_>>());
+    assert!(matches!(pool.apply(cube, 1u64), Err(Error::Closed)));
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn other_threads_do_not_wait_while_a_stopped_zygote_is_ended() {
+    let _w = watchdog(Duration::from_secs(60), "stopped zygote at terminate");
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let mut r = pool.apply_async(sleep_ms, 10_000u64).unwrap();
+    assert!(!r.ready());
+    let zygote = common::pools::stat(pool.pids()[0]).unwrap().1;
+    // SAFETY: kill takes integers; the zygote is our child.
+    assert_eq!(unsafe { libc::kill(zygote, libc::SIGSTOP) }, 0);
+    let ender = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.terminate())
+    };
+    // terminate waits up to a second for the stopped zygote, then kills it;
+    // meanwhile a call from another thread answers at once.
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let _ = r.ready();
+    assert!(t.elapsed() < Duration::from_millis(500), "ready() waited {:?}", t.elapsed());
+    ender.join().unwrap();
+    assert!(matches!(r.get(), Err(Error::Closed)));
+    drop(pool);
+    assert_no_children();
+}
+
+// found by the second review
+
+#[test]
+fn work_moves_while_a_thread_keeps_submitting_without_waiting() {
+    // A producer that never waits, submitting more often than the driver's
+    // grace period: its tasks must still run as it goes, not pile up.
+    let _w = watchdog(Duration::from_secs(60), "a producer that never waits");
+    let pool = Pool::new(2).unwrap();
+    let mut most = 0;
+    for i in 0..3_000u64 {
+        drop(pool.apply_async(cube, i).unwrap());
+        most = most.max(pool.queued());
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    assert!(most < 500, "{most} tasks waited in the parent");
+}
+
+fn panics_at(n: u64) -> impl Iterator<Item = u64> {
+    (0..n + 1).inspect(move |&i| {
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(i < n, "the input iterator panicked");
+    })
+}
+
+#[test]
+fn join_is_not_held_up_by_a_map_whose_input_panics() {
+    let _w = watchdog(Duration::from_secs(60), "join beside a panicking input");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let mapper = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.map_chunked(cube, panics_at(100), 1))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    pool.close();
+    let t = Instant::now();
+    pool.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "join took {:?}", t.elapsed());
+    assert!(mapper.join().is_err(), "the map's thread should have panicked");
+    assert!(pool.pids().is_empty(), "an ended pool has no workers");
+}
+
+#[test]
+fn join_from_a_calls_own_input_is_an_error_not_a_deadlock() {
+    let _w = watchdog(Duration::from_secs(30), "join from inside a map's input");
+    let pool = Pool::new(2).unwrap();
+    let joined = std::cell::RefCell::new(None);
+    let input = (0..10u64).inspect(|&i| {
+        if i == 5 {
+            pool.close();
+            *joined.borrow_mut() = Some(pool.join());
+        }
+    });
+    assert_eq!(pool.map_chunked(cube, input, 1).unwrap(), (0..10u64).map(cube).collect::<Vec<_>>());
+    assert!(matches!(joined.into_inner(), Some(Err(Error::InvalidState(_)))));
+    pool.join().unwrap();
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn terminate_during_a_join_kills_now_and_every_joiner_sees_the_end() {
+    let _w = watchdog(Duration::from_secs(60), "terminate during join");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    assert_eq!(pool.map(cube, 0..10u64).unwrap().len(), 10);
+    let worker = pool.pids()[0];
+    // A stopped worker cannot exit on its own: a polite join waits for it
+    // (up to 10 s).
+    // SAFETY: kill takes integers; the worker is our pool's.
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGSTOP) }, 0);
+    pool.close();
+    let joiners: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || pool.join())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    pool.terminate();
+    assert!(t.elapsed() < Duration::from_secs(3), "terminate took {:?}", t.elapsed());
+    let outcomes: Vec<_> = joiners.into_iter().map(|j| j.join().unwrap()).collect();
+    assert_eq!(outcomes[0], outcomes[1]);
+    // The worker is gone: killed and reaped, not left stopped.
+    assert!(common::pools::stat(worker).is_none(), "worker {worker} is still there");
+    drop(pool);
+    assert_no_children();
+}

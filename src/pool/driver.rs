@@ -25,16 +25,20 @@
 //!   that dies between calls is noticed at once).
 //!
 //! # Fork safety
-//! After `Pool::new` the program has one more thread. The locks it may
-//! hold at any moment are this pool's engine lock and, inside allocations,
-//! the allocator's (glibc's `fork` resets those in the child). A child
-//! forked meanwhile never takes the engine lock: every entry point checks
-//! the owning pid first and touches nothing in another process (see
-//! `Pool::check_owner`), and the pool's `Drop` there neither locks nor
-//! joins. The driver writes nothing to stdout or stderr (traces go out by
-//! raw `write`), takes no registry lock (the registries are lock-free), and
-//! never runs user code: `Wire` encoding and decoding and wakers run in the
-//! callers' threads, with the lock released.
+//! Once the driver has started, the program has one more thread. The
+//! locks it may hold at any moment are this pool's engine lock and, inside
+//! allocations, the allocator's (glibc's `fork` resets those in the
+//! child). A child forked meanwhile never takes the engine lock: every
+//! entry point checks the owning pid first and touches nothing in another
+//! process (see `Pool::check_owner`), and the pool's `Drop` there neither
+//! locks nor joins. The driver writes nothing to stdout or stderr (traces
+//! go out by raw `write`), takes no registry lock (the registries are
+//! lock-free), and runs no user code but one kind: the wakers of awaited
+//! results, which it calls with the lock released (an executor's waker may
+//! take the executor's own lock: a child forked at that instant must not
+//! use that executor). `Wire` encoding and decoding run in the callers'
+//! threads. A waker that panics is caught (its panic hook has reported it):
+//! the other waiters are still woken and the pool goes on.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -85,6 +89,11 @@ pub(crate) struct Core {
     /// This core, for the driver thread started later.
     me: Weak<Core>,
     driver: Mutex<Option<JoinHandle<()>>>,
+    /// How the zygote's end went, once the thread that waited for it
+    /// (outside the engine lock) knows: every `join` and `terminate`
+    /// returns only then, and all see the same outcome.
+    zygote_end: Mutex<Option<Result<()>>>,
+    zygote_end_cv: std::sync::Condvar,
     /// The driver thread's id: it must never wait on its own pool (a
     /// waker it runs might try).
     driver_id: std::sync::OnceLock<std::thread::ThreadId>,
@@ -138,6 +147,7 @@ impl Nudge {
 #[derive(Debug)]
 pub(crate) struct Locked<'a> {
     guard: Option<MutexGuard<'a, Engine>>,
+    core: &'a Core,
 }
 
 impl std::ops::Deref for Locked<'_> {
@@ -163,9 +173,16 @@ impl Drop for Locked<'_> {
     fn drop(&mut self) {
         let Some(mut guard) = self.guard.take() else { return };
         let wake = std::mem::take(&mut guard.to_wake);
+        let nudge = std::mem::take(&mut guard.nudge_pumper) && guard.pumping;
         drop(guard);
+        if nudge {
+            self.core.pump_nudge.nudge();
+        }
         for w in wake {
-            w.wake();
+            // A waker is an executor's code: one that panics (its panic
+            // hook has reported it) must not leave the pump role taken or
+            // the other waiters asleep.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
         }
     }
 }
@@ -204,6 +221,8 @@ impl Core {
             driver_nudge,
             me: me.clone(),
             driver: Mutex::new(None),
+            zygote_end: Mutex::new(None),
+            zygote_end_cv: std::sync::Condvar::new(),
             driver_id: std::sync::OnceLock::new(),
         }))
     }
@@ -233,7 +252,7 @@ impl Core {
     /// The engine, locked. A panic under the lock (a bug) leaves it
     /// poisoned; the state is still the best there is, so go on with it.
     pub(crate) fn lock(&self) -> Locked<'_> {
-        Locked { guard: Some(self.engine.lock().unwrap_or_else(|p| p.into_inner())) }
+        Locked { guard: Some(self.engine.lock().unwrap_or_else(|p| p.into_inner())), core: self }
     }
 
     /// Runs one step if no thread holds the pump role (for calls that show
@@ -270,16 +289,20 @@ impl Core {
         }
         loop {
             if done(&e) {
+                self.hand_on(&mut e);
                 return Ok(e);
             }
             if let Some(err) = e.ended() {
+                self.hand_on(&mut e);
                 return Err(err);
+            }
+            if !e.pumping {
+                // Steps at least once, even past the deadline: a caller
+                // polling with `get_timeout(ZERO)` moves the work too.
+                return self.pump(e, deadline, false, &done);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout);
-            }
-            if !e.pumping {
-                return self.pump(e, deadline, false, &done);
             }
             for &sub in interest.subs {
                 if let Some(s) = e.submission_mut(sub) {
@@ -342,17 +365,28 @@ impl Core {
         e.pumping = false;
         e.driver_pumps = false;
         e.pumper = None;
-        if let Some(next) = e.parked.first().cloned() {
-            e.to_wake.push(Waiter::Thread(next));
-        } else if !as_driver && e.has_work() && (e.driver_idle || self.driver_id.get().is_none()) {
-            // Work nobody pumps for now (an `imap` between two `next`s):
-            // the driver looks after it, once callers leave the pool alone
-            // (or at once for a future). Not started, the work waits for
-            // the next call, as it would without a driver.
-            let _ = self.ensure_driver(&e);
-            self.driver_nudge.nudge();
+        if !(as_driver && e.parked.is_empty()) {
+            self.hand_on(&mut e);
         }
         outcome.map(|()| e)
+    }
+
+    /// With the pump role free, makes sure someone takes it if anyone
+    /// needs it: the first parked caller (it takes the role, or, if its
+    /// wait is over, hands it on in turn), else the driver for work left
+    /// outstanding (an `imap` between two `next`s; at once for a future,
+    /// otherwise once callers leave the pool alone). A driver that cannot
+    /// start leaves the work for the next call, as before there was one.
+    fn hand_on(&self, e: &mut Engine) {
+        if e.pumping {
+            return;
+        }
+        if let Some(next) = e.parked.first().cloned() {
+            e.to_wake.push(Waiter::Thread(next));
+        } else if e.has_work() && (e.driver_idle || self.driver_id.get().is_none()) {
+            let _ = self.ensure_driver(e);
+            self.driver_nudge.nudge();
+        }
     }
 
     /// The pumping thread's sleep, lock released: spins on the rings, then
@@ -365,7 +399,17 @@ impl Core {
             self.parent_bell.as_fd(),
             &[self.reports.as_fd(), self.pump_nudge.read.as_fd()],
             timeout,
-            || self.pump_nudge.pending() || self.engine.lock().map_or(true, |e| e.ready_to_step()),
+            // A lock held by another thread means activity (a call queueing
+            // work or taking results): go and step, rather than queue up
+            // behind it on every turn of the spin.
+            || {
+                self.pump_nudge.pending()
+                    || match self.engine.try_lock() {
+                        Ok(e) => e.ready_to_step(),
+                        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().ready_to_step(),
+                        Err(std::sync::TryLockError::WouldBlock) => true,
+                    }
+            },
         );
         if self.pump_nudge.take() || matches!(woke, Ok(Woke::Other)) {
             self.pump_nudge.drain();
@@ -420,6 +464,8 @@ impl Core {
                 }
                 continue;
             }
+            // Callers parked with the role free (none should be): wake one.
+            self.hand_on(&mut e);
             seen_epoch = e.call_epoch;
             drop(e);
             let _ = self.driver_sleep(false, Some(GRACE));
@@ -453,6 +499,39 @@ impl Core {
             self.driver_nudge.nudge();
         }
         Ok(())
+    }
+
+    /// After the pool ended (`e.finished`, with `exit` from that same
+    /// lock): wakes every thread that might wait, then waits for the
+    /// zygote's end with the lock released — as the one that reaps it if
+    /// `exit` is ours, or for the thread that does. `Ok` if there is none
+    /// (it died and was reaped already).
+    pub(crate) fn end_zygote(
+        &self,
+        mut e: Locked<'_>,
+        exit: Option<super::zygote::ZygoteExit>,
+    ) -> Result<()> {
+        let Some(exit) = exit else {
+            let ending = e.zygote_ending;
+            self.wake_all(e);
+            if !ending {
+                return Ok(());
+            }
+            let mut end = self.zygote_end.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(r) = end.as_ref() {
+                    return r.clone();
+                }
+                end = self.zygote_end_cv.wait(end).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        e.zygote_ending = true;
+        self.wake_all(e);
+        let r = exit.wait(self.reports.as_fd());
+        *self.zygote_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
+        self.zygote_end_cv.notify_all();
+        self.lock().zygote_ending = false;
+        r
     }
 
     /// Wakes every thread that might wait on the pool after it ended: the

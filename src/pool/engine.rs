@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::message::{self, Call, ResultTag};
 use super::queue::TaskQueue;
 use super::shared::{self, Layout};
-use super::zygote::{Report, Zygote};
+use super::zygote::{Report, Zygote, ZygoteExit};
 use crate::error::{Error, OsError, Result};
 use crate::ring::{Receiver, Sender};
 use crate::status::ExitStatus;
@@ -113,6 +113,11 @@ impl BatchEncoder {
         BatchEncoder { sub, call, chunk, max_msg: ring_capacity / 4, count: 0, arg_len: 16, batch: None }
     }
 
+    /// The submission the batches are for.
+    pub(crate) fn sub(&self) -> u64 {
+        self.sub
+    }
+
     /// Tasks encoded so far.
     pub(crate) fn count(&self) -> usize {
         self.count as usize
@@ -189,6 +194,10 @@ pub(crate) struct Submission {
     remaining: usize,
     /// The caller no longer wants these results (dropped handle).
     abandoned: bool,
+    /// Its caller is still encoding and queueing its tasks...
+    filling: bool,
+    /// ...on this thread (when its input is the caller's own iterator).
+    filler: Option<std::thread::ThreadId>,
     /// Who to wake when results arrive (see [`Waiter`]), and whether each
     /// wants every result (`imap`) or only the last one.
     waiters: Vec<(Waiter, bool)>,
@@ -230,6 +239,8 @@ impl Submission {
             errors: HashMap::new(),
             remaining: 0,
             abandoned: false,
+            filling: true,
+            filler: None,
             waiters: Vec::new(),
         }
     }
@@ -238,6 +249,11 @@ impl Submission {
     /// last; once per waiter (a thread parks again and again, a future is
     /// polled again and again).
     pub(crate) fn add_waiter(&mut self, waiter: Waiter, any: bool) {
+        // A submission has one future at most (its `AsyncResult`): its
+        // latest waker replaces the one it gave before.
+        if let Waiter::Task(_) = waiter {
+            self.waiters.retain(|(w, _)| !matches!(w, Waiter::Task(_)));
+        }
         match self.waiters.iter_mut().find(|(w, _)| w.same(&waiter)) {
             Some(entry) => entry.1 |= any,
             None => self.waiters.push((waiter, any)),
@@ -475,6 +491,15 @@ pub(crate) struct Engine {
     pub futures_waiting: bool,
     /// The driver sleeps until nudged (no work): `apply_async` nudges it.
     pub driver_idle: bool,
+    /// Submissions still being filled by their callers (`join` waits for
+    /// them: their tasks were accepted before `close`).
+    filling: usize,
+    /// A state change the pumping thread must look at (a submission done
+    /// filling, which `join` may wait for): `Locked`'s drop nudges it.
+    pub nudge_pumper: bool,
+    /// The zygote was ordered to end and is being waited for, outside the
+    /// lock, by the thread that holds its `ZygoteExit`.
+    pub zygote_ending: bool,
     /// Callers parked until the pump role is free or their results come.
     pub parked: Vec<Thread>,
     /// Waiters whose results were filed under the lock: woken once it is
@@ -513,6 +538,9 @@ impl Engine {
             call_epoch: 0,
             futures_waiting: false,
             driver_idle: false,
+            filling: 0,
+            nudge_pumper: false,
+            zygote_ending: false,
             parked: Vec::new(),
             to_wake: Vec::new(),
         })
@@ -551,6 +579,9 @@ impl Engine {
     }
 
     pub(crate) fn pids(&self) -> Vec<i32> {
+        if self.finished {
+            return Vec::new();
+        }
         self.slots
             .iter()
             .filter_map(|s| match s.state {
@@ -577,6 +608,7 @@ impl Engine {
         }
         let sub = self.next_sub;
         self.next_sub += 1;
+        self.filling += 1;
         // The length hint sizes the result store up front; capped, as a
         // hint is only a hint (and `0..u64::MAX` has a huge one).
         self.subs.insert(sub, Submission::new(base_index, hint.min(1 << 24)));
@@ -586,13 +618,19 @@ impl Engine {
     /// Queues one finished batch and hands it out, so that workers start
     /// on the first batches while later ones are being encoded.
     pub(crate) fn queue(&mut self, batch: Batch) -> Result<()> {
+        // A caller encoding a big input, about to wait for it: the driver
+        // keeps out of its way (see `driver::GRACE`).
         self.call_epoch = self.call_epoch.wrapping_add(1);
         self.queue_batch(Some(batch));
+        self.step_unless_pumped()
+    }
+
+    /// A step if no thread pumps (results in as well as tasks out, so
+    /// workers whose result rings filled up go on), else a dispatch.
+    pub(crate) fn step_unless_pumped(&mut self) -> Result<()> {
         if self.pumping {
             return self.dispatch();
         }
-        // Nobody pumps: take results in as well, so that workers whose
-        // result rings filled up go on while the caller encodes.
         self.pumping = true;
         let stepped = self.step();
         self.pumping = false;
@@ -600,15 +638,16 @@ impl Engine {
     }
 
     /// Queues the last batch of a submission (if any) and dispatches.
-    pub(crate) fn end_fill(&mut self, batch: Option<Batch>) -> Result<()> {
-        self.call_epoch = self.call_epoch.wrapping_add(1);
+    pub(crate) fn end_fill(&mut self, sub: u64, batch: Option<Batch>) -> Result<()> {
         self.queue_batch(batch);
+        self.done_filling(sub);
         self.dispatch()
     }
 
     /// Forgets a submission whose filling failed: its queued tasks still
     /// run, and their results find no one.
     pub(crate) fn cancel(&mut self, sub: u64) {
+        self.done_filling(sub);
         self.subs.remove(&sub);
     }
 
@@ -650,6 +689,35 @@ impl Engine {
             } else {
                 s.abandoned = true;
             }
+        }
+    }
+
+    /// Whether a caller is still filling a submission (`join` waits).
+    pub(crate) fn filling(&self) -> bool {
+        self.filling > 0
+    }
+
+    /// Submission `sub` has all its tasks (once; a cancelled one too).
+    fn done_filling(&mut self, sub: u64) {
+        if let Some(s) = self.subs.get_mut(&sub) {
+            if std::mem::take(&mut s.filling) {
+                self.filling -= 1;
+                // A `join` may wait (pumping) for the last one.
+                self.nudge_pumper |= self.filling == 0 && self.closed;
+            }
+        }
+    }
+
+    /// Whether `thread` is filling a submission now (a `join` from inside
+    /// a `map`'s own input would wait for itself).
+    pub(crate) fn is_filling(&self, thread: std::thread::ThreadId) -> bool {
+        self.filling > 0 && self.subs.values().any(|s| s.filling && s.filler == Some(thread))
+    }
+
+    /// Records which thread fills submission `sub`.
+    pub(crate) fn set_filler(&mut self, sub: u64, thread: std::thread::ThreadId) {
+        if let Some(s) = self.subs.get_mut(&sub) {
+            s.filler = Some(thread);
         }
     }
 
@@ -814,6 +882,12 @@ impl Engine {
     }
 
     fn handle_reports(&mut self) -> Result<()> {
+        if self.finished {
+            // The zygote is being (or has been) waited for and reaped by
+            // whoever ended the pool, who drains the pipe: reports now are
+            // about workers that are gone.
+            return Ok(());
+        }
         // Load before swap: the word shares a cache line with the parent's
         // sleep flag, which every worker reads after each send; a write at
         // each step would bounce that line. SeqCst: pairs with the zygote's
@@ -1165,22 +1239,28 @@ impl Engine {
 
     /// Stops everything now: workers get SIGKILL, the zygote reaps them and
     /// exits, and every task without an outcome gets `Error::Closed`.
-    pub(crate) fn terminate(&mut self) -> Result<()> {
+    /// The caller waits for the returned zygote with the lock released.
+    pub(crate) fn terminate(&mut self) -> Option<ZygoteExit> {
         if self.finished {
-            return Ok(());
+            if self.zygote_ending {
+                // `join` waits for a polite end: make it a kill.
+                self.zygote.kill_all();
+            }
+            return None;
         }
         self.finished = true;
         self.closed = true;
-        let result = self.zygote.shutdown(true);
+        let exit = self.zygote.begin_shutdown(true);
         self.fail_everything(&Error::Closed);
-        result
+        exit
     }
 
     /// The polite end, once `idle()` and exits are sent: the zygote waits
-    /// for the workers to exit on their own, then exits itself.
-    pub(crate) fn finish(&mut self) -> Result<()> {
+    /// for the workers to exit on their own, then exits itself. The caller
+    /// waits for it with the lock released.
+    pub(crate) fn finish(&mut self) -> Option<ZygoteExit> {
         self.finished = true;
-        self.zygote.shutdown(false)
+        self.zygote.begin_shutdown(false)
     }
 }
 

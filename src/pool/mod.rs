@@ -106,7 +106,7 @@ use driver::{Core, Interest};
 use engine::{BatchEncoder, Engine, Limits};
 use message::Call;
 use shared::Layout;
-use zygote::{Zygote, ZygoteSide};
+use zygote::{Zygote, ZygoteExit, ZygoteSide};
 
 pub use fork_map::fork_map;
 pub use results::{AsyncResult, Imap};
@@ -371,19 +371,36 @@ impl Pool {
         base_index: u64,
     ) -> Result<(u64, usize)> {
         self.check_owner()?;
-        let (sub, ring_capacity) = {
+        let sub = {
             let mut e = self.core.lock();
-            (e.open(base_index, items.size_hint().0)?, e.layout.ring_capacity())
+            let sub = e.open(base_index, items.size_hint().0)?;
+            e.set_filler(sub, std::thread::current().id());
+            sub
         };
-        let mut encoder = BatchEncoder::new(sub, call, chunk, ring_capacity);
-        let filled = self.fill(&mut encoder, items);
-        if filled.is_err() {
-            self.core.lock().cancel(sub);
+        // Cancels the submission if filling fails, or unwinds (the
+        // caller's iterator or `Wire` impl panicked): `join` waits for
+        // submissions being filled.
+        struct Filling<'c> {
+            core: &'c Core,
+            sub: u64,
+            done: bool,
         }
-        filled.map(|()| (sub, encoder.count()))
+        impl Drop for Filling<'_> {
+            fn drop(&mut self) {
+                if !self.done {
+                    self.core.lock().cancel(self.sub);
+                }
+            }
+        }
+        let mut filling = Filling { core: &self.core, sub, done: false };
+        let mut encoder = BatchEncoder::new(sub, call, chunk, self.core.ring_capacity);
+        self.fill(&mut encoder, items)?;
+        filling.done = true;
+        Ok((sub, encoder.count()))
     }
 
     fn fill<A: Wire>(&self, encoder: &mut BatchEncoder, mut items: impl Iterator<Item = A>) -> Result<()> {
+        let sub = encoder.sub();
         while let Some(arg) = items.next() {
             if encoder.push(&arg, || items.size_hint().0)? {
                 if let Some(batch) = encoder.finish() {
@@ -391,7 +408,7 @@ impl Pool {
                 }
             }
         }
-        self.core.lock().end_fill(encoder.finish())
+        self.core.lock().end_fill(sub, encoder.finish())
     }
 
     /// Python's default: ceil(len / (4 × processes)).
@@ -482,13 +499,23 @@ impl Pool {
         let mut encoder = BatchEncoder::new(0, call, 1, self.core.ring_capacity);
         encoder.push(&arg, || 0)?;
         let mut e = self.core.lock();
-        if unattended {
-            self.core.ensure_driver(&e)?;
-        }
         let sub = e.open(0, 1)?;
-        if let Some(mut batch) = encoder.finish() {
-            batch.sub = sub;
-            e.queue(batch)?;
+        if unattended {
+            if let Err(err) = self.core.ensure_driver(&e) {
+                e.cancel(sub);
+                return Err(err);
+            }
+        }
+        let batch = encoder.finish().map(|mut b| {
+            b.sub = sub;
+            b
+        });
+        e.end_fill(sub, batch)?;
+        if unattended {
+            // Nobody will wait for it: move the work along now if nobody
+            // pumps (a producer submitting faster than the driver's grace
+            // period would otherwise keep everything queued).
+            e.step_unless_pumped()?;
         }
         Ok((e, sub))
     }
@@ -587,28 +614,38 @@ impl Pool {
         if !e.closed {
             return Err(Error::InvalidState("join() called before close()"));
         }
+        if e.is_filling(std::thread::current().id()) {
+            // From a call's own input iterator: it would wait for itself.
+            return Err(Error::InvalidState("join() called while this thread submits to the pool"));
+        }
+        let mut exit = None;
         if !e.finished {
-            e = self.finish_queued_work(e)?;
+            (e, exit) = self.finish_queued_work(e)?;
         }
         let broken = e.broken.clone();
-        core.wake_all(e);
+        // The zygote's end is waited for with the lock released: other
+        // threads' calls (`ready`, dropping a result) never wait for it.
+        let waited = core.end_zygote(e, exit);
         core.join_driver();
-        broken.map_or(Ok(()), Err)
+        broken.map_or(waited, Err)
     }
 
     /// `join`'s work: every task has its outcome and no worker is still on
     /// its way (a worker forked after the exit orders went out would wait
     /// for tasks forever, and the zygote, told to wait for its workers,
     /// with it); then the exit orders, then the zygote's polite end.
-    fn finish_queued_work<'a>(&'a self, e: driver::Locked<'a>) -> Result<driver::Locked<'a>> {
+    fn finish_queued_work<'a>(
+        &'a self,
+        e: driver::Locked<'a>,
+    ) -> Result<(driver::Locked<'a>, Option<ZygoteExit>)> {
         let core = &self.core;
-        let settled = |e: &Engine| e.finished || (e.idle() && !e.spawning());
+        let settled = |e: &Engine| e.finished || (e.idle() && !e.spawning() && !e.filling());
         let mut e = ended_is_ok(core, core.wait_until(e, None, Interest::NONE, settled))?;
         while !e.finished {
             e.send_exit()?;
             if e.all_exits_sent() {
-                e.finish()?;
-                break;
+                let exit = e.finish();
+                return Ok((e, exit));
             }
             let soon = Some(Instant::now() + Duration::from_millis(1));
             e = match core.wait_until(e, soon, Interest::NONE, |e| e.finished) {
@@ -616,7 +653,7 @@ impl Pool {
                 waited => ended_is_ok(core, waited)?,
             };
         }
-        Ok(e)
+        Ok((e, None))
     }
 
     /// Kills every worker now (SIGKILL), reaps them, and ends the pool,
@@ -628,8 +665,8 @@ impl Pool {
             return;
         }
         let mut e = self.core.lock();
-        let _ = e.terminate();
-        self.core.wake_all(e);
+        let exit = e.terminate();
+        let _ = self.core.end_zygote(e, exit);
         self.core.join_driver();
     }
 }

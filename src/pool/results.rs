@@ -337,6 +337,11 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             return self.refused.take().map(Err);
         }
         if let Err(e) = check_owner(&self.pool.core) {
+            // A copy in a forked child: say so once, then end (the chunks
+            // are the parent's; nothing here is locked or released).
+            self.pending.clear();
+            self.input = None;
+            self.outstanding = 0;
             return Some(Err(e));
         }
         // A chunk already taken needs no lock; otherwise wait for one.

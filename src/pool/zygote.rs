@@ -294,29 +294,11 @@ impl Zygote {
         }
         let whole = self.partial.len() / REP_LEN * REP_LEN;
         for (report, at_ns) in self.partial[..whole].chunks_exact(REP_LEN).filter_map(Report::decode) {
-            // What the timeline sees of the workers: the zygote's reports.
-            match report {
-                Report::Spawned { slot, pid } => crate::timeline::worker_forked(self.pid, slot, pid, at_ns),
-                Report::Died { pid, status, timed_out, .. } => {
-                    crate::timeline::worker_ended(pid, status, timed_out, at_ns)
-                }
-                Report::SpawnFailed { .. } => {}
-            }
+            to_timeline(self.pid, report, at_ns);
             out.push(report);
         }
         self.partial.drain(..whole);
         Ok(alive)
-    }
-
-    /// Reads the reports nobody waits for any more (the pool is ending);
-    /// `Ok(false)` at end of file. They are dropped once the timeline, if
-    /// one records, has seen them.
-    fn drain_reports(&mut self) -> Result<bool> {
-        if !crate::timeline::recording() {
-            return sys::bell::drain(self.reports.as_fd());
-        }
-        let mut unread = Vec::new();
-        self.read_reports(&mut unread)
     }
 
     /// Ends the zygote and waits for it. `kill`: workers get `SIGKILL` now,
@@ -325,27 +307,39 @@ impl Zygote {
     /// their own (they have been told to). Idempotent; does nothing in a
     /// process other than the owner.
     pub(crate) fn shutdown(&mut self, kill: bool) -> Result<()> {
+        match self.begin_shutdown(kill) {
+            Some(exit) => exit.wait(self.reports.as_fd()),
+            None => Ok(()),
+        }
+    }
+
+    /// Orders the zygote's end (as [`Zygote::shutdown`]) and hands over the
+    /// wait for it: the pool waits with its lock released, so that other
+    /// threads' calls do not hang on a zygote slow to go (stopped, say).
+    /// `None` if it was already ended, or this is not its parent.
+    pub(crate) fn begin_shutdown(&mut self, kill: bool) -> Option<ZygoteExit> {
         if self.reaped || sys::current_pid() != self.owner {
-            return Ok(());
+            return None;
         }
         self.unregister();
         let sent = self.request(if kill { REQ_KILL_ALL } else { REQ_SHUTDOWN }, 0);
-        // Closing the request pipe is the fallback order: EOF means kill all.
-        self.requests = None;
-        let limit = if kill { ZYGOTE_EXIT_LIMIT } else { ZYGOTE_JOIN_LIMIT };
-        let waited = self.reap_within(limit);
-        self.reaped = true;
-        let status = waited?;
         if kill {
-            return Ok(());
+            // Closing the request pipe is the fallback order: EOF means
+            // kill all. After a polite order it stays open, for
+            // [`Zygote::kill_all`].
+            self.requests = None;
         }
-        // The polite end: every worker was told to exit, and the zygote
-        // exits 0 once it has reaped them all. Anything else is news.
-        match status {
-            Some(ExitStatus::Exited(0)) => sent,
-            Some(status) => Err(Error::ZygoteDied { pid: self.pid, exitcode: Some(status.exitcode()) }),
-            None => Err(Error::ZygoteDied { pid: self.pid, exitcode: None }),
-        }
+        // Whoever holds the `ZygoteExit` reaps it.
+        self.reaped = true;
+        Some(ZygoteExit { pid: self.pid, kill, sent })
+    }
+
+    /// Turns a polite end already ordered into a kill: every worker gets
+    /// `SIGKILL` from the zygote (which reaps them, so their pids are
+    /// still theirs), and the zygote exits.
+    pub(crate) fn kill_all(&mut self) {
+        let _ = self.request(REQ_KILL_ALL, 0);
+        self.requests = None;
     }
 
     /// The zygote's report pipe read end of file: it has exited (or is
@@ -359,54 +353,134 @@ impl Zygote {
         Ok(Error::ZygoteDied { pid: self.pid, exitcode: status.map(|s| s.exitcode()) })
     }
 
-    /// Waits at most `limit` for the zygote to exit, then kills it; reaps it
-    /// either way. (It is our unreaped child, so its pid is still its own.)
-    /// `Ok(None)`: it was reaped by someone else (`SIGCHLD` ignored makes
-    /// the kernel reap it), so its status is lost.
-    fn reap_within(&mut self, limit: Duration) -> Result<Option<ExitStatus>> {
-        let waited = match self.wait_exit(sys::deadline_after(limit)) {
-            Ok(Some(status)) => return Ok(Some(status)),
-            Ok(None) => {
-                sys::kill(Pid::from_raw(self.pid), libc::SIGKILL)?;
-                sys::waitpid(self.pid, false)
-            }
-            Err(e) => Err(e),
-        };
-        match waited {
-            Err(Error::Os(e)) if e.errno == libc::ECHILD => Ok(None),
-            other => other,
-        }
-    }
-
-    /// Waits until `deadline` (`None`: no limit) for the zygote to exit and
-    /// reaps it; `Ok(None)` if it still runs then. Its exit closes the
-    /// report pipe's only write end, so the wait is a `poll` for that end
-    /// of file, not a timer; a look every 10 ms covers a copy of
-    /// the write end that leaked into some other child.
-    fn wait_exit(&mut self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
-        const REAP_LOOK: Duration = Duration::from_millis(10);
-        loop {
-            if let Some(status) = sys::waitpid(self.pid, true)? {
-                // Its last reports (its workers' deaths) are in the pipe.
-                self.drain_reports()?;
-                return Ok(Some(status));
-            }
-            let left = deadline.map_or(REAP_LOOK, |d| d.saturating_duration_since(Instant::now()));
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let ready = sys::poll(&[(self.reports.as_fd(), true, false)], Some(left.min(REAP_LOOK)))?;
-            // Reports nobody will read now, or the end of file: the pipe
-            // is drained like a doorbell.
-            if (ready[0].hangup || ready[0].readable) && !self.drain_reports()? {
-                return sys::waitpid(self.pid, false);
-            }
-        }
+    /// [`reap_within`] this zygote, through its report pipe.
+    fn reap_within(&self, limit: Duration) -> Result<Option<ExitStatus>> {
+        reap_within(self.pid, self.reports.as_fd(), limit)
     }
 
     fn unregister(&mut self) {
         if let Some(entry) = self.registered.take() {
             registry::forget_pool(entry);
+        }
+    }
+}
+
+/// A zygote told to end, to be waited for and reaped
+/// ([`Zygote::begin_shutdown`]).
+#[derive(Debug)]
+#[must_use = "the zygote must be reaped"]
+pub(crate) struct ZygoteExit {
+    pid: i32,
+    kill: bool,
+    /// Whether the order reached it.
+    sent: Result<()>,
+}
+
+impl ZygoteExit {
+    /// Waits for the zygote (at most [`ZYGOTE_EXIT_LIMIT`] after a kill
+    /// order, [`ZYGOTE_JOIN_LIMIT`] after a polite one; then `SIGKILL`),
+    /// reaps it, and says whether a polite end went as it should.
+    /// `reports`: the report pipe (any copy of its read end).
+    pub(crate) fn wait(self, reports: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        let limit = if self.kill { ZYGOTE_EXIT_LIMIT } else { ZYGOTE_JOIN_LIMIT };
+        let status = reap_within(self.pid, reports, limit)?;
+        if self.kill {
+            return Ok(());
+        }
+        // The polite end: every worker was told to exit, and the zygote
+        // exits 0 once it has reaped them all. Anything else is news.
+        match status {
+            Some(ExitStatus::Exited(0)) => self.sent,
+            Some(status) => Err(Error::ZygoteDied { pid: self.pid, exitcode: Some(status.exitcode()) }),
+            None => Err(Error::ZygoteDied { pid: self.pid, exitcode: None }),
+        }
+    }
+}
+
+/// Waits at most `limit` for zygote `pid` to exit, then kills it; reaps it
+/// either way. (It is our unreaped child, so its pid is still its own.)
+/// `Ok(None)`: it was reaped by someone else (`SIGCHLD` ignored makes the
+/// kernel reap it), so its status is lost.
+fn reap_within(
+    pid: i32,
+    reports: std::os::fd::BorrowedFd<'_>,
+    limit: Duration,
+) -> Result<Option<ExitStatus>> {
+    let waited = match wait_exit(pid, reports, sys::deadline_after(limit)) {
+        Ok(Some(status)) => return Ok(Some(status)),
+        Ok(None) => {
+            sys::kill(Pid::from_raw(pid), libc::SIGKILL)?;
+            sys::waitpid(pid, false)
+        }
+        Err(e) => Err(e),
+    };
+    match waited {
+        Err(Error::Os(e)) if e.errno == libc::ECHILD => Ok(None),
+        other => other,
+    }
+}
+
+/// Waits until `deadline` (`None`: no limit) for zygote `pid` to exit and
+/// reaps it; `Ok(None)` if it still runs then. Its exit closes the report
+/// pipe's only write end, so the wait is a `poll` for that end of file,
+/// not a timer; a look every 10 ms covers a copy of the write end that
+/// leaked into some other child.
+fn wait_exit(
+    pid: i32,
+    reports: std::os::fd::BorrowedFd<'_>,
+    deadline: Option<Instant>,
+) -> Result<Option<ExitStatus>> {
+    const REAP_LOOK: Duration = Duration::from_millis(10);
+    loop {
+        if let Some(status) = sys::waitpid(pid, true)? {
+            // Its last reports (its workers' deaths) are in the pipe.
+            drain_reports(pid, reports)?;
+            return Ok(Some(status));
+        }
+        let left = deadline.map_or(REAP_LOOK, |d| d.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let ready = sys::poll(&[(reports, true, false)], Some(left.min(REAP_LOOK)))?;
+        // Reports nobody will read now, or the end of file: the pipe is
+        // drained like a doorbell.
+        if (ready[0].hangup || ready[0].readable) && !drain_reports(pid, reports)? {
+            return sys::waitpid(pid, false);
+        }
+    }
+}
+
+/// Tells the timeline what a report of zygote `zygote` says about its
+/// workers (all it sees of them).
+fn to_timeline(zygote: i32, report: Report, at_ns: u64) {
+    match report {
+        Report::Spawned { slot, pid } => crate::timeline::worker_forked(zygote, slot, pid, at_ns),
+        Report::Died { pid, status, timed_out, .. } => {
+            crate::timeline::worker_ended(pid, status, timed_out, at_ns)
+        }
+        Report::SpawnFailed { .. } => {}
+    }
+}
+
+/// Empties the report pipe of an ending zygote like a doorbell; `Ok(false)`
+/// at end of file. With a timeline recording, the reports (its workers'
+/// deaths) are read first. Each was written with one `write` of
+/// [`REP_LEN`] bytes, and a read of a multiple of that takes whole ones.
+fn drain_reports(zygote: i32, reports: std::os::fd::BorrowedFd<'_>) -> Result<bool> {
+    if !crate::timeline::recording() {
+        return sys::bell::drain(reports);
+    }
+    let mut buf = [0u8; 64 * REP_LEN];
+    loop {
+        match sys::read(reports, &mut buf) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                for (report, at_ns) in buf[..n].chunks_exact(REP_LEN).filter_map(Report::decode) {
+                    to_timeline(zygote, report, at_ns);
+                }
+            }
+            Err(Error::Os(e)) if e.errno == libc::EAGAIN => return Ok(true),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -450,6 +524,10 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     let mut live: HashMap<i32, usize> = HashMap::new();
     let mut timers = Timers::default();
     let mut shutting_down = false;
+    // Requests are read until EOF or a kill order, also after a polite
+    // shutdown order: the parent may then still ask for the kill
+    // (`terminate` while `join` waits).
+    let mut listening = true;
     loop {
         if !shutting_down && sys::getppid() != parent {
             // Re-parented: the parent died. Same as EOF on the requests.
@@ -463,7 +541,7 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
         }
         let wake_at = timers.run(&live, &side.layout, side.task_timeout);
         let mut fds = vec![(sig_r.as_fd(), true, false)];
-        if !shutting_down {
+        if listening {
             fds.push((side.requests.as_fd(), true, false));
         }
         let ready = sys::poll(&fds, wake_at.map(|t| t.saturating_duration_since(Instant::now())))?;
@@ -479,11 +557,13 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
                 }
             }
         }
-        if !shutting_down && ready.get(1).is_some_and(|r| r.readable || r.hangup) {
+        if listening && ready.get(1).is_some_and(|r| r.readable || r.hangup) {
             let mut rec = [0u8; REQ_LEN];
             let n = read_record(side.requests.as_fd(), &mut rec)?;
             let (kind, slot) = parse_request(&rec);
             match (n, kind) {
+                // No new worker once the end was ordered.
+                (REQ_LEN, REQ_SPAWN) if shutting_down => {}
                 (REQ_LEN, REQ_SPAWN) => {
                     match spawn_worker(side, slot, zygote_pid, parent_ignores_sigpipe, &sig_r, &sig_w) {
                         Ok(pid) => {
@@ -506,6 +586,7 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
                 // REQ_KILL_ALL, or EOF: the parent is gone or wants it over.
                 _ => {
                     shutting_down = true;
+                    listening = false;
                     kill_workers(&live, &mut timers);
                 }
             }
