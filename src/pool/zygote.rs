@@ -433,8 +433,10 @@ fn wait_exit(
     const REAP_LOOK: Duration = Duration::from_millis(10);
     loop {
         if let Some(status) = sys::waitpid(pid, true)? {
-            // Its last reports (its workers' deaths) are in the pipe.
-            drain_reports(pid, reports)?;
+            if crate::timeline::recording() {
+                // Its last reports (its workers' deaths) are in the pipe.
+                drain_reports(pid, reports)?;
+            }
             return Ok(Some(status));
         }
         let left = deadline.map_or(REAP_LOOK, |d| d.saturating_duration_since(Instant::now()));
