@@ -35,7 +35,7 @@ else
 RUST_TESTS = $(CARGO) test --no-fail-fast -- --test-threads=1
 endif
 
-.PHONY: all help release c demo test test-rust fmt-check clippy doc man-lint install-check bench \
+.PHONY: all help release c demo timeline test test-rust fmt-check clippy doc man-lint install-check bench \
         compare man install uninstall clean
 
 all: release c
@@ -43,6 +43,7 @@ all: release c
 help:
 	@echo "make            build mproc (release) and the C reference programs"
 	@echo "make demo       run the seed lessons, one after another"
+	@echo "make timeline   draw the seed lessons' processes to $(BUILD)/timeline/*.svg"
 	@echo "make test       fmt check, clippy, C build, all Rust tests, man page lint"
 	@echo "make bench      run the benchmarks (ratios against same-run baselines)"
 	@echo "make compare    the same operations in C, mproc and Python, one table"
@@ -70,6 +71,15 @@ demo: release
 	@echo
 	@echo "== mproc isolation: processes copy memory, threads share it"
 	@$(MPROC) isolation
+
+# The seed lessons with --timeline: one SVG each (their output is not kept).
+TIMELINES := square numbers cube
+timeline: release
+	@mkdir -p $(BUILD)/timeline
+	@for lesson in $(TIMELINES); do \
+	    $(MPROC) --timeline $(BUILD)/timeline/$$lesson.svg $$lesson >/dev/null || exit 1; \
+	    echo "$(BUILD)/timeline/$$lesson.svg"; \
+	done
 
 test: fmt-check clippy c test-rust doc man-lint install-check
 

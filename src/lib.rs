@@ -86,6 +86,10 @@
 //! **[`runner`]** is the engine of `mproc run`, a parallel command runner on
 //! `fork` + `execvp`.
 //!
+//! **[`timeline`]** records which process existed when, who forked whom,
+//! how each ended and which pool batch ran where, without locks, for a
+//! picture drawn at the end (the CLI's `--timeline`).
+//!
 //! Every system call lives in one private module, retries `EINTR`, and
 //! reports failure as [`Error::Os`] naming the call; [`set_trace`] prints
 //! each one as it happens (the CLI's `--trace`), and
@@ -149,6 +153,7 @@ pub mod ring;
 pub mod runner;
 pub mod status;
 pub(crate) mod sys;
+pub mod timeline;
 pub mod wire;
 
 pub use error::{Error, OsError, Result};
@@ -156,8 +161,8 @@ pub use pool::{exit_cleanly_on_signals, fork_map, AsyncResult, Imap, Pool, PoolB
 pub use process::{spawn, JoinHandle, Process};
 pub use status::ExitStatus;
 pub use sys::{
-    minor_faults, open_fd_count, page_size, set_trace, set_trace_categories, trace_categories, tracing,
-    TraceCategories,
+    minor_faults, open_fd_count, page_size, set_trace, set_trace_categories, terminal_columns,
+    trace_categories, tracing, TraceCategories,
 };
 pub use wire::{DecodeError, Wire};
 

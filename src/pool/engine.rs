@@ -847,6 +847,9 @@ impl Engine {
                     Some(ResultTag::Corrupt) | None => return Err(DecodeError::new("corrupt result frame")),
                     Some(_) => crate::outcome::bytes_or_error(tag, payload),
                 };
+                if let Err(e) = &outcome {
+                    crate::timeline::task_failed(self.zygote.pid(), k, e);
+                }
                 if let Some(s) = submission.as_deref_mut() {
                     s.set(first + slot.head_done, outcome);
                 }
@@ -858,6 +861,7 @@ impl Engine {
                 slot.head_done = 0;
                 slot.sending = slot.sending.saturating_sub(1);
                 let now = Instant::now();
+                crate::timeline::batch_ran(self.zygote.pid(), k, slot.head_since, now, count);
                 slot.quick = now.duration_since(slot.head_since) < QUICK_BATCH;
                 slot.head_since = now;
             }
@@ -1002,6 +1006,7 @@ impl Engine {
         if let Some(hit) = victim {
             let index = self.subs.get(&hit.sub).map_or(0, |s| s.base_index) + u64::from(hit.first);
             let err = cause.unwrap_or_else(|| Error::died(pid, status, Some(index)));
+            crate::timeline::batch_cut(pid, self.slots[k].head_since, &err);
             self.file(hit.sub, hit.first, Err(err));
         }
         // Finished tasks whose results were lost run again, once: lost a

@@ -11,7 +11,9 @@
 //! Protocol, over two pipes made before the zygote was forked:
 //! requests (parent -> zygote) and reports (zygote -> parent) are fixed-size
 //! little-endian records, each written with one `write` (< PIPE_BUF, so
-//! never split).
+//! never split). A report carries the zygote's `CLOCK_MONOTONIC` when it
+//! was made, for the timeline; deaths are reported while the pool shuts
+//! down too (the parent reads them while it waits for the zygote).
 //!
 //! Task timeouts are the zygote's job too: it is always awake to run a
 //! timer, whether or not the parent is inside a pool call, and it maps the
@@ -55,8 +57,11 @@ const REP_SPAWNED: u32 = 1;
 const REP_SPAWN_FAILED: u32 = 2;
 const REP_DIED: u32 = 3;
 const REP_TIMED_OUT: u32 = 4;
-const REP_LEN: usize = 20;
-const _: () = assert!(<(u32, u32, i32, i32, i32)>::MIN_ENCODED_LEN == REP_LEN);
+/// A report record: the report, then the zygote's `CLOCK_MONOTONIC` when it
+/// made it (for the timeline: when the worker was forked or reaped).
+const REP_BODY_LEN: usize = 20;
+const REP_LEN: usize = REP_BODY_LEN + 8;
+const _: () = assert!(<(u32, u32, i32, i32, i32)>::MIN_ENCODED_LEN == REP_BODY_LEN);
 
 /// A request record: `(kind, slot)` as little-endian words. Built on the
 /// stack, so the exit-signal handler can make one too.
@@ -105,8 +110,9 @@ pub(crate) enum Report {
 
 impl Report {
     /// The record: `(kind, slot, a, b, c)` as little-endian words, the
-    /// [`Wire`] encoding of that tuple ([`REP_LEN`] bytes).
-    fn encode(&self) -> Vec<u8> {
+    /// [`Wire`] encoding of that tuple ([`REP_BODY_LEN`] bytes), then the
+    /// time stamp `at_ns`.
+    fn encode(&self, at_ns: u64) -> Vec<u8> {
         let (kind, slot, a, b, c) = match *self {
             Report::Spawned { slot, pid } => (REP_SPAWNED, slot, pid, 0, 0),
             Report::SpawnFailed { slot, errno } => (REP_SPAWN_FAILED, slot, 0, errno, 0),
@@ -120,24 +126,30 @@ impl Report {
                 }
             }
         };
-        (kind, slot as u32, a, b, c).to_bytes()
+        let mut rec = (kind, slot as u32, a, b, c).to_bytes();
+        rec.extend_from_slice(&at_ns.to_le_bytes());
+        rec
     }
 
-    fn decode(rec: &[u8]) -> Option<Report> {
-        let (kind, slot, a, b, c) = <(u32, u32, i32, i32, i32)>::from_bytes(rec).ok()?;
+    /// A record's report and its time stamp.
+    fn decode(rec: &[u8]) -> Option<(Report, u64)> {
+        let (body, stamp) = rec.split_at_checked(REP_BODY_LEN)?;
+        let at_ns = u64::from_le_bytes(stamp.try_into().ok()?);
+        let (kind, slot, a, b, c) = <(u32, u32, i32, i32, i32)>::from_bytes(body).ok()?;
         let slot = slot as usize;
         let status = if c < 0 {
             ExitStatus::Exited(b)
         } else {
             ExitStatus::Signaled { signal: b, core_dumped: c != 0 }
         };
-        match kind {
-            REP_SPAWNED => Some(Report::Spawned { slot, pid: a }),
-            REP_SPAWN_FAILED => Some(Report::SpawnFailed { slot, errno: b }),
-            REP_DIED => Some(Report::Died { slot, pid: a, status, timed_out: false }),
-            REP_TIMED_OUT => Some(Report::Died { slot, pid: a, status, timed_out: true }),
-            _ => None,
-        }
+        let report = match kind {
+            REP_SPAWNED => Report::Spawned { slot, pid: a },
+            REP_SPAWN_FAILED => Report::SpawnFailed { slot, errno: b },
+            REP_DIED => Report::Died { slot, pid: a, status, timed_out: false },
+            REP_TIMED_OUT => Report::Died { slot, pid: a, status, timed_out: true },
+            _ => return None,
+        };
+        Some((report, at_ns))
     }
 }
 
@@ -216,6 +228,7 @@ impl Zygote {
                 zygote_main(zygote_side, parent)
             }
             Forked::Parent(pid) => {
+                crate::timeline::role(pid, crate::timeline::Role::Zygote, b"");
                 drop(zygote_side);
                 let registered = registry::register_pool(pid, requests_w.as_raw_fd());
                 let zygote = Zygote {
@@ -231,6 +244,11 @@ impl Zygote {
                 Ok(zygote)
             }
         }
+    }
+
+    /// The zygote's pid.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
     }
 
     /// The report pipe, for the parent's `poll`.
@@ -275,7 +293,10 @@ impl Zygote {
             }
         }
         let whole = self.partial.len() / REP_LEN * REP_LEN;
-        out.extend(self.partial[..whole].chunks_exact(REP_LEN).filter_map(Report::decode));
+        for (report, at_ns) in self.partial[..whole].chunks_exact(REP_LEN).filter_map(Report::decode) {
+            to_timeline(self.pid, report, at_ns);
+            out.push(report);
+        }
         self.partial.drain(..whole);
         Ok(alive)
     }
@@ -422,6 +443,10 @@ fn wait_exit(
             deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
         }
         if let Some(status) = sys::waitpid(pid, true)? {
+            if crate::timeline::recording() {
+                // Its last reports (its workers' deaths) are in the pipe.
+                drain_reports(pid, reports)?;
+            }
             return Ok(Some(status));
         }
         let left = deadline.map_or(REAP_LOOK, |d| d.saturating_duration_since(Instant::now()));
@@ -431,8 +456,43 @@ fn wait_exit(
         let ready = sys::poll(&[(reports, true, false)], Some(left.min(REAP_LOOK)))?;
         // Reports nobody will read now, or the end of file: the pipe is
         // drained like a doorbell.
-        if (ready[0].hangup || ready[0].readable) && !sys::bell::drain(reports)? {
+        if (ready[0].hangup || ready[0].readable) && !drain_reports(pid, reports)? {
             return sys::waitpid(pid, false);
+        }
+    }
+}
+
+/// Tells the timeline what a report of zygote `zygote` says about its
+/// workers (all it sees of them).
+fn to_timeline(zygote: i32, report: Report, at_ns: u64) {
+    match report {
+        Report::Spawned { slot, pid } => crate::timeline::worker_forked(zygote, slot, pid, at_ns),
+        Report::Died { pid, status, timed_out, .. } => {
+            crate::timeline::worker_ended(pid, status, timed_out, at_ns)
+        }
+        Report::SpawnFailed { .. } => {}
+    }
+}
+
+/// Empties the report pipe of an ending zygote like a doorbell; `Ok(false)`
+/// at end of file. With a timeline recording, the reports (its workers'
+/// deaths) are read first. Each was written with one `write` of
+/// [`REP_LEN`] bytes, and a read of a multiple of that takes whole ones.
+fn drain_reports(zygote: i32, reports: std::os::fd::BorrowedFd<'_>) -> Result<bool> {
+    if !crate::timeline::recording() {
+        return sys::bell::drain(reports);
+    }
+    let mut buf = [0u8; 64 * REP_LEN];
+    loop {
+        match sys::read(reports, &mut buf) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                for (report, at_ns) in buf[..n].chunks_exact(REP_LEN).filter_map(Report::decode) {
+                    to_timeline(zygote, report, at_ns);
+                }
+            }
+            Err(Error::Os(e)) if e.errno == libc::EAGAIN => return Ok(true),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -506,9 +566,9 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
             while let Some((pid, status)) = sys::wait_any_nohang()? {
                 if let Some(slot) = live.remove(&pid) {
                     let timed_out = timers.timed_out.remove(&pid);
-                    if !shutting_down {
-                        report(side, Report::Died { slot, pid, status, timed_out });
-                    }
+                    // While shutting down too: the parent reads these
+                    // while it waits for us (the timeline shows them).
+                    report(side, Report::Died { slot, pid, status, timed_out });
                 }
             }
         }
@@ -651,7 +711,7 @@ fn read_record(fd: std::os::fd::BorrowedFd<'_>, rec: &mut [u8; REQ_LEN]) -> Resu
 
 fn report<W: FnMut(usize)>(side: &ZygoteSide<W>, rep: Report) {
     // A parent that is gone cannot be told; the request pipe's EOF will end us.
-    let _ = sys::write_all(side.reports.as_fd(), &rep.encode());
+    let _ = sys::write_all(side.reports.as_fd(), &rep.encode(sys::monotonic_ns()));
     // After the write: a parent that sees the word set finds the report in
     // the pipe. SeqCst: a plain flag between two processes, set rarely.
     side.layout.reports_pending().store(1, Ordering::SeqCst);

@@ -402,6 +402,7 @@ where
         job.started = SystemTime::now();
         job.start = Instant::now();
         let pid = exec::spawn(&plan)?;
+        crate::timeline::job(pid, &job.command);
         // Close our copies of the write ends now: the child has its own, and
         // EOF must come as soon as the job (and all it started) is done.
         drop((out_write, err_write));
@@ -599,6 +600,9 @@ where
             match job.kill {
                 Kill::No if job.deadline.is_some_and(|d| now >= d) => {
                     job.timed_out = true;
+                    if let Some(pid) = job.pid {
+                        crate::timeline::timed_out(pid);
+                    }
                     job.signal_group(libc::SIGTERM);
                     job.kill = Kill::Term { sigkill_at: now + grace };
                 }

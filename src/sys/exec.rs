@@ -119,6 +119,7 @@ pub(crate) fn spawn(plan: &ChildPlan<'_>) -> Result<i32> {
         }
         None => {
             trace!("fork() = {pid}");
+            crate::timeline::forked(pid);
             Ok(pid)
         }
     }

@@ -131,6 +131,7 @@ pub(crate) unsafe fn fork() -> Result<Forked> {
         }
         child => {
             trace!("fork() = {child}");
+            crate::timeline::forked(child);
             Ok(Forked::Parent(child))
         }
     }
@@ -246,6 +247,7 @@ pub(crate) fn waitpid(pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
     }
     let status = ExitStatus::from_raw(raw);
     trace!("waitpid({pid}) = {status}");
+    crate::timeline::reaped(pid, status);
     Ok(Some(status))
 }
 
@@ -304,6 +306,9 @@ pub(crate) fn kill_orphaned_group(group: Pid, signal: i32) -> Result<()> {
 
 fn raw_kill(pid: i32, signal: i32) -> Result<()> {
     trace!("kill({pid}, {})", signal_abbrev(signal));
+    if signal != 0 {
+        crate::timeline::killed(pid, signal);
+    }
     // SAFETY: kill takes only integers.
     if unsafe { libc::kill(pid, signal) } == -1 && last_errno() != libc::ESRCH {
         return Err(os_error("kill", Some(pid)));
@@ -589,6 +594,17 @@ pub fn page_size() -> usize {
     usize::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
+/// The width in columns of the terminal on `fd` (`ioctl(TIOCGWINSZ)`);
+/// `None` when `fd` is not a terminal (or says 0 columns).
+pub fn terminal_columns(fd: RawFd) -> Option<usize> {
+    // SAFETY: winsize is plain old data; all-zero is a valid value.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into `size`, which is valid and
+    // writable for the duration of the call; a bad fd is an error, not UB.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
+    (ret == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
+}
+
 /// Counts this process's open file descriptors (for leak checks in tests
 /// and the CLI's self-checks). Linux reads `/proc/self/fd`; elsewhere
 /// `/dev/fd`.
@@ -627,6 +643,7 @@ pub(crate) fn wait_any_nohang() -> Result<Option<(i32, ExitStatus)>> {
             pid => {
                 let status = ExitStatus::from_raw(raw);
                 trace!("waitpid(-1) = {pid} {status}");
+                crate::timeline::reaped(pid, status);
                 return Ok(Some((pid, status)));
             }
         }

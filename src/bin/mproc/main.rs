@@ -18,6 +18,7 @@ mod bench;
 mod demos;
 mod run;
 mod speedup;
+mod timeline;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "LIST", num_args = 0..=1, require_equals = true,
           default_missing_value = "all")]
     trace: Option<mproc::TraceCategories>,
+
+    /// When the command ends, draw its processes, forks, exits, kills and pool batches
+    /// to FILE: an SVG picture for FILE.svg (for -, on stdout), text for FILE.txt.
+    /// For square, numbers, cube, speedup, run and bench pool
+    #[arg(long, global = true, value_name = "FILE", value_parser = parse_timeline)]
+    timeline: Option<timeline::Destination>,
 
     #[command(subcommand)]
     command: Command,
@@ -84,6 +91,10 @@ fn main() -> ExitCode {
         }
     }
     let is_run = matches!(cli.command, Command::Run(_));
+    let recording = match cli.timeline.map(|d| start_timeline(d, &cli.command)).transpose() {
+        Ok(recording) => recording,
+        Err(code) => return ExitCode::from(code),
+    };
     let code = match cli.command {
         Command::Square(args) => demos::square(args),
         Command::Numbers(args) => demos::numbers(args),
@@ -93,12 +104,65 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::main(args),
         Command::Run(args) => run::main(args),
     };
+    let code = match recording {
+        Some(recording) => finish_timeline(recording, code, is_run),
+        None => code,
+    };
     if code == EXIT_SIGPIPE && !is_run {
         // SIGPIPE's default action was restored above: this ends the
         // process as the signal would have on our own next write.
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGPIPE);
     }
     ExitCode::from(code)
+}
+
+fn parse_timeline(arg: &str) -> Result<timeline::Destination, String> {
+    timeline::parse_destination(std::ffi::OsStr::new(arg))
+}
+
+/// Starts `--timeline` for `command`; `Err`: the exit status, the reason
+/// said (a command that draws no timeline is a usage error; a FILE that
+/// cannot be created, a failure).
+fn start_timeline(destination: timeline::Destination, command: &Command) -> Result<timeline::Recording, u8> {
+    let draws = match command {
+        Command::Square(_)
+        | Command::Numbers(_)
+        | Command::Cube(_)
+        | Command::Speedup(_)
+        | Command::Run(_) => true,
+        Command::Bench(args) => args.is_pool(),
+        Command::Isolation(_) => false,
+    };
+    if !draws {
+        complain("--timeline is for square, numbers, cube, speedup, run and bench pool");
+        return Err(EXIT_USAGE);
+    }
+    timeline::Recording::start(destination).map_err(|message| {
+        complain(&message);
+        if matches!(command, Command::Run(_)) {
+            run::EXIT_RUNNER_FAILED
+        } else {
+            EXIT_FAILURE
+        }
+    })
+}
+
+/// Writes the timeline once the command has ended with `code`. A picture
+/// that cannot be written turns a success into a failure (1; `mproc run`:
+/// 255, the runner's own failure); a failed command keeps its status.
+fn finish_timeline(recording: timeline::Recording, code: u8, is_run: bool) -> u8 {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match recording.finish(&timeline::Title::new(&args)) {
+        Ok(()) => code,
+        Err(message) => {
+            complain(&message);
+            match code {
+                0 if is_run => run::EXIT_RUNNER_FAILED,
+                0 => EXIT_FAILURE,
+                code => code,
+            }
+        }
+    }
 }
 
 /// Whether a child's death is the closing of our stdout (`| head -1`):

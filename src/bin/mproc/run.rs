@@ -19,7 +19,7 @@ use crate::EXIT_USAGE;
 const EXIT_MAX_FAILED: u8 = 101;
 /// Exit status when the runner itself failed (fork, pipe, spill file, job
 /// log), as distinct from failed jobs.
-const EXIT_RUNNER_FAILED: u8 = 255;
+pub const EXIT_RUNNER_FAILED: u8 = 255;
 /// Exit status when our stdout was closed under us (a shell's 128 + SIGPIPE).
 const EXIT_BROKEN_PIPE: u8 = 141;
 

@@ -30,6 +30,13 @@ enum Which {
     Compare(compare::Args),
 }
 
+impl BenchArgs {
+    /// Whether this is `bench pool` (the one benchmark `--timeline` draws).
+    pub fn is_pool(&self) -> bool {
+        matches!(self.which, Which::Pool(_))
+    }
+}
+
 pub fn main(args: BenchArgs) -> u8 {
     match args.which {
         Which::Process(a) => process::main(a),
