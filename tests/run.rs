@@ -141,6 +141,31 @@ fn replacement_strings_are_substituted_in_every_word() {
     );
 }
 
+/// `{//}` is dirname(1); `{/}`, `{.}` and `{/.}` are GNU parallel's
+/// regular expressions (`s:^.*/::`, `s:\.[^/.]*$::`), also on odd paths.
+#[test]
+fn path_replacements_follow_dirname_and_gnu_parallel_on_odd_paths() {
+    let cases = [
+        ("/abs", "[/] [abs] [/abs] [abs]"),
+        ("/", "[/] [] [/] []"),
+        ("a/b/", "[a] [] [a/b/] []"),
+        ("a//b", "[a] [b] [a//b] [b]"),
+        ("/a.b/", "[/] [] [/a.b/] []"),
+        ("a.b/c.d/", "[a.b] [] [a.b/c.d/] []"),
+        ("//x//", "[/] [] [//x//] []"),
+        (".bashrc", "[.] [.bashrc] [] []"),
+        ("a/.x", "[a] [.x] [a/] []"),
+        ("./a", "[.] [a] [./a] [a]"),
+        ("", "[.] [] [] []"),
+    ];
+    let mut args = vec!["echo", "[{//}] [{/}] [{.}] [{/.}]", ":::"];
+    args.extend(cases.iter().map(|(input, _)| *input));
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let expected: String = cases.iter().map(|(_, line)| format!("{line}\n")).collect();
+    assert_eq!(text(&out.stdout), expected);
+}
+
 #[test]
 fn input_is_appended_when_there_is_no_replacement_string() {
     let out = run(&["echo", "-n", "[", ":::", "a b", "c"]);

@@ -12,7 +12,8 @@ enum Sub {
     NoExt,
     /// `{/}`: the input's basename (`dir/a.txt` → `a.txt`).
     Base,
-    /// `{//}`: the input's directory (`dir/a.txt` → `dir`; `a.txt` → `.`).
+    /// `{//}`: the input's directory, as dirname(1) gives it (`dir/a.txt` →
+    /// `dir`; `a.txt` → `.`; `/a` → `/`; `a/b/` → `a`).
     Dir,
     /// `{/.}`: the basename without its extension (`dir/a.txt` → `a`).
     BaseNoExt,
@@ -111,11 +112,24 @@ fn substitute(sub: Sub, input: &[u8]) -> Vec<u8> {
         Sub::Whole => input.to_vec(),
         Sub::NoExt => strip_extension(input).to_vec(),
         Sub::Base => basename(input).to_vec(),
-        Sub::Dir => match input.iter().rposition(|&b| b == b'/') {
-            Some(slash) => input[..slash].to_vec(),
-            None => b".".to_vec(),
-        },
+        Sub::Dir => dirname(input).to_vec(),
         Sub::BaseNoExt => strip_extension(basename(input)).to_vec(),
+    }
+}
+
+/// dirname(1), as GNU parallel's `{//}` (Perl's `File::Basename::dirname`):
+/// trailing slashes do not count (`a/b/` → `a`), repeated ones collapse
+/// (`a//b` → `a`), the root stays (`/abs`, `/` → `/`), no slash gives `.`.
+fn dirname(input: &[u8]) -> &[u8] {
+    let trim_slashes = |s: &[u8]| -> usize { s.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1) };
+    if !input.is_empty() && input.iter().all(|&b| b == b'/') {
+        return b"/";
+    }
+    let path = &input[..trim_slashes(input)];
+    let Some(last_slash) = path.iter().rposition(|&b| b == b'/') else { return b"." };
+    match trim_slashes(&path[..last_slash]) {
+        0 => b"/",
+        end => &path[..end],
     }
 }
 
@@ -216,6 +230,25 @@ mod tests {
             ["echo", "sub.dir/bar", "sub.dir/bar", "bar", "sub.dir", "bar"]
         );
         assert_eq!(expand(&t, "plain"), ["echo", "plain", "plain", "plain", ".", "plain"]);
+    }
+
+    #[test]
+    fn dirname_follows_dirname_1() {
+        let cases: [(&str, &str); 10] = [
+            ("/abs", "/"),
+            ("/", "/"),
+            ("//", "/"),
+            ("a/b/", "a"),
+            ("a//b", "a"),
+            ("/a.b/", "/"),
+            ("//x//", "/"),
+            ("a", "."),
+            ("", "."),
+            ("/a/b//c", "/a/b"),
+        ];
+        for (input, dir) in cases {
+            assert_eq!(dirname(input.as_bytes()), dir.as_bytes(), "dirname {input:?}");
+        }
     }
 
     #[test]
