@@ -414,7 +414,21 @@ fn a_missing_command_fails_with_127_and_says_why() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stderr), "mproc: mproc-no-such-command: No such file or directory\n");
     let log = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(log.lines().nth(1).unwrap().split('\t').nth(3), Some("127"));
+    assert_eq!(log.lines().nth(1).unwrap().split('\t').nth(6), Some("127"));
+}
+
+/// As in a shell: 127 for a command not found, 126 for one found but not
+/// executable.
+#[test]
+fn a_command_that_is_not_executable_fails_with_126() {
+    let dir = TempDir::new("noexec");
+    let (log, script) = (dir.path("log"), dir.path("script"));
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let out = run(&["--joblog", &log, &script, ":::", "a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), format!("mproc: {script}: Permission denied\n"));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(log.lines().nth(1).unwrap().split('\t').nth(6), Some("126"));
 }
 
 #[test]
@@ -516,28 +530,35 @@ fn dry_run_output_runs_the_same_commands_in_a_shell() {
     }
 }
 
+/// GNU parallel's job log, column for column: `Seq Host Starttime
+/// JobRuntime Send Receive Exitval Signal Command`, `%.3f` and `%10.3f`.
 #[test]
-fn joblog_has_a_header_and_one_line_per_job() {
+fn joblog_has_gnu_parallels_columns_and_number_formats() {
     let dir = TempDir::new("joblog");
     let log = dir.path("log");
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    let out = run(&["--joblog", &log, "sh", "-c", "sleep 0.1; exit $1", "sh", ":::", "0", "3"]);
-    assert_eq!(out.status.code(), Some(1));
+    let script = "sleep 0.1; [ $1 = kill ] && kill -9 $$; exit $1";
+    let out = run(&["--joblog", &log, "sh", "-c", script, "sh", ":::", "0", "3", "kill"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let log = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines[0], "Seq\tStarttime\tRuntime\tExitval\tCommand");
+    assert_eq!(lines[0], "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand");
     let mut rows: Vec<Vec<&str>> = lines[1..].iter().map(|l| l.split('\t').collect()).collect();
     rows.sort();
-    assert_eq!(rows.len(), 2);
-    for (row, (seq, exitval)) in rows.iter().zip([("1", "0"), ("2", "3")]) {
-        assert_eq!(row.len(), 5, "{row:?}");
-        assert_eq!((row[0], row[3]), (seq, exitval));
-        let start: f64 = row[1].parse().unwrap();
-        let runtime: f64 = row[2].parse().unwrap();
+    assert_eq!(rows.len(), 3);
+    for (row, (seq, input, exitval, signal)) in
+        rows.iter().zip([("1", "0", "0", "0"), ("2", "3", "3", "0"), ("3", "kill", "0", "9")])
+    {
+        assert_eq!(row.len(), 9, "{row:?}");
+        assert_eq!((row[0], row[1], row[4], row[5], row[6], row[7]), (seq, ":", "0", "0", exitval, signal));
+        let start: f64 = row[2].parse().unwrap();
         assert!(start >= before - 1.0 && start < before + 10.0, "start {start}");
+        assert!(row[2].split('.').nth(1).is_some_and(|ms| ms.len() == 3), "{row:?}");
+        // `%10.3f`: right-aligned in ten columns.
+        assert_eq!(row[3].len(), 10, "{row:?}");
+        let runtime: f64 = row[3].trim_start().parse().unwrap();
         assert!((0.1..5.0).contains(&runtime), "runtime {runtime}");
-        assert!(row[1].split('.').nth(1).is_some_and(|ms| ms.len() == 3));
-        assert_eq!(row[4], format!("sh -c 'sleep 0.1; exit $1' sh {exitval}"));
+        assert_eq!(row[8], format!("sh -c '{script}' sh {input}"));
     }
 }
 
@@ -648,6 +669,18 @@ fn jobs_see_no_descriptor_of_the_runner() {
     assert_eq!(out.status.code(), Some(0));
     // The union of what every job saw: one extra fd in any job shows up.
     assert_eq!(fd_numbers(&text(&out.stdout)), expected);
+}
+
+/// mproc(1): `run` exits 255 (not 1, which would mean one failed job)
+/// when its standard output cannot be written.
+#[test]
+fn an_unwritable_stdout_exits_255_with_one_line() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = mproc(&["echo", ":::", "a"]).stdout(full).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("mproc: run: ") && err.contains("No space left on device"), "{err}");
 }
 
 #[test]

@@ -48,6 +48,7 @@
 //!   pipes) — and signals are acted upon only once such a write returns.
 
 mod engine;
+pub mod joblog;
 mod spool;
 mod template;
 
@@ -57,7 +58,7 @@ use std::time::{Duration, SystemTime};
 pub use engine::run;
 pub use template::{shell_line, shell_quote, Template};
 
-use crate::status::{signal_abbrev, ExitStatus};
+use crate::status::ExitStatus;
 
 /// The order in which jobs' output is printed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -137,7 +138,8 @@ pub struct Output<'a> {
 /// How a job ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// It ended by itself. A command that could not be executed exits 127.
+    /// It ended by itself. As in a shell, a command that was not found
+    /// exits 127, and one that was found but could not be executed, 126.
     Completed(ExitStatus),
     /// It ran past the timeout and was killed; the status is how it died.
     TimedOut(ExitStatus),
@@ -148,23 +150,7 @@ impl Outcome {
     pub fn success(&self) -> bool {
         matches!(self, Outcome::Completed(status) if status.success())
     }
-
-    /// The job log's `Exitval` field: the exit code (`0`, `127`), the
-    /// signal's name (`SIGSEGV`), or `timeout`.
-    pub fn joblog_field(&self) -> String {
-        match self {
-            Outcome::Completed(ExitStatus::Exited(code)) => code.to_string(),
-            Outcome::Completed(ExitStatus::Signaled { signal, .. }) => match signal_abbrev(*signal) {
-                "SIG?" => format!("SIG{signal}"),
-                name => name.to_string(),
-            },
-            Outcome::TimedOut(_) => "timeout".to_string(),
-        }
-    }
 }
-
-/// The header line of a job log ([`JobReport::joblog_line`]).
-pub const JOBLOG_HEADER: &str = "Seq\tStarttime\tRuntime\tExitval\tCommand\n";
 
 /// One completed job, as passed to `run`'s `on_finish`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,29 +167,6 @@ pub struct JobReport<'a> {
     pub outcome: Outcome,
 }
 
-impl JobReport<'_> {
-    /// The job log line: `Seq`, `Starttime` (seconds since the epoch, with
-    /// milliseconds), `Runtime` (seconds, with milliseconds), `Exitval`
-    /// ([`Outcome::joblog_field`]), `Command` (shell-quoted, one line),
-    /// separated by tabs and ended by a newline.
-    pub fn joblog_line(&self) -> Vec<u8> {
-        let start = self.started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let mut line = format!(
-            "{}\t{}.{:03}\t{}.{:03}\t{}\t",
-            self.seq,
-            start.as_secs(),
-            start.subsec_millis(),
-            self.runtime.as_secs(),
-            self.runtime.subsec_millis(),
-            self.outcome.joblog_field()
-        )
-        .into_bytes();
-        line.extend_from_slice(&shell_line(self.command));
-        line.push(b'\n');
-        line
-    }
-}
-
 /// What a run did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Summary {
@@ -214,27 +177,4 @@ pub struct Summary {
     pub failed: u64,
     /// The stop signal that ended the run early, if one did.
     pub interrupted: Option<i32>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn joblog_line_has_five_tab_separated_fields() {
-        let command = [b"echo".to_vec(), b"a b".to_vec()];
-        let report = JobReport {
-            seq: 7,
-            command: &command,
-            started: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            runtime: Duration::from_millis(2_045),
-            outcome: Outcome::Completed(ExitStatus::Exited(3)),
-        };
-        assert_eq!(report.joblog_line(), b"7\t1700000000.123\t2.045\t3\techo 'a b'\n");
-        let killed = Outcome::Completed(ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false });
-        assert_eq!(killed.joblog_field(), "SIGKILL");
-        assert!(!killed.success());
-        assert_eq!(Outcome::TimedOut(ExitStatus::Exited(0)).joblog_field(), "timeout");
-        assert!(Outcome::Completed(ExitStatus::Exited(0)).success());
-    }
 }

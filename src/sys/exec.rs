@@ -82,9 +82,12 @@ pub(crate) struct ChildPlan<'a> {
     pub reset_signals: &'a [c_int],
 }
 
-/// Exit status of a child whose `execvp` failed, as a shell reports a
-/// command it could not run.
+/// Exit status of a child whose `execvp` failed because there is no such
+/// command, as a shell reports it.
 pub(crate) const EXEC_FAILED: c_int = 127;
+/// Exit status of a child whose command exists but could not be executed
+/// (permission denied, not an executable, ...), as a shell reports it.
+pub(crate) const EXEC_REFUSED: c_int = 126;
 
 /// Forks a child that runs `plan` in a new process group of its own (its
 /// pgid is its pid), and returns the child's pid. Call
@@ -178,7 +181,7 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
         write_raw(2, b": ");
         write_raw(2, exec_error_text(errno).as_bytes());
         write_raw(2, b"\n");
-        libc::_exit(EXEC_FAILED)
+        libc::_exit(if errno == libc::ENOENT { EXEC_FAILED } else { EXEC_REFUSED })
     }
 }
 

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mproc::runner::{self, JobStdin, Options, Order, Output, Template, JOBLOG_HEADER};
+use mproc::runner::{self, joblog, JobStdin, Options, Order, Output, Template};
 
 use crate::EXIT_USAGE;
 
@@ -117,7 +117,7 @@ pub fn main(args: RunArgs) -> u8 {
     let mut log_error: Option<std::io::Error> = None;
     let result = runner::run(&template, inputs.iter(), &options, output, &mut |report| {
         if let (Some(log), None) = (joblog.as_mut(), log_error.as_ref()) {
-            if let Err(err) = log.write_all(&report.joblog_line()) {
+            if let Err(err) = log.write_all(&joblog::line(report)) {
                 log_error = Some(err);
             }
         }
@@ -217,7 +217,7 @@ fn dry_run(template: &Template, inputs: &Inputs) -> u8 {
 fn open_joblog(path: &std::path::Path) -> Result<File, String> {
     let mut file =
         File::create(path).map_err(|e| format!("cannot create job log {}: {e}", path.display()))?;
-    file.write_all(JOBLOG_HEADER.as_bytes())
+    file.write_all(joblog::HEADER.as_bytes())
         .map_err(|e| format!("writing job log {}: {e}", path.display()))?;
     Ok(file)
 }
