@@ -181,6 +181,97 @@ fn inputs_come_from_stdin_one_per_line_and_jobs_read_dev_null() {
     assert_eq!(text(&out.stdout), "<a>\n<b c>\n<>\n<d>\n");
 }
 
+/// Reads `child`'s stdout line by line on a thread; lines arrive on the
+/// returned channel (so a test can wait for one with a time limit).
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Bug: stdin was read to its end before the first job started.
+#[test]
+fn stdin_inputs_start_jobs_as_lines_arrive() {
+    let mut child = mproc(&["echo", "got"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = stdout_lines(&mut child);
+    for input in ["1", "2", "3"] {
+        // The writing end stays open: the job must run without end of file.
+        stdin.write_all(format!("{input}\n").as_bytes()).unwrap();
+        let line = lines.recv_timeout(Duration::from_secs(10));
+        assert_eq!(line.as_deref(), Ok(format!("got {input}").as_str()), "no job ran for input {input}");
+    }
+    drop(stdin);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(lines.recv().is_err(), "more output than expected");
+}
+
+/// `while :; do echo x; sleep .05; done | mproc run echo | head -3` ends.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_endless_input_stream_runs_jobs_until_the_reader_leaves() {
+    use std::os::unix::process::CommandExt;
+    let pipeline = format!("while :; do echo x; sleep 0.05; done | '{MPROC}' run echo | head -3");
+    let mut child = Command::new("sh")
+        .args(["-c", &pipeline])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Whatever happens, nothing of the pipeline outlives the test.
+    struct KillGroup(i32);
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            // SAFETY: kill takes integers only; the group is the pipeline's.
+            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        }
+    }
+    let _group = KillGroup(child.id() as i32);
+    let lines = stdout_lines(&mut child);
+    let got: Vec<String> = (0..3).filter_map(|_| lines.recv_timeout(Duration::from_secs(10)).ok()).collect();
+    assert_eq!(got, ["x", "x", "x"]);
+    let status = wait_with_limit(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}
+
+/// Read-ahead is bounded: 64 MB of input lines go through in a few MiB.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_large_input_is_read_in_bounded_memory() {
+    let mut child =
+        mproc(&["--dry-run", "echo"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let line = format!("{}\n", "y".repeat(1023));
+        for _ in 0..(64 << 10) {
+            stdin.write_all(line.as_bytes()).unwrap();
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut lines, mut buf) = (0usize, vec![0u8; 1 << 16]);
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    writer.join().unwrap();
+    assert!(wait_with_limit(&mut child, Duration::from_secs(60)).success());
+    assert_eq!(lines, 64 << 10);
+    let peak = children_peak_rss();
+    assert!(peak < 24 << 20, "runner peak RSS {} MiB for 64 MiB of input", peak >> 20);
+}
+
 #[test]
 fn null_separated_inputs_may_hold_newlines() {
     let out = run_with_stdin(&["-0", "printf", "[%s]"], b"a\nb\0c\0");
@@ -451,9 +542,18 @@ fn timeout_kills_a_job_that_runs_too_long() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stderr), "mproc: job 1 timed out after 300ms: sleep 30\n");
     let log = std::fs::read_to_string(&log).unwrap();
-    let exitvals: Vec<&str> = log.lines().skip(1).map(|l| l.split('\t').nth(3).unwrap()).collect();
-    assert_eq!(exitvals.len(), 2);
-    assert!(exitvals.contains(&"timeout") && exitvals.contains(&"0"), "{log}");
+    // GNU parallel's columns: Exitval -1 and the signal for a timeout.
+    let mut exits: Vec<(&str, &str)> = log
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let row: Vec<&str> = l.split('\t').collect();
+            (row[0], row[6])
+        })
+        .collect();
+    exits.sort();
+    assert_eq!(exits, [("1", "-1"), ("2", "0")], "{log}");
+    assert!(log.lines().any(|l| l.starts_with("1\t") && l.split('\t').nth(7) == Some("15")), "{log}");
 }
 
 #[cfg(target_os = "linux")]

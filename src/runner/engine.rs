@@ -24,7 +24,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::input::{Inputs, Next};
 use super::spool::{io_error, Budget, SpillFile, Spool};
+use super::template::JobArgs;
 use super::{shell_line, JobReport, JobStdin, Options, Order, Outcome, Output, Summary, Template};
 use crate::error::{Error, Result};
 use crate::status::ExitStatus;
@@ -38,15 +40,22 @@ const REAP_RECHECK: Duration = Duration::from_millis(50);
 /// Read size per pipe per wake-up: a full default pipe buffer.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Keep-order: finished jobs that may wait for the head job to finish
+/// before no new job starts. Bounds the runner's memory when the head job
+/// runs long (each waiting job holds a few hundred bytes, plus output that
+/// is bounded and spills).
+const WAITING_JOBS_MAX: usize = 4096;
+
 /// Signals that stop a run (when `Options::handle_signals` is set).
 const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 static RUN_ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// Runs `template` once per input; see the [module docs](super).
+/// Runs `template` once per job of `inputs`; see the [module docs](super).
 ///
 /// Jobs are started in input order, at most `options.jobs` at a time, each
-/// in a process group of its own. Their output goes to `output`, grouped per
+/// in a process group of its own, as soon as a slot is free and `inputs`
+/// has the job's arguments (a stream is read only as jobs need it). Their output goes to `output`, grouped per
 /// job (see [`Order`]). `on_finish` is called once per completed job, in
 /// completion order, before its output is printed.
 ///
@@ -59,19 +68,16 @@ static RUN_ACTIVE: AtomicBool = AtomicBool::new(false);
 /// [`Error::InvalidArgument`] for `jobs == 0`; [`Error::InvalidState`] when
 /// another `run` is active in this process (signal handlers are
 /// process-wide); [`Error::Os`] when the machinery fails (`pipe`, `fork`,
-/// writing the output, the spill file). Even then, every job already
-/// started has been stopped and reaped before `run` returns.
-pub fn run<I>(
+/// reading the inputs, writing the output, the spill file). Even then,
+/// every job already started has been stopped and reaped before `run`
+/// returns.
+pub fn run(
     template: &Template,
-    inputs: I,
+    inputs: &mut Inputs,
     options: &Options,
     output: Output<'_>,
     on_finish: &mut dyn FnMut(&JobReport<'_>),
-) -> Result<Summary>
-where
-    I: IntoIterator,
-    I::Item: AsRef<[u8]>,
-{
+) -> Result<Summary> {
     if options.jobs == 0 {
         return Err(Error::InvalidArgument("jobs must be at least 1".into()));
     }
@@ -102,9 +108,13 @@ where
         out: output.stdout,
         err: output.stderr,
         on_finish,
-        inputs: inputs.into_iter(),
+        inputs,
         exhausted: false,
+        input_ready: false,
+        input_waiting: false,
         next_seq: 0,
+        free_slots: Vec::new(),
+        slots_made: 0,
         jobs: BTreeMap::new(),
         live,
         unordered_ready: VecDeque::new(),
@@ -243,6 +253,8 @@ struct Job {
     status: Option<ExitStatus>,
     /// Set when the job completed; then it only waits to be printed.
     outcome: Option<Outcome>,
+    /// Its `{%}`, given back when it completes.
+    slot: usize,
 }
 
 impl Job {
@@ -278,15 +290,25 @@ impl Job {
     }
 }
 
-struct Engine<'a, I> {
+struct Engine<'a> {
     template: &'a Template,
     options: &'a Options,
     out: BorrowedFd<'a>,
     err: BorrowedFd<'a>,
     on_finish: &'a mut dyn FnMut(&JobReport<'_>),
-    inputs: I,
+    inputs: &'a mut Inputs,
+    /// The inputs have all been handed out.
     exhausted: bool,
+    /// The last `poll` saw the input stream readable: one read is allowed.
+    input_ready: bool,
+    /// The input stream has nothing whole buffered: poll it.
+    input_waiting: bool,
     next_seq: u64,
+    /// Slots (`{%}`) given back by completed jobs, highest first, so `pop`
+    /// takes the lowest.
+    free_slots: Vec<usize>,
+    /// Slots handed out so far: a new one is `slots_made + 1`.
+    slots_made: usize,
     /// Started jobs not yet printed, by sequence number. In keep-order mode
     /// the first entry is the head: the one job whose stdout streams
     /// straight to our stdout.
@@ -317,11 +339,7 @@ struct Engine<'a, I> {
     targets: Vec<(u64, Stream)>,
 }
 
-impl<I> Engine<'_, I>
-where
-    I: Iterator,
-    I::Item: AsRef<[u8]>,
-{
+impl Engine<'_> {
     fn run_loop(&mut self) -> Result<()> {
         loop {
             // Completing first frees the slots of jobs reaped in the last
@@ -330,7 +348,7 @@ where
             self.complete_finished();
             self.print_ready();
             self.start_jobs();
-            if self.live.is_empty() {
+            if self.live.is_empty() && !self.waiting_for_input() {
                 // start_jobs filled no slot: inputs exhausted, halted or stopping.
                 return Ok(());
             }
@@ -342,28 +360,58 @@ where
         self.stop.is_none() && !self.halted && !self.exhausted
     }
 
+    /// Whether a job could start now but for its input, not yet read.
+    fn waiting_for_input(&self) -> bool {
+        self.input_waiting && self.may_start() && self.has_room()
+    }
+
+    /// A free slot, and (keep-order) not too many jobs waiting their turn.
+    fn has_room(&self) -> bool {
+        self.live.len() < self.options.jobs
+            && (self.options.order == Order::Unordered
+                || self.jobs.len() < self.options.jobs + WAITING_JOBS_MAX)
+    }
+
     fn start_jobs(&mut self) {
-        while self.may_start() && self.live.len() < self.options.jobs {
-            let Some(input) = self.inputs.next() else {
-                self.exhausted = true;
-                break;
+        while self.may_start() && self.has_room() {
+            let next = self.inputs.next(std::mem::take(&mut self.input_ready));
+            self.input_waiting = matches!(next, Ok(Next::Pending));
+            let args = match next {
+                Ok(Next::Args(args)) => args,
+                Ok(Next::Pending) => break,
+                Ok(Next::End) => {
+                    self.exhausted = true;
+                    break;
+                }
+                Err(err) => {
+                    self.begin_stop(Stop::Failed(err));
+                    break;
+                }
             };
             self.next_seq += 1;
             let seq = self.next_seq;
-            let command = self.template.expand(input.as_ref());
-            match self.spawn_job(seq, command) {
+            let slot = self.free_slots.pop().unwrap_or_else(|| {
+                self.slots_made += 1;
+                self.slots_made
+            });
+            let command = self.template.expand(JobArgs { values: &args, seq, slot });
+            match self.spawn_job(seq, slot, command) {
                 Ok(job) => {
                     self.started += 1;
                     self.jobs.insert(seq, Box::new(job));
                     self.live.push(seq);
                 }
-                Err(err) => self.begin_stop(Stop::Failed(err)),
+                Err(err) => {
+                    self.free_slots.push(slot);
+                    self.begin_stop(Stop::Failed(err));
+                }
             }
         }
     }
 
-    fn spawn_job(&mut self, seq: u64, command: Vec<Vec<u8>>) -> Result<Job> {
+    fn spawn_job(&mut self, seq: u64, slot: usize, command: Vec<Vec<u8>>) -> Result<Job> {
         let mut job = Job {
+            slot,
             command,
             pid: None,
             stdout: None,
@@ -436,6 +484,11 @@ where
         self.pollfds.clear();
         self.targets.clear();
         self.pollfds.push(watch(self.wake.as_raw_fd()));
+        let input_fd = self.inputs.wait_fd().filter(|_| self.waiting_for_input()).map(|fd| fd.as_raw_fd());
+        if let Some(fd) = input_fd {
+            self.pollfds.push(watch(fd));
+        }
+        let first_job_fd = self.pollfds.len();
         for &seq in &self.live {
             let job = &self.jobs[&seq];
             for (fd, stream) in [(&job.stdout, Stream::Out), (&job.stderr, Stream::Err)] {
@@ -451,9 +504,13 @@ where
         if self.pollfds[0].revents != 0 {
             self.handle_signals();
         }
+        if input_fd.is_some() {
+            // Readable, or at its end (POLLHUP): either way a read returns.
+            self.input_ready = self.pollfds[1].revents != 0;
+        }
         for i in 0..self.targets.len() {
             let (seq, stream) = self.targets[i];
-            let revents = self.pollfds[i + 1].revents;
+            let revents = self.pollfds[first_job_fd + i].revents;
             if revents & libc::POLLIN != 0 {
                 self.read_once(seq, stream);
             } else if revents & HANGUP != 0 {
@@ -653,6 +710,7 @@ where
                 continue;
             };
             self.live.swap_remove(i);
+            self.free_slots.push(job.slot);
             if self.stop.is_some() {
                 // Stopped by us, or ended in the middle of the stop: neither
                 // reported nor printed.
@@ -686,6 +744,8 @@ where
         }
         // swap_remove shuffles; keep `live` in start order for fair polling.
         self.live.sort_unstable();
+        // Lowest slot first, as GNU parallel hands them out.
+        self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
     }
 
     /// Prints every job whose turn it is. Keep-order: the head's saved
@@ -736,7 +796,7 @@ where
     }
 }
 
-impl<I> Drop for Engine<'_, I> {
+impl Drop for Engine<'_> {
     /// The backstop for an error that left the loop early: no job outlives
     /// the run, and none stays a zombie.
     fn drop(&mut self) {

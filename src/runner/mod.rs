@@ -2,13 +2,13 @@
 //!
 //! ```no_run
 //! use std::os::fd::AsFd;
-//! use mproc::runner::{self, Options, Output, Template};
+//! use mproc::runner::{self, Inputs, Options, Output, Template};
 //!
 //! let template = Template::new(vec![b"gzip".to_vec(), b"-k".to_vec(), b"{}".to_vec()])?;
-//! let inputs = ["a.txt", "b.txt"].map(|s| s.as_bytes().to_vec());
+//! let mut inputs: Inputs = ["a.txt", "b.txt"].into_iter().collect();
 //! let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
 //! let output = Output { stdout: stdout.as_fd(), stderr: stderr.as_fd() };
-//! let summary = runner::run(&template, inputs, &Options::default(), output, &mut |_| {})?;
+//! let summary = runner::run(&template, &mut inputs, &Options::default(), output, &mut |_| {})?;
 //! assert_eq!(summary.failed, 0);
 //! # Ok::<(), mproc::Error>(())
 //! ```
@@ -19,8 +19,10 @@
 //!   between `fork` and `exec` (the argv is built before the fork), puts
 //!   itself in a new process group, and sees exactly fds 0, 1 and 2: every
 //!   descriptor mproc opens is close-on-exec.
-//! - **One thread, one `poll`** over every job's stdout and stderr pipe plus
-//!   a self-pipe that the SIGCHLD/SIGINT/SIGTERM/SIGHUP handlers write to.
+//! - **One thread, one `poll`** over every job's stdout and stderr pipe, a
+//!   self-pipe that the SIGCHLD/SIGINT/SIGTERM/SIGHUP handlers write to,
+//!   and, while a job slot waits for its input, the input stream
+//!   ([`Inputs`]): jobs start as input arrives, and read-ahead is one buffer.
 //! - **Grouped output.** Each job's stdout is printed whole, then its
 //!   stderr whole (stdout first, so a job's results come before its
 //!   complaints), never interleaved with another job's. With
@@ -48,6 +50,7 @@
 //!   pipes) — and signals are acted upon only once such a write returns.
 
 mod engine;
+pub mod input;
 pub mod joblog;
 mod spool;
 mod template;
@@ -56,7 +59,8 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, SystemTime};
 
 pub use engine::run;
-pub use template::{shell_line, shell_quote, Template};
+pub use input::{Inputs, Source};
+pub use template::{shell_line, shell_quote, JobArgs, Template};
 
 use crate::status::ExitStatus;
 

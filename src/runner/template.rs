@@ -19,28 +19,50 @@ enum Sub {
     BaseNoExt,
 }
 
-/// Longest first, so `{//}` is not read as `{/}` followed by `/}`.
+/// The path forms after `{` (or `{N`), longest first, so `{//}` is not
+/// read as `{/}` followed by `/}`.
 const SUBS: [(&[u8], Sub); 5] = [
-    (b"{//}", Sub::Dir),
-    (b"{/.}", Sub::BaseNoExt),
-    (b"{/}", Sub::Base),
-    (b"{.}", Sub::NoExt),
-    (b"{}", Sub::Whole),
+    (b"//}", Sub::Dir),
+    (b"/.}", Sub::BaseNoExt),
+    (b"/}", Sub::Base),
+    (b".}", Sub::NoExt),
+    (b"}", Sub::Whole),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Piece {
     Literal(Vec<u8>),
-    Input(Sub),
+    /// `{}`-style: every source's value, joined by spaces; `{N}`-style:
+    /// source `N` (from 1).
+    Input {
+        source: Option<usize>,
+        sub: Sub,
+    },
+    /// `{#}`: the job's sequence number.
+    Seq,
+    /// `{%}`: the job's slot, from 1 to the number of jobs at once.
+    Slot,
+}
+
+/// What one job's command line is built from.
+#[derive(Clone, Copy, Debug)]
+pub struct JobArgs<'a> {
+    /// One value per input source.
+    pub values: &'a [Vec<u8>],
+    /// The job's sequence number, from 1.
+    pub seq: u64,
+    /// The job's slot, from 1.
+    pub slot: usize,
 }
 
 /// A command line with replacement strings, expanded once per input.
 ///
 /// Replacement strings may appear anywhere inside any word, the command
 /// name included: `{}` (the input), `{.}` (without extension), `{/}`
-/// (basename), `{//}` (directory) and `{/.}` (basename without extension).
-/// When no word holds one, the input is appended as a last argument, as
-/// `xargs -n 1` and GNU parallel do.
+/// (basename), `{//}` (directory) and `{/.}` (basename without extension);
+/// `{1}`, `{2.}`, `{3/}`, ... the same for one input source; `{#}` the job's
+/// number and `{%}` its slot. When no word holds an input, the inputs are
+/// appended as last arguments, as `xargs -n 1` and GNU parallel do.
 #[derive(Clone, Debug)]
 pub struct Template {
     words: Vec<Vec<Piece>>,
@@ -54,12 +76,21 @@ impl Template {
             return Err(Error::InvalidArgument("empty command".into()));
         }
         let words: Vec<Vec<Piece>> = words.iter().map(|w| parse_word(w)).collect();
-        let append_input = !words.iter().flatten().any(|p| matches!(p, Piece::Input(_)));
+        let append_input = !words.iter().flatten().any(|p| matches!(p, Piece::Input { .. }));
         Ok(Template { words, append_input })
     }
 
-    /// The command line for one input.
-    pub fn expand(&self, input: &[u8]) -> Vec<Vec<u8>> {
+    /// The highest input source a `{N}` string names (0 when none does).
+    pub fn max_source(&self) -> usize {
+        let source = |p: &Piece| match p {
+            Piece::Input { source: Some(n), .. } => *n,
+            _ => 0,
+        };
+        self.words.iter().flatten().map(source).max().unwrap_or(0)
+    }
+
+    /// The command line for one job.
+    pub fn expand(&self, job: JobArgs<'_>) -> Vec<Vec<u8>> {
         let mut out: Vec<Vec<u8>> = self
             .words
             .iter()
@@ -68,34 +99,68 @@ impl Template {
                 for piece in pieces {
                     match piece {
                         Piece::Literal(bytes) => word.extend_from_slice(bytes),
-                        Piece::Input(sub) => word.extend_from_slice(&substitute(*sub, input)),
+                        Piece::Input { source: Some(n), sub } => {
+                            let value = job.values.get(n - 1).map_or(&[][..], Vec::as_slice);
+                            word.extend_from_slice(&substitute(*sub, value));
+                        }
+                        Piece::Input { source: None, sub } => {
+                            for (i, value) in job.values.iter().enumerate() {
+                                if i > 0 {
+                                    word.push(b' ');
+                                }
+                                word.extend_from_slice(&substitute(*sub, value));
+                            }
+                        }
+                        Piece::Seq => word.extend_from_slice(job.seq.to_string().as_bytes()),
+                        Piece::Slot => word.extend_from_slice(job.slot.to_string().as_bytes()),
                     }
                 }
                 word
             })
             .collect();
         if self.append_input {
-            out.push(input.to_vec());
+            out.extend(job.values.iter().cloned());
         }
         out
     }
+}
+
+/// The replacement string at the start of `rest` (which starts with `{`),
+/// and its length.
+fn parse_replacement(rest: &[u8]) -> Option<(Piece, usize)> {
+    match rest.get(..3) {
+        Some(b"{#}") => return Some((Piece::Seq, 3)),
+        Some(b"{%}") => return Some((Piece::Slot, 3)),
+        _ => {}
+    }
+    let digits = rest[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let source = match digits {
+        0 => None,
+        // `{0}` and absurdly long numbers are not replacement strings.
+        _ => match std::str::from_utf8(&rest[1..1 + digits]).ok()?.parse::<usize>() {
+            Ok(n) if n >= 1 && digits <= 6 => Some(n),
+            _ => return None,
+        },
+    };
+    let after = &rest[1 + digits..];
+    SUBS.iter()
+        .find(|(form, _)| after.starts_with(form))
+        .map(|&(form, sub)| (Piece::Input { source, sub }, 1 + digits + form.len()))
 }
 
 fn parse_word(word: &[u8]) -> Vec<Piece> {
     let mut pieces = Vec::new();
     let mut literal = Vec::new();
     let mut i = 0;
-    'scan: while i < word.len() {
+    while i < word.len() {
         if word[i] == b'{' {
-            for (token, sub) in SUBS {
-                if word[i..].starts_with(token) {
-                    if !literal.is_empty() {
-                        pieces.push(Piece::Literal(std::mem::take(&mut literal)));
-                    }
-                    pieces.push(Piece::Input(sub));
-                    i += token.len();
-                    continue 'scan;
+            if let Some((piece, len)) = parse_replacement(&word[i..]) {
+                if !literal.is_empty() {
+                    pieces.push(Piece::Literal(std::mem::take(&mut literal)));
                 }
+                pieces.push(piece);
+                i += len;
+                continue;
             }
         }
         literal.push(word[i]);
@@ -209,13 +274,38 @@ mod tests {
         list.iter().map(|w| w.as_bytes().to_vec()).collect()
     }
 
-    fn expand(template: &[&str], input: &str) -> Vec<String> {
+    fn expand_job(template: &[&str], values: &[&str], seq: u64, slot: usize) -> Vec<String> {
+        let values: Vec<Vec<u8>> = words(values);
         Template::new(words(template))
             .unwrap()
-            .expand(input.as_bytes())
+            .expand(JobArgs { values: &values, seq, slot })
             .into_iter()
             .map(|w| String::from_utf8(w).unwrap())
             .collect()
+    }
+
+    fn expand(template: &[&str], input: &str) -> Vec<String> {
+        expand_job(template, &[input], 1, 1)
+    }
+
+    #[test]
+    fn positional_strings_pick_one_source() {
+        let t = ["echo", "{2}-{1}", "{1.}", "{2/}", "{1//}", "{2/.}", "{3}"];
+        assert_eq!(
+            expand_job(&t, &["a/b.c", "d/e.f"], 1, 1),
+            ["echo", "d/e.f-a/b.c", "a/b", "e.f", "a", "e", ""]
+        );
+        assert_eq!(Template::new(words(&t)).unwrap().max_source(), 3);
+        assert_eq!(expand_job(&["echo", "{}"], &["A", "D"], 1, 1), ["echo", "A D"]);
+        assert_eq!(expand_job(&["echo"], &["A", "D"], 1, 1), ["echo", "A", "D"]);
+    }
+
+    #[test]
+    fn sequence_and_slot_numbers() {
+        assert_eq!(expand_job(&["echo", "{#}/{%}", "{}"], &["x"], 12, 3), ["echo", "12/3", "x"]);
+        // Neither counts as an input: the input is still appended.
+        assert_eq!(expand_job(&["echo", "{#}"], &["x"], 2, 1), ["echo", "2", "x"]);
+        assert_eq!(expand(&["echo", "{0}", "{1x}", "{-1}"], "a"), ["echo", "{0}", "{1x}", "{-1}", "a"]);
     }
 
     #[test]

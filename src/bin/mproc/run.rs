@@ -5,13 +5,14 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mproc::runner::{self, joblog, JobStdin, Options, Order, Output, Template};
+use mproc::runner::input::Next;
+use mproc::runner::{self, joblog, Inputs, JobArgs, JobStdin, Options, Order, Output, Source, Template};
 
 use crate::EXIT_USAGE;
 
@@ -88,15 +89,13 @@ pub fn main(args: RunArgs) -> u8 {
         Err(err) => return usage(&err.to_string()),
     };
     let stdin_inputs = listed_inputs.is_none();
-    let inputs = match listed_inputs {
-        Some(words) => Inputs::from_words(words),
-        None => match Inputs::from_stdin(if args.null { b'\0' } else { b'\n' }) {
-            Ok(inputs) => inputs,
-            Err(err) => return runner_failed(&format!("reading inputs from stdin: {err}")),
-        },
+    let mut inputs = match listed_inputs {
+        Some(words) => Inputs::from_iter(words),
+        None => Inputs::single(Source::stdin(if args.null { b'\0' } else { b'\n' })),
     };
+    let jobs = args.jobs.unwrap_or_else(|| Options::default().jobs);
     if args.dry_run {
-        return dry_run(&template, &inputs);
+        return dry_run(&template, &mut inputs, jobs);
     }
 
     let mut joblog = match args.joblog.as_deref().map(open_joblog).transpose() {
@@ -104,7 +103,7 @@ pub fn main(args: RunArgs) -> u8 {
         Err(msg) => return runner_failed(&msg),
     };
     let options = Options {
-        jobs: args.jobs.unwrap_or_else(|| Options::default().jobs),
+        jobs,
         order: if args.unordered { Order::Unordered } else { Order::Keep },
         timeout: args.timeout,
         halt_on_error: args.halt_on_error,
@@ -115,7 +114,7 @@ pub fn main(args: RunArgs) -> u8 {
     let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
     let output = Output { stdout: stdout.as_fd(), stderr: stderr.as_fd() };
     let mut log_error: Option<std::io::Error> = None;
-    let result = runner::run(&template, inputs.iter(), &options, output, &mut |report| {
+    let result = runner::run(&template, &mut inputs, &options, output, &mut |report| {
         if let (Some(log), None) = (joblog.as_mut(), log_error.as_ref()) {
             if let Err(err) = log.write_all(&joblog::line(report)) {
                 log_error = Some(err);
@@ -161,52 +160,35 @@ fn split_command(words: Vec<OsString>) -> Result<(Words, Option<Words>), String>
     Ok((words, inputs))
 }
 
-/// The inputs, packed into one buffer: one allocation instead of one per
-/// input (a million inputs cost ~8 MB of offsets, not ~40 MB of tiny
-/// allocations), and a small heap is a cheap one for each `fork` to copy.
-struct Inputs {
-    data: Vec<u8>,
-    /// `data[start..end]` is an input; `ends` holds each input's end, and
-    /// the next starts one byte (a separator) later.
-    ends: Vec<usize>,
-}
-
-impl Inputs {
-    fn from_words(words: Words) -> Inputs {
-        let mut inputs = Inputs { data: Vec::new(), ends: Vec::with_capacity(words.len()) };
-        for word in words {
-            inputs.data.extend_from_slice(&word);
-            inputs.ends.push(inputs.data.len());
-            inputs.data.push(0);
-        }
-        inputs
-    }
-
-    /// All of stdin, split at `separator`; a final separator ends the last
-    /// input rather than starting an empty one.
-    fn from_stdin(separator: u8) -> std::io::Result<Inputs> {
-        let mut data = Vec::new();
-        std::io::stdin().lock().read_to_end(&mut data)?;
-        if !data.is_empty() && data.last() != Some(&separator) {
-            data.push(separator);
-        }
-        let ends = data.iter().enumerate().filter(|&(_, &b)| b == separator).map(|(i, _)| i).collect();
-        data.shrink_to_fit();
-        Ok(Inputs { data, ends })
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        let starts = std::iter::once(0).chain(self.ends.iter().map(|&end| end + 1));
-        starts.zip(&self.ends).map(|(start, &end)| &self.data[start..end])
-    }
-}
-
-fn dry_run(template: &Template, inputs: &Inputs) -> u8 {
+/// Prints each job's command line as inputs arrive, flushing whenever the
+/// input stream has nothing more yet (so `tail -f | mproc run --dry-run`
+/// shows each command at once).
+fn dry_run(template: &Template, inputs: &mut Inputs, jobs: usize) -> u8 {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let written = inputs.iter().try_for_each(|input| {
-        out.write_all(&runner::shell_line(&template.expand(input)))?;
-        out.write_all(b"\n")
-    });
+    let mut seq = 0u64;
+    let written = loop {
+        let args = match inputs.next(false) {
+            Ok(Next::Args(args)) => Ok(Some(args)),
+            Ok(Next::End) => Ok(None),
+            Ok(Next::Pending) => match out.flush() {
+                Ok(()) => inputs.next_blocking(),
+                Err(err) => break Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        let args = match args {
+            Ok(Some(args)) => args,
+            Ok(None) => break Ok(()),
+            Err(err) => return runner_failed(&err.to_string()),
+        };
+        seq += 1;
+        // No job runs, so `{%}` counts round the slots, as GNU parallel's does.
+        let slot = ((seq - 1) % jobs as u64) as usize + 1;
+        let line = runner::shell_line(&template.expand(JobArgs { values: &args, seq, slot }));
+        if let Err(err) = out.write_all(&line).and_then(|()| out.write_all(b"\n")) {
+            break Err(err);
+        }
+    };
     match written.and_then(|()| out.flush()) {
         Ok(()) => 0,
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => EXIT_BROKEN_PIPE,
@@ -273,13 +255,6 @@ mod tests {
         for bad in ["", "x", "2x", "0", "-1", "nan", "inf", "1.5.2s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
-    }
-
-    #[test]
-    fn packed_inputs_give_back_every_input() {
-        let words = vec![b"a".to_vec(), Vec::new(), b"b c".to_vec()];
-        assert_eq!(Inputs::from_words(words.clone()).iter().collect::<Vec<_>>(), words);
-        assert_eq!(Inputs::from_words(Vec::new()).iter().count(), 0);
     }
 
     #[test]
