@@ -710,6 +710,42 @@ fn sigterm_stops_the_jobs_and_exits_143() {
     stop_with(libc::SIGTERM, 143);
 }
 
+/// `mproc run yes ::: a | less`, then Ctrl-C (or SIGTERM): the runner is
+/// blocked writing into a full pipe nobody reads, and must still stop at
+/// once — job killed and reaped, exit 128 + signal.
+#[cfg(target_os = "linux")]
+fn stop_while_stdout_is_blocked(sig: i32, expected: i32) {
+    let mut child =
+        mproc(&["yes", "{}", ":::", "a"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Hold the read end open, never read: the pipe fills, the runner blocks.
+    let _unread = child.stdout.take().unwrap();
+    let pid = child.id();
+    let mut kids = Vec::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        kids = children_of(pid);
+        !kids.is_empty()
+    }));
+    std::thread::sleep(Duration::from_millis(500)); // the pipe is full by now
+    signal(pid, sig);
+    let status = wait_with_limit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(expected));
+    for kid in kids {
+        assert!(!alive(kid), "job {kid} still running");
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn sigint_acts_at_once_while_stdout_is_blocked() {
+    stop_while_stdout_is_blocked(libc::SIGINT, 130);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn sigterm_acts_at_once_while_stdout_is_blocked() {
+    stop_while_stdout_is_blocked(libc::SIGTERM, 143);
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn a_closed_stdout_ends_the_run_without_hanging() {

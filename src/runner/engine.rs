@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::input::{Inputs, Next};
+use super::sink::{is_interrupted, Sink};
 use super::spool::{io_error, Budget, SpillFile, Spool};
 use super::template::JobArgs;
 use super::{shell_line, JobReport, JobStdin, Options, Order, Outcome, Output, Summary, Template};
@@ -87,6 +88,7 @@ pub fn run(
     sys::flush_stdio();
     let _active = ActiveRun::claim()?;
     let signals = SignalGuard::install(options.handle_signals)?;
+    let stop_signals: &[i32] = if options.handle_signals { &STOP_SIGNALS } else { &[] };
     let job_stdin = match options.stdin {
         JobStdin::Null => true,
         // A job in its own process group that reads the terminal would be
@@ -105,8 +107,8 @@ pub fn run(
     let mut engine = Engine {
         template,
         options,
-        out: output.stdout,
-        err: output.stderr,
+        out: Sink::new(output.stdout, signals.wake_read.as_fd(), stop_signals),
+        err: Sink::new(output.stderr, signals.wake_read.as_fd(), stop_signals),
         on_finish,
         inputs,
         exhausted: false,
@@ -185,7 +187,9 @@ impl SignalGuard {
             for sig in STOP_SIGNALS {
                 // An ignored signal stays ignored (`nohup`, `cmd &` in sh).
                 if !signal::is_ignored(sig)? {
-                    guard.saved.push(signal::install_handler(sig)?);
+                    // Without SA_RESTART: a write blocked on a full pipe
+                    // returns, and the signal acts at once (see sink).
+                    guard.saved.push(signal::install_interrupting_handler(sig)?);
                     unblock.push(sig);
                 }
             }
@@ -293,8 +297,8 @@ impl Job {
 struct Engine<'a> {
     template: &'a Template,
     options: &'a Options,
-    out: BorrowedFd<'a>,
-    err: BorrowedFd<'a>,
+    out: Sink<'a>,
+    err: Sink<'a>,
     on_finish: &'a mut dyn FnMut(&JobReport<'_>),
     inputs: &'a mut Inputs,
     /// The inputs have all been handed out.
@@ -466,6 +470,10 @@ impl Engine<'_> {
         let now = Instant::now();
         let mut wait: Option<Duration> = None;
         let mut shorten = |d: Duration| wait = Some(wait.map_or(d, |w| w.min(d)));
+        // A SIGCHLD wake-up taken by a sink: reap now, not at the next one.
+        if self.out.take_drained() | self.err.take_drained() {
+            shorten(Duration::ZERO);
+        }
         for seq in &self.live {
             let job = &self.jobs[seq];
             if let Some(at) = job.next_deadline() {
@@ -524,10 +532,9 @@ impl Engine<'_> {
     }
 
     fn handle_signals(&mut self) {
-        // A pipe read returns everything buffered up to the size asked for,
-        // so a short read means the pipe is empty.
-        let mut drain = [0u8; 256];
-        while matches!(sys::read(self.wake, &mut drain), Ok(n) if n == drain.len()) {}
+        // Errors cannot happen on our own non-blocking pipe; nothing is lost
+        // if one did: the signals are recorded apart from the bytes.
+        let _ = sys::bell::drain(self.wake);
         let pending = signal::take_pending_signals();
         // SIGCHLD needs nothing here: reap() runs after every wake-up.
         for sig in STOP_SIGNALS {
@@ -599,7 +606,7 @@ impl Engine<'_> {
             // Invariant: the head's stdout spool was drained when it became
             // the head (print_ready), so these bytes come right after it.
             debug_assert!(self.jobs.get(&seq).is_some_and(|job| job.out.is_empty()));
-            write_fd(self.out, data)
+            self.out.write_all(data)
         } else {
             match self.jobs.get_mut(&seq) {
                 Some(job) => {
@@ -610,6 +617,16 @@ impl Engine<'_> {
             }
         };
         if let Err(err) = result {
+            self.output_failed(err);
+        }
+    }
+
+    /// A write of the output failed: a stop signal cut it short (act on
+    /// the signal), or the output is gone (stop the run).
+    fn output_failed(&mut self, err: Error) {
+        if is_interrupted(&err) {
+            self.handle_signals();
+        } else {
             self.begin_stop(Stop::Failed(err));
         }
     }
@@ -760,20 +777,20 @@ impl Engine<'_> {
             Order::Unordered => self.print_unordered(),
         };
         if let Err(err) = result {
-            self.begin_stop(Stop::Failed(err));
+            self.output_failed(err);
         }
     }
 
     fn print_heads(&mut self) -> Result<()> {
-        let (out, err) = (self.out, self.err);
+        let (out, err) = (&self.out, &self.err);
         while let Some(mut entry) = self.jobs.first_entry() {
             let seq = *entry.key();
             let job = entry.get_mut();
-            job.out.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(out, b))?;
+            job.out.drain(&mut self.budget, &mut self.spill, &mut |b| out.write_all(b))?;
             let Some(outcome) = job.outcome else { return Ok(()) };
-            job.err.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(err, b))?;
+            job.err.drain(&mut self.budget, &mut self.spill, &mut |b| err.write_all(b))?;
             if let Some(line) = status_line(seq, &job.command, outcome, self.options.timeout) {
-                write_fd(err, line.as_bytes())?;
+                err.write_all(line.as_bytes())?;
             }
             entry.remove();
         }
@@ -781,14 +798,14 @@ impl Engine<'_> {
     }
 
     fn print_unordered(&mut self) -> Result<()> {
-        let (out, err) = (self.out, self.err);
+        let (out, err) = (&self.out, &self.err);
         while let Some(seq) = self.unordered_ready.pop_front() {
             let Some(mut job) = self.jobs.remove(&seq) else { continue };
-            job.out.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(out, b))?;
-            job.err.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(err, b))?;
+            job.out.drain(&mut self.budget, &mut self.spill, &mut |b| out.write_all(b))?;
+            job.err.drain(&mut self.budget, &mut self.spill, &mut |b| err.write_all(b))?;
             if let Some(outcome) = job.outcome {
                 if let Some(line) = status_line(seq, &job.command, outcome, self.options.timeout) {
-                    write_fd(err, line.as_bytes())?;
+                    err.write_all(line.as_bytes())?;
                 }
             }
         }
@@ -831,22 +848,6 @@ pub(crate) fn format_duration(d: Duration) -> String {
     } else {
         format!("{}s", (ms as f64 / 1000.0))
     }
-}
-
-/// Writes all of `data`, waiting for room if the descriptor happens to be
-/// non-blocking (an inherited `O_NONBLOCK` we must not change: the file
-/// description is shared with other processes).
-fn write_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<()> {
-    while !data.is_empty() {
-        match sys::write(fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(Error::Os(e)) if e.errno == libc::EAGAIN || e.errno == libc::EWOULDBLOCK => {
-                sys::poll(&[(fd, false, true)], None)?;
-            }
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

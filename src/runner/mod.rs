@@ -45,13 +45,14 @@
 //!   jobs get `/dev/null`.
 //! - The signal handlers are process-wide; only one [`run`] may be active in
 //!   a process at a time.
-//! - mproc writes its output with blocking writes: a reader that stops
-//!   reading mproc's output stops the jobs (they block on their own full
-//!   pipes) — and signals are acted upon only once such a write returns.
+//! - A reader that stops reading mproc's output stops the jobs (they
+//!   block on their own full pipes). A stop signal still acts at once:
+//!   every write polls the self-pipe too (see `sink`).
 
 mod engine;
 pub mod input;
 pub mod joblog;
+mod sink;
 mod spool;
 mod template;
 

@@ -508,6 +508,27 @@ pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize> {
     Ok(n as usize)
 }
 
+/// `write(2)` once, without retrying `EINTR`: for a caller that must act on
+/// a signal that arrives while the write is blocked (handlers installed
+/// without `SA_RESTART`). Returns how many bytes went.
+pub(crate) fn write_interruptible(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    if n == -1 {
+        return Err(os_error("write", None));
+    }
+    Ok(n as usize)
+}
+
+/// Whether `fd` is a pipe or FIFO (`fstat`); `false` if it cannot be told.
+pub(crate) fn is_fifo(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: all-zero is a valid `stat`; fstat fills it for an open fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable; a bad fd is reported as EBADF.
+    let rc = retry("fstat", None, || unsafe { libc::fstat(fd.as_raw_fd(), &mut st) });
+    rc.is_ok() && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+}
+
 /// Sets or clears `O_NONBLOCK`.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> Result<()> {
     let raw = fd.as_raw_fd();
