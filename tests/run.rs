@@ -764,6 +764,62 @@ fn a_closed_stdout_ends_the_run_without_hanging() {
     assert!(children_of(pid).is_empty());
 }
 
+/// Runs `mproc run ARGS` with its open-files limit set to `soft`/`hard`.
+fn run_with_nofile_limit(soft: u64, hard: u64, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = mproc(args);
+    let limit = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    cmd.output().unwrap()
+}
+
+fn hundred_slow_echoes() -> (Vec<String>, String) {
+    let inputs: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+    let expected: String = inputs.iter().map(|i| format!("{i}\n")).collect();
+    (inputs, expected)
+}
+
+/// Bug: `-j` above what the open-files limit allows threw the run away
+/// ("pipe failed: Too many open files", exit 255, nothing printed).
+#[test]
+fn jobs_above_the_open_files_limit_are_lowered_with_one_warning() {
+    let (inputs, expected) = hundred_slow_echoes();
+    let mut args = vec!["-j", "100", "sh", "-c", "sleep 0.3; echo $1", "sh", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let out = run_with_nofile_limit(128, 128, &args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(text(&out.stdout), expected);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("mproc: run: warning: -j 100 lowered to "), "{err}");
+    assert!(err.contains("open files"), "{err}");
+}
+
+/// The soft limit is raised to the hard one first, as most runners do.
+#[test]
+fn the_soft_open_files_limit_is_raised_to_the_hard_one_quietly() {
+    let (inputs, expected) = hundred_slow_echoes();
+    let mut args = vec!["-j", "100", "sh", "-c", "sleep 0.3; echo $1", "sh", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let out = run_with_nofile_limit(64, 1024, &args);
+    assert_eq!((out.status.code(), text(&out.stderr).as_str()), (Some(0), ""));
+    assert_eq!(text(&out.stdout), expected);
+}
+
+/// Jobs get the limit mproc was started with, not the raised one.
+#[cfg(target_os = "linux")]
+#[test]
+fn jobs_keep_the_original_open_files_limit() {
+    let out = run_with_nofile_limit(64, 1024, &["sh", "-c", "ulimit -Sn; ulimit -Hn", "sh", ":::", "x"]);
+    assert_eq!(text(&out.stdout), "64\n1024\n", "{}", text(&out.stderr));
+}
+
 #[cfg(target_os = "linux")]
 fn fd_numbers(listing: &str) -> BTreeSet<String> {
     listing.split_whitespace().map(str::to_string).collect()

@@ -24,7 +24,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::input::{Inputs, Next};
+use super::fd_limit::fit_jobs;
+use super::input::{Args, Inputs, Next};
 use super::sink::{is_interrupted, Sink};
 use super::spool::{io_error, Budget, SpillFile, Spool};
 use super::template::JobArgs;
@@ -89,6 +90,7 @@ pub fn run(
     let _active = ActiveRun::claim()?;
     let signals = SignalGuard::install(options.handle_signals)?;
     let stop_signals: &[i32] = if options.handle_signals { &STOP_SIGNALS } else { &[] };
+    let fit = fit_jobs(options.jobs)?;
     let job_stdin = match options.stdin {
         JobStdin::Null => true,
         // A job in its own process group that reads the terminal would be
@@ -101,7 +103,7 @@ pub fn run(
     };
     // The vectors rewritten at every wake-up, allocated together so they
     // share heap pages (see exec::poll_in_place).
-    let slots = options.jobs.min(1 << 16);
+    let slots = fit.jobs.min(1 << 16);
     let (live, pollfds, targets) =
         (Vec::with_capacity(slots), Vec::with_capacity(2 * slots + 1), Vec::with_capacity(2 * slots));
     let mut engine = Engine {
@@ -115,6 +117,10 @@ pub fn run(
         input_ready: false,
         input_waiting: false,
         next_seq: 0,
+        jobs_at_once: fit.jobs,
+        job_file_limit: fit.job_limit.map(|limit| limit.as_rlimit()),
+        warned_fd_limit: fit.warning.is_some(),
+        unstarted: None,
         free_slots: Vec::new(),
         slots_made: 0,
         jobs: BTreeMap::new(),
@@ -133,6 +139,9 @@ pub fn run(
         pollfds,
         targets,
     };
+    if let Some(warning) = &fit.warning {
+        engine.err.write_all(warning.as_bytes())?;
+    }
     engine.run_loop()?;
     let summary = Summary { started: engine.started, failed: engine.failed, interrupted: None };
     match engine.stop.take() {
@@ -308,6 +317,14 @@ struct Engine<'a> {
     /// The input stream has nothing whole buffered: poll it.
     input_waiting: bool,
     next_seq: u64,
+    /// Jobs run at once: `options.jobs`, lowered to fit the open-files limit.
+    jobs_at_once: usize,
+    /// The open-files limit jobs get back (mproc raised its own).
+    job_file_limit: Option<libc::rlimit>,
+    /// The warning that fewer jobs run at once has been printed.
+    warned_fd_limit: bool,
+    /// A job that could not start for want of descriptors: it goes first.
+    unstarted: Option<Args>,
     /// Slots (`{%}`) given back by completed jobs, highest first, so `pop`
     /// takes the lowest.
     free_slots: Vec<usize>,
@@ -371,13 +388,17 @@ impl Engine<'_> {
 
     /// A free slot, and (keep-order) not too many jobs waiting their turn.
     fn has_room(&self) -> bool {
-        self.live.len() < self.options.jobs
+        self.live.len() < self.jobs_at_once
             && (self.options.order == Order::Unordered
-                || self.jobs.len() < self.options.jobs + WAITING_JOBS_MAX)
+                || self.jobs.len() < self.jobs_at_once + WAITING_JOBS_MAX)
     }
 
     fn start_jobs(&mut self) {
         while self.may_start() && self.has_room() {
+            if let Some(args) = self.unstarted.take() {
+                self.start_job(args);
+                continue;
+            }
             let next = self.inputs.next(std::mem::take(&mut self.input_ready));
             self.input_waiting = matches!(next, Ok(Next::Pending));
             let args = match next {
@@ -392,24 +413,47 @@ impl Engine<'_> {
                     break;
                 }
             };
-            self.next_seq += 1;
-            let seq = self.next_seq;
-            let slot = self.free_slots.pop().unwrap_or_else(|| {
-                self.slots_made += 1;
-                self.slots_made
-            });
-            let command = self.template.expand(JobArgs { values: &args, seq, slot });
-            match self.spawn_job(seq, slot, command) {
-                Ok(job) => {
-                    self.started += 1;
-                    self.jobs.insert(seq, Box::new(job));
-                    self.live.push(seq);
-                }
-                Err(err) => {
-                    self.free_slots.push(slot);
+            self.start_job(args);
+        }
+    }
+
+    fn start_job(&mut self, args: Args) {
+        let seq = self.next_seq + 1;
+        let slot = self.free_slots.pop().unwrap_or(self.slots_made + 1);
+        self.slots_made = self.slots_made.max(slot);
+        let command = self.template.expand(JobArgs { values: &args, seq, slot });
+        match self.spawn_job(seq, slot, command) {
+            Ok(job) => {
+                self.next_seq = seq;
+                self.started += 1;
+                self.jobs.insert(seq, Box::new(job));
+                self.live.push(seq);
+            }
+            Err(err) => {
+                self.free_slots.push(slot);
+                if is_out_of_descriptors(&err) && !self.live.is_empty() {
+                    // Something else holds descriptors too: run fewer at
+                    // once; this job starts when one ends.
+                    self.jobs_at_once = self.live.len();
+                    self.unstarted = Some(args);
+                    self.warn_fewer_jobs(err);
+                } else {
                     self.begin_stop(Stop::Failed(err));
                 }
             }
+        }
+    }
+
+    fn warn_fewer_jobs(&mut self, err: Error) {
+        if std::mem::replace(&mut self.warned_fd_limit, true) {
+            return;
+        }
+        let line = format!(
+            "mproc: run: warning: -j {} lowered to {} ({err})\n",
+            self.options.jobs, self.jobs_at_once
+        );
+        if let Err(err) = self.err.write_all(line.as_bytes()) {
+            self.output_failed(err);
         }
     }
 
@@ -450,6 +494,7 @@ impl Engine<'_> {
             stdout: out_write.as_raw_fd(),
             stderr: err_write.as_raw_fd(),
             reset_signals: &self.reset_signals,
+            file_limit: self.job_file_limit,
         };
         job.started = SystemTime::now();
         job.start = Instant::now();
@@ -825,6 +870,12 @@ impl Drop for Engine<'_> {
             }
         }
     }
+}
+
+/// Whether `err` is running out of descriptors (this process's or the
+/// system's).
+fn is_out_of_descriptors(err: &Error) -> bool {
+    matches!(err, Error::Os(e) if e.errno == libc::EMFILE || e.errno == libc::ENFILE)
 }
 
 /// The one line printed after a job that timed out or was killed by a

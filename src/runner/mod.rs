@@ -50,6 +50,7 @@
 //!   every write polls the self-pipe too (see `sink`).
 
 mod engine;
+mod fd_limit;
 pub mod input;
 pub mod joblog;
 mod sink;

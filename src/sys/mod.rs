@@ -630,6 +630,37 @@ pub fn open_fd_count() -> usize {
     std::fs::read_dir(dir).map(|d| d.count().saturating_sub(1)).unwrap_or(0)
 }
 
+/// The open-files limit (`RLIMIT_NOFILE`): soft and hard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileLimit {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl FileLimit {
+    /// This process's limit.
+    pub(crate) fn current() -> Result<FileLimit> {
+        // SAFETY: all-zero is a valid rlimit, which getrlimit fills.
+        let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: `lim` is writable.
+        retry("getrlimit", None, || unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+        Ok(FileLimit { soft: lim.rlim_cur as u64, hard: lim.rlim_max as u64 })
+    }
+
+    /// Makes this the process's limit.
+    pub(crate) fn apply(&self) -> Result<()> {
+        let lim = self.as_rlimit();
+        // SAFETY: `lim` is a valid rlimit.
+        retry("setrlimit", None, || unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+        trace!("setrlimit(RLIMIT_NOFILE, {}, {})", self.soft, self.hard);
+        Ok(())
+    }
+
+    pub(crate) fn as_rlimit(&self) -> libc::rlimit {
+        libc::rlimit { rlim_cur: self.soft as libc::rlim_t, rlim_max: self.hard as libc::rlim_t }
+    }
+}
+
 /// Closes a descriptor this process inherited through `fork` but must not
 /// keep (the parent's end of a pipe, say).
 ///
