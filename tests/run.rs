@@ -4,7 +4,6 @@
 //! resource-usage and child-process checks look at the test's own children).
 //! Checks that read `/proc` (children, descriptors, memory) are Linux-only.
 
-#[cfg(target_os = "linux")]
 use std::collections::BTreeSet;
 #[cfg(target_os = "linux")]
 use std::io::Read;
@@ -296,6 +295,122 @@ fn an_empty_input_list_runs_nothing_and_succeeds() {
     assert_eq!((out.status.code(), out.stdout.len(), out.stderr.len()), (Some(0), 0, 0));
     let out = run_with_stdin(&["echo", "x"], b"");
     assert_eq!((out.status.code(), out.stdout.len(), out.stderr.len()), (Some(0), 0, 0));
+}
+
+// ---------------------------------------------------------------------------
+// several input sources
+
+fn lines(out: &Output) -> Vec<String> {
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn several_sources_give_every_combination_in_gnu_parallels_order() {
+    let out = run(&["-j3", "echo", ":::", "A", "B", "C", ":::", "D", "E", "F"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let expected: Vec<String> =
+        ["A", "B", "C"].iter().flat_map(|a| ["D", "E", "F"].map(|d| format!("{a} {d}"))).collect();
+    assert_eq!(lines(&out), expected);
+}
+
+#[test]
+fn four_colons_read_inputs_from_files_mixed_with_lists() {
+    let dir = TempDir::new("argfiles");
+    let (nums, letters) = (dir.path("nums"), dir.path("letters"));
+    std::fs::write(&nums, "1\n2\n").unwrap();
+    std::fs::write(&letters, "x\ny").unwrap();
+    let out = run(&["echo", ":::", "a", "::::", &nums, ":::", "b", "c"]);
+    assert_eq!(lines(&out), ["a 1 b", "a 1 c", "a 2 b", "a 2 c"]);
+    // Each file after :::: is a source of its own.
+    let out = run(&["echo", "::::", &nums, &letters]);
+    assert_eq!(lines(&out), ["1 x", "1 y", "2 x", "2 y"]);
+    // `-` is standard input (and the jobs then get /dev/null).
+    let out = run_with_stdin(&["sh", "-c", "cat; echo $1 $2", "sh", "::::", "-", ":::", "a", "b"], b"s\nt\n");
+    assert_eq!(lines(&out), ["s a", "s b", "t a", "t b"]);
+}
+
+/// mproc(1), COMPATIBILITY: unlike GNU parallel, a `:::` word with a
+/// newline is one input.
+#[test]
+fn a_list_word_with_a_newline_is_one_input() {
+    let out = run(&["echo", "{#}:{}", ":::", "a\nb"]);
+    assert_eq!(text(&out.stdout), "1:a\nb\n");
+}
+
+#[test]
+fn link_pairs_the_sources_and_a_shorter_one_starts_over() {
+    let out = run(&["--link", "echo", ":::", "A", "B", "C", ":::", "D", "E"]);
+    assert_eq!(lines(&out), ["A D", "B E", "C D"]);
+}
+
+#[test]
+fn positional_replacement_strings_pick_a_source() {
+    let out = run(&["echo", "{2}-{1}", "{1.}", "{2/}", "{1//}", "{2/.}", ":::", "a/b.c", ":::", "d/e.f"]);
+    assert_eq!(lines(&out), ["d/e.f-a/b.c a/b e.f a e"]);
+}
+
+#[test]
+fn job_numbers_and_slots() {
+    // `{#}` and `{%}` are replacement strings: the input is not appended.
+    let out = run(&[
+        "-j2",
+        "sh",
+        "-c",
+        "sleep 0.$1; echo $1 $2",
+        "sh",
+        "{#}",
+        "{%}",
+        ":::",
+        "a",
+        "b",
+        "c",
+        "d",
+        "e",
+    ]);
+    let rows: Vec<(u32, u32)> = lines(&out)
+        .iter()
+        .map(|l| {
+            let (seq, slot) = l.split_once(' ').unwrap();
+            (seq.parse().unwrap(), slot.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert!(rows.iter().all(|&(_, slot)| slot == 1 || slot == 2), "{rows:?}");
+    assert_eq!(rows[..2].iter().map(|r| r.1).collect::<BTreeSet<_>>(), BTreeSet::from([1, 2]));
+}
+
+#[test]
+fn the_first_source_streams_while_the_others_are_read_whole() {
+    let mut child = mproc(&["echo", "::::", "-", ":::", "x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = stdout_lines(&mut child);
+    stdin.write_all(b"1\n").unwrap();
+    assert_eq!(lines.recv_timeout(Duration::from_secs(10)).as_deref(), Ok("1 x"));
+    drop(stdin);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn bad_input_sources_are_one_line_errors() {
+    let out = run(&["echo", "::::", "/nonexistent/inputs"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out.stderr),
+        "mproc: run: cannot open input file /nonexistent/inputs: No such file or directory (os error 2)\n"
+    );
+    for (args, message) in [
+        (&["echo", "{3}", ":::", "a", ":::", "b"][..], "{3} names input source 3, but there are 2"),
+        (&["echo", "::::"][..], "missing FILE after ::::"),
+        (&["echo", "::::", "-", "-"][..], "standard input can be only one input source"),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(text(&out.stderr), format!("mproc: run: {message}\n"), "{args:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -885,7 +1000,7 @@ fn usage_errors_exit_2_with_one_line() {
         &["-j", "many", "echo"],
         &["--timeout", "5x", "echo"],
         &["--timeout", "0", "echo"],
-        &["echo", ":::", "a", ":::", "b"],
+        &["echo", "::::"],
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -61,8 +61,9 @@ pub struct JobArgs<'a> {
 /// name included: `{}` (the input), `{.}` (without extension), `{/}`
 /// (basename), `{//}` (directory) and `{/.}` (basename without extension);
 /// `{1}`, `{2.}`, `{3/}`, ... the same for one input source; `{#}` the job's
-/// number and `{%}` its slot. When no word holds an input, the inputs are
-/// appended as last arguments, as `xargs -n 1` and GNU parallel do.
+/// number and `{%}` its slot. When no word holds a replacement string, the
+/// inputs are appended as last arguments, as `xargs -n 1` and GNU parallel
+/// do.
 #[derive(Clone, Debug)]
 pub struct Template {
     words: Vec<Vec<Piece>>,
@@ -76,7 +77,9 @@ impl Template {
             return Err(Error::InvalidArgument("empty command".into()));
         }
         let words: Vec<Vec<Piece>> = words.iter().map(|w| parse_word(w)).collect();
-        let append_input = !words.iter().flatten().any(|p| matches!(p, Piece::Input { .. }));
+        // As in GNU parallel, any replacement string, `{#}` too, means the
+        // command says where its inputs go.
+        let append_input = words.iter().flatten().all(|p| matches!(p, Piece::Literal(_)));
         Ok(Template { words, append_input })
     }
 
@@ -303,8 +306,8 @@ mod tests {
     #[test]
     fn sequence_and_slot_numbers() {
         assert_eq!(expand_job(&["echo", "{#}/{%}", "{}"], &["x"], 12, 3), ["echo", "12/3", "x"]);
-        // Neither counts as an input: the input is still appended.
-        assert_eq!(expand_job(&["echo", "{#}"], &["x"], 2, 1), ["echo", "2", "x"]);
+        // A replacement string, as for GNU parallel: nothing is appended.
+        assert_eq!(expand_job(&["echo", "{#}"], &["x"], 2, 1), ["echo", "2"]);
         assert_eq!(expand(&["echo", "{0}", "{1x}", "{-1}"], "a"), ["echo", "{0}", "{1x}", "{-1}", "a"]);
     }
 

@@ -25,9 +25,12 @@ const EXIT_RUNNER_FAILED: u8 = 255;
 const EXIT_BROKEN_PIPE: u8 = 141;
 
 const AFTER_HELP: &str = "\
-Inputs come after ::: or, without :::, one per line from stdin. In COMMAND and ARGS, \
+Inputs come after ::: (words), after :::: (files, one input per line; - is stdin) or, with \
+neither, one per line from stdin. Several ::: and :::: sources give every combination (the \
+first changing slowest), or with --link the n-th input of each. In COMMAND and ARGS, \
 {} is the input, {.} the input without extension, {/} its basename, {//} its directory, \
-{/.} its basename without extension; with none of these, the input is appended.
+{/.} its basename without extension, {1} {2} ... (and {1.} {2/} ...) the input of one source, \
+{#} the job number, {%} the job slot; with none of these, the inputs are appended.
 
 Exit status: 0 all jobs succeeded; 1-100 that many jobs failed; 101 more than 100 failed; \
 2 usage error; 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP; 141 output closed; \
@@ -36,6 +39,7 @@ Exit status: 0 all jobs succeeded; 1-100 that many jobs failed; 101 more than 10
 Examples:
   mproc run gzip -k ::: *.txt
   find . -name '*.png' | mproc run -j 4 convert {} {.}.jpg
+  mproc run echo {1}-{2} ::: a b ::: 1 2
   mproc run --timeout 30s --joblog log.tsv ./test.sh ::: 1 2 3";
 
 /// Runs a command once per input, in parallel, with grouped output.
@@ -74,13 +78,17 @@ pub struct RunArgs {
     #[arg(short = '0', long)]
     null: bool,
 
-    /// COMMAND [ARGS...] [::: INPUT...]
+    /// With several input sources, take their values in step (the n-th of each) instead of every combination
+    #[arg(long)]
+    link: bool,
+
+    /// COMMAND [ARGS...] [::: INPUT... | :::: FILE...]...
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     command: Vec<OsString>,
 }
 
 pub fn main(args: RunArgs) -> u8 {
-    let (words, listed_inputs) = match split_command(args.command) {
+    let (words, sources) = match split_command(args.command) {
         Ok(split) => split,
         Err(msg) => return usage(&msg),
     };
@@ -88,10 +96,16 @@ pub fn main(args: RunArgs) -> u8 {
         Ok(t) => t,
         Err(err) => return usage(&err.to_string()),
     };
-    let stdin_inputs = listed_inputs.is_none();
-    let mut inputs = match listed_inputs {
-        Some(words) => Inputs::from_iter(words),
-        None => Inputs::single(Source::stdin(if args.null { b'\0' } else { b'\n' })),
+    let source_count = sources.len().max(1);
+    if template.max_source() > source_count {
+        let n = template.max_source();
+        return usage(&format!("{{{n}}} names input source {n}, but there are {source_count}"));
+    }
+    let stdin_inputs = sources.is_empty() || sources.iter().any(SourceArg::is_stdin);
+    let separator = if args.null { b'\0' } else { b'\n' };
+    let mut inputs = match open_sources(sources, separator, args.link) {
+        Ok(inputs) => inputs,
+        Err(msg) => return runner_failed(&msg),
     };
     let jobs = args.jobs.unwrap_or_else(|| Options::default().jobs);
     if args.dry_run {
@@ -140,24 +154,84 @@ pub fn main(args: RunArgs) -> u8 {
 /// Words of a command line, or inputs, as bytes.
 type Words = Vec<Vec<u8>>;
 
-/// Splits `COMMAND [ARGS...] [::: INPUT...]`; `None` inputs: read stdin.
-fn split_command(words: Vec<OsString>) -> Result<(Words, Option<Words>), String> {
-    let mut words: Words = words.into_iter().map(OsString::into_vec).collect();
-    let inputs = match words.iter().position(|w| w == b":::") {
-        None => None,
-        Some(at) => {
-            let inputs = words.split_off(at + 1);
-            words.pop(); // the ":::" itself
-            if inputs.iter().any(|w| w == b":::") {
-                return Err("only one ::: list of inputs is supported".into());
-            }
-            Some(inputs)
+/// An input source as the command line gives it.
+#[derive(Debug, PartialEq, Eq)]
+enum SourceArg {
+    /// `::: WORD...`
+    Words(Words),
+    /// One file after `::::` (`-`: standard input).
+    File(Vec<u8>),
+}
+
+impl SourceArg {
+    fn is_stdin(&self) -> bool {
+        matches!(self, SourceArg::File(name) if name == b"-")
+    }
+}
+
+const LIST_MARKER: &[u8] = b":::";
+const FILE_MARKER: &[u8] = b"::::";
+
+/// Splits `COMMAND [ARGS...] [::: INPUT... | :::: FILE...]...`; no source
+/// at all: read stdin.
+fn split_command(words: Vec<OsString>) -> Result<(Words, Vec<SourceArg>), String> {
+    let mut words = words.into_iter().map(OsString::into_vec);
+    let is_marker = |w: &[u8]| w == LIST_MARKER || w == FILE_MARKER;
+    let mut command = Vec::new();
+    let mut marker = None;
+    for word in words.by_ref() {
+        if is_marker(&word) {
+            marker = Some(word);
+            break;
         }
-    };
-    if words.is_empty() {
+        command.push(word);
+    }
+    if command.is_empty() {
         return Err("missing COMMAND (usage: mproc run [OPTIONS] COMMAND [ARGS...] [::: INPUT...])".into());
     }
-    Ok((words, inputs))
+    let mut sources = Vec::new();
+    while let Some(current) = marker.take() {
+        let mut items = Vec::new();
+        for word in words.by_ref() {
+            if is_marker(&word) {
+                marker = Some(word);
+                break;
+            }
+            items.push(word);
+        }
+        if current == LIST_MARKER {
+            sources.push(SourceArg::Words(items));
+        } else if items.is_empty() {
+            return Err("missing FILE after ::::".into());
+        } else {
+            sources.extend(items.into_iter().map(SourceArg::File));
+        }
+    }
+    if sources.iter().filter(|s| s.is_stdin()).count() > 1 {
+        return Err("standard input can be only one input source".into());
+    }
+    Ok((command, sources))
+}
+
+/// Opens every source; none: standard input.
+fn open_sources(sources: Vec<SourceArg>, separator: u8, link: bool) -> Result<Inputs, String> {
+    if sources.is_empty() {
+        return Ok(Inputs::single(Source::stdin(separator)));
+    }
+    let mut opened = Vec::with_capacity(sources.len());
+    for source in sources {
+        opened.push(match source {
+            SourceArg::Words(words) => Source::values(words),
+            SourceArg::File(name) if name == b"-" => Source::stdin(separator),
+            SourceArg::File(name) => {
+                let path = PathBuf::from(OsString::from_vec(name));
+                let file = File::open(&path)
+                    .map_err(|e| format!("cannot open input file {}: {e}", path.display()))?;
+                Source::file(file, separator)
+            }
+        });
+    }
+    Inputs::combine(opened, link).map_err(|e| format!("reading the inputs: {e}"))
 }
 
 /// Prints each job's command line as inputs arrive, flushing whenever the
@@ -261,13 +335,19 @@ mod tests {
     fn command_and_inputs_split_at_the_marker() {
         let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
         let b = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+        let words = |v: &[&str]| SourceArg::Words(b(v));
+        let file = |name: &str| SourceArg::File(name.as_bytes().to_vec());
         assert_eq!(
             split_command(os(&["echo", "{}", ":::", "a", "b"])),
-            Ok((b(&["echo", "{}"]), Some(b(&["a", "b"]))))
+            Ok((b(&["echo", "{}"]), vec![words(&["a", "b"])]))
         );
-        assert_eq!(split_command(os(&["echo", ":::"])), Ok((b(&["echo"]), Some(vec![]))));
-        assert_eq!(split_command(os(&["echo"])), Ok((b(&["echo"]), None)));
+        assert_eq!(split_command(os(&["echo", ":::"])), Ok((b(&["echo"]), vec![words(&[])])));
+        assert_eq!(split_command(os(&["echo"])), Ok((b(&["echo"]), vec![])));
         assert!(split_command(os(&[":::", "a"])).is_err());
-        assert!(split_command(os(&["echo", ":::", "a", ":::", "b"])).is_err());
+        assert_eq!(
+            split_command(os(&["echo", ":::", "a", "::::", "f", "-", ":::", "b"])),
+            Ok((b(&["echo"]), vec![words(&["a"]), file("f"), file("-"), words(&["b"])]))
+        );
+        assert!(split_command(os(&["echo", "::::"])).is_err());
     }
 }
