@@ -596,6 +596,111 @@ fn a_large_job_waiting_its_turn_spills_instead_of_growing() {
 }
 
 // ---------------------------------------------------------------------------
+// --tag, --line-buffer, -j forms
+
+#[test]
+fn tag_prefixes_every_line_of_both_streams_with_the_inputs() {
+    let out = run(&["--tag", "echo", ":::", "a", "b", ":::", "c"]);
+    assert_eq!(text(&out.stdout), "a c\ta c\nb c\tb c\n");
+    // A last line without a newline is tagged and left without one.
+    let out = run(&["--tag", "printf", "x\\n\\ny", ":::", "a"]);
+    assert_eq!(text(&out.stdout), "a\tx\na\t\na\ty");
+    let out = run(&["--tag", "sh", "-c", "echo out; echo err >&2", "sh", ":::", "in"]);
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str()), ("in\tout\n", "in\terr\n"));
+    // No output, no tag.
+    let out = run(&["--tag", "true", ":::", "a"]);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn tag_applies_to_a_job_streaming_at_the_head() {
+    // 300 kB: more than a pipe holds, so the head streams in many reads.
+    let out = run(&["--tag", "sh", "-c", "seq 50000", "sh", ":::", "t"]);
+    let expected: String = (1..=50000).map(|i| format!("t\t{i}\n")).collect();
+    assert!(text(&out.stdout) == expected, "tagged output differs");
+}
+
+#[test]
+fn line_buffer_prints_lines_of_running_jobs_as_they_come() {
+    let mut child = mproc(&[
+        "--unordered",
+        "--line-buffer",
+        "-j2",
+        "sh",
+        "-c",
+        "echo start $1; sleep 5; echo end $1",
+        "sh",
+        ":::",
+        "1",
+        "2",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lines = stdout_lines(&mut child);
+    let mut first: Vec<String> =
+        (0..2).filter_map(|_| lines.recv_timeout(Duration::from_secs(4)).ok()).collect();
+    first.sort();
+    assert_eq!(first, ["start 1", "start 2"], "lines of running jobs were held back");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn line_buffer_never_mixes_half_lines_of_two_jobs() {
+    // Each job writes each line in 10 separate writes, apart in time, so
+    // the four jobs' writes interleave.
+    let script = "for l in 1 2 3 4 5; do for c in $(seq 10); do printf %s $1; sleep 0.01; done; echo; done";
+    let out =
+        run(&["--unordered", "--line-buffer", "-j4", "sh", "-c", script, "sh", ":::", "a", "b", "c", "d"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 20, "{stdout}");
+    for line in stdout.lines() {
+        let first = line.chars().next().unwrap();
+        assert!(line.len() == 10 && line.chars().all(|c| c == first), "mixed line {line:?}");
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().unwrap().get()
+}
+
+/// The highest `{%}` `--dry-run` shows for 200 jobs: the number of jobs at once.
+fn slots_for(jobs: &str) -> usize {
+    let inputs: Vec<String> = (1..=200).map(|i| i.to_string()).collect();
+    let mut args = vec!["--dry-run", "-j", jobs, "echo", "{%}", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "-j {jobs}: {}", text(&out.stderr));
+    text(&out.stdout).lines().map(|l| l.trim_start_matches("echo ").parse::<usize>().unwrap()).max().unwrap()
+}
+
+#[test]
+fn jobs_accept_gnu_parallels_relative_forms() {
+    let n = cpus();
+    assert_eq!(slots_for("3"), 3);
+    assert_eq!(slots_for("+2"), n + 2);
+    assert_eq!(slots_for("-1"), (n - 1).max(1));
+    assert_eq!(slots_for("-1000"), 1);
+    assert_eq!(slots_for("50%"), n.div_ceil(2));
+    assert_eq!(slots_for("250%"), (n * 5).div_ceil(2));
+    assert_eq!(slots_for("0"), 200, "-j 0: as many as possible");
+}
+
+#[test]
+fn jobs_zero_runs_everything_at_once() {
+    // 20 jobs of 2 s each: together in well under 20 s.
+    let inputs: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+    let mut args = vec!["-j", "0", "sh", "-c", "sleep 2; echo $1", "sh", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let start = Instant::now();
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).lines().count(), 20);
+    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+}
+
+// ---------------------------------------------------------------------------
 // exit status and failures
 
 #[test]
@@ -996,8 +1101,9 @@ fn usage_errors_exit_2_with_one_line() {
         &[][..],
         &[":::", "a"],
         &["--no-such-option", "echo"],
-        &["-j", "0", "echo"],
         &["-j", "many", "echo"],
+        &["-j", "5%%", "echo"],
+        &["-j", "+", "echo"],
         &["--timeout", "5x", "echo"],
         &["--timeout", "0", "echo"],
         &["echo", "::::"],

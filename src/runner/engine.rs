@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::fd_limit::fit_jobs;
 use super::input::{Args, Inputs, Next};
+use super::lines::LineState;
 use super::sink::{is_interrupted, Sink};
 use super::spool::{io_error, Budget, SpillFile, Spool};
 use super::template::JobArgs;
@@ -268,6 +269,11 @@ struct Job {
     outcome: Option<Outcome>,
     /// Its `{%}`, given back when it completes.
     slot: usize,
+    /// `--tag`: the inputs and a tab, before each line; else empty.
+    tag: Vec<u8>,
+    /// Where each stream is between lines (`--tag`, `--line-buffer`).
+    out_lines: LineState,
+    err_lines: LineState,
 }
 
 impl Job {
@@ -423,7 +429,11 @@ impl Engine<'_> {
         self.slots_made = self.slots_made.max(slot);
         let command = self.template.expand(JobArgs { values: &args, seq, slot });
         match self.spawn_job(seq, slot, command) {
-            Ok(job) => {
+            Ok(mut job) => {
+                if self.options.tag {
+                    job.tag = args.join(&b' ');
+                    job.tag.push(b'\t');
+                }
                 self.next_seq = seq;
                 self.started += 1;
                 self.jobs.insert(seq, Box::new(job));
@@ -431,9 +441,9 @@ impl Engine<'_> {
             }
             Err(err) => {
                 self.free_slots.push(slot);
-                if is_out_of_descriptors(&err) && !self.live.is_empty() {
-                    // Something else holds descriptors too: run fewer at
-                    // once; this job starts when one ends.
+                if is_out_of_resources(&err) && !self.live.is_empty() {
+                    // Something else holds descriptors (or processes) too:
+                    // run fewer at once; this job starts when one ends.
                     self.jobs_at_once = self.live.len();
                     self.unstarted = Some(args);
                     self.warn_fewer_jobs(err);
@@ -460,6 +470,9 @@ impl Engine<'_> {
     fn spawn_job(&mut self, seq: u64, slot: usize, command: Vec<Vec<u8>>) -> Result<Job> {
         let mut job = Job {
             slot,
+            tag: Vec::new(),
+            out_lines: LineState::default(),
+            err_lines: LineState::default(),
             command,
             pid: None,
             stdout: None,
@@ -644,22 +657,25 @@ impl Engine<'_> {
         if self.stop.is_some() {
             return; // stopping: nothing more is printed
         }
-        let is_head = self.options.order == Order::Keep
-            && stream == Stream::Out
-            && self.jobs.first_key_value().map(|(&s, _)| s) == Some(seq);
-        let result = if is_head {
-            // Invariant: the head's stdout spool was drained when it became
-            // the head (print_ready), so these bytes come right after it.
-            debug_assert!(self.jobs.get(&seq).is_some_and(|job| job.out.is_empty()));
-            self.out.write_all(data)
-        } else {
-            match self.jobs.get_mut(&seq) {
-                Some(job) => {
-                    let spool = if stream == Stream::Out { &mut job.out } else { &mut job.err };
-                    spool.push(data, &mut self.budget, &mut self.spill)
-                }
-                None => Ok(()),
+        let line_buffer = self.options.line_buffer;
+        // Straight out: the keep-order head's stdout (and stderr, with
+        // --line-buffer); with --line-buffer and --unordered, every job's.
+        let direct = match self.options.order {
+            Order::Keep => {
+                (stream == Stream::Out || line_buffer)
+                    && self.jobs.first_key_value().map(|(&s, _)| s) == Some(seq)
             }
+            Order::Unordered => line_buffer,
+        };
+        let Some(job) = self.jobs.get_mut(&seq) else { return };
+        debug_assert!(!direct || if stream == Stream::Out { job.out.is_empty() } else { job.err.is_empty() });
+        let result = match (direct, stream) {
+            // Invariant: the head's spools were drained when it became the
+            // head (print_ready), so these bytes come right after them.
+            (true, Stream::Out) => emit(&self.out, &mut job.out_lines, &job.tag, line_buffer, data),
+            (true, Stream::Err) => emit(&self.err, &mut job.err_lines, &job.tag, line_buffer, data),
+            (false, Stream::Out) => job.out.push(data, &mut self.budget, &mut self.spill),
+            (false, Stream::Err) => job.err.push(data, &mut self.budget, &mut self.spill),
         };
         if let Err(err) = result {
             self.output_failed(err);
@@ -828,12 +844,20 @@ impl Engine<'_> {
 
     fn print_heads(&mut self) -> Result<()> {
         let (out, err) = (&self.out, &self.err);
+        let line_buffer = self.options.line_buffer;
         while let Some(mut entry) = self.jobs.first_entry() {
             let seq = *entry.key();
-            let job = entry.get_mut();
-            job.out.drain(&mut self.budget, &mut self.spill, &mut |b| out.write_all(b))?;
+            let job = &mut **entry.get_mut();
+            let (budget, spill) = (&mut self.budget, &mut self.spill);
+            // Running: whole lines only with --line-buffer (its stderr
+            // streams too, so it is drained now).
+            let whole = line_buffer && job.outcome.is_none();
+            job.out.drain(budget, spill, &mut |b| emit(out, &mut job.out_lines, &job.tag, whole, b))?;
+            if line_buffer {
+                job.err.drain(budget, spill, &mut |b| emit(err, &mut job.err_lines, &job.tag, whole, b))?;
+            }
             let Some(outcome) = job.outcome else { return Ok(()) };
-            job.err.drain(&mut self.budget, &mut self.spill, &mut |b| err.write_all(b))?;
+            print_rest(job, out, err, budget, spill)?;
             if let Some(line) = status_line(seq, &job.command, outcome, self.options.timeout) {
                 err.write_all(line.as_bytes())?;
             }
@@ -846,8 +870,7 @@ impl Engine<'_> {
         let (out, err) = (&self.out, &self.err);
         while let Some(seq) = self.unordered_ready.pop_front() {
             let Some(mut job) = self.jobs.remove(&seq) else { continue };
-            job.out.drain(&mut self.budget, &mut self.spill, &mut |b| out.write_all(b))?;
-            job.err.drain(&mut self.budget, &mut self.spill, &mut |b| err.write_all(b))?;
+            print_rest(&mut job, out, err, &mut self.budget, &mut self.spill)?;
             if let Some(outcome) = job.outcome {
                 if let Some(line) = status_line(seq, &job.command, outcome, self.options.timeout) {
                     err.write_all(line.as_bytes())?;
@@ -855,6 +878,45 @@ impl Engine<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Prints what a completed job has not printed yet: its stdout, then its
+/// stderr, each with its unfinished last line.
+fn print_rest(
+    job: &mut Job,
+    out: &Sink<'_>,
+    err: &Sink<'_>,
+    budget: &mut Budget,
+    spill: &mut SpillFile,
+) -> Result<()> {
+    job.out.drain(budget, spill, &mut |b| emit(out, &mut job.out_lines, &job.tag, false, b))?;
+    finish_lines(out, &mut job.out_lines, &job.tag)?;
+    job.err.drain(budget, spill, &mut |b| emit(err, &mut job.err_lines, &job.tag, false, b))?;
+    finish_lines(err, &mut job.err_lines, &job.tag)
+}
+
+/// Writes `data`, a job's output, tagged and cut into whole lines as
+/// `--tag` and `--line-buffer` (`whole_lines`) ask.
+fn emit(sink: &Sink<'_>, lines: &mut LineState, tag: &[u8], whole_lines: bool, data: &[u8]) -> Result<()> {
+    if lines.passes_through(tag, whole_lines) {
+        return sink.write_all(data);
+    }
+    let mut cut = Vec::with_capacity(data.len() + tag.len());
+    lines.cut(tag, whole_lines, data, &mut cut);
+    match cut.is_empty() {
+        true => Ok(()),
+        false => sink.write_all(&cut),
+    }
+}
+
+/// Writes the unfinished line `--line-buffer` held back (the job ended).
+fn finish_lines(sink: &Sink<'_>, lines: &mut LineState, tag: &[u8]) -> Result<()> {
+    let mut rest = Vec::new();
+    lines.finish(tag, &mut rest);
+    match rest.is_empty() {
+        true => Ok(()),
+        false => sink.write_all(&rest),
     }
 }
 
@@ -873,9 +935,11 @@ impl Drop for Engine<'_> {
 }
 
 /// Whether `err` is running out of descriptors (this process's or the
-/// system's).
-fn is_out_of_descriptors(err: &Error) -> bool {
-    matches!(err, Error::Os(e) if e.errno == libc::EMFILE || e.errno == libc::ENFILE)
+/// system's) or of processes (`fork`'s EAGAIN, `RLIMIT_NPROC`): fewer
+/// jobs at once will do.
+fn is_out_of_resources(err: &Error) -> bool {
+    matches!(err, Error::Os(e) if e.errno == libc::EMFILE || e.errno == libc::ENFILE
+        || (e.call == "fork" && e.errno == libc::EAGAIN))
 }
 
 /// The one line printed after a job that timed out or was killed by a

@@ -30,11 +30,11 @@ pub(crate) struct JobFit {
 }
 
 /// Fits `requested` jobs under this process's open-files limit, raising
-/// the soft limit when that helps.
+/// the soft limit when that helps. `usize::MAX` asks for as many as fit.
 pub(crate) fn fit_jobs(requested: usize) -> Result<JobFit> {
     let limit = FileLimit::current()?;
     let open_now = sys::open_fd_count() as u64;
-    let needed = open_now + SPARE_FDS + FDS_PER_JOB * requested as u64;
+    let needed = (open_now + SPARE_FDS).saturating_add(FDS_PER_JOB.saturating_mul(requested as u64));
     let mut job_limit = None;
     let mut soft = limit.soft;
     if needed > soft && limit.hard > soft {
@@ -53,7 +53,8 @@ pub(crate) fn fit_jobs(requested: usize) -> Result<JobFit> {
 fn fit(requested: usize, open_now: u64, soft: u64, job_limit: Option<FileLimit>) -> JobFit {
     let room = soft.saturating_sub(open_now + SPARE_FDS) / FDS_PER_JOB;
     let jobs = (requested as u64).min(room).max(1) as usize;
-    let warning = (jobs < requested).then(|| {
+    // `usize::MAX` asks for as many as fit: no warning for getting them.
+    let warning = (jobs < requested && requested != usize::MAX).then(|| {
         format!("mproc: run: warning: -j {requested} lowered to {jobs} (open files limit {soft})\n")
     });
     JobFit { jobs, job_limit, warning }
@@ -72,6 +73,7 @@ mod tests {
             Some("mproc: run: warning: -j 100 lowered to 55 (open files limit 128)\n")
         );
         assert_eq!(fit(10, 10, 128, None), JobFit { jobs: 10, job_limit: None, warning: None });
+        assert_eq!(fit(usize::MAX, 10, 128, None), JobFit { jobs: 55, job_limit: None, warning: None });
         // Never below one job, even with no room at all.
         assert_eq!(fit(4, 100, 64, None).jobs, 1);
     }

@@ -53,6 +53,7 @@ mod engine;
 mod fd_limit;
 pub mod input;
 pub mod joblog;
+mod lines;
 mod sink;
 mod spool;
 mod template;
@@ -90,7 +91,8 @@ pub enum JobStdin {
 /// How to run the jobs.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Jobs running at once; at least 1.
+    /// Jobs running at once; at least 1. `usize::MAX`: as many as the
+    /// open-files limit allows (GNU parallel's `-j 0`).
     pub jobs: usize,
     /// Output order.
     pub order: Order,
@@ -108,6 +110,15 @@ pub struct Options {
     /// reaped, and [`Summary::interrupted`] is set. A second signal sends
     /// SIGKILL at once. Without it these signals keep their dispositions.
     pub handle_signals: bool,
+    /// Put the job's inputs (separated by spaces) and a tab before each
+    /// line it prints, on stdout and stderr.
+    pub tag: bool,
+    /// Print whole lines as the jobs write them, instead of each job's
+    /// output whole when it completes: with [`Order::Unordered`] from every
+    /// running job, with [`Order::Keep`] from the head job (its stderr
+    /// too). Lines of different jobs never mix; a line longer than 1 MiB
+    /// may be cut.
+    pub line_buffer: bool,
     /// Bytes of one stream of one job kept in memory before spilling.
     pub buffer_per_stream: usize,
     /// Bytes kept in memory across all jobs before spilling.
@@ -126,6 +137,8 @@ impl Default for Options {
             halt_on_error: false,
             stdin: JobStdin::Inherit,
             handle_signals: false,
+            tag: false,
+            line_buffer: false,
             buffer_per_stream: 1 << 20,
             buffer_total: 32 << 20,
         }

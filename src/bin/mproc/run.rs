@@ -46,9 +46,9 @@ Examples:
 #[derive(clap::Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct RunArgs {
-    /// Run N jobs at once [default: the number of CPUs]
-    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = parse_jobs)]
-    jobs: Option<usize>,
+    /// Run N jobs at once: N, 0 (as many as possible), N% of the CPUs, +N or -N CPUs [default: the number of CPUs]
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = parse_jobs, allow_hyphen_values = true)]
+    jobs: Option<Jobs>,
 
     /// Print each job's output in input order (the default)
     #[arg(short = 'k', long, overrides_with = "unordered")]
@@ -77,6 +77,14 @@ pub struct RunArgs {
     /// Inputs on stdin are separated by NUL bytes instead of newlines
     #[arg(short = '0', long)]
     null: bool,
+
+    /// Put the job's inputs and a tab before each line it prints
+    #[arg(long)]
+    tag: bool,
+
+    /// Print whole lines as jobs write them, not each job's output whole when it completes
+    #[arg(long)]
+    line_buffer: bool,
 
     /// With several input sources, take their values in step (the n-th of each) instead of every combination
     #[arg(long)]
@@ -107,7 +115,8 @@ pub fn main(args: RunArgs) -> u8 {
         Ok(inputs) => inputs,
         Err(msg) => return runner_failed(&msg),
     };
-    let jobs = args.jobs.unwrap_or_else(|| Options::default().jobs);
+    let cpus = Options::default().jobs;
+    let jobs = args.jobs.map_or(cpus, |jobs| jobs.resolve(cpus));
     if args.dry_run {
         return dry_run(&template, &mut inputs, jobs);
     }
@@ -121,6 +130,8 @@ pub fn main(args: RunArgs) -> u8 {
         order: if args.unordered { Order::Unordered } else { Order::Keep },
         timeout: args.timeout,
         halt_on_error: args.halt_on_error,
+        tag: args.tag,
+        line_buffer: args.line_buffer,
         stdin: if stdin_inputs { JobStdin::Null } else { JobStdin::Inherit },
         handle_signals: true,
         ..Options::default()
@@ -288,11 +299,55 @@ fn runner_failed(msg: &str) -> u8 {
     EXIT_RUNNER_FAILED
 }
 
-fn parse_jobs(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("'{s}' is not a number of jobs")),
+/// `-j`, as GNU parallel reads it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Jobs {
+    /// `N`.
+    Count(usize),
+    /// `0`: as many as the open-files limit allows.
+    AsManyAsPossible,
+    /// `N%`: that share of the CPUs, rounded up.
+    PercentOfCpus(f64),
+    /// `+N`.
+    CpusPlus(usize),
+    /// `-N`: at least 1.
+    CpusMinus(usize),
+}
+
+impl Jobs {
+    fn resolve(self, cpus: usize) -> usize {
+        match self {
+            Jobs::Count(n) => n,
+            Jobs::AsManyAsPossible => usize::MAX,
+            Jobs::PercentOfCpus(p) => ((cpus as f64 * p / 100.0).ceil() as usize).max(1),
+            Jobs::CpusPlus(n) => cpus.saturating_add(n),
+            Jobs::CpusMinus(n) => cpus.saturating_sub(n).max(1),
+        }
+    }
+}
+
+fn parse_jobs(s: &str) -> Result<Jobs, String> {
+    let bad = || format!("'{s}' is not a number of jobs (examples: 4, 0, 50%, +2, -1)");
+    let count = |digits: &str| match digits.bytes().all(|b| b.is_ascii_digit()) {
+        true => digits.parse::<usize>().map_err(|_| bad()),
+        false => Err(bad()),
+    };
+    if let Some(percent) = s.strip_suffix('%') {
+        let valid = !percent.is_empty() && percent.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        return match percent.parse::<f64>() {
+            Ok(p) if valid && p > 0.0 && p.is_finite() => Ok(Jobs::PercentOfCpus(p)),
+            _ => Err(bad()),
+        };
+    }
+    if let Some(n) = s.strip_prefix('+') {
+        return count(n).map(Jobs::CpusPlus);
+    }
+    if let Some(n) = s.strip_prefix('-') {
+        return count(n).map(Jobs::CpusMinus);
+    }
+    match count(s)? {
+        0 => Ok(Jobs::AsManyAsPossible),
+        n => Ok(Jobs::Count(n)),
     }
 }
 
@@ -329,6 +384,23 @@ mod tests {
         for bad in ["", "x", "2x", "0", "-1", "nan", "inf", "1.5.2s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn jobs_read_as_gnu_parallel_reads_them() {
+        assert_eq!(parse_jobs("4"), Ok(Jobs::Count(4)));
+        assert_eq!(parse_jobs("0"), Ok(Jobs::AsManyAsPossible));
+        assert_eq!(parse_jobs("+2"), Ok(Jobs::CpusPlus(2)));
+        assert_eq!(parse_jobs("-1"), Ok(Jobs::CpusMinus(1)));
+        assert_eq!(parse_jobs("12.5%"), Ok(Jobs::PercentOfCpus(12.5)));
+        for bad in ["", "x", "%", "0%", "-x", "+", "1e3%", "-2%", "inf%", "4.5"] {
+            assert!(parse_jobs(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(Jobs::PercentOfCpus(50.0).resolve(3), 2);
+        assert_eq!(Jobs::PercentOfCpus(1.0).resolve(3), 1);
+        assert_eq!(Jobs::CpusMinus(5).resolve(3), 1);
+        assert_eq!(Jobs::CpusPlus(2).resolve(3), 5);
+        assert_eq!(Jobs::AsManyAsPossible.resolve(3), usize::MAX);
     }
 
     #[test]
