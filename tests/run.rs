@@ -857,7 +857,7 @@ fn joblog_has_gnu_parallels_columns_and_number_formats() {
     let dir = TempDir::new("joblog");
     let log = dir.path("log");
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    let script = "sleep 0.1; [ $1 = kill ] && kill -9 $$; exit $1";
+    let script = "sleep 0.1; printf %s $1; [ $1 = kill ] && kill -9 $$; exit $1";
     let out = run(&["--joblog", &log, "sh", "-c", script, "sh", ":::", "0", "3", "kill"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let log = std::fs::read_to_string(&log).unwrap();
@@ -870,7 +870,10 @@ fn joblog_has_gnu_parallels_columns_and_number_formats() {
         rows.iter().zip([("1", "0", "0", "0"), ("2", "3", "3", "0"), ("3", "kill", "0", "9")])
     {
         assert_eq!(row.len(), 9, "{row:?}");
-        assert_eq!((row[0], row[1], row[4], row[5], row[6], row[7]), (seq, ":", "0", "0", exitval, signal));
+        // Receive: the bytes the job wrote on stdout, as GNU counts them.
+        let received = input.len().to_string();
+        assert_eq!((row[0], row[1], row[4], row[5]), (seq, ":", "0", received.as_str()));
+        assert_eq!((row[6], row[7]), (exitval, signal));
         let start: f64 = row[2].parse().unwrap();
         assert!(start >= before - 1.0 && start < before + 10.0, "start {start}");
         assert!(row[2].split('.').nth(1).is_some_and(|ms| ms.len() == 3), "{row:?}");
@@ -880,6 +883,76 @@ fn joblog_has_gnu_parallels_columns_and_number_formats() {
         assert!((0.1..5.0).contains(&runtime), "runtime {runtime}");
         assert_eq!(row[8], format!("sh -c '{script}' sh {input}"));
     }
+}
+
+// ---------------------------------------------------------------------------
+// --retries
+
+fn joblog_rows(path: &str) -> Vec<Vec<String>> {
+    let log = std::fs::read_to_string(path).unwrap();
+    log.lines().skip(1).map(|l| l.split('\t').map(str::to_string).collect()).collect()
+}
+
+#[test]
+fn retries_rerun_a_failing_job_and_print_only_the_attempt_that_counts() {
+    let dir = TempDir::new("retries");
+    let (tries, log) = (dir.path("tries"), dir.path("log"));
+    // Fails twice, then succeeds: three runs, one line of output, one row.
+    let script = "echo x >> \"$1\"; n=$(wc -l < \"$1\"); echo run $n; echo oops $n >&2; [ $n -ge 3 ]";
+    let out = run(&["--retries", "3", "--joblog", &log, "sh", "-c", script, "sh", ":::", &tries]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str()), ("run 3\n", "oops 3\n"));
+    assert_eq!(std::fs::read_to_string(&tries).unwrap().lines().count(), 3);
+    let rows = joblog_rows(&log);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0][0].as_str(), rows[0][6].as_str()), ("1", "0"));
+}
+
+#[test]
+fn retries_count_every_run_as_gnu_parallel_does() {
+    let dir = TempDir::new("retries-fail");
+    let (tries, log) = (dir.path("tries"), dir.path("log"));
+    let script = "echo x >> \"$1\"; echo out; exit 4";
+    let out = run(&[
+        "-j2",
+        "--retries",
+        "3",
+        "--joblog",
+        &log,
+        "sh",
+        "-c",
+        script,
+        "sh",
+        ":::",
+        &tries,
+        "/dev/null",
+    ]);
+    // `--retries 3`: three runs in all, then it counts as failed.
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stdout), "out\nout\n");
+    assert_eq!(std::fs::read_to_string(&tries).unwrap().lines().count(), 3);
+    let mut rows = joblog_rows(&log);
+    rows.sort();
+    assert_eq!(
+        rows.iter().map(|r| (r[0].as_str(), r[6].as_str())).collect::<Vec<_>>(),
+        [("1", "4"), ("2", "4")]
+    );
+    // --retries 1 runs once.
+    std::fs::remove_file(&tries).unwrap();
+    let out = run(&["--retries", "1", "sh", "-c", script, "sh", ":::", &tries]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&tries).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn a_retried_job_keeps_its_place_in_the_output_order() {
+    let dir = TempDir::new("retries-order");
+    let tries = dir.path("tries");
+    // Job 1 fails once (after the others are done), then succeeds.
+    let script = "case $1 in 1) echo x >> \"$2\"; sleep 0.3; echo one; [ $(wc -l < \"$2\") -ge 2 ];; *) echo $1;; esac";
+    let out = run(&["-j3", "--retries", "2", "sh", "-c", script, "sh", "{}", &tries, ":::", "1", "2", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "one\n2\n3\n");
 }
 
 // ---------------------------------------------------------------------------
@@ -1107,6 +1180,7 @@ fn usage_errors_exit_2_with_one_line() {
         &["--timeout", "5x", "echo"],
         &["--timeout", "0", "echo"],
         &["echo", "::::"],
+        &["--retries", "0", "echo"],
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -269,6 +269,10 @@ struct Job {
     outcome: Option<Outcome>,
     /// Its `{%}`, given back when it completes.
     slot: usize,
+    /// Runs of this job so far, this one included (`--retries`).
+    attempt: u32,
+    /// Bytes it wrote on stdout (the job log's `Receive`).
+    stdout_bytes: u64,
     /// `--tag`: the inputs and a tab, before each line; else empty.
     tag: Vec<u8>,
     /// Where each stream is between lines (`--tag`, `--line-buffer`).
@@ -470,6 +474,8 @@ impl Engine<'_> {
     fn spawn_job(&mut self, seq: u64, slot: usize, command: Vec<Vec<u8>>) -> Result<Job> {
         let mut job = Job {
             slot,
+            attempt: 1,
+            stdout_bytes: 0,
             tag: Vec::new(),
             out_lines: LineState::default(),
             err_lines: LineState::default(),
@@ -626,6 +632,9 @@ impl Engine<'_> {
             *slot = None;
             return false;
         }
+        if stream == Stream::Out {
+            job.stdout_bytes += n as u64;
+        }
         self.route(seq, stream, &buf[..n]);
         true
     }
@@ -660,13 +669,15 @@ impl Engine<'_> {
         let line_buffer = self.options.line_buffer;
         // Straight out: the keep-order head's stdout (and stderr, with
         // --line-buffer); with --line-buffer and --unordered, every job's.
-        let direct = match self.options.order {
-            Order::Keep => {
-                (stream == Stream::Out || line_buffer)
-                    && self.jobs.first_key_value().map(|(&s, _)| s) == Some(seq)
-            }
-            Order::Unordered => line_buffer,
-        };
+        // Never with retries: a failed attempt's output is dropped.
+        let direct = self.options.retries <= 1
+            && match self.options.order {
+                Order::Keep => {
+                    (stream == Stream::Out || line_buffer)
+                        && self.jobs.first_key_value().map(|(&s, _)| s) == Some(seq)
+                }
+                Order::Unordered => line_buffer,
+            };
         let Some(job) = self.jobs.get_mut(&seq) else { return };
         debug_assert!(!direct || if stream == Stream::Out { job.out.is_empty() } else { job.err.is_empty() });
         let result = match (direct, stream) {
@@ -787,7 +798,14 @@ impl Engine<'_> {
                 i += 1;
                 continue;
             };
+            let outcome = if job.timed_out { Outcome::TimedOut(status) } else { Outcome::Completed(status) };
             self.live.swap_remove(i);
+            if !outcome.success() && job.attempt < self.options.retries && self.stop.is_none() {
+                // Its output was held back (no streaming with retries), so
+                // this attempt leaves no trace; it keeps its number and slot.
+                self.retry(seq);
+                continue;
+            }
             self.free_slots.push(job.slot);
             if self.stop.is_some() {
                 // Stopped by us, or ended in the middle of the stop: neither
@@ -798,12 +816,12 @@ impl Engine<'_> {
                 }
                 continue;
             }
-            let outcome = if job.timed_out { Outcome::TimedOut(status) } else { Outcome::Completed(status) };
             let report = JobReport {
                 seq,
                 command: &job.command,
                 started: job.started,
                 runtime: job.start.elapsed(),
+                stdout_bytes: job.stdout_bytes,
                 outcome,
             };
             if !outcome.success() {
@@ -820,10 +838,31 @@ impl Engine<'_> {
                 self.unordered_ready.push_back(seq);
             }
         }
-        // swap_remove shuffles; keep `live` in start order for fair polling.
+        // swap_remove and retries shuffle; keep `live` in start order for
+        // fair polling.
         self.live.sort_unstable();
         // Lowest slot first, as GNU parallel hands them out.
         self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
+    }
+
+    /// Runs a failed job again, under the same number and slot, its output
+    /// so far dropped.
+    fn retry(&mut self, seq: u64) {
+        let Some(mut old) = self.jobs.remove(&seq) else { return };
+        let _ = old.out.discard(&mut self.budget, &mut self.spill);
+        let _ = old.err.discard(&mut self.budget, &mut self.spill);
+        match self.spawn_job(seq, old.slot, std::mem::take(&mut old.command)) {
+            Ok(mut job) => {
+                job.attempt = old.attempt + 1;
+                job.tag = std::mem::take(&mut old.tag);
+                self.jobs.insert(seq, Box::new(job));
+                self.live.push(seq);
+            }
+            Err(err) => {
+                self.free_slots.push(old.slot);
+                self.begin_stop(Stop::Failed(err));
+            }
+        }
     }
 
     /// Prints every job whose turn it is. Keep-order: the head's saved
@@ -848,6 +887,9 @@ impl Engine<'_> {
         while let Some(mut entry) = self.jobs.first_entry() {
             let seq = *entry.key();
             let job = &mut **entry.get_mut();
+            if job.outcome.is_none() && self.options.retries > 1 {
+                return Ok(()); // held until its last attempt
+            }
             let (budget, spill) = (&mut self.budget, &mut self.spill);
             // Running: whole lines only with --line-buffer (its stderr
             // streams too, so it is drained now).

@@ -35,7 +35,8 @@ pub fn exit_columns(outcome: Outcome) -> (i32, i32) {
 
 /// One job's line: `Seq`, `Host` (`:`, this host), `Starttime` (seconds
 /// since the epoch, `%.3f`), `JobRuntime` (seconds, `%10.3f`, truncated to
-/// the millisecond), `Send` and `Receive` (0: nothing is transferred),
+/// the millisecond), `Send` (0: nothing is sent to the job's stdin),
+/// `Receive` (the bytes the job wrote on stdout, as GNU parallel counts),
 /// `Exitval` and `Signal` ([`exit_columns`]), `Command` (shell-quoted, so
 /// always one line), ended by a newline.
 pub fn line(report: &JobReport<'_>) -> Vec<u8> {
@@ -44,10 +45,11 @@ pub fn line(report: &JobReport<'_>) -> Vec<u8> {
     let runtime = format!("{}.{:03}", runtime_ms / 1000, runtime_ms % 1000);
     let (exitval, signal) = exit_columns(report.outcome);
     let mut line = format!(
-        "{}\t{LOCAL_HOST}\t{}.{:03}\t{runtime:>10}\t0\t0\t{exitval}\t{signal}\t",
+        "{}\t{LOCAL_HOST}\t{}.{:03}\t{runtime:>10}\t0\t{}\t{exitval}\t{signal}\t",
         report.seq,
         start.as_secs(),
         start.subsec_millis(),
+        report.stdout_bytes,
     )
     .into_bytes();
     line.extend_from_slice(&shell_line(report.command));
@@ -68,9 +70,10 @@ mod tests {
             command: &command,
             started: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             runtime: Duration::from_micros(2_045_999),
+            stdout_bytes: 12,
             outcome: Outcome::Completed(ExitStatus::Exited(3)),
         };
-        assert_eq!(line(&report), b"7\t:\t1700000000.123\t     2.045\t0\t0\t3\t0\techo 'a b'\n");
+        assert_eq!(line(&report), b"7\t:\t1700000000.123\t     2.045\t0\t12\t3\t0\techo 'a b'\n");
         assert_eq!(HEADER.split('\t').count(), 9);
     }
 

@@ -103,6 +103,12 @@ pub struct Options {
     pub kill_grace: Duration,
     /// Start no new job after the first failure; running jobs complete.
     pub halt_on_error: bool,
+    /// Runs of a failing job in all, at least 1 (GNU parallel's
+    /// `--retries`): a job that fails is run again, under the same number
+    /// and slot, until it succeeds or has run this many times. Only its
+    /// last run is printed and reported, so with more than 1, nothing
+    /// streams: each job's output waits until its last run.
+    pub retries: u32,
     /// The jobs' stdin.
     pub stdin: JobStdin,
     /// Stop the run on SIGINT, SIGTERM and SIGHUP (those not ignored): the
@@ -135,6 +141,7 @@ impl Default for Options {
             timeout: None,
             kill_grace: Duration::from_millis(200),
             halt_on_error: false,
+            retries: 1,
             stdin: JobStdin::Inherit,
             handle_signals: false,
             tag: false,
@@ -182,6 +189,8 @@ pub struct JobReport<'a> {
     pub started: SystemTime,
     /// From start to completion (exit and end of its output).
     pub runtime: Duration,
+    /// Bytes it wrote on stdout.
+    pub stdout_bytes: u64,
     /// How it ended.
     pub outcome: Outcome,
 }

@@ -62,6 +62,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
 
+    /// Run a failing job up to N times in all (as GNU parallel counts); only the last run is printed and logged
+    #[arg(long, value_name = "N", value_parser = parse_retries)]
+    retries: Option<u32>,
+
     /// After the first failed job, start no new jobs; running ones complete
     #[arg(long)]
     halt_on_error: bool,
@@ -130,6 +134,7 @@ pub fn main(args: RunArgs) -> u8 {
         order: if args.unordered { Order::Unordered } else { Order::Keep },
         timeout: args.timeout,
         halt_on_error: args.halt_on_error,
+        retries: args.retries.unwrap_or(1),
         tag: args.tag,
         line_buffer: args.line_buffer,
         stdin: if stdin_inputs { JobStdin::Null } else { JobStdin::Inherit },
@@ -297,6 +302,16 @@ fn usage(msg: &str) -> u8 {
 fn runner_failed(msg: &str) -> u8 {
     eprintln!("mproc: run: {msg}");
     EXIT_RUNNER_FAILED
+}
+
+fn parse_retries(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        // GNU parallel reads 0 as "retry forever": a failing command would
+        // then never end the run.
+        Ok(0) => Err("must be at least 1 (it counts runs in all)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a number of runs")),
+    }
 }
 
 /// `-j`, as GNU parallel reads it.
