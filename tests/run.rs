@@ -956,6 +956,207 @@ fn a_retried_job_keeps_its_place_in_the_output_order() {
 }
 
 // ---------------------------------------------------------------------------
+// --resume, --resume-failed
+
+/// Whether GNU parallel is installed (not moreutils' `parallel`); says so
+/// when it is not, for the test to skip the comparison.
+fn gnu_parallel(needed_for: &str) -> bool {
+    let version = Command::new("parallel").arg("--version").stdin(Stdio::null()).output();
+    let gnu = version.is_ok_and(|out| text(&out.stdout).starts_with("GNU parallel"));
+    if !gnu {
+        eprintln!("skipped: {needed_for}: GNU parallel is not installed");
+    }
+    gnu
+}
+
+/// A run that stops after job 3 fails (`--halt-on-error`, one at a time):
+/// jobs 1-3 are in the log, 4 and 5 never ran.
+fn interrupted_run(log: &str, marker: &str) -> Output {
+    // Job `c` fails while `marker` does not exist.
+    let script = "echo $1; [ $1 != c ] || [ -e \"$2\" ]";
+    run(&[
+        "-j1",
+        "--halt-on-error",
+        "--joblog",
+        log,
+        "sh",
+        "-c",
+        script,
+        "sh",
+        "{}",
+        marker,
+        ":::",
+        "a",
+        "b",
+        "c",
+        "d",
+        "e",
+    ])
+}
+
+/// The job numbers a log lists, in order (jobs complete in any order).
+fn logged_seqs(log: &str) -> Vec<u64> {
+    let mut seqs: Vec<u64> = joblog_rows(log).into_iter().map(|row| row[0].parse().unwrap()).collect();
+    seqs.sort();
+    seqs
+}
+
+#[test]
+fn resume_runs_only_the_jobs_the_log_does_not_list() {
+    let dir = TempDir::new("resume");
+    let (log, marker) = (dir.path("log"), dir.path("marker"));
+    let first = interrupted_run(&log, &marker);
+    assert_eq!((first.status.code(), text(&first.stdout).as_str()), (Some(1), "a\nb\nc\n"));
+    let script = "echo $1; [ $1 != c ] || [ -e \"$2\" ]";
+    let args = [
+        "--resume", "--joblog", &log, "sh", "-c", script, "sh", "{}", &marker, ":::", "a", "b", "c", "d", "e",
+    ];
+    let out = run(&args);
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "d\ne\n"));
+    assert_eq!(logged_seqs(&log), [1, 2, 3, 4, 5]);
+    let header_lines =
+        std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.starts_with("Seq\t")).count();
+    assert_eq!(header_lines, 1);
+    // Everything is done: nothing runs.
+    let out = run(&args);
+    assert_eq!((out.status.code(), out.stdout.len()), (Some(0), 0));
+}
+
+/// Ctrl-C in the middle of a run, then `--resume`: every job has run, and
+/// the log lists each once (a job killed by the stop is not logged).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_run_stopped_by_sigint_resumes_where_it_stopped() {
+    let dir = TempDir::new("resume-sigint");
+    let log = dir.path("log");
+    let inputs: Vec<String> = (1..=12).map(|i| i.to_string()).collect();
+    let mut args = vec!["-j2", "--joblog", &log, "sh", "-c", "sleep 0.3; echo $1", "sh", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let mut child = mproc(&args).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    signal(child.id(), libc::SIGINT);
+    assert_eq!(wait_with_limit(&mut child, Duration::from_secs(10)).code(), Some(130));
+    let mut first = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut first).unwrap();
+    let done_first = logged_seqs(&log).len();
+    assert!((1..12).contains(&done_first), "{done_first} jobs done before the signal");
+    let mut resume = vec!["--resume"];
+    resume.extend(&args);
+    let out = run(&resume);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(logged_seqs(&log), (1..=12).collect::<Vec<u64>>());
+    let printed: BTreeSet<String> =
+        first.lines().chain(text(&out.stdout).lines()).map(str::to_string).collect();
+    assert_eq!(printed, inputs.iter().cloned().collect::<BTreeSet<_>>());
+}
+
+#[test]
+fn resume_failed_runs_the_failed_jobs_again_and_the_rest() {
+    let dir = TempDir::new("resume-failed");
+    let (log, marker) = (dir.path("log"), dir.path("marker"));
+    interrupted_run(&log, &marker);
+    std::fs::write(&marker, "").unwrap(); // job c succeeds now
+    let script = "echo $1; [ $1 != c ] || [ -e \"$2\" ]";
+    let out = run(&[
+        "--resume-failed",
+        "--joblog",
+        &log,
+        "sh",
+        "-c",
+        script,
+        "sh",
+        "{}",
+        &marker,
+        ":::",
+        "a",
+        "b",
+        "c",
+        "d",
+        "e",
+    ]);
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "c\nd\ne\n"));
+    // Job 3's failed run stays in the log; its new run is added.
+    assert_eq!(logged_seqs(&log), [1, 2, 3, 3, 4, 5]);
+}
+
+#[test]
+fn resume_needs_a_job_log_in_gnu_parallels_format() {
+    let out = run(&["--resume", "echo", ":::", "a"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), "mproc: run: --resume and --resume-failed need --joblog FILE\n");
+    let dir = TempDir::new("resume-bad");
+    let log = dir.path("log");
+    std::fs::write(&log, "Seq\tStarttime\tRuntime\tExitval\tCommand\n1\t1.0\t0.1\t0\techo a\n").unwrap();
+    let out = run(&["--resume", "--joblog", &log, "echo", ":::", "a"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out.stderr),
+        format!("mproc: run: job log {log}: line 2 is not in GNU parallel's job log format\n")
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// The log is GNU parallel's own: `parallel --resume` continues a run mproc
+/// began, and mproc continues one GNU parallel began.
+#[test]
+fn gnu_parallel_and_mproc_resume_each_others_runs() {
+    if !gnu_parallel("resuming across GNU parallel and mproc") {
+        return;
+    }
+    let dir = TempDir::new("resume-gnu");
+    let (log, marker) = (dir.path("log"), dir.path("marker"));
+    interrupted_run(&log, &marker);
+    // GNU parallel runs a shell line; these words make the same command.
+    let script = "echo $1; [ $1 != c ] || [ -e \"$2\" ]";
+    let gnu = Command::new("parallel")
+        .args([
+            "--will-cite",
+            "-k",
+            "-j1",
+            "--resume",
+            "--joblog",
+            &log,
+            "sh",
+            "-c",
+            &format!("'{script}'"),
+            "sh",
+        ])
+        .args(["{}", &marker, ":::", "a", "b", "c", "d", "e"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&gnu.stdout), "d\ne\n", "{}", text(&gnu.stderr));
+    assert_eq!(logged_seqs(&log), [1, 2, 3, 4, 5]);
+
+    // And the other way round: GNU parallel stops after a failure, mproc resumes.
+    let log2 = dir.path("log2");
+    let gnu = Command::new("parallel")
+        .args(["--will-cite", "-k", "-j1", "--halt", "now,fail=1", "--joblog", &log2, "sh", "-c"])
+        .args([&format!("'{script}'"), "sh", "{}", &marker, ":::", "a", "c", "d"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&gnu.stdout), "a\nc\n", "{}", text(&gnu.stderr));
+    std::fs::write(&marker, "").unwrap();
+    let out = run(&[
+        "--resume-failed",
+        "--joblog",
+        &log2,
+        "sh",
+        "-c",
+        script,
+        "sh",
+        "{}",
+        &marker,
+        ":::",
+        "a",
+        "c",
+        "d",
+    ]);
+    assert_eq!(text(&out.stdout), "c\nd\n", "{}", text(&out.stderr));
+}
+
+// ---------------------------------------------------------------------------
 // signals, fds, usage
 
 /// Starts `mproc run ARGS` and waits until it has `jobs` children.

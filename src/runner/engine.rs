@@ -423,6 +423,10 @@ impl Engine<'_> {
                     break;
                 }
             };
+            if self.options.skip.contains(self.next_seq + 1) {
+                self.next_seq += 1; // done in an earlier run (--resume)
+                continue;
+            }
             self.start_job(args);
         }
     }

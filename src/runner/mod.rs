@@ -109,6 +109,10 @@ pub struct Options {
     /// last run is printed and reported, so with more than 1, nothing
     /// streams: each job's output waits until its last run.
     pub retries: u32,
+    /// Jobs not to run, by number (as `--resume` reads them from a job
+    /// log): their inputs are still read and numbered, so every other job
+    /// keeps its number.
+    pub skip: joblog::SeqSet,
     /// The jobs' stdin.
     pub stdin: JobStdin,
     /// Stop the run on SIGINT, SIGTERM and SIGHUP (those not ignored): the
@@ -142,6 +146,7 @@ impl Default for Options {
             kill_grace: Duration::from_millis(200),
             halt_on_error: false,
             retries: 1,
+            skip: joblog::SeqSet::default(),
             stdin: JobStdin::Inherit,
             handle_signals: false,
             tag: false,

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mproc::runner::input::Next;
@@ -78,6 +78,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     joblog: Option<PathBuf>,
 
+    /// Skip the jobs the --joblog FILE lists (their numbers); append to it
+    #[arg(long, conflicts_with = "resume_failed")]
+    resume: bool,
+
+    /// Like --resume, but run again the jobs the log lists as failed
+    #[arg(long)]
+    resume_failed: bool,
+
     /// Inputs on stdin are separated by NUL bytes instead of newlines
     #[arg(short = '0', long)]
     null: bool,
@@ -121,11 +129,27 @@ pub fn main(args: RunArgs) -> u8 {
     };
     let cpus = Options::default().jobs;
     let jobs = args.jobs.map_or(cpus, |jobs| jobs.resolve(cpus));
+    let resume = match (args.resume, args.resume_failed) {
+        (true, _) => Some(joblog::Resume::Logged),
+        (false, true) => Some(joblog::Resume::Succeeded),
+        (false, false) => None,
+    };
+    if resume.is_some() && args.joblog.is_none() {
+        return usage("--resume and --resume-failed need --joblog FILE");
+    }
+    let skip = match (args.joblog.as_deref(), resume) {
+        (Some(path), Some(which)) => match read_joblog(path, which) {
+            Ok(done) => done,
+            Err(msg) => return runner_failed(&msg),
+        },
+        _ => joblog::SeqSet::default(),
+    };
     if args.dry_run {
-        return dry_run(&template, &mut inputs, jobs);
+        return dry_run(&template, &mut inputs, jobs, &skip);
     }
 
-    let mut joblog = match args.joblog.as_deref().map(open_joblog).transpose() {
+    let mut joblog = match args.joblog.as_deref().map(|path| open_joblog(path, resume.is_some())).transpose()
+    {
         Ok(log) => log,
         Err(msg) => return runner_failed(&msg),
     };
@@ -135,6 +159,7 @@ pub fn main(args: RunArgs) -> u8 {
         timeout: args.timeout,
         halt_on_error: args.halt_on_error,
         retries: args.retries.unwrap_or(1),
+        skip,
         tag: args.tag,
         line_buffer: args.line_buffer,
         stdin: if stdin_inputs { JobStdin::Null } else { JobStdin::Inherit },
@@ -253,7 +278,7 @@ fn open_sources(sources: Vec<SourceArg>, separator: u8, link: bool) -> Result<In
 /// Prints each job's command line as inputs arrive, flushing whenever the
 /// input stream has nothing more yet (so `tail -f | mproc run --dry-run`
 /// shows each command at once).
-fn dry_run(template: &Template, inputs: &mut Inputs, jobs: usize) -> u8 {
+fn dry_run(template: &Template, inputs: &mut Inputs, jobs: usize, skip: &joblog::SeqSet) -> u8 {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut seq = 0u64;
     let written = loop {
@@ -272,6 +297,9 @@ fn dry_run(template: &Template, inputs: &mut Inputs, jobs: usize) -> u8 {
             Err(err) => return runner_failed(&err.to_string()),
         };
         seq += 1;
+        if skip.contains(seq) {
+            continue;
+        }
         // No job runs, so `{%}` counts round the slots, as GNU parallel's does.
         let slot = ((seq - 1) % jobs as u64) as usize + 1;
         let line = runner::shell_line(&template.expand(JobArgs { values: &args, seq, slot }));
@@ -286,11 +314,30 @@ fn dry_run(template: &Template, inputs: &mut Inputs, jobs: usize) -> u8 {
     }
 }
 
-fn open_joblog(path: &std::path::Path) -> Result<File, String> {
+/// The jobs an earlier run's log lists as done (none if there is no log).
+fn read_joblog(path: &Path, which: joblog::Resume) -> Result<joblog::SeqSet, String> {
+    match std::fs::read(path) {
+        Ok(log) => joblog::read_done(&log, which).map_err(|e| format!("job log {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(joblog::SeqSet::default()),
+        Err(e) => Err(format!("cannot read job log {}: {e}", path.display())),
+    }
+}
+
+/// Creates the job log with its header or, when resuming, appends to it
+/// (the header only if it is empty).
+fn open_joblog(path: &Path, append: bool) -> Result<File, String> {
+    let mut options = std::fs::OpenOptions::new();
+    match append {
+        true => options.append(true).create(true),
+        false => options.write(true).create(true).truncate(true),
+    };
     let mut file =
-        File::create(path).map_err(|e| format!("cannot create job log {}: {e}", path.display()))?;
-    file.write_all(joblog::HEADER.as_bytes())
-        .map_err(|e| format!("writing job log {}: {e}", path.display()))?;
+        options.open(path).map_err(|e| format!("cannot create job log {}: {e}", path.display()))?;
+    let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(true);
+    if empty {
+        file.write_all(joblog::HEADER.as_bytes())
+            .map_err(|e| format!("writing job log {}: {e}", path.display()))?;
+    }
     Ok(file)
 }
 
