@@ -814,6 +814,85 @@ fn halt_on_error_lets_running_jobs_finish() {
     assert_eq!(text(&out.stdout), "slow\n");
 }
 
+/// `sh -c 'sleep 0.$1; echo $1; exit $1'`: job N prints N and exits N.
+const EXIT_AS_INPUT: [&str; 4] = ["sh", "-c", "sleep 0.$1; echo $1; exit $1", "sh"];
+
+fn run_halt(halt: &str, jobs: &str, inputs: &[&str]) -> Output {
+    let mut args = vec!["-j", jobs, "--halt", halt];
+    args.extend(EXIT_AS_INPUT);
+    args.push(":::");
+    args.extend(inputs);
+    run(&args)
+}
+
+#[test]
+fn halt_now_kills_the_running_jobs_at_the_first_failure() {
+    let start = Instant::now();
+    let out = run(&[
+        "-j2",
+        "--halt",
+        "now,fail=1",
+        "sh",
+        "-c",
+        "[ $1 = slow ] && exec sleep 30; exit 3",
+        "sh",
+        ":::",
+        "slow",
+        "fail",
+        "never",
+    ]);
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    // fail=1: the exit status is the failed job's, as GNU parallel gives it.
+    assert_eq!(out.status.code(), Some(3));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn halt_soon_lets_running_jobs_finish_and_exits_as_gnu_parallel_does() {
+    // Jobs 1 and 3 fail (after 0.1 s and 0.3 s): soon,fail=2 halts then;
+    // job 2, running, still completes (and fails), nothing after starts.
+    let out = run_halt("soon,fail=2", "2", &["1", "3", "2", "4", "0", "5"]);
+    assert_eq!(text(&out.stdout), "1\n3\n2\n");
+    assert_eq!(out.status.code(), Some(2), "the failed jobs when it was met");
+    // A share of all the jobs: 3 of 6 failed is 50%.
+    let out = run_halt("soon,fail=50%", "2", &["1", "3", "2", "4", "0", "5"]);
+    assert_eq!(out.status.code(), Some(50));
+    // Not met: the share of failed jobs (1 of 6, rounded up).
+    let out = run_halt("soon,fail=50%", "2", &["0", "0", "7", "0", "0", "0"]);
+    assert_eq!(out.status.code(), Some(17));
+    let out = run_halt("never", "2", &["1", "0", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn halt_now_on_success_exits_0_at_the_first_success() {
+    let start = Instant::now();
+    let out = run(&[
+        "-j2",
+        "--halt",
+        "now,success=1",
+        "sh",
+        "-c",
+        "[ $1 = slow ] && exec sleep 30; exit $1",
+        "sh",
+        ":::",
+        "slow",
+        "0",
+        "1",
+    ]);
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn halt_rejects_what_gnu_parallel_would_not_read() {
+    for bad in ["sometime,fail=1", "now,fail=0", "now", "now,fail=200%"] {
+        let out = run(&["--halt", bad, "echo", ":::", "a"]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(text(&out.stderr).contains("is not a halt condition"), "{}", text(&out.stderr));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // dry run, job log
 

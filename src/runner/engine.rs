@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::fd_limit::fit_jobs;
+use super::halt::{HaltWhen, Tally};
 use super::input::{Args, Inputs, Next};
 use super::lines::LineState;
 use super::sink::{is_interrupted, Sink};
@@ -92,6 +93,11 @@ pub fn run(
     let signals = SignalGuard::install(options.handle_signals)?;
     let stop_signals: &[i32] = if options.handle_signals { &STOP_SIGNALS } else { &[] };
     let fit = fit_jobs(options.jobs)?;
+    // A --halt percentage needs the number of jobs: read the inputs whole.
+    let total_jobs = match options.halt.map(|h| h.threshold) {
+        Some(super::halt::Threshold::Percent(_)) => Some(inputs.read_whole()?),
+        _ => None,
+    };
     let job_stdin = match options.stdin {
         JobStdin::Null => true,
         // A job in its own process group that reads the terminal would be
@@ -130,6 +136,9 @@ pub fn run(
         budget: Budget { per_stream: options.buffer_per_stream, total: options.buffer_total, used: 0 },
         spill: SpillFile::default(),
         halted: false,
+        tally: Tally::default(),
+        total_jobs,
+        halt_status: None,
         stop: None,
         started: 0,
         failed: 0,
@@ -144,7 +153,10 @@ pub fn run(
         engine.err.write_all(warning.as_bytes())?;
     }
     engine.run_loop()?;
-    let summary = Summary { started: engine.started, failed: engine.failed, interrupted: None };
+    let halt_status = options.halt.map(|halt| {
+        engine.halt_status.unwrap_or_else(|| halt.unmet_exit_status(&engine.tally, engine.started))
+    });
+    let summary = Summary { started: engine.started, failed: engine.failed, interrupted: None, halt_status };
     match engine.stop.take() {
         None => Ok(summary),
         Some(Stop::Signal(signal)) => Ok(Summary { interrupted: Some(signal), ..summary }),
@@ -269,6 +281,8 @@ struct Job {
     outcome: Option<Outcome>,
     /// Its `{%}`, given back when it completes.
     slot: usize,
+    /// Killed by `--halt now`: neither reported nor printed.
+    dropped: bool,
     /// Runs of this job so far, this one included (`--retries`).
     attempt: u32,
     /// Bytes it wrote on stdout (the job log's `Receive`).
@@ -355,8 +369,14 @@ struct Engine<'a> {
     unordered_ready: VecDeque<u64>,
     budget: Budget,
     spill: SpillFile,
-    /// `--halt-on-error` saw a failure: start nothing more.
+    /// The `--halt` condition was met: start nothing more.
     halted: bool,
+    /// Jobs completed so far, and how many failed (for `--halt`).
+    tally: Tally,
+    /// The number of jobs, when a `--halt` percentage needs it.
+    total_jobs: Option<u64>,
+    /// The exit status the met `--halt` condition gives.
+    halt_status: Option<i32>,
     stop: Option<Stop>,
     started: u64,
     failed: u64,
@@ -478,6 +498,7 @@ impl Engine<'_> {
     fn spawn_job(&mut self, seq: u64, slot: usize, command: Vec<Vec<u8>>) -> Result<Job> {
         let mut job = Job {
             slot,
+            dropped: false,
             attempt: 1,
             stdout_bytes: 0,
             tag: Vec::new(),
@@ -682,7 +703,7 @@ impl Engine<'_> {
                 }
                 Order::Unordered => line_buffer,
             };
-        let Some(job) = self.jobs.get_mut(&seq) else { return };
+        let Some(job) = self.jobs.get_mut(&seq).filter(|job| !job.dropped) else { return };
         debug_assert!(!direct || if stream == Stream::Out { job.out.is_empty() } else { job.err.is_empty() });
         let result = match (direct, stream) {
             // Invariant: the head's spools were drained when it became the
@@ -765,7 +786,6 @@ impl Engine<'_> {
     /// after the grace period), nothing more printed. A second stop signal
     /// sends SIGKILL at once.
     fn begin_stop(&mut self, reason: Stop) {
-        let now = Instant::now();
         let (signal, escalate) = match (&self.stop, &reason) {
             (None, Stop::Signal(sig)) => (*sig, false),
             (None, Stop::Failed(_)) => (libc::SIGTERM, false),
@@ -775,6 +795,14 @@ impl Engine<'_> {
         if self.stop.is_none() {
             self.stop = Some(reason);
         }
+        self.signal_live(signal, escalate);
+    }
+
+    /// Sends `signal` to every running job not being killed yet (SIGKILL
+    /// follows after the grace period); with `escalate`, SIGKILL to every
+    /// running job at once.
+    fn signal_live(&mut self, signal: i32, escalate: bool) {
+        let now = Instant::now();
         for seq in &self.live {
             let Some(job) = self.jobs.get_mut(seq) else { continue };
             match (job.kill, escalate) {
@@ -811,7 +839,7 @@ impl Engine<'_> {
                 continue;
             }
             self.free_slots.push(job.slot);
-            if self.stop.is_some() {
+            if self.stop.is_some() || job.dropped {
                 // Stopped by us, or ended in the middle of the stop: neither
                 // reported nor printed.
                 if let Some(mut job) = self.jobs.remove(&seq) {
@@ -828,13 +856,13 @@ impl Engine<'_> {
                 stdout_bytes: job.stdout_bytes,
                 outcome,
             };
+            self.tally.done += 1;
             if !outcome.success() {
                 self.failed += 1;
-                if self.options.halt_on_error {
-                    self.halted = true;
-                }
+                self.tally.failed += 1;
             }
             (self.on_finish)(&report);
+            self.check_halt(outcome);
             if let Some(job) = self.jobs.get_mut(&seq) {
                 job.outcome = Some(outcome);
             }
@@ -847,6 +875,29 @@ impl Engine<'_> {
         self.live.sort_unstable();
         // Lowest slot first, as GNU parallel hands them out.
         self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
+    }
+
+    /// After each completed job: whether the `--halt` condition is met now.
+    fn check_halt(&mut self, outcome: Outcome) {
+        let Some(halt) = self.options.halt else { return };
+        if self.halt_status.is_some() || !halt.is_met(&self.tally, self.total_jobs) {
+            return;
+        }
+        let status = match outcome {
+            Outcome::Completed(ExitStatus::Exited(code)) => code,
+            Outcome::Completed(ExitStatus::Signaled { signal, .. }) => 128 + signal,
+            Outcome::TimedOut(_) => 128 + libc::SIGTERM,
+        };
+        self.halt_status = Some(halt.exit_status(&self.tally, self.total_jobs, status));
+        self.halted = true;
+        if halt.when == HaltWhen::Now {
+            for seq in &self.live {
+                if let Some(job) = self.jobs.get_mut(seq) {
+                    job.dropped = true;
+                }
+            }
+            self.signal_live(libc::SIGTERM, false);
+        }
     }
 
     /// Runs a failed job again, under the same number and slot, its output

@@ -279,6 +279,27 @@ impl Inputs {
         }
     }
 
+    /// Reads the first source whole too (blocking until its end of file),
+    /// and returns the number of jobs: for a `--halt` percentage, which
+    /// needs the total. Call it before handing out any job.
+    ///
+    /// # Errors
+    /// [`Error::Os`] when reading the stream fails.
+    pub fn read_whole(&mut self) -> Result<u64> {
+        let first = std::mem::replace(&mut self.first, SourceKind::Values(VecDeque::new()));
+        let values = Source(first).read_all().map_err(reading)?;
+        let first_len = values.len() as u64;
+        self.first = SourceKind::Values(values.into());
+        Ok(match &self.shape {
+            Shape::Single => first_len,
+            Shape::Product { rest, .. } => rest.iter().fold(first_len, |n, values| n * values.len() as u64),
+            Shape::Linked { all, .. } => match all.iter().any(Vec::is_empty) {
+                true => 0,
+                false => all.iter().map(|values| values.len() as u64).max().unwrap_or(0),
+            },
+        })
+    }
+
     /// Every remaining job's arguments, blocking on the stream as needed:
     /// for callers that need no `poll` (`--dry-run`, a list in memory).
     pub fn next_blocking(&mut self) -> Result<Option<Args>> {
@@ -410,6 +431,18 @@ mod tests {
         assert_eq!(inputs.next(false).unwrap(), Next::Pending);
         assert_eq!(inputs.next(true).unwrap(), Next::End);
         assert!(inputs.wait_fd().is_none());
+    }
+
+    #[test]
+    fn read_whole_counts_the_jobs() {
+        let mut inputs = Inputs::single(Source::file(temp_file(b"1\n2\n3\n"), b'\n'));
+        assert_eq!(inputs.read_whole().unwrap(), 3);
+        assert_eq!(all(inputs).len(), 3);
+        let sources =
+            vec![Source::file(temp_file(b"a\nb\n"), b'\n'), Source::values(words(&["x", "y", "z"]))];
+        let mut inputs = Inputs::combine(sources, false).unwrap();
+        assert_eq!(inputs.read_whole().unwrap(), 6);
+        assert_eq!(all(inputs).len(), 6);
     }
 
     #[test]

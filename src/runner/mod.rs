@@ -51,6 +51,7 @@
 
 mod engine;
 mod fd_limit;
+pub mod halt;
 pub mod input;
 pub mod joblog;
 mod lines;
@@ -62,6 +63,7 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, SystemTime};
 
 pub use engine::run;
+pub use halt::{Halt, HaltOn, HaltWhen, Threshold};
 pub use input::{Inputs, Source};
 pub use template::{shell_line, shell_quote, JobArgs, Template};
 
@@ -101,8 +103,10 @@ pub struct Options {
     pub timeout: Option<Duration>,
     /// Time between SIGTERM (or the stop signal) and SIGKILL.
     pub kill_grace: Duration,
-    /// Start no new job after the first failure; running jobs complete.
-    pub halt_on_error: bool,
+    /// Stop the run early when this condition is met (GNU parallel's
+    /// `--halt`): start no new job, and with [`HaltWhen::Now`] kill the
+    /// running ones (their output is dropped, they are not reported).
+    pub halt: Option<Halt>,
     /// Runs of a failing job in all, at least 1 (GNU parallel's
     /// `--retries`): a job that fails is run again, under the same number
     /// and slot, until it succeeds or has run this many times. Only its
@@ -144,7 +148,7 @@ impl Default for Options {
             order: Order::Keep,
             timeout: None,
             kill_grace: Duration::from_millis(200),
-            halt_on_error: false,
+            halt: None,
             retries: 1,
             skip: joblog::SeqSet::default(),
             stdin: JobStdin::Inherit,
@@ -210,4 +214,8 @@ pub struct Summary {
     pub failed: u64,
     /// The stop signal that ended the run early, if one did.
     pub interrupted: Option<i32>,
+    /// With [`Options::halt`], the exit status GNU parallel gives: the
+    /// condition's when it was met ([`Halt`]'s rules), else the failed jobs
+    /// (at most 101) or, for a percentage, their share.
+    pub halt_status: Option<i32>,
 }

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mproc::runner::input::Next;
-use mproc::runner::{self, joblog, Inputs, JobArgs, JobStdin, Options, Order, Output, Source, Template};
+use mproc::runner::{
+    self, joblog, Halt, Inputs, JobArgs, JobStdin, Options, Order, Output, Source, Template,
+};
 
 use crate::EXIT_USAGE;
 
@@ -34,7 +36,7 @@ first changing slowest), or with --link the n-th input of each. In COMMAND and A
 
 Exit status: 0 all jobs succeeded; 1-100 that many jobs failed; 101 more than 100 failed; \
 2 usage error; 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP; 141 output closed; \
-255 the runner itself failed.
+255 the runner itself failed. With --halt, GNU parallel's status (see mproc(1)).
 
 Examples:
   mproc run gzip -k ::: *.txt
@@ -66,8 +68,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = parse_retries)]
     retries: Option<u32>,
 
-    /// After the first failed job, start no new jobs; running ones complete
-    #[arg(long)]
+    /// Stop early, as GNU parallel reads it: now,fail=1 (kill running jobs at the first failure), soon,fail=N, soon,fail=N%, now,success=1, never
+    #[arg(long, value_name = "WHEN,WHY=N", value_parser = parse_halt, allow_hyphen_values = true)]
+    halt: Option<HaltArg>,
+
+    /// After the first failed job, start no new jobs; running ones complete (--halt soon,fail=1)
+    #[arg(long, conflicts_with = "halt")]
     halt_on_error: bool,
 
     /// Print the commands, one per line, shell-quoted, without running them
@@ -157,7 +163,7 @@ pub fn main(args: RunArgs) -> u8 {
         jobs,
         order: if args.unordered { Order::Unordered } else { Order::Keep },
         timeout: args.timeout,
-        halt_on_error: args.halt_on_error,
+        halt: if args.halt_on_error { Some(Halt::ON_ERROR) } else { args.halt.and_then(|h| h.0) },
         retries: args.retries.unwrap_or(1),
         skip,
         tag: args.tag,
@@ -187,7 +193,11 @@ pub fn main(args: RunArgs) -> u8 {
             if let Some(err) = log_error {
                 return runner_failed(&format!("writing the job log: {err}"));
             }
-            summary.failed.min(u64::from(EXIT_MAX_FAILED)) as u8
+            match summary.halt_status {
+                // --halt: GNU parallel's status (0-101, or 128 + a signal).
+                Some(status) => status.clamp(0, 255) as u8,
+                None => summary.failed.min(u64::from(EXIT_MAX_FAILED)) as u8,
+            }
         }
     }
 }
@@ -349,6 +359,14 @@ fn usage(msg: &str) -> u8 {
 fn runner_failed(msg: &str) -> u8 {
     eprintln!("mproc: run: {msg}");
     EXIT_RUNNER_FAILED
+}
+
+/// `--halt`'s value: a condition, or `None` for `never`.
+#[derive(Clone, Debug)]
+struct HaltArg(Option<Halt>);
+
+fn parse_halt(s: &str) -> Result<HaltArg, String> {
+    Halt::parse(s).map(HaltArg).map_err(|e| e.to_string())
 }
 
 fn parse_retries(s: &str) -> Result<u32, String> {
