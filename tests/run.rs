@@ -701,6 +701,79 @@ fn jobs_zero_runs_everything_at_once() {
 }
 
 // ---------------------------------------------------------------------------
+// --bar, --eta: what a person sees on a terminal
+
+/// Runs `sh -c SHELL_LINE` with stdin, stdout and stderr on a fresh
+/// pseudo-terminal (`script`), and returns everything drawn on it.
+#[cfg(target_os = "linux")]
+fn on_a_terminal(shell_line: &str) -> Option<String> {
+    if !common_script_available() {
+        return None;
+    }
+    let out =
+        Command::new("script").args(["-qec", shell_line, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{shell_line}: {:?} {}", out.status, text(&out.stderr));
+    Some(text(&out.stdout))
+}
+
+/// util-linux's `script`, which gives a command a pseudo-terminal.
+#[cfg(target_os = "linux")]
+fn common_script_available() -> bool {
+    let ok = Command::new("script").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: the pseudo-terminal check: util-linux script is not installed");
+    }
+    ok
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn bar_is_redrawn_in_place_on_a_terminal_and_ends_on_its_own_line() {
+    let line = format!("'{MPROC}' run --bar -j2 sh -c 'sleep 0.3; echo job $1' sh ::: 1 2 3 4");
+    let Some(screen) = on_a_terminal(&line) else { return };
+    // Drawn over itself (carriage return, erase line), never scrolled.
+    let draws: Vec<&str> = screen.split("\r\x1b[K").filter(|d| d.starts_with('[')).collect();
+    assert!(draws.len() >= 2, "{screen:?}");
+    assert!(draws.iter().all(|d| d.contains("/4 ") && d.contains("% ETA ")), "{screen:?}");
+    // The last state stays, with a newline (the terminal shows \r\n).
+    assert!(screen.ends_with("[####################] 4/4 100% ETA 0:00\r\n"), "{screen:?}");
+    // Job output is whole lines, each erasing the bar first.
+    for i in 1..=4 {
+        assert!(
+            screen.contains(&format!("\r\x1b[Kjob {i}\r\n")) || screen.contains(&format!("\njob {i}\r\n")),
+            "{screen:?}"
+        );
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn bar_on_streaming_input_shows_the_count_and_rate_until_the_total_is_known() {
+    let line = format!("(echo 0.2; sleep 1.5; echo 0.1) | '{MPROC}' run --bar sleep");
+    let Some(screen) = on_a_terminal(&line) else { return };
+    assert!(screen.contains("1 done, 0 running, "), "{screen:?}");
+    assert!(screen.ends_with("] 2/2 100% ETA 0:00\r\n"), "{screen:?}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn eta_is_gnu_parallels_line_on_a_terminal() {
+    let line = format!("'{MPROC}' run --eta -j1 sleep ::: 0.2 0.2 0.2");
+    let Some(screen) = on_a_terminal(&line) else { return };
+    assert!(screen.contains("\r\x1b[KETA: "), "{screen:?}");
+    assert!(screen.contains(" Left: 1 AVG: 0."), "{screen:?}");
+    let last = screen.rsplit("\r\x1b[K").next().unwrap();
+    assert!(last.starts_with("ETA: 0s Left: 0 AVG: 0.") && last.ends_with("s\r\n"), "{screen:?}");
+}
+
+#[test]
+fn nothing_is_drawn_when_stderr_is_not_a_terminal() {
+    let out = run(&["--bar", "--eta", "-j2", "sh", "-c", "echo $1", "sh", ":::", "a", "b"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str()), ("a\nb\n", ""));
+}
+
+// ---------------------------------------------------------------------------
 // exit status and failures
 
 #[test]

@@ -28,6 +28,7 @@ use super::fd_limit::fit_jobs;
 use super::halt::{HaltWhen, Tally};
 use super::input::{Args, Inputs, Next};
 use super::lines::LineState;
+use super::progress::{Counts, Progress};
 use super::sink::{is_interrupted, Sink};
 use super::spool::{io_error, Budget, SpillFile, Spool};
 use super::template::JobArgs;
@@ -96,8 +97,11 @@ pub fn run(
     // A --halt percentage needs the number of jobs: read the inputs whole.
     let total_jobs = match options.halt.map(|h| h.threshold) {
         Some(super::halt::Threshold::Percent(_)) => Some(inputs.read_whole()?),
-        _ => None,
+        _ => inputs.total_if_known(),
     };
+    // Drawn only where a person sees it.
+    let progress = ((options.bar || options.eta) && std::io::IsTerminal::is_terminal(&output.stderr))
+        .then(|| Progress::new(options.bar, options.eta, Instant::now()));
     let job_stdin = match options.stdin {
         JobStdin::Null => true,
         // A job in its own process group that reads the terminal would be
@@ -137,6 +141,8 @@ pub fn run(
         spill: SpillFile::default(),
         halted: false,
         tally: Tally::default(),
+        skipped: 0,
+        progress,
         total_jobs,
         halt_status: None,
         stop: None,
@@ -152,7 +158,13 @@ pub fn run(
     if let Some(warning) = &fit.warning {
         engine.err.write_all(warning.as_bytes())?;
     }
-    engine.run_loop()?;
+    let result = engine.run_loop();
+    engine.show_progress(true);
+    if engine.progress.is_some() {
+        // The last state stays on the screen, on a line of its own.
+        engine.err.write_all(b"\n")?;
+    }
+    result?;
     let halt_status = options.halt.map(|halt| {
         engine.halt_status.unwrap_or_else(|| halt.unmet_exit_status(&engine.tally, engine.started))
     });
@@ -373,7 +385,12 @@ struct Engine<'a> {
     halted: bool,
     /// Jobs completed so far, and how many failed (for `--halt`).
     tally: Tally,
-    /// The number of jobs, when a `--halt` percentage needs it.
+    /// Jobs skipped (`--resume`).
+    skipped: u64,
+    /// `--bar`, `--eta` on a terminal.
+    progress: Option<Progress>,
+    /// The number of jobs, when known before the inputs run out (a
+    /// `--halt` percentage reads them whole for it).
     total_jobs: Option<u64>,
     /// The exit status the met `--halt` condition gives.
     halt_status: Option<i32>,
@@ -399,6 +416,7 @@ impl Engine<'_> {
             self.complete_finished();
             self.print_ready();
             self.start_jobs();
+            self.show_progress(false);
             if self.live.is_empty() && !self.waiting_for_input() {
                 // start_jobs filled no slot: inputs exhausted, halted or stopping.
                 return Ok(());
@@ -445,6 +463,7 @@ impl Engine<'_> {
             };
             if self.options.skip.contains(self.next_seq + 1) {
                 self.next_seq += 1; // done in an earlier run (--resume)
+                self.skipped += 1;
                 continue;
             }
             self.start_job(args);
@@ -562,6 +581,9 @@ impl Engine<'_> {
         // A SIGCHLD wake-up taken by a sink: reap now, not at the next one.
         if self.out.take_drained() | self.err.take_drained() {
             shorten(Duration::ZERO);
+        }
+        if let Some(progress) = &self.progress {
+            shorten(progress.next_tick(now)); // the ETA moves on
         }
         for seq in &self.live {
             let job = &self.jobs[seq];
@@ -703,6 +725,9 @@ impl Engine<'_> {
                 }
                 Order::Unordered => line_buffer,
             };
+        if direct {
+            self.hide_progress();
+        }
         let Some(job) = self.jobs.get_mut(&seq).filter(|job| !job.dropped) else { return };
         debug_assert!(!direct || if stream == Stream::Out { job.out.is_empty() } else { job.err.is_empty() });
         let result = match (direct, stream) {
@@ -877,6 +902,31 @@ impl Engine<'_> {
         self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
     }
 
+    /// Redraws the `--bar`/`--eta` line (at most ten times a second, unless
+    /// `force`).
+    fn show_progress(&mut self, force: bool) {
+        let Some(progress) = &mut self.progress else { return };
+        let counts = Counts {
+            done: self.tally.done + self.skipped,
+            running: self.live.len() as u64,
+            total: self.total_jobs.or(self.exhausted.then_some(self.next_seq)),
+        };
+        if let Some(line) = progress.redraw(counts, Instant::now(), force) {
+            if let Err(err) = self.err.write_all(&line) {
+                self.output_failed(err);
+            }
+        }
+    }
+
+    /// Erases the `--bar`/`--eta` line before job output is printed.
+    fn hide_progress(&mut self) {
+        if let Some(erase) = self.progress.as_mut().and_then(Progress::erase) {
+            if let Err(err) = self.err.write_all(erase) {
+                self.output_failed(err);
+            }
+        }
+    }
+
     /// After each completed job: whether the `--halt` condition is met now.
     fn check_halt(&mut self, outcome: Outcome) {
         let Some(halt) = self.options.halt else { return };
@@ -926,6 +976,16 @@ impl Engine<'_> {
     fn print_ready(&mut self) {
         if self.stop.is_some() {
             return;
+        }
+        let has_output = match self.options.order {
+            Order::Keep => self
+                .jobs
+                .first_key_value()
+                .is_some_and(|(_, job)| job.outcome.is_some() || !job.out.is_empty()),
+            Order::Unordered => !self.unordered_ready.is_empty(),
+        };
+        if has_output {
+            self.hide_progress();
         }
         let result = match self.options.order {
             Order::Keep => self.print_heads(),

@@ -288,9 +288,18 @@ impl Inputs {
     pub fn read_whole(&mut self) -> Result<u64> {
         let first = std::mem::replace(&mut self.first, SourceKind::Values(VecDeque::new()));
         let values = Source(first).read_all().map_err(reading)?;
-        let first_len = values.len() as u64;
         self.first = SourceKind::Values(values.into());
-        Ok(match &self.shape {
+        Ok(self.total_if_known().unwrap_or(0))
+    }
+
+    /// The number of jobs, when every input is in memory (no stream to
+    /// read): for a progress display. Call it before handing out any job.
+    pub fn total_if_known(&self) -> Option<u64> {
+        let first_len = match &self.first {
+            SourceKind::Values(values) => values.len() as u64,
+            SourceKind::Records(_) => return None,
+        };
+        Some(match &self.shape {
             Shape::Single => first_len,
             Shape::Product { rest, .. } => rest.iter().fold(first_len, |n, values| n * values.len() as u64),
             Shape::Linked { all, .. } => match all.iter().any(Vec::is_empty) {

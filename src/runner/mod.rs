@@ -55,6 +55,7 @@ pub mod halt;
 pub mod input;
 pub mod joblog;
 mod lines;
+mod progress;
 mod sink;
 mod spool;
 mod template;
@@ -133,6 +134,12 @@ pub struct Options {
     /// too). Lines of different jobs never mix; a line longer than 1 MiB
     /// may be cut.
     pub line_buffer: bool,
+    /// Show a progress bar (done/total, share, ETA) on stderr, redrawn in
+    /// place, when stderr is a terminal.
+    pub bar: bool,
+    /// Show GNU parallel's ETA line (`ETA: 12s Left: 40 AVG: 0.30s`) on
+    /// stderr, redrawn in place, when stderr is a terminal.
+    pub eta: bool,
     /// Bytes of one stream of one job kept in memory before spilling.
     pub buffer_per_stream: usize,
     /// Bytes kept in memory across all jobs before spilling.
@@ -155,6 +162,8 @@ impl Default for Options {
             handle_signals: false,
             tag: false,
             line_buffer: false,
+            bar: false,
+            eta: false,
             buffer_per_stream: 1 << 20,
             buffer_total: 32 << 20,
         }

@@ -96,6 +96,14 @@ pub struct RunArgs {
     #[arg(short = '0', long)]
     null: bool,
 
+    /// Show a progress bar (done/total, percent, ETA) on stderr when it is a terminal
+    #[arg(long)]
+    bar: bool,
+
+    /// Show GNU parallel's ETA line (ETA, jobs left, average time) on stderr when it is a terminal
+    #[arg(long)]
+    eta: bool,
+
     /// Put the job's inputs and a tab before each line it prints
     #[arg(long)]
     tag: bool,
@@ -167,6 +175,8 @@ pub fn main(args: RunArgs) -> u8 {
         retries: args.retries.unwrap_or(1),
         skip,
         tag: args.tag,
+        bar: args.bar,
+        eta: args.eta,
         line_buffer: args.line_buffer,
         stdin: if stdin_inputs { JobStdin::Null } else { JobStdin::Inherit },
         handle_signals: true,
