@@ -1002,6 +1002,46 @@ fn dry_run_output_runs_the_same_commands_in_a_shell() {
     }
 }
 
+/// mproc(1), MOVING TO MORE MACHINES: `--dry-run`'s lines, and the job
+/// log's Command column, run unchanged under `parallel --sshlogin` (here
+/// `-S :`, GNU parallel's name for this host over its remote machinery).
+#[test]
+fn dry_run_and_job_log_commands_run_unchanged_under_gnu_parallel_sshlogin() {
+    if !gnu_parallel("replaying commands with parallel -S :") {
+        return;
+    }
+    let dir = TempDir::new("sshlogin");
+    let log = dir.path("log");
+    let inputs = ["it's", "a b", "$HOME", "*", "", "x\\y", "é", "tab\there"];
+    let mut args = vec!["printf", "[%s]\\n", ":::"];
+    args.extend(inputs);
+    let mut logged = vec!["--joblog", &log];
+    logged.extend(&args);
+    let real = run(&logged);
+    assert_eq!(real.status.code(), Some(0));
+    let mut dry_args = vec!["--dry-run"];
+    dry_args.extend(&args);
+    let dry = run(&dry_args);
+    let joblog = std::fs::read_to_string(&log).unwrap();
+    let mut from_log: Vec<&str> = joblog.lines().skip(1).map(|l| l.splitn(9, '\t').nth(8).unwrap()).collect();
+    from_log.sort_by_key(|cmd| text(&dry.stdout).lines().position(|l| l == *cmd));
+    for commands in [text(&dry.stdout), from_log.iter().map(|c| format!("{c}\n")).collect::<String>()] {
+        let mut gnu = Command::new("parallel")
+            .args(["--will-cite", "-k", "-S", ":"])
+            // `$'...'` (the tab) needs bash, zsh or ksh, not every sh.
+            .env("PARALLEL_SHELL", "bash")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        gnu.stdin.take().unwrap().write_all(commands.as_bytes()).unwrap();
+        let gnu = gnu.wait_with_output().unwrap();
+        assert_eq!(text(&gnu.stdout), text(&real.stdout), "{commands}\n{}", text(&gnu.stderr));
+        assert_eq!(gnu.status.code(), Some(0));
+    }
+}
+
 /// GNU parallel's job log, column for column: `Seq Host Starttime
 /// JobRuntime Send Receive Exitval Signal Command`, `%.3f` and `%10.3f`.
 #[test]
