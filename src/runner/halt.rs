@@ -118,16 +118,20 @@ impl Halt {
     }
 
     /// The exit status GNU parallel gives when the condition is met:
-    /// `success` 0; `fail=1` and `done=1` the status of the job that met it
-    /// (128 + the signal for a job killed by one); a count, the failed jobs
-    /// (at most 101); a percentage, the share of the jobs that failed,
-    /// rounded up.
+    /// `success` 0; `fail=1` and `done=1` (or a share that comes to exactly
+    /// one job) the status of the job that met it (128 + the signal for a
+    /// job killed by one); a count, the failed jobs (at most 101); a
+    /// percentage, the share of the jobs that failed, rounded up.
     pub(crate) fn exit_status(&self, tally: &Tally, total: Option<u64>, last_status: i32) -> i32 {
+        let total = total.unwrap_or(tally.done);
         match (self.on, self.threshold) {
             (HaltOn::Success, _) => 0,
             (_, Threshold::Count(1)) => last_status,
             (_, Threshold::Count(_)) => tally.failed.min(101) as i32,
-            (_, Threshold::Percent(_)) => percent_failed(tally, total.unwrap_or(tally.done)),
+            // GNU parallel turns the share into a count first, and a count
+            // of exactly 1 gives the job's status, as fail=1 does.
+            (_, Threshold::Percent(p)) if total as f64 * p / 100.0 == 1.0 => last_status,
+            (_, Threshold::Percent(_)) => percent_failed(tally, total),
         }
     }
 
@@ -213,6 +217,8 @@ mod tests {
         assert!(half.is_met(&three_failed, Some(6)));
         assert_eq!(half.exit_status(&three_failed, Some(6), 1), 50);
         assert_eq!(half.unmet_exit_status(&Tally { done: 6, failed: 1 }, 6), 17);
+        let fifth = Halt::parse("soon,fail=20%").unwrap().unwrap();
+        assert_eq!(fifth.exit_status(&Tally { done: 2, failed: 1 }, Some(5), 7), 7, "20% of 5 jobs is 1 job");
         let success = Halt::parse("now,success=1").unwrap().unwrap();
         assert!(success.is_met(&Tally { done: 3, failed: 2 }, None));
         assert_eq!(success.exit_status(&Tally { done: 3, failed: 2 }, None, 0), 0);
