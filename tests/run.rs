@@ -761,9 +761,10 @@ fn eta_is_gnu_parallels_line_on_a_terminal() {
     let line = format!("'{MPROC}' run --eta -j1 sleep ::: 0.2 0.2 0.2");
     let Some(screen) = on_a_terminal(&line) else { return };
     assert!(screen.contains("\r\x1b[KETA: "), "{screen:?}");
-    assert!(screen.contains(" Left: 1 AVG: 0."), "{screen:?}");
+    // (The average depends on the machine's load: only its form is checked.)
+    assert!(screen.contains(" Left: 1 AVG: "), "{screen:?}");
     let last = screen.rsplit("\r\x1b[K").next().unwrap();
-    assert!(last.starts_with("ETA: 0s Left: 0 AVG: 0.") && last.ends_with("s\r\n"), "{screen:?}");
+    assert!(last.starts_with("ETA: 0s Left: 0 AVG: ") && last.ends_with("s\r\n"), "{screen:?}");
 }
 
 #[test]

@@ -4,12 +4,13 @@
 //!
 //! A blocking `write` into a full pipe would wait for the reader, and a
 //! signal handler installed with `SA_RESTART` would not even cut it short.
-//! So every write is preceded by one `poll` for room on the descriptor *and*
-//! for the runner's self-pipe: when a stop signal has arrived, the write is
-//! given up with `EINTR` and the caller stops the run. Into a pipe, at most
-//! `PIPE_BUF` bytes go per write — with room reported, such a write cannot
-//! block. Elsewhere (a terminal held by Ctrl-S) the stop signals' handlers,
-//! installed without `SA_RESTART`, interrupt a blocked write.
+//! So into a pipe or socket every write is preceded by one `poll` for room
+//! on the descriptor *and* for the runner's self-pipe: when a stop signal
+//! has arrived, the write is given up with `EINTR` and the caller stops
+//! the run. At most `PIPE_BUF` bytes go per such write — with room
+//! reported, it cannot block. Files and devices (`/dev/null`, a terminal)
+//! are written at once; should a terminal block (Ctrl-S), the stop
+//! signals' handlers, installed without `SA_RESTART`, interrupt the write.
 
 use std::cell::Cell;
 use std::os::fd::BorrowedFd;
@@ -22,8 +23,9 @@ pub(crate) struct Sink<'a> {
     fd: BorrowedFd<'a>,
     /// The run's self-pipe (see the engine): readable after any signal.
     wake: BorrowedFd<'a>,
-    /// Bytes per write: `PIPE_BUF` into a pipe, else everything at once.
-    chunk: usize,
+    /// A pipe or socket: poll for room (and the self-pipe) before each
+    /// write, of at most `PIPE_BUF` bytes.
+    poll_first: bool,
     /// Bit `n` set: signal `n` stops the run.
     stop_mask: u32,
     /// The self-pipe was drained here (a SIGCHLD wake-up the engine has not
@@ -33,38 +35,46 @@ pub(crate) struct Sink<'a> {
 
 impl<'a> Sink<'a> {
     pub(crate) fn new(fd: BorrowedFd<'a>, wake: BorrowedFd<'a>, stop_signals: &[i32]) -> Sink<'a> {
-        let chunk = if sys::is_fifo(fd) { libc::PIPE_BUF } else { usize::MAX };
         let stop_mask = stop_signals.iter().fold(0u32, |mask, &sig| mask | 1 << sig);
-        Sink { fd, wake, chunk, stop_mask, drained: Cell::new(false) }
+        Sink { fd, wake, poll_first: sys::is_pipe_or_socket(fd), stop_mask, drained: Cell::new(false) }
     }
 
     /// Writes all of `data`; fails with `EINTR` ([`is_interrupted`]) as soon
     /// as a stop signal is pending, whatever the reader does.
     pub(crate) fn write_all(&self, mut data: &[u8]) -> Result<()> {
+        // Not a pipe: try at once; poll only if the descriptor says "later".
+        let mut must_poll = self.poll_first;
         while !data.is_empty() {
-            let ready = sys::poll(&[(self.fd, false, true), (self.wake, true, false)], None)?;
-            if ready[1].readable {
-                if signal::peek_pending_signals() & self.stop_mask != 0 {
-                    return Err(interrupted());
-                }
-                // Only SIGCHLD: drained, or poll would return at once again.
-                // (No error is possible on our own non-blocking pipe.)
-                let _ = sys::bell::drain(self.wake);
-                self.drained.set(true);
+            if signal::peek_pending_signals() & self.stop_mask != 0 {
+                return Err(interrupted());
             }
-            if !(ready[0].writable || ready[0].hangup) {
+            if must_poll && !self.wait_for_room()? {
                 continue;
             }
-            let end = data.len().min(self.chunk);
+            let end = if self.poll_first { data.len().min(libc::PIPE_BUF) } else { data.len() };
             match sys::write_interruptible(self.fd, &data[..end]) {
                 Ok(n) => data = &data[n..],
-                // A signal (acted upon above, at the next turn) or an
-                // inherited O_NONBLOCK we must not change: poll again.
-                Err(Error::Os(e)) if e.errno == libc::EINTR || e.errno == libc::EAGAIN => {}
+                // A signal: checked at the next turn.
+                Err(Error::Os(e)) if e.errno == libc::EINTR => {}
+                // An inherited O_NONBLOCK we must not change: wait for room.
+                Err(Error::Os(e)) if e.errno == libc::EAGAIN => must_poll = true,
                 Err(err) => return Err(err),
             }
         }
         Ok(())
+    }
+
+    /// One `poll` for room on the descriptor or a signal on the self-pipe;
+    /// whether there is room (or an error to meet by writing).
+    fn wait_for_room(&self) -> Result<bool> {
+        let ready = sys::poll(&[(self.fd, false, true), (self.wake, true, false)], None)?;
+        if ready[1].readable && signal::peek_pending_signals() & self.stop_mask == 0 {
+            // Only SIGCHLD: drained, or poll would return at once again.
+            // (No error is possible on our own non-blocking pipe.)
+            let _ = sys::bell::drain(self.wake);
+            self.drained.set(true);
+        }
+        Ok(ready[0].writable || ready[0].hangup)
     }
 
     /// Whether the self-pipe was drained since the last call.

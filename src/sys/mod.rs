@@ -520,13 +520,15 @@ pub(crate) fn write_interruptible(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usiz
     Ok(n as usize)
 }
 
-/// Whether `fd` is a pipe or FIFO (`fstat`); `false` if it cannot be told.
-pub(crate) fn is_fifo(fd: BorrowedFd<'_>) -> bool {
+/// Whether `fd` is a pipe, FIFO or socket (`fstat`): a descriptor whose
+/// writes wait for a reader. `false` if it cannot be told.
+pub(crate) fn is_pipe_or_socket(fd: BorrowedFd<'_>) -> bool {
     // SAFETY: all-zero is a valid `stat`; fstat fills it for an open fd.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is writable; a bad fd is reported as EBADF.
     let rc = retry("fstat", None, || unsafe { libc::fstat(fd.as_raw_fd(), &mut st) });
-    rc.is_ok() && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+    let kind = st.st_mode & libc::S_IFMT;
+    rc.is_ok() && (kind == libc::S_IFIFO || kind == libc::S_IFSOCK)
 }
 
 /// Sets or clears `O_NONBLOCK`.
