@@ -32,22 +32,27 @@ pub(crate) struct Progress {
     eta: bool,
     start: Instant,
     last_draw: Option<Instant>,
+    /// A change could not be drawn yet (too soon after the last redraw):
+    /// it is due a tenth of a second after it.
+    pending: bool,
     /// The line is on the screen (and must be erased before other output).
     visible: bool,
 }
 
 impl Progress {
     pub(crate) fn new(bar: bool, eta: bool, start: Instant) -> Progress {
-        Progress { bar, eta, start, last_draw: None, visible: false }
+        Progress { bar, eta, start, last_draw: None, pending: false, visible: false }
     }
 
     /// The bytes that redraw the line, unless it was drawn less than a
     /// tenth of a second ago (`force`: draw anyway, the final state).
     pub(crate) fn redraw(&mut self, counts: Counts, now: Instant, force: bool) -> Option<Vec<u8>> {
         if !force && self.last_draw.is_some_and(|at| now.duration_since(at) < REDRAW_EVERY) {
+            self.pending = true;
             return None;
         }
         self.last_draw = Some(now);
+        self.pending = false;
         self.visible = true;
         let mut out = ERASE.to_vec();
         out.extend_from_slice(self.line(counts, now.duration_since(self.start)).as_bytes());
@@ -59,10 +64,13 @@ impl Progress {
         std::mem::replace(&mut self.visible, false).then_some(ERASE)
     }
 
-    /// When the next redraw is due (so a wait can end then).
+    /// When the next redraw is due (so a wait can end then): a change not
+    /// drawn yet a tenth of a second after the last redraw, else once a
+    /// second, for the time left.
     pub(crate) fn next_tick(&self, now: Instant) -> Duration {
+        let every = if self.pending { REDRAW_EVERY } else { Duration::from_secs(1) };
         match self.last_draw {
-            Some(at) => (at + Duration::from_secs(1)).saturating_duration_since(now),
+            Some(at) => (at + every).saturating_duration_since(now),
             None => Duration::ZERO,
         }
     }
@@ -152,6 +160,8 @@ mod tests {
         let counts = Counts { done: 1, running: 1, total: Some(3) };
         assert!(drawn(&mut p, counts, Duration::from_millis(0), false).is_some());
         assert!(drawn(&mut p, counts, Duration::from_millis(50), false).is_none());
+        // The change held back is due 100 ms after the last redraw.
+        assert_eq!(p.next_tick(p.start + Duration::from_millis(50)), Duration::from_millis(50));
         assert!(drawn(&mut p, counts, Duration::from_millis(60), true).is_some());
         assert!(drawn(&mut p, counts, Duration::from_millis(200), false).is_some());
         assert_eq!(p.erase(), Some(ERASE));
