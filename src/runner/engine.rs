@@ -29,7 +29,7 @@ use super::halt::{HaltWhen, Tally};
 use super::input::{Args, Inputs, Next};
 use super::lines::LineState;
 use super::progress::{Counts, Progress};
-use super::sink::{is_interrupted, Sink};
+use super::sink::{drain_wake, is_interrupted, Sink};
 use super::spool::{io_error, Budget, SpillFile, Spool};
 use super::template::JobArgs;
 use super::{shell_line, JobReport, JobStdin, Options, Order, Outcome, Output, Summary, Template};
@@ -643,9 +643,7 @@ impl Engine<'_> {
     }
 
     fn handle_signals(&mut self) {
-        // Errors cannot happen on our own non-blocking pipe; nothing is lost
-        // if one did: the signals are recorded apart from the bytes.
-        let _ = sys::bell::drain(self.wake);
+        drain_wake(self.wake);
         let pending = signal::take_pending_signals();
         // SIGCHLD needs nothing here: reap() runs after every wake-up.
         for sig in STOP_SIGNALS {
