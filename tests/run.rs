@@ -899,23 +899,19 @@ fn run_halt(halt: &str, jobs: &str, inputs: &[&str]) -> Output {
     run(&args)
 }
 
+/// `--halt HALT` over a job that would sleep 30 s and jobs exiting `exit`
+/// (`$1`: the input): the run must end long before the sleeper would.
+fn halt_with_a_slow_job(halt: &str, exit: &str, inputs: [&str; 2]) -> Output {
+    let script = format!("[ $1 = slow ] && exec sleep 30; exit {exit}");
+    let start = Instant::now();
+    let out = run(&["-j2", "--halt", halt, "sh", "-c", &script, "sh", ":::", "slow", inputs[0], inputs[1]]);
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    out
+}
+
 #[test]
 fn halt_now_kills_the_running_jobs_at_the_first_failure() {
-    let start = Instant::now();
-    let out = run(&[
-        "-j2",
-        "--halt",
-        "now,fail=1",
-        "sh",
-        "-c",
-        "[ $1 = slow ] && exec sleep 30; exit 3",
-        "sh",
-        ":::",
-        "slow",
-        "fail",
-        "never",
-    ]);
-    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    let out = halt_with_a_slow_job("now,fail=1", "3", ["fail", "never"]);
     // fail=1: the exit status is the failed job's, as GNU parallel gives it.
     assert_eq!(out.status.code(), Some(3));
     assert!(out.stdout.is_empty());
@@ -940,21 +936,7 @@ fn halt_soon_lets_running_jobs_finish_and_exits_as_gnu_parallel_does() {
 
 #[test]
 fn halt_now_on_success_exits_0_at_the_first_success() {
-    let start = Instant::now();
-    let out = run(&[
-        "-j2",
-        "--halt",
-        "now,success=1",
-        "sh",
-        "-c",
-        "[ $1 = slow ] && exec sleep 30; exit $1",
-        "sh",
-        ":::",
-        "slow",
-        "0",
-        "1",
-    ]);
-    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    let out = halt_with_a_slow_job("now,success=1", "$1", ["0", "1"]);
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -1162,29 +1144,24 @@ fn gnu_parallel(needed_for: &str) -> bool {
     gnu
 }
 
+/// Job `c` fails while the file `$2` (the marker) does not exist; every
+/// job prints its input.
+const MARKER_JOB: &str = "echo $1; [ $1 != c ] || [ -e \"$2\" ]";
+
+/// `mproc run OPTIONS --joblog LOG sh -c MARKER_JOB sh {} MARKER ::: INPUTS`.
+fn run_marker_jobs(options: &[&str], log: &str, marker: &str, inputs: &[&str]) -> Output {
+    let mut args = options.to_vec();
+    args.extend(["--joblog", log, "sh", "-c", MARKER_JOB, "sh", "{}", marker, ":::"]);
+    args.extend(inputs);
+    run(&args)
+}
+
+const FIVE: [&str; 5] = ["a", "b", "c", "d", "e"];
+
 /// A run that stops after job 3 fails (`--halt-on-error`, one at a time):
 /// jobs 1-3 are in the log, 4 and 5 never ran.
 fn interrupted_run(log: &str, marker: &str) -> Output {
-    // Job `c` fails while `marker` does not exist.
-    let script = "echo $1; [ $1 != c ] || [ -e \"$2\" ]";
-    run(&[
-        "-j1",
-        "--halt-on-error",
-        "--joblog",
-        log,
-        "sh",
-        "-c",
-        script,
-        "sh",
-        "{}",
-        marker,
-        ":::",
-        "a",
-        "b",
-        "c",
-        "d",
-        "e",
-    ])
+    run_marker_jobs(&["-j1", "--halt-on-error"], log, marker, &FIVE)
 }
 
 /// The job numbers a log lists, in order (jobs complete in any order).
@@ -1200,18 +1177,14 @@ fn resume_runs_only_the_jobs_the_log_does_not_list() {
     let (log, marker) = (dir.path("log"), dir.path("marker"));
     let first = interrupted_run(&log, &marker);
     assert_eq!((first.status.code(), text(&first.stdout).as_str()), (Some(1), "a\nb\nc\n"));
-    let script = "echo $1; [ $1 != c ] || [ -e \"$2\" ]";
-    let args = [
-        "--resume", "--joblog", &log, "sh", "-c", script, "sh", "{}", &marker, ":::", "a", "b", "c", "d", "e",
-    ];
-    let out = run(&args);
+    let out = run_marker_jobs(&["--resume"], &log, &marker, &FIVE);
     assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "d\ne\n"));
     assert_eq!(logged_seqs(&log), [1, 2, 3, 4, 5]);
     let header_lines =
         std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.starts_with("Seq\t")).count();
     assert_eq!(header_lines, 1);
     // Everything is done: nothing runs.
-    let out = run(&args);
+    let out = run_marker_jobs(&["--resume"], &log, &marker, &FIVE);
     assert_eq!((out.status.code(), out.stdout.len()), (Some(0), 0));
 }
 
@@ -1249,24 +1222,7 @@ fn resume_failed_runs_the_failed_jobs_again_and_the_rest() {
     let (log, marker) = (dir.path("log"), dir.path("marker"));
     interrupted_run(&log, &marker);
     std::fs::write(&marker, "").unwrap(); // job c succeeds now
-    let script = "echo $1; [ $1 != c ] || [ -e \"$2\" ]";
-    let out = run(&[
-        "--resume-failed",
-        "--joblog",
-        &log,
-        "sh",
-        "-c",
-        script,
-        "sh",
-        "{}",
-        &marker,
-        ":::",
-        "a",
-        "b",
-        "c",
-        "d",
-        "e",
-    ]);
+    let out = run_marker_jobs(&["--resume-failed"], &log, &marker, &FIVE);
     assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "c\nd\ne\n"));
     // Job 3's failed run stays in the log; its new run is added.
     assert_eq!(logged_seqs(&log), [1, 2, 3, 3, 4, 5]);
@@ -1300,7 +1256,7 @@ fn gnu_parallel_and_mproc_resume_each_others_runs() {
     let (log, marker) = (dir.path("log"), dir.path("marker"));
     interrupted_run(&log, &marker);
     // GNU parallel runs a shell line; these words make the same command.
-    let script = "echo $1; [ $1 != c ] || [ -e \"$2\" ]";
+    let script = MARKER_JOB;
     let gnu = Command::new("parallel")
         .args([
             "--will-cite",
@@ -1331,21 +1287,7 @@ fn gnu_parallel_and_mproc_resume_each_others_runs() {
         .unwrap();
     assert_eq!(text(&gnu.stdout), "a\nc\n", "{}", text(&gnu.stderr));
     std::fs::write(&marker, "").unwrap();
-    let out = run(&[
-        "--resume-failed",
-        "--joblog",
-        &log2,
-        "sh",
-        "-c",
-        script,
-        "sh",
-        "{}",
-        &marker,
-        ":::",
-        "a",
-        "c",
-        "d",
-    ]);
+    let out = run_marker_jobs(&["--resume-failed"], &log2, &marker, &["a", "c", "d"]);
     assert_eq!(text(&out.stdout), "c\nd\n", "{}", text(&out.stderr));
 }
 
@@ -1380,9 +1322,7 @@ fn stop_with(sig: i32, expected: i32) {
     let mut stdout = String::new();
     child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
     assert!(!stdout.contains("partial 2"), "{stdout}");
-    for kid in kids {
-        assert!(!alive(kid), "job {kid} still running");
-    }
+    assert_jobs_ended(kids);
 }
 
 #[cfg(target_os = "linux")]
@@ -1402,20 +1342,19 @@ fn sigterm_stops_the_jobs_and_exits_143() {
 /// once — job killed and reaped, exit 128 + signal.
 #[cfg(target_os = "linux")]
 fn stop_while_stdout_is_blocked(sig: i32, expected: i32) {
-    let mut child =
-        mproc(&["yes", "{}", ":::", "a"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (mut child, kids) = start_and_wait_for_jobs(&["yes", "{}", ":::", "a"], 1);
     // Hold the read end open, never read: the pipe fills, the runner blocks.
     let _unread = child.stdout.take().unwrap();
-    let pid = child.id();
-    let mut kids = Vec::new();
-    assert!(wait_until(Duration::from_secs(5), || {
-        kids = children_of(pid);
-        !kids.is_empty()
-    }));
     std::thread::sleep(Duration::from_millis(500)); // the pipe is full by now
-    signal(pid, sig);
+    signal(child.id(), sig);
     let status = wait_with_limit(&mut child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(expected));
+    assert_jobs_ended(kids);
+}
+
+/// Every job (by pid) has ended and been reaped.
+#[cfg(target_os = "linux")]
+fn assert_jobs_ended(kids: Vec<u32>) {
     for kid in kids {
         assert!(!alive(kid), "job {kid} still running");
     }
@@ -1423,13 +1362,8 @@ fn stop_while_stdout_is_blocked(sig: i32, expected: i32) {
 
 #[cfg(target_os = "linux")]
 #[test]
-fn sigint_acts_at_once_while_stdout_is_blocked() {
+fn sigint_and_sigterm_act_at_once_while_stdout_is_blocked() {
     stop_while_stdout_is_blocked(libc::SIGINT, 130);
-}
-
-#[cfg(target_os = "linux")]
-#[test]
-fn sigterm_acts_at_once_while_stdout_is_blocked() {
     stop_while_stdout_is_blocked(libc::SIGTERM, 143);
 }
 
