@@ -1352,6 +1352,21 @@ fn stop_while_stdout_is_blocked(sig: i32, expected: i32) {
     assert_jobs_ended(kids);
 }
 
+/// Waiting for the next input line (the input stays open, nothing comes):
+/// SIGTERM ends the run at once with 143.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stop_signal_acts_while_waiting_for_input() {
+    let mut child = mproc(&["echo"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"first\n").unwrap();
+    let lines = stdout_lines(&mut child);
+    assert_eq!(lines.recv_timeout(Duration::from_secs(10)).as_deref(), Ok("first"));
+    signal(child.id(), libc::SIGTERM);
+    assert_eq!(wait_with_limit(&mut child, Duration::from_secs(10)).code(), Some(143));
+    drop(stdin);
+}
+
 /// Every job (by pid) has ended and been reaped.
 #[cfg(target_os = "linux")]
 fn assert_jobs_ended(kids: Vec<u32>) {
