@@ -1456,6 +1456,31 @@ fn jobs_keep_the_original_open_files_limit() {
     assert_eq!(text(&out.stdout), "64\n1024\n", "{}", text(&out.stderr));
 }
 
+/// A program that embeds the runner and keeps SIGPIPE's default action (a
+/// C or Python host does) is not killed when the runner's output pipe has
+/// no reader: the run fails with EPIPE instead.
+#[test]
+fn the_library_never_dies_of_sigpipe_writing_to_a_closed_pipe() {
+    use mproc::runner::{self, Inputs, Options, Output, Template};
+    use std::os::fd::AsFd;
+    // SAFETY: signal() with SIG_DFL; put back below.
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let template = Template::new(vec![b"echo".to_vec(), b"hi".to_vec()]).unwrap();
+    let mut inputs: Inputs = ["a"].into_iter().collect();
+    let stderr = std::io::stderr();
+    let output = Output { stdout: writer.as_fd(), stderr: stderr.as_fd() };
+    let options = Options { jobs: 1, ..Options::default() };
+    let result = runner::run(&template, &mut inputs, &options, output, &mut |_| {});
+    // SAFETY: puts back the disposition saved above.
+    unsafe { libc::signal(libc::SIGPIPE, old) };
+    match result {
+        Err(mproc::Error::Os(e)) => assert_eq!(e.errno, libc::EPIPE),
+        other => panic!("expected EPIPE, got {other:?}"),
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn fd_numbers(listing: &str) -> BTreeSet<String> {
     listing.split_whitespace().map(str::to_string).collect()

@@ -35,6 +35,7 @@ use super::template::JobArgs;
 use super::{shell_line, JobReport, JobStdin, Options, Order, Outcome, Output, Summary, Template};
 use crate::error::{Error, Result};
 use crate::status::ExitStatus;
+use crate::sys::bell::SigpipeBlocked;
 use crate::sys::{self, exec, signal, trace};
 
 /// How long `poll` may sleep while a job's pipes are closed but its exit has
@@ -200,6 +201,10 @@ impl Drop for ActiveRun {
 struct SignalGuard {
     saved: Vec<signal::SavedAction>,
     old_mask: Option<signal::SigMask>,
+    /// Output written into a pipe with no reader fails with EPIPE, even in
+    /// a program that keeps SIGPIPE's default action (jobs get it back:
+    /// a child unblocks every signal before exec).
+    _no_sigpipe: SigpipeBlocked,
     wake_read: OwnedFd,
     _wake_write: OwnedFd,
 }
@@ -214,7 +219,13 @@ impl SignalGuard {
         signal::take_pending_signals();
         signal::set_wake_fd(wake_write.as_raw_fd());
         // Built before installing, so Drop undoes a half-done install.
-        let mut guard = SignalGuard { saved: Vec::new(), old_mask: None, wake_read, _wake_write: wake_write };
+        let mut guard = SignalGuard {
+            saved: Vec::new(),
+            old_mask: None,
+            _no_sigpipe: SigpipeBlocked::new(),
+            wake_read,
+            _wake_write: wake_write,
+        };
         guard.saved.push(signal::install_handler(libc::SIGCHLD)?);
         let mut unblock = vec![libc::SIGCHLD];
         if stop_signals {
