@@ -80,7 +80,7 @@ pub struct RunArgs {
     #[arg(long)]
     dry_run: bool,
 
-    /// Write a tab-separated line per completed job to FILE
+    /// Write a line per completed job to FILE, in GNU parallel's job log format
     #[arg(long, value_name = "FILE")]
     joblog: Option<PathBuf>,
 
@@ -122,53 +122,52 @@ pub struct RunArgs {
 }
 
 pub fn main(args: RunArgs) -> u8 {
-    let (words, sources) = match split_command(args.command) {
-        Ok(split) => split,
-        Err(msg) => return usage(&msg),
-    };
-    let template = match Template::new(words) {
-        Ok(t) => t,
-        Err(err) => return usage(&err.to_string()),
-    };
+    let dry_run = args.dry_run;
+    match plan(args) {
+        Err(status) => status,
+        Ok(mut plan) if dry_run => {
+            dry_run_jobs(&plan.template, &mut plan.inputs, plan.options.jobs, &plan.options.skip)
+        }
+        Ok(plan) => execute(plan),
+    }
+}
+
+/// What to run, read from the command line and the job log.
+struct Plan {
+    template: Template,
+    inputs: Inputs,
+    options: Options,
+    joblog: Option<PathBuf>,
+    /// Append to the job log (`--resume`, `--resume-failed`).
+    resume: bool,
+}
+
+/// Reads the arguments, opens the inputs and reads back the job log; an
+/// error is one line on stderr and the exit status.
+fn plan(args: RunArgs) -> Result<Plan, u8> {
+    let (words, sources) = split_command(args.command).map_err(|msg| usage(&msg))?;
+    let template = Template::new(words).map_err(|err| usage(&err.to_string()))?;
     let source_count = sources.len().max(1);
     if template.max_source() > source_count {
         let n = template.max_source();
-        return usage(&format!("{{{n}}} names input source {n}, but there are {source_count}"));
+        return Err(usage(&format!("{{{n}}} names input source {n}, but there are {source_count}")));
     }
-    let stdin_inputs = sources.is_empty() || sources.iter().any(SourceArg::is_stdin);
-    let separator = if args.null { b'\0' } else { b'\n' };
-    let mut inputs = match open_sources(sources, separator, args.link) {
-        Ok(inputs) => inputs,
-        Err(msg) => return runner_failed(&msg),
-    };
-    let cpus = Options::default().jobs;
-    let jobs = args.jobs.map_or(cpus, |jobs| jobs.resolve(cpus));
     let resume = match (args.resume, args.resume_failed) {
         (true, _) => Some(joblog::Resume::Logged),
         (false, true) => Some(joblog::Resume::Succeeded),
         (false, false) => None,
     };
-    if resume.is_some() && args.joblog.is_none() {
-        return usage("--resume and --resume-failed need --joblog FILE");
-    }
     let skip = match (args.joblog.as_deref(), resume) {
-        (Some(path), Some(which)) => match read_joblog(path, which) {
-            Ok(done) => done,
-            Err(msg) => return runner_failed(&msg),
-        },
+        (None, Some(_)) => return Err(usage("--resume and --resume-failed need --joblog FILE")),
+        (Some(path), Some(which)) => read_joblog(path, which).map_err(|msg| runner_failed(&msg))?,
         _ => joblog::SeqSet::default(),
     };
-    if args.dry_run {
-        return dry_run(&template, &mut inputs, jobs, &skip);
-    }
-
-    let mut joblog = match args.joblog.as_deref().map(|path| open_joblog(path, resume.is_some())).transpose()
-    {
-        Ok(log) => log,
-        Err(msg) => return runner_failed(&msg),
-    };
+    let stdin_inputs = sources.is_empty() || sources.iter().any(SourceArg::is_stdin);
+    let separator = if args.null { b'\0' } else { b'\n' };
+    let inputs = open_sources(sources, separator, args.link).map_err(|msg| runner_failed(&msg))?;
+    let cpus = Options::default().jobs;
     let options = Options {
-        jobs,
+        jobs: args.jobs.map_or(cpus, |jobs| jobs.resolve(cpus)),
         order: if args.unordered { Order::Unordered } else { Order::Keep },
         timeout: args.timeout,
         halt: if args.halt_on_error { Some(Halt::ON_ERROR) } else { args.halt.and_then(|h| h.0) },
@@ -182,33 +181,41 @@ pub fn main(args: RunArgs) -> u8 {
         handle_signals: true,
         ..Options::default()
     };
+    Ok(Plan { template, inputs, options, joblog: args.joblog, resume: resume.is_some() })
+}
+
+/// Runs the jobs, writes the job log, and maps the result to the exit
+/// status.
+fn execute(mut plan: Plan) -> u8 {
+    let mut joblog = match plan.joblog.as_deref().map(|path| open_joblog(path, plan.resume)).transpose() {
+        Ok(log) => log,
+        Err(msg) => return runner_failed(&msg),
+    };
     let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
     let output = Output { stdout: stdout.as_fd(), stderr: stderr.as_fd() };
     let mut log_error: Option<std::io::Error> = None;
-    let result = runner::run(&template, &mut inputs, &options, output, &mut |report| {
+    let result = runner::run(&plan.template, &mut plan.inputs, &plan.options, output, &mut |report| {
         if let (Some(log), None) = (joblog.as_mut(), log_error.as_ref()) {
             if let Err(err) = log.write_all(&joblog::line(report)) {
                 log_error = Some(err);
             }
         }
     });
-
-    match result {
-        Err(mproc::Error::Os(e)) if e.errno == libc::EPIPE => EXIT_BROKEN_PIPE,
-        Err(err) => runner_failed(&err.to_string()),
-        Ok(summary) => {
-            if let Some(signal) = summary.interrupted {
-                return (128 + signal) as u8;
-            }
-            if let Some(err) = log_error {
-                return runner_failed(&format!("writing the job log: {err}"));
-            }
-            match summary.halt_status {
-                // --halt: GNU parallel's status (0-101, or 128 + a signal).
-                Some(status) => status.clamp(0, 255) as u8,
-                None => summary.failed.min(u64::from(EXIT_MAX_FAILED)) as u8,
-            }
-        }
+    let summary = match result {
+        Err(mproc::Error::Os(e)) if e.errno == libc::EPIPE => return EXIT_BROKEN_PIPE,
+        Err(err) => return runner_failed(&err.to_string()),
+        Ok(summary) => summary,
+    };
+    if let Some(signal) = summary.interrupted {
+        return (128 + signal) as u8;
+    }
+    if let Some(err) = log_error {
+        return runner_failed(&format!("writing the job log: {err}"));
+    }
+    match summary.halt_status {
+        // --halt: GNU parallel's status (0-101, or 128 + a signal).
+        Some(status) => status.clamp(0, 255) as u8,
+        None => summary.failed.min(u64::from(EXIT_MAX_FAILED)) as u8,
     }
 }
 
@@ -298,7 +305,7 @@ fn open_sources(sources: Vec<SourceArg>, separator: u8, link: bool) -> Result<In
 /// Prints each job's command line as inputs arrive, flushing whenever the
 /// input stream has nothing more yet (so `tail -f | mproc run --dry-run`
 /// shows each command at once).
-fn dry_run(template: &Template, inputs: &mut Inputs, jobs: usize, skip: &joblog::SeqSet) -> u8 {
+fn dry_run_jobs(template: &Template, inputs: &mut Inputs, jobs: usize, skip: &joblog::SeqSet) -> u8 {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut seq = 0u64;
     let written = loop {
