@@ -84,8 +84,12 @@ fn is_would_block(errno: i32) -> bool {
 /// `write(2)` with `SIGPIPE` blocked in this thread; a `SIGPIPE` the write
 /// raised is consumed, one that was pending before is left alone.
 pub(crate) fn write_without_sigpipe(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize> {
-    let _blocked = SigpipeBlocked::new();
-    write(fd, buf)
+    let blocked = SigpipeBlocked::new();
+    let result = write(fd, buf);
+    // Only a failed write can have raised one: spare the check otherwise.
+    let raised = matches!(&result, Err(Error::Os(e)) if e.errno == libc::EPIPE);
+    blocked.restore(raised);
+    result
 }
 
 /// Writes all of `buf` with [`write_without_sigpipe`]: a reader that is
@@ -123,11 +127,16 @@ impl SigpipeBlocked {
         let was_pending = was_blocked && sigpipe_pending();
         SigpipeBlocked { old, was_blocked, was_pending }
     }
-}
 
-impl Drop for SigpipeBlocked {
-    fn drop(&mut self) {
-        if !self.was_pending && sigpipe_pending() {
+    /// Ends the guard; `maybe_raised`: a write may have raised SIGPIPE
+    /// (false spares the `sigpending` call).
+    fn restore(mut self, maybe_raised: bool) {
+        self.undo(maybe_raised);
+        std::mem::forget(self);
+    }
+
+    fn undo(&mut self, maybe_raised: bool) {
+        if maybe_raised && !self.was_pending && sigpipe_pending() {
             let mut taken: libc::c_int = 0;
             // SAFETY: SIGPIPE is pending and blocked, so sigwait returns at
             // once, removing it; both pointers are valid.
@@ -137,6 +146,12 @@ impl Drop for SigpipeBlocked {
             // SAFETY: restores the mask pthread_sigmask reported in new().
             unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
         }
+    }
+}
+
+impl Drop for SigpipeBlocked {
+    fn drop(&mut self) {
+        self.undo(true);
     }
 }
 
