@@ -516,10 +516,12 @@ impl Engine<'_> {
         if std::mem::replace(&mut self.warned_fd_limit, true) {
             return;
         }
-        let line = format!(
-            "mproc: run: warning: -j {} lowered to {} ({err})\n",
-            self.options.jobs, self.jobs_at_once
-        );
+        // `usize::MAX` is how `-j 0` ("as many as possible") arrives.
+        let asked = match self.options.jobs {
+            usize::MAX => "0".to_string(),
+            n => n.to_string(),
+        };
+        let line = format!("mproc: run: warning: -j {asked} lowered to {} ({err})\n", self.jobs_at_once);
         if let Err(err) = self.err.write_all(line.as_bytes()) {
             self.output_failed(err);
         }
