@@ -133,8 +133,7 @@ pub fn run(
         job_file_limit: fit.job_limit.map(|limit| limit.as_rlimit()),
         warned_fd_limit: fit.warning.is_some(),
         unstarted: None,
-        free_slots: Vec::new(),
-        slots_made: 0,
+        slots: Slots { tracked: template.uses_slot(), free: Vec::new(), made: 0 },
         jobs: BTreeMap::new(),
         live,
         unordered_ready: VecDeque::new(),
@@ -174,6 +173,41 @@ pub fn run(
         None => Ok(summary),
         Some(Stop::Signal(signal)) => Ok(Summary { interrupted: Some(signal), ..summary }),
         Some(Stop::Failed(err)) => Err(err),
+    }
+}
+
+/// `{%}` numbers: each new job takes the lowest one no running job holds.
+/// Kept only when the command uses `{%}`: otherwise every job gets 0 and
+/// nothing is written per job (each page the runner writes after a `fork`
+/// costs a copy-on-write fault).
+struct Slots {
+    tracked: bool,
+    /// Given back by completed jobs, highest first, so `pop` takes the
+    /// lowest.
+    free: Vec<usize>,
+    /// Handed out so far: a new one is `made + 1`.
+    made: usize,
+}
+
+impl Slots {
+    fn take(&mut self) -> usize {
+        if !self.tracked {
+            return 0;
+        }
+        let slot = self.free.pop().unwrap_or(self.made + 1);
+        self.made = self.made.max(slot);
+        slot
+    }
+
+    fn give_back(&mut self, slot: usize) {
+        if self.tracked {
+            self.free.push(slot);
+        }
+    }
+
+    /// Lowest first, as GNU parallel hands them out.
+    fn sort(&mut self) {
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
     }
 }
 
@@ -372,11 +406,8 @@ struct Engine<'a> {
     warned_fd_limit: bool,
     /// A job that could not start for want of descriptors: it goes first.
     unstarted: Option<Args>,
-    /// Slots (`{%}`) given back by completed jobs, highest first, so `pop`
-    /// takes the lowest.
-    free_slots: Vec<usize>,
-    /// Slots handed out so far: a new one is `slots_made + 1`.
-    slots_made: usize,
+    /// The jobs' `{%}` numbers.
+    slots: Slots,
     /// Started jobs not yet printed, by sequence number. In keep-order mode
     /// the first entry is the head: the one job whose stdout streams
     /// straight to our stdout.
@@ -483,8 +514,7 @@ impl Engine<'_> {
 
     fn start_job(&mut self, args: Args) {
         let seq = self.next_seq + 1;
-        let slot = self.free_slots.pop().unwrap_or(self.slots_made + 1);
-        self.slots_made = self.slots_made.max(slot);
+        let slot = self.slots.take();
         let command = self.template.expand(JobArgs { values: &args, seq, slot });
         match self.spawn_job(seq, slot, command) {
             Ok(mut job) => {
@@ -498,7 +528,7 @@ impl Engine<'_> {
                 self.live.push(seq);
             }
             Err(err) => {
-                self.free_slots.push(slot);
+                self.slots.give_back(slot);
                 if is_out_of_resources(&err) && !self.live.is_empty() {
                     // Something else holds descriptors (or processes) too:
                     // run fewer at once; this job starts when one ends.
@@ -874,7 +904,7 @@ impl Engine<'_> {
                 self.retry(seq);
                 continue;
             }
-            self.free_slots.push(job.slot);
+            self.slots.give_back(job.slot);
             if self.stop.is_some() || job.dropped {
                 // Stopped by us, or ended in the middle of the stop: neither
                 // reported nor printed.
@@ -909,8 +939,7 @@ impl Engine<'_> {
         // swap_remove and retries shuffle; keep `live` in start order for
         // fair polling.
         self.live.sort_unstable();
-        // Lowest slot first, as GNU parallel hands them out.
-        self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
+        self.slots.sort();
     }
 
     /// Redraws the `--bar`/`--eta` line (at most ten times a second, unless
@@ -975,7 +1004,7 @@ impl Engine<'_> {
                 self.live.push(seq);
             }
             Err(err) => {
-                self.free_slots.push(old.slot);
+                self.slots.give_back(old.slot);
                 self.begin_stop(Stop::Failed(err));
             }
         }

@@ -83,6 +83,11 @@ impl Template {
         Ok(Template { words, append_input })
     }
 
+    /// Whether a word holds `{%}` (the job's slot).
+    pub fn uses_slot(&self) -> bool {
+        self.words.iter().flatten().any(|p| matches!(p, Piece::Slot))
+    }
+
     /// The highest input source a `{N}` string names (0 when none does).
     pub fn max_source(&self) -> usize {
         let source = |p: &Piece| match p {
@@ -306,6 +311,8 @@ mod tests {
     #[test]
     fn sequence_and_slot_numbers() {
         assert_eq!(expand_job(&["echo", "{#}/{%}", "{}"], &["x"], 12, 3), ["echo", "12/3", "x"]);
+        assert!(Template::new(words(&["echo", "{%}"])).unwrap().uses_slot());
+        assert!(!Template::new(words(&["echo", "{#}"])).unwrap().uses_slot());
         // A replacement string, as for GNU parallel: nothing is appended.
         assert_eq!(expand_job(&["echo", "{#}"], &["x"], 2, 1), ["echo", "2"]);
         assert_eq!(expand(&["echo", "{0}", "{1x}", "{-1}"], "a"), ["echo", "{0}", "{1x}", "{-1}", "a"]);
