@@ -98,7 +98,7 @@ pub fn run(
     // A --halt percentage needs the number of jobs: read the inputs whole.
     let total_jobs = match options.halt.map(|h| h.threshold) {
         Some(super::halt::Threshold::Percent(_)) => Some(inputs.read_whole()?),
-        _ => inputs.total_if_known(),
+        _ => None,
     };
     // Drawn only where a person sees it.
     let progress = ((options.bar || options.eta) && std::io::IsTerminal::is_terminal(&output.stderr))
@@ -431,8 +431,8 @@ struct Engine<'a> {
     skipped: u64,
     /// `--bar`, `--eta` on a terminal.
     progress: Option<Progress>,
-    /// The number of jobs, when known before the inputs run out (a
-    /// `--halt` percentage reads them whole for it).
+    /// The number of jobs, for a `--halt` percentage (the inputs are read
+    /// whole for it).
     total_jobs: Option<u64>,
     /// The exit status the met `--halt` condition gives.
     halt_status: Option<i32>,
@@ -942,6 +942,36 @@ impl Engine<'_> {
         self.slots.sort();
     }
 
+    /// Whether printing now writes anything (so the progress line must be
+    /// erased first; erasing it for jobs that print nothing would make it
+    /// flicker).
+    fn has_output_to_print(&self) -> bool {
+        let prints = |job: &Job| {
+            !job.out.is_empty()
+                || !job.err.is_empty()
+                || job.out_lines.holds_a_line()
+                || job.err_lines.holds_a_line()
+                || job.outcome.is_some_and(|o| !matches!(o, Outcome::Completed(ExitStatus::Exited(_))))
+        };
+        match self.options.order {
+            // The heads print in turn up to the first still running.
+            Order::Keep => {
+                for job in self.jobs.values() {
+                    if prints(job) {
+                        return true;
+                    }
+                    if job.outcome.is_none() {
+                        return false;
+                    }
+                }
+                false
+            }
+            Order::Unordered => {
+                self.unordered_ready.iter().any(|seq| self.jobs.get(seq).is_some_and(|j| prints(j)))
+            }
+        }
+    }
+
     /// Redraws the `--bar`/`--eta` line (at most ten times a second, unless
     /// `force`).
     fn show_progress(&mut self, force: bool) {
@@ -949,7 +979,7 @@ impl Engine<'_> {
         let counts = Counts {
             done: self.tally.done + self.skipped,
             running: self.live.len() as u64,
-            total: self.total_jobs.or(self.exhausted.then_some(self.next_seq)),
+            total: self.total_jobs.or_else(|| self.inputs.remaining().map(|left| self.next_seq + left)),
         };
         if let Some(line) = progress.redraw(counts, Instant::now(), force) {
             if let Err(err) = self.err.write_all(&line) {
@@ -1017,14 +1047,7 @@ impl Engine<'_> {
         if self.stop.is_some() {
             return;
         }
-        let has_output = match self.options.order {
-            Order::Keep => self
-                .jobs
-                .first_key_value()
-                .is_some_and(|(_, job)| job.outcome.is_some() || !job.out.is_empty()),
-            Order::Unordered => !self.unordered_ready.is_empty(),
-        };
-        if has_output {
+        if self.progress.is_some() && self.has_output_to_print() {
             self.hide_progress();
         }
         let result = match self.options.order {

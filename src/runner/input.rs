@@ -119,6 +119,17 @@ impl Records {
         Ok(())
     }
 
+    /// The records not handed out yet, once the end of file is reached.
+    fn remaining(&self) -> Option<u64> {
+        if !self.eof {
+            return None;
+        }
+        let rest = &self.buf[self.start..];
+        let whole = rest.iter().filter(|&&b| b == self.separator).count();
+        let unfinished = !rest.is_empty() && rest.last() != Some(&self.separator);
+        Some((whole + unfinished as usize) as u64)
+    }
+
     /// Every record, blocking until end of file.
     fn read_all(mut self) -> Result<Vec<Vec<u8>>> {
         let mut all = Vec::new();
@@ -289,22 +300,34 @@ impl Inputs {
         let first = std::mem::replace(&mut self.first, SourceKind::Values(VecDeque::new()));
         let values = Source(first).read_all().map_err(reading)?;
         self.first = SourceKind::Values(values.into());
-        Ok(self.total_if_known().unwrap_or(0))
+        Ok(self.remaining().unwrap_or(0))
     }
 
-    /// The number of jobs, when every input is in memory (no stream to
-    /// read): for a progress display. Call it before handing out any job.
-    pub fn total_if_known(&self) -> Option<u64> {
-        let first_len = match &self.first {
+    /// The number of jobs not handed out yet, when it is known: every
+    /// input is in memory, or the stream has reached its end (for a
+    /// progress display, and a `--halt` percentage).
+    pub fn remaining(&self) -> Option<u64> {
+        let first_left = match &self.first {
             SourceKind::Values(values) => values.len() as u64,
-            SourceKind::Records(_) => return None,
+            SourceKind::Records(records) => records.remaining()?,
         };
         Some(match &self.shape {
-            Shape::Single => first_len,
-            Shape::Product { rest, .. } => rest.iter().fold(first_len, |n, values| n * values.len() as u64),
-            Shape::Linked { all, .. } => match all.iter().any(Vec::is_empty) {
+            Shape::Single => first_left,
+            Shape::Product { rest, current, odometer } => {
+                let per_value = rest.iter().map(|values| values.len() as u64).product::<u64>();
+                // The current first value's combinations not handed out yet.
+                let done_of_current = odometer
+                    .iter()
+                    .zip(rest)
+                    .fold(0u64, |n, (&i, values)| n * values.len() as u64 + i as u64);
+                let current_left = if current.is_some() { per_value - done_of_current } else { 0 };
+                first_left * per_value + current_left
+            }
+            Shape::Linked { all, next } => match all.iter().any(Vec::is_empty) {
                 true => 0,
-                false => all.iter().map(|values| values.len() as u64).max().unwrap_or(0),
+                false => {
+                    all.iter().map(|values| values.len()).max().unwrap_or(0).saturating_sub(*next) as u64
+                }
             },
         })
     }
@@ -452,6 +475,27 @@ mod tests {
         let mut inputs = Inputs::combine(sources, false).unwrap();
         assert_eq!(inputs.read_whole().unwrap(), 6);
         assert_eq!(all(inputs).len(), 6);
+    }
+
+    #[test]
+    fn the_jobs_left_are_known_once_the_stream_has_ended() {
+        let mut inputs = Inputs::single(Source::file(temp_file(b"1\n2\n3"), b'\n'));
+        assert_eq!(inputs.remaining(), None);
+        assert_eq!(inputs.next(true).unwrap(), Next::Args(words(&["1"])));
+        assert_eq!(inputs.remaining(), None, "not at the end of file yet");
+        inputs.next(true).unwrap();
+        assert_eq!(inputs.next(true).unwrap(), Next::Args(words(&["3"])));
+        assert_eq!(inputs.remaining(), Some(0));
+        let sources = vec![Source::values(words(&["a", "b"])), Source::values(words(&["x", "y", "z"]))];
+        let mut inputs = Inputs::combine(sources, false).unwrap();
+        assert_eq!(inputs.remaining(), Some(6));
+        inputs.next(false).unwrap();
+        inputs.next(false).unwrap();
+        assert_eq!(inputs.remaining(), Some(4));
+        let sources = vec![Source::values(words(&["a", "b", "c"])), Source::values(words(&["x"]))];
+        let mut inputs = Inputs::combine(sources, true).unwrap();
+        inputs.next(false).unwrap();
+        assert_eq!(inputs.remaining(), Some(2));
     }
 
     #[test]

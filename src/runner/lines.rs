@@ -42,6 +42,11 @@ impl LineState {
         self.tag_into(tag, &held, out);
     }
 
+    /// Whether an unfinished line is held back.
+    pub(crate) fn holds_a_line(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Whether bytes can go out as they are: no tag, nothing held.
     pub(crate) fn passes_through(&self, tag: &[u8], whole_lines: bool) -> bool {
         tag.is_empty() && !whole_lines && self.held.is_empty()
