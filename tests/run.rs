@@ -4,7 +4,6 @@
 //! resource-usage and child-process checks look at the test's own children).
 //! Checks that read `/proc` (children, descriptors, memory) are Linux-only.
 
-#[cfg(target_os = "linux")]
 use std::collections::BTreeSet;
 #[cfg(target_os = "linux")]
 use std::io::Read;
@@ -141,6 +140,31 @@ fn replacement_strings_are_substituted_in_every_word() {
     );
 }
 
+/// `{//}` is dirname(1); `{/}`, `{.}` and `{/.}` are GNU parallel's
+/// regular expressions (`s:^.*/::`, `s:\.[^/.]*$::`), also on odd paths.
+#[test]
+fn path_replacements_follow_dirname_and_gnu_parallel_on_odd_paths() {
+    let cases = [
+        ("/abs", "[/] [abs] [/abs] [abs]"),
+        ("/", "[/] [] [/] []"),
+        ("a/b/", "[a] [] [a/b/] []"),
+        ("a//b", "[a] [b] [a//b] [b]"),
+        ("/a.b/", "[/] [] [/a.b/] []"),
+        ("a.b/c.d/", "[a.b] [] [a.b/c.d/] []"),
+        ("//x//", "[/] [] [//x//] []"),
+        (".bashrc", "[.] [.bashrc] [] []"),
+        ("a/.x", "[a] [.x] [a/] []"),
+        ("./a", "[.] [a] [./a] [a]"),
+        ("", "[.] [] [] []"),
+    ];
+    let mut args = vec!["echo", "[{//}] [{/}] [{.}] [{/.}]", ":::"];
+    args.extend(cases.iter().map(|(input, _)| *input));
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let expected: String = cases.iter().map(|(_, line)| format!("{line}\n")).collect();
+    assert_eq!(text(&out.stdout), expected);
+}
+
 #[test]
 fn input_is_appended_when_there_is_no_replacement_string() {
     let out = run(&["echo", "-n", "[", ":::", "a b", "c"]);
@@ -154,6 +178,97 @@ fn inputs_come_from_stdin_one_per_line_and_jobs_read_dev_null() {
     let out = run_with_stdin(&["-j3", "sh", "-c", "cat; echo \"<$1>\"", "sh"], b"a\nb c\n\nd");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "<a>\n<b c>\n<>\n<d>\n");
+}
+
+/// Reads `child`'s stdout line by line on a thread; lines arrive on the
+/// returned channel (so a test can wait for one with a time limit).
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Bug: stdin was read to its end before the first job started.
+#[test]
+fn stdin_inputs_start_jobs_as_lines_arrive() {
+    let mut child = mproc(&["echo", "got"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = stdout_lines(&mut child);
+    for input in ["1", "2", "3"] {
+        // The writing end stays open: the job must run without end of file.
+        stdin.write_all(format!("{input}\n").as_bytes()).unwrap();
+        let line = lines.recv_timeout(Duration::from_secs(10));
+        assert_eq!(line.as_deref(), Ok(format!("got {input}").as_str()), "no job ran for input {input}");
+    }
+    drop(stdin);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(lines.recv().is_err(), "more output than expected");
+}
+
+/// `while :; do echo x; sleep .05; done | mproc run echo | head -3` ends.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_endless_input_stream_runs_jobs_until_the_reader_leaves() {
+    use std::os::unix::process::CommandExt;
+    let pipeline = format!("while :; do echo x; sleep 0.05; done | '{MPROC}' run echo | head -3");
+    let mut child = Command::new("sh")
+        .args(["-c", &pipeline])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Whatever happens, nothing of the pipeline outlives the test.
+    struct KillGroup(i32);
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            // SAFETY: kill takes integers only; the group is the pipeline's.
+            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        }
+    }
+    let _group = KillGroup(child.id() as i32);
+    let lines = stdout_lines(&mut child);
+    let got: Vec<String> = (0..3).filter_map(|_| lines.recv_timeout(Duration::from_secs(10)).ok()).collect();
+    assert_eq!(got, ["x", "x", "x"]);
+    let status = wait_with_limit(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}
+
+/// Read-ahead is bounded: 64 MB of input lines go through in a few MiB.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_large_input_is_read_in_bounded_memory() {
+    let mut child =
+        mproc(&["--dry-run", "echo"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let line = format!("{}\n", "y".repeat(1023));
+        for _ in 0..(64 << 10) {
+            stdin.write_all(line.as_bytes()).unwrap();
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut lines, mut buf) = (0usize, vec![0u8; 1 << 16]);
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    writer.join().unwrap();
+    assert!(wait_with_limit(&mut child, Duration::from_secs(60)).success());
+    assert_eq!(lines, 64 << 10);
+    let peak = children_peak_rss();
+    assert!(peak < 24 << 20, "runner peak RSS {} MiB for 64 MiB of input", peak >> 20);
 }
 
 #[test]
@@ -180,6 +295,122 @@ fn an_empty_input_list_runs_nothing_and_succeeds() {
     assert_eq!((out.status.code(), out.stdout.len(), out.stderr.len()), (Some(0), 0, 0));
     let out = run_with_stdin(&["echo", "x"], b"");
     assert_eq!((out.status.code(), out.stdout.len(), out.stderr.len()), (Some(0), 0, 0));
+}
+
+// ---------------------------------------------------------------------------
+// several input sources
+
+fn lines(out: &Output) -> Vec<String> {
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn several_sources_give_every_combination_in_gnu_parallels_order() {
+    let out = run(&["-j3", "echo", ":::", "A", "B", "C", ":::", "D", "E", "F"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let expected: Vec<String> =
+        ["A", "B", "C"].iter().flat_map(|a| ["D", "E", "F"].map(|d| format!("{a} {d}"))).collect();
+    assert_eq!(lines(&out), expected);
+}
+
+#[test]
+fn four_colons_read_inputs_from_files_mixed_with_lists() {
+    let dir = TempDir::new("argfiles");
+    let (nums, letters) = (dir.path("nums"), dir.path("letters"));
+    std::fs::write(&nums, "1\n2\n").unwrap();
+    std::fs::write(&letters, "x\ny").unwrap();
+    let out = run(&["echo", ":::", "a", "::::", &nums, ":::", "b", "c"]);
+    assert_eq!(lines(&out), ["a 1 b", "a 1 c", "a 2 b", "a 2 c"]);
+    // Each file after :::: is a source of its own.
+    let out = run(&["echo", "::::", &nums, &letters]);
+    assert_eq!(lines(&out), ["1 x", "1 y", "2 x", "2 y"]);
+    // `-` is standard input (and the jobs then get /dev/null).
+    let out = run_with_stdin(&["sh", "-c", "cat; echo $1 $2", "sh", "::::", "-", ":::", "a", "b"], b"s\nt\n");
+    assert_eq!(lines(&out), ["s a", "s b", "t a", "t b"]);
+}
+
+/// mproc(1), COMPATIBILITY: unlike GNU parallel, a `:::` word with a
+/// newline is one input.
+#[test]
+fn a_list_word_with_a_newline_is_one_input() {
+    let out = run(&["echo", "{#}:{}", ":::", "a\nb"]);
+    assert_eq!(text(&out.stdout), "1:a\nb\n");
+}
+
+#[test]
+fn link_pairs_the_sources_and_a_shorter_one_starts_over() {
+    let out = run(&["--link", "echo", ":::", "A", "B", "C", ":::", "D", "E"]);
+    assert_eq!(lines(&out), ["A D", "B E", "C D"]);
+}
+
+#[test]
+fn positional_replacement_strings_pick_a_source() {
+    let out = run(&["echo", "{2}-{1}", "{1.}", "{2/}", "{1//}", "{2/.}", ":::", "a/b.c", ":::", "d/e.f"]);
+    assert_eq!(lines(&out), ["d/e.f-a/b.c a/b e.f a e"]);
+}
+
+#[test]
+fn job_numbers_and_slots() {
+    // `{#}` and `{%}` are replacement strings: the input is not appended.
+    let out = run(&[
+        "-j2",
+        "sh",
+        "-c",
+        "sleep 0.$1; echo $1 $2",
+        "sh",
+        "{#}",
+        "{%}",
+        ":::",
+        "a",
+        "b",
+        "c",
+        "d",
+        "e",
+    ]);
+    let rows: Vec<(u32, u32)> = lines(&out)
+        .iter()
+        .map(|l| {
+            let (seq, slot) = l.split_once(' ').unwrap();
+            (seq.parse().unwrap(), slot.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert!(rows.iter().all(|&(_, slot)| slot == 1 || slot == 2), "{rows:?}");
+    assert_eq!(rows[..2].iter().map(|r| r.1).collect::<BTreeSet<_>>(), BTreeSet::from([1, 2]));
+}
+
+#[test]
+fn the_first_source_streams_while_the_others_are_read_whole() {
+    let mut child = mproc(&["echo", "::::", "-", ":::", "x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = stdout_lines(&mut child);
+    stdin.write_all(b"1\n").unwrap();
+    assert_eq!(lines.recv_timeout(Duration::from_secs(10)).as_deref(), Ok("1 x"));
+    drop(stdin);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn bad_input_sources_are_one_line_errors() {
+    let out = run(&["echo", "::::", "/nonexistent/inputs"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out.stderr),
+        "mproc: run: cannot open input file /nonexistent/inputs: No such file or directory (os error 2)\n"
+    );
+    for (args, message) in [
+        (&["echo", "{3}", ":::", "a", ":::", "b"][..], "{3} names input source 3, but there are 2"),
+        (&["echo", "::::"][..], "missing FILE after ::::"),
+        (&["echo", "::::", "-", "-"][..], "standard input can be only one input source"),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(text(&out.stderr), format!("mproc: run: {message}\n"), "{args:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -239,13 +470,14 @@ fn unordered_prints_each_job_whole_as_it_completes() {
         "sleep $1; echo out $1; echo err $1 >&2",
         "sh",
         ":::",
-        "0.6",
+        "1.6",
         "0",
-        "0.3",
+        "0.8",
     ]);
+    // (Apart by 0.8 s: a loaded machine keeps them in completion order.)
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(text(&out.stdout), "out 0\nout 0.3\nout 0.6\n");
-    assert_eq!(text(&out.stderr), "err 0\nerr 0.3\nerr 0.6\n");
+    assert_eq!(text(&out.stdout), "out 0\nout 0.8\nout 1.6\n");
+    assert_eq!(text(&out.stderr), "err 0\nerr 0.8\nerr 1.6\n");
 }
 
 /// Checks that `output` is made of whole blocks, one per job, each holding
@@ -365,6 +597,190 @@ fn a_large_job_waiting_its_turn_spills_instead_of_growing() {
 }
 
 // ---------------------------------------------------------------------------
+// --tag, --line-buffer, -j forms
+
+#[test]
+fn tag_prefixes_every_line_of_both_streams_with_the_inputs() {
+    let out = run(&["--tag", "echo", ":::", "a", "b", ":::", "c"]);
+    assert_eq!(text(&out.stdout), "a c\ta c\nb c\tb c\n");
+    // A last line without a newline is tagged and left without one.
+    let out = run(&["--tag", "printf", "x\\n\\ny", ":::", "a"]);
+    assert_eq!(text(&out.stdout), "a\tx\na\t\na\ty");
+    let out = run(&["--tag", "sh", "-c", "echo out; echo err >&2", "sh", ":::", "in"]);
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str()), ("in\tout\n", "in\terr\n"));
+    // No output, no tag.
+    let out = run(&["--tag", "true", ":::", "a"]);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn tag_applies_to_a_job_streaming_at_the_head() {
+    // 300 kB: more than a pipe holds, so the head streams in many reads.
+    let out = run(&["--tag", "sh", "-c", "seq 50000", "sh", ":::", "t"]);
+    let expected: String = (1..=50000).map(|i| format!("t\t{i}\n")).collect();
+    assert!(text(&out.stdout) == expected, "tagged output differs");
+}
+
+#[test]
+fn line_buffer_prints_lines_of_running_jobs_as_they_come() {
+    let mut child = mproc(&[
+        "--unordered",
+        "--line-buffer",
+        "-j2",
+        "sh",
+        "-c",
+        "echo start $1; sleep 5; echo end $1",
+        "sh",
+        ":::",
+        "1",
+        "2",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lines = stdout_lines(&mut child);
+    let mut first: Vec<String> =
+        (0..2).filter_map(|_| lines.recv_timeout(Duration::from_secs(4)).ok()).collect();
+    first.sort();
+    assert_eq!(first, ["start 1", "start 2"], "lines of running jobs were held back");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn line_buffer_never_mixes_half_lines_of_two_jobs() {
+    // Each job writes each line in 10 separate writes, apart in time, so
+    // the four jobs' writes interleave.
+    let script = "for l in 1 2 3 4 5; do for c in $(seq 10); do printf %s $1; sleep 0.01; done; echo; done";
+    let out =
+        run(&["--unordered", "--line-buffer", "-j4", "sh", "-c", script, "sh", ":::", "a", "b", "c", "d"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 20, "{stdout}");
+    for line in stdout.lines() {
+        let first = line.chars().next().unwrap();
+        assert!(line.len() == 10 && line.chars().all(|c| c == first), "mixed line {line:?}");
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().unwrap().get()
+}
+
+/// The highest `{%}` `--dry-run` shows for 200 jobs: the number of jobs at once.
+fn slots_for(jobs: &str) -> usize {
+    let inputs: Vec<String> = (1..=200).map(|i| i.to_string()).collect();
+    let mut args = vec!["--dry-run", "-j", jobs, "echo", "{%}", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "-j {jobs}: {}", text(&out.stderr));
+    text(&out.stdout).lines().map(|l| l.trim_start_matches("echo ").parse::<usize>().unwrap()).max().unwrap()
+}
+
+#[test]
+fn jobs_accept_gnu_parallels_relative_forms() {
+    let n = cpus();
+    assert_eq!(slots_for("3"), 3);
+    assert_eq!(slots_for("+2"), n + 2);
+    assert_eq!(slots_for("-1"), (n - 1).max(1));
+    assert_eq!(slots_for("-1000"), 1);
+    assert_eq!(slots_for("50%"), n.div_ceil(2));
+    assert_eq!(slots_for("250%"), (n * 5).div_ceil(2));
+    assert_eq!(slots_for("0"), 200, "-j 0: as many as possible");
+}
+
+#[test]
+fn jobs_zero_runs_everything_at_once() {
+    // 20 jobs of 2 s each: together in well under 20 s.
+    let inputs: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+    let mut args = vec!["-j", "0", "sh", "-c", "sleep 2; echo $1", "sh", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let start = Instant::now();
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).lines().count(), 20);
+    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// --bar, --eta: what a person sees on a terminal
+
+/// Runs `sh -c SHELL_LINE` with stdin, stdout and stderr on a fresh
+/// pseudo-terminal (`script`), and returns everything drawn on it.
+#[cfg(target_os = "linux")]
+fn on_a_terminal(shell_line: &str) -> Option<String> {
+    if !common_script_available() {
+        return None;
+    }
+    let out =
+        Command::new("script").args(["-qec", shell_line, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{shell_line}: {:?} {}", out.status, text(&out.stderr));
+    Some(text(&out.stdout))
+}
+
+/// util-linux's `script`, which gives a command a pseudo-terminal.
+#[cfg(target_os = "linux")]
+fn common_script_available() -> bool {
+    let ok = Command::new("script").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: the pseudo-terminal check: util-linux script is not installed");
+    }
+    ok
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn bar_is_redrawn_in_place_on_a_terminal_and_ends_on_its_own_line() {
+    let line = format!("'{MPROC}' run --bar -j2 sh -c 'sleep 0.3; echo job $1' sh ::: 1 2 3 4");
+    let Some(screen) = on_a_terminal(&line) else { return };
+    // Drawn over itself (carriage return, erase line), never scrolled.
+    let draws: Vec<&str> = screen.split("\r\x1b[K").filter(|d| d.starts_with('[')).collect();
+    assert!(draws.len() >= 2, "{screen:?}");
+    assert!(draws.iter().all(|d| d.contains("/4 ") && d.contains("% ETA ")), "{screen:?}");
+    // The last state stays, with a newline (the terminal shows \r\n).
+    assert!(screen.ends_with("[####################] 4/4 100% ETA 0:00\r\n"), "{screen:?}");
+    // Job output is whole lines, each erasing the bar first.
+    for i in 1..=4 {
+        assert!(
+            screen.contains(&format!("\r\x1b[Kjob {i}\r\n")) || screen.contains(&format!("\njob {i}\r\n")),
+            "{screen:?}"
+        );
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn bar_on_streaming_input_shows_the_count_and_rate_until_the_total_is_known() {
+    let line = format!("(echo 0.2; sleep 1.5; echo 0.1) | '{MPROC}' run --bar sleep");
+    let Some(screen) = on_a_terminal(&line) else { return };
+    assert!(screen.contains("1 done, 0 running, "), "{screen:?}");
+    assert!(screen.ends_with("] 2/2 100% ETA 0:00\r\n"), "{screen:?}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn eta_is_gnu_parallels_line_on_a_terminal() {
+    let line = format!("'{MPROC}' run --eta -j1 sleep ::: 0.2 0.2 0.2");
+    let Some(screen) = on_a_terminal(&line) else { return };
+    // Drawn first before any job is done, then over itself as they are.
+    // (The times depend on the machine's load: only their form is checked.)
+    assert!(screen.starts_with("\r\x1b[KETA: ? Left: 3 AVG: 0.00s"), "{screen:?}");
+    let draws: Vec<&str> = screen.split("\r\x1b[K").filter(|d| !d.is_empty()).collect();
+    assert!(
+        draws.iter().all(|d| d.starts_with("ETA: ") && d.contains(" Left: ") && d.contains(" AVG: ")),
+        "{screen:?}"
+    );
+    let last = draws.last().unwrap();
+    assert!(last.starts_with("ETA: 0s Left: 0 AVG: ") && last.ends_with("s\r\n"), "{screen:?}");
+}
+
+#[test]
+fn nothing_is_drawn_when_stderr_is_not_a_terminal() {
+    let out = run(&["--bar", "--eta", "-j2", "sh", "-c", "echo $1", "sh", ":::", "a", "b"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str()), ("a\nb\n", ""));
+}
+
+// ---------------------------------------------------------------------------
 // exit status and failures
 
 #[test]
@@ -389,7 +805,21 @@ fn a_missing_command_fails_with_127_and_says_why() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stderr), "mproc: mproc-no-such-command: No such file or directory\n");
     let log = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(log.lines().nth(1).unwrap().split('\t').nth(3), Some("127"));
+    assert_eq!(log.lines().nth(1).unwrap().split('\t').nth(6), Some("127"));
+}
+
+/// As in a shell: 127 for a command not found, 126 for one found but not
+/// executable.
+#[test]
+fn a_command_that_is_not_executable_fails_with_126() {
+    let dir = TempDir::new("noexec");
+    let (log, script) = (dir.path("log"), dir.path("script"));
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let out = run(&["--joblog", &log, &script, ":::", "a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), format!("mproc: {script}: Permission denied\n"));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(log.lines().nth(1).unwrap().split('\t').nth(6), Some("126"));
 }
 
 #[test]
@@ -412,9 +842,18 @@ fn timeout_kills_a_job_that_runs_too_long() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stderr), "mproc: job 1 timed out after 300ms: sleep 30\n");
     let log = std::fs::read_to_string(&log).unwrap();
-    let exitvals: Vec<&str> = log.lines().skip(1).map(|l| l.split('\t').nth(3).unwrap()).collect();
-    assert_eq!(exitvals.len(), 2);
-    assert!(exitvals.contains(&"timeout") && exitvals.contains(&"0"), "{log}");
+    // GNU parallel's columns: Exitval -1 and the signal for a timeout.
+    let mut exits: Vec<(&str, &str)> = log
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let row: Vec<&str> = l.split('\t').collect();
+            (row[0], row[6])
+        })
+        .collect();
+    exits.sort();
+    assert_eq!(exits, [("1", "-1"), ("2", "0")], "{log}");
+    assert!(log.lines().any(|l| l.starts_with("1\t") && l.split('\t').nth(7) == Some("15")), "{log}");
 }
 
 #[cfg(target_os = "linux")]
@@ -455,6 +894,67 @@ fn halt_on_error_lets_running_jobs_finish() {
     assert_eq!(text(&out.stdout), "slow\n");
 }
 
+/// `sh -c 'sleep 0.$1; echo $1; exit $1'`: job N prints N and exits N.
+const EXIT_AS_INPUT: [&str; 4] = ["sh", "-c", "sleep 0.$1; echo $1; exit $1", "sh"];
+
+fn run_halt(halt: &str, jobs: &str, inputs: &[&str]) -> Output {
+    let mut args = vec!["-j", jobs, "--halt", halt];
+    args.extend(EXIT_AS_INPUT);
+    args.push(":::");
+    args.extend(inputs);
+    run(&args)
+}
+
+/// `--halt HALT` over a job that would sleep 30 s and jobs exiting `exit`
+/// (`$1`: the input): the run must end long before the sleeper would.
+fn halt_with_a_slow_job(halt: &str, exit: &str, inputs: [&str; 2]) -> Output {
+    let script = format!("[ $1 = slow ] && exec sleep 30; exit {exit}");
+    let start = Instant::now();
+    let out = run(&["-j2", "--halt", halt, "sh", "-c", &script, "sh", ":::", "slow", inputs[0], inputs[1]]);
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    out
+}
+
+#[test]
+fn halt_now_kills_the_running_jobs_at_the_first_failure() {
+    let out = halt_with_a_slow_job("now,fail=1", "3", ["fail", "never"]);
+    // fail=1: the exit status is the failed job's, as GNU parallel gives it.
+    assert_eq!(out.status.code(), Some(3));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn halt_soon_lets_running_jobs_finish_and_exits_as_gnu_parallel_does() {
+    // Jobs 1 and 3 fail (after 0.1 s and 0.3 s): soon,fail=2 halts then;
+    // job 2, running, still completes (and fails), nothing after starts.
+    let out = run_halt("soon,fail=2", "2", &["1", "3", "2", "4", "0", "5"]);
+    assert_eq!(text(&out.stdout), "1\n3\n2\n");
+    assert_eq!(out.status.code(), Some(2), "the failed jobs when it was met");
+    // A share of all the jobs: 3 of 6 failed is 50%.
+    let out = run_halt("soon,fail=50%", "2", &["1", "3", "2", "4", "0", "5"]);
+    assert_eq!(out.status.code(), Some(50));
+    // Not met: the share of failed jobs (1 of 6, rounded up).
+    let out = run_halt("soon,fail=50%", "2", &["0", "0", "7", "0", "0", "0"]);
+    assert_eq!(out.status.code(), Some(17));
+    let out = run_halt("never", "2", &["1", "0", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn halt_now_on_success_exits_0_at_the_first_success() {
+    let out = halt_with_a_slow_job("now,success=1", "$1", ["0", "1"]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn halt_rejects_what_gnu_parallel_would_not_read() {
+    for bad in ["sometime,fail=1", "now,fail=0", "now", "now,fail=200%"] {
+        let out = run(&["--halt", bad, "echo", ":::", "a"]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(text(&out.stderr).contains("is not a halt condition"), "{}", text(&out.stderr));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // dry run, job log
 
@@ -491,29 +991,312 @@ fn dry_run_output_runs_the_same_commands_in_a_shell() {
     }
 }
 
+/// mproc(1), MOVING TO MORE MACHINES: `--dry-run`'s lines, and the job
+/// log's Command column, run unchanged under `parallel --sshlogin` (here
+/// `-S :`, GNU parallel's name for this host over its remote machinery).
 #[test]
-fn joblog_has_a_header_and_one_line_per_job() {
+fn dry_run_and_job_log_commands_run_unchanged_under_gnu_parallel_sshlogin() {
+    if !gnu_parallel("replaying commands with parallel -S :") {
+        return;
+    }
+    let dir = TempDir::new("sshlogin");
+    let log = dir.path("log");
+    let inputs = ["it's", "a b", "$HOME", "*", "", "x\\y", "é", "tab\there"];
+    let mut args = vec!["printf", "[%s]\\n", ":::"];
+    args.extend(inputs);
+    let mut logged = vec!["--joblog", &log];
+    logged.extend(&args);
+    let real = run(&logged);
+    assert_eq!(real.status.code(), Some(0));
+    let mut dry_args = vec!["--dry-run"];
+    dry_args.extend(&args);
+    let dry = run(&dry_args);
+    let joblog = std::fs::read_to_string(&log).unwrap();
+    let mut from_log: Vec<&str> = joblog.lines().skip(1).map(|l| l.splitn(9, '\t').nth(8).unwrap()).collect();
+    from_log.sort_by_key(|cmd| text(&dry.stdout).lines().position(|l| l == *cmd));
+    for commands in [text(&dry.stdout), from_log.iter().map(|c| format!("{c}\n")).collect::<String>()] {
+        let mut gnu = Command::new("parallel")
+            .args(["--will-cite", "-k", "-S", ":"])
+            // `$'...'` (the tab) needs bash, zsh or ksh, not every sh.
+            .env("PARALLEL_SHELL", "bash")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        gnu.stdin.take().unwrap().write_all(commands.as_bytes()).unwrap();
+        let gnu = gnu.wait_with_output().unwrap();
+        assert_eq!(text(&gnu.stdout), text(&real.stdout), "{commands}\n{}", text(&gnu.stderr));
+        assert_eq!(gnu.status.code(), Some(0));
+    }
+}
+
+/// GNU parallel's job log, column for column: `Seq Host Starttime
+/// JobRuntime Send Receive Exitval Signal Command`, `%.3f` and `%10.3f`.
+#[test]
+fn joblog_has_gnu_parallels_columns_and_number_formats() {
     let dir = TempDir::new("joblog");
     let log = dir.path("log");
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    let out = run(&["--joblog", &log, "sh", "-c", "sleep 0.1; exit $1", "sh", ":::", "0", "3"]);
-    assert_eq!(out.status.code(), Some(1));
+    let script = "sleep 0.1; printf %s $1; [ $1 = kill ] && kill -9 $$; exit $1";
+    let out = run(&["--joblog", &log, "sh", "-c", script, "sh", ":::", "0", "3", "kill"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let log = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines[0], "Seq\tStarttime\tRuntime\tExitval\tCommand");
+    assert_eq!(lines[0], "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand");
     let mut rows: Vec<Vec<&str>> = lines[1..].iter().map(|l| l.split('\t').collect()).collect();
     rows.sort();
-    assert_eq!(rows.len(), 2);
-    for (row, (seq, exitval)) in rows.iter().zip([("1", "0"), ("2", "3")]) {
-        assert_eq!(row.len(), 5, "{row:?}");
-        assert_eq!((row[0], row[3]), (seq, exitval));
-        let start: f64 = row[1].parse().unwrap();
-        let runtime: f64 = row[2].parse().unwrap();
+    assert_eq!(rows.len(), 3);
+    for (row, (seq, input, exitval, signal)) in
+        rows.iter().zip([("1", "0", "0", "0"), ("2", "3", "3", "0"), ("3", "kill", "0", "9")])
+    {
+        assert_eq!(row.len(), 9, "{row:?}");
+        // Receive: the bytes the job wrote on stdout, as GNU counts them.
+        let received = input.len().to_string();
+        assert_eq!((row[0], row[1], row[4], row[5]), (seq, ":", "0", received.as_str()));
+        assert_eq!((row[6], row[7]), (exitval, signal));
+        let start: f64 = row[2].parse().unwrap();
         assert!(start >= before - 1.0 && start < before + 10.0, "start {start}");
+        assert!(row[2].split('.').nth(1).is_some_and(|ms| ms.len() == 3), "{row:?}");
+        // `%10.3f`: right-aligned in ten columns.
+        assert_eq!(row[3].len(), 10, "{row:?}");
+        let runtime: f64 = row[3].trim_start().parse().unwrap();
         assert!((0.1..5.0).contains(&runtime), "runtime {runtime}");
-        assert!(row[1].split('.').nth(1).is_some_and(|ms| ms.len() == 3));
-        assert_eq!(row[4], format!("sh -c 'sleep 0.1; exit $1' sh {exitval}"));
+        assert_eq!(row[8], format!("sh -c '{script}' sh {input}"));
     }
+}
+
+// ---------------------------------------------------------------------------
+// --retries
+
+fn joblog_rows(path: &str) -> Vec<Vec<String>> {
+    let log = std::fs::read_to_string(path).unwrap();
+    log.lines().skip(1).map(|l| l.split('\t').map(str::to_string).collect()).collect()
+}
+
+#[test]
+fn retries_rerun_a_failing_job_and_print_only_the_attempt_that_counts() {
+    let dir = TempDir::new("retries");
+    let (tries, log) = (dir.path("tries"), dir.path("log"));
+    // Fails twice, then succeeds: three runs, one line of output, one row.
+    let script = "echo x >> \"$1\"; n=$(wc -l < \"$1\"); echo run $n; echo oops $n >&2; [ $n -ge 3 ]";
+    let out = run(&["--retries", "3", "--joblog", &log, "sh", "-c", script, "sh", ":::", &tries]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str()), ("run 3\n", "oops 3\n"));
+    assert_eq!(std::fs::read_to_string(&tries).unwrap().lines().count(), 3);
+    let rows = joblog_rows(&log);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0][0].as_str(), rows[0][6].as_str()), ("1", "0"));
+}
+
+#[test]
+fn retries_count_every_run_as_gnu_parallel_does() {
+    let dir = TempDir::new("retries-fail");
+    let (tries, log) = (dir.path("tries"), dir.path("log"));
+    let script = "echo x >> \"$1\"; echo out; exit 4";
+    let out = run(&[
+        "-j2",
+        "--retries",
+        "3",
+        "--joblog",
+        &log,
+        "sh",
+        "-c",
+        script,
+        "sh",
+        ":::",
+        &tries,
+        "/dev/null",
+    ]);
+    // `--retries 3`: three runs in all, then it counts as failed.
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stdout), "out\nout\n");
+    assert_eq!(std::fs::read_to_string(&tries).unwrap().lines().count(), 3);
+    let mut rows = joblog_rows(&log);
+    rows.sort();
+    assert_eq!(
+        rows.iter().map(|r| (r[0].as_str(), r[6].as_str())).collect::<Vec<_>>(),
+        [("1", "4"), ("2", "4")]
+    );
+    // --retries 1 runs once.
+    std::fs::remove_file(&tries).unwrap();
+    let out = run(&["--retries", "1", "sh", "-c", script, "sh", ":::", &tries]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&tries).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn a_retried_job_keeps_its_place_in_the_output_order() {
+    let dir = TempDir::new("retries-order");
+    let tries = dir.path("tries");
+    // Job 1 fails once (after the others are done), then succeeds.
+    let script = "case $1 in 1) echo x >> \"$2\"; sleep 0.3; echo one; [ $(wc -l < \"$2\") -ge 2 ];; *) echo $1;; esac";
+    let out = run(&["-j3", "--retries", "2", "sh", "-c", script, "sh", "{}", &tries, ":::", "1", "2", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "one\n2\n3\n");
+}
+
+// ---------------------------------------------------------------------------
+// --resume, --resume-failed
+
+/// Whether GNU parallel is installed (not moreutils' `parallel`); says so
+/// when it is not, for the test to skip the comparison.
+fn gnu_parallel(needed_for: &str) -> bool {
+    let version = Command::new("parallel").arg("--version").stdin(Stdio::null()).output();
+    let gnu = version.is_ok_and(|out| text(&out.stdout).starts_with("GNU parallel"));
+    if !gnu {
+        eprintln!("skipped: {needed_for}: GNU parallel is not installed");
+    }
+    gnu
+}
+
+/// Job `c` fails while the file `$2` (the marker) does not exist; every
+/// job prints its input.
+const MARKER_JOB: &str = "echo $1; [ $1 != c ] || [ -e \"$2\" ]";
+
+/// `mproc run OPTIONS --joblog LOG sh -c MARKER_JOB sh {} MARKER ::: INPUTS`.
+fn run_marker_jobs(options: &[&str], log: &str, marker: &str, inputs: &[&str]) -> Output {
+    let mut args = options.to_vec();
+    args.extend(["--joblog", log, "sh", "-c", MARKER_JOB, "sh", "{}", marker, ":::"]);
+    args.extend(inputs);
+    run(&args)
+}
+
+const FIVE: [&str; 5] = ["a", "b", "c", "d", "e"];
+
+/// A run that stops after job 3 fails (`--halt-on-error`, one at a time):
+/// jobs 1-3 are in the log, 4 and 5 never ran.
+fn interrupted_run(log: &str, marker: &str) -> Output {
+    run_marker_jobs(&["-j1", "--halt-on-error"], log, marker, &FIVE)
+}
+
+/// The job numbers a log lists, in order (jobs complete in any order).
+fn logged_seqs(log: &str) -> Vec<u64> {
+    let mut seqs: Vec<u64> = joblog_rows(log).into_iter().map(|row| row[0].parse().unwrap()).collect();
+    seqs.sort();
+    seqs
+}
+
+#[test]
+fn resume_runs_only_the_jobs_the_log_does_not_list() {
+    let dir = TempDir::new("resume");
+    let (log, marker) = (dir.path("log"), dir.path("marker"));
+    let first = interrupted_run(&log, &marker);
+    assert_eq!((first.status.code(), text(&first.stdout).as_str()), (Some(1), "a\nb\nc\n"));
+    let out = run_marker_jobs(&["--resume"], &log, &marker, &FIVE);
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "d\ne\n"));
+    assert_eq!(logged_seqs(&log), [1, 2, 3, 4, 5]);
+    let header_lines =
+        std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.starts_with("Seq\t")).count();
+    assert_eq!(header_lines, 1);
+    // Everything is done: nothing runs.
+    let out = run_marker_jobs(&["--resume"], &log, &marker, &FIVE);
+    assert_eq!((out.status.code(), out.stdout.len()), (Some(0), 0));
+}
+
+/// Ctrl-C in the middle of a run, then `--resume`: every job has run, and
+/// the log lists each once (a job killed by the stop is not logged).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_run_stopped_by_sigint_resumes_where_it_stopped() {
+    let dir = TempDir::new("resume-sigint");
+    let log = dir.path("log");
+    let inputs: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+    let mut args = vec!["-j2", "--joblog", &log, "sh", "-c", "sleep 0.3; echo $1", "sh", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let mut child = mproc(&args).stdout(Stdio::piped()).spawn().unwrap();
+    // Some jobs done (logged), most not: stop it there.
+    let some_done = || std::fs::read_to_string(&log).is_ok_and(|l| l.lines().count() > 2);
+    assert!(wait_until(Duration::from_secs(20), some_done), "no job completed");
+    signal(child.id(), libc::SIGINT);
+    assert_eq!(wait_with_limit(&mut child, Duration::from_secs(10)).code(), Some(130));
+    let mut first = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut first).unwrap();
+    let done_first = logged_seqs(&log).len();
+    assert!((2..20).contains(&done_first), "{done_first} jobs done before the signal");
+    let mut resume = vec!["--resume"];
+    resume.extend(&args);
+    let out = run(&resume);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(logged_seqs(&log), (1..=20).collect::<Vec<u64>>());
+    let printed: BTreeSet<String> =
+        first.lines().chain(text(&out.stdout).lines()).map(str::to_string).collect();
+    assert_eq!(printed, inputs.iter().cloned().collect::<BTreeSet<_>>());
+}
+
+#[test]
+fn resume_failed_runs_the_failed_jobs_again_and_the_rest() {
+    let dir = TempDir::new("resume-failed");
+    let (log, marker) = (dir.path("log"), dir.path("marker"));
+    interrupted_run(&log, &marker);
+    std::fs::write(&marker, "").unwrap(); // job c succeeds now
+    let out = run_marker_jobs(&["--resume-failed"], &log, &marker, &FIVE);
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "c\nd\ne\n"));
+    // Job 3's failed run stays in the log; its new run is added.
+    assert_eq!(logged_seqs(&log), [1, 2, 3, 3, 4, 5]);
+}
+
+#[test]
+fn resume_needs_a_job_log_in_gnu_parallels_format() {
+    let out = run(&["--resume", "echo", ":::", "a"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), "mproc: run: --resume and --resume-failed need --joblog FILE\n");
+    let dir = TempDir::new("resume-bad");
+    let log = dir.path("log");
+    std::fs::write(&log, "Seq\tStarttime\tRuntime\tExitval\tCommand\n1\t1.0\t0.1\t0\techo a\n").unwrap();
+    let out = run(&["--resume", "--joblog", &log, "echo", ":::", "a"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out.stderr),
+        format!("mproc: run: job log {log}: line 2 is not in GNU parallel's job log format\n")
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// The log is GNU parallel's own: `parallel --resume` continues a run mproc
+/// began, and mproc continues one GNU parallel began.
+#[test]
+fn gnu_parallel_and_mproc_resume_each_others_runs() {
+    if !gnu_parallel("resuming across GNU parallel and mproc") {
+        return;
+    }
+    let dir = TempDir::new("resume-gnu");
+    let (log, marker) = (dir.path("log"), dir.path("marker"));
+    interrupted_run(&log, &marker);
+    // GNU parallel runs a shell line; these words make the same command.
+    let script = MARKER_JOB;
+    let gnu = Command::new("parallel")
+        .args([
+            "--will-cite",
+            "-k",
+            "-j1",
+            "--resume",
+            "--joblog",
+            &log,
+            "sh",
+            "-c",
+            &format!("'{script}'"),
+            "sh",
+        ])
+        .args(["{}", &marker, ":::", "a", "b", "c", "d", "e"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&gnu.stdout), "d\ne\n", "{}", text(&gnu.stderr));
+    assert_eq!(logged_seqs(&log), [1, 2, 3, 4, 5]);
+
+    // And the other way round: GNU parallel stops after a failure, mproc resumes.
+    let log2 = dir.path("log2");
+    let gnu = Command::new("parallel")
+        .args(["--will-cite", "-k", "-j1", "--halt", "now,fail=1", "--joblog", &log2, "sh", "-c"])
+        .args([&format!("'{script}'"), "sh", "{}", &marker, ":::", "a", "c", "d"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&gnu.stdout), "a\nc\n", "{}", text(&gnu.stderr));
+    std::fs::write(&marker, "").unwrap();
+    let out = run_marker_jobs(&["--resume-failed"], &log2, &marker, &["a", "c", "d"]);
+    assert_eq!(text(&out.stdout), "c\nd\n", "{}", text(&out.stderr));
 }
 
 // ---------------------------------------------------------------------------
@@ -547,9 +1330,7 @@ fn stop_with(sig: i32, expected: i32) {
     let mut stdout = String::new();
     child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
     assert!(!stdout.contains("partial 2"), "{stdout}");
-    for kid in kids {
-        assert!(!alive(kid), "job {kid} still running");
-    }
+    assert_jobs_ended(kids);
 }
 
 #[cfg(target_os = "linux")]
@@ -562,6 +1343,51 @@ fn sigint_stops_the_jobs_and_exits_130() {
 #[test]
 fn sigterm_stops_the_jobs_and_exits_143() {
     stop_with(libc::SIGTERM, 143);
+}
+
+/// `mproc run yes ::: a | less`, then Ctrl-C (or SIGTERM): the runner is
+/// blocked writing into a full pipe nobody reads, and must still stop at
+/// once — job killed and reaped, exit 128 + signal.
+#[cfg(target_os = "linux")]
+fn stop_while_stdout_is_blocked(sig: i32, expected: i32) {
+    let (mut child, kids) = start_and_wait_for_jobs(&["yes", "{}", ":::", "a"], 1);
+    // Hold the read end open, never read: the pipe fills, the runner blocks.
+    let _unread = child.stdout.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // the pipe is full by now
+    signal(child.id(), sig);
+    let status = wait_with_limit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(expected));
+    assert_jobs_ended(kids);
+}
+
+/// Waiting for the next input line (the input stays open, nothing comes):
+/// SIGTERM ends the run at once with 143.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stop_signal_acts_while_waiting_for_input() {
+    let mut child = mproc(&["echo"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"first\n").unwrap();
+    let lines = stdout_lines(&mut child);
+    assert_eq!(lines.recv_timeout(Duration::from_secs(10)).as_deref(), Ok("first"));
+    signal(child.id(), libc::SIGTERM);
+    assert_eq!(wait_with_limit(&mut child, Duration::from_secs(10)).code(), Some(143));
+    drop(stdin);
+}
+
+/// Every job (by pid) has ended and been reaped.
+#[cfg(target_os = "linux")]
+fn assert_jobs_ended(kids: Vec<u32>) {
+    for kid in kids {
+        assert!(!alive(kid), "job {kid} still running");
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn sigint_and_sigterm_act_at_once_while_stdout_is_blocked() {
+    stop_while_stdout_is_blocked(libc::SIGINT, 130);
+    stop_while_stdout_is_blocked(libc::SIGTERM, 143);
 }
 
 #[cfg(target_os = "linux")]
@@ -580,6 +1406,87 @@ fn a_closed_stdout_ends_the_run_without_hanging() {
     let status = wait_with_limit(&mut child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(141));
     assert!(children_of(pid).is_empty());
+}
+
+/// Runs `mproc run ARGS` with its open-files limit set to `soft`/`hard`.
+fn run_with_nofile_limit(soft: u64, hard: u64, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = mproc(args);
+    let limit = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    cmd.output().unwrap()
+}
+
+fn hundred_slow_echoes() -> (Vec<String>, String) {
+    let inputs: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+    let expected: String = inputs.iter().map(|i| format!("{i}\n")).collect();
+    (inputs, expected)
+}
+
+/// Bug: `-j` above what the open-files limit allows threw the run away
+/// ("pipe failed: Too many open files", exit 255, nothing printed).
+#[test]
+fn jobs_above_the_open_files_limit_are_lowered_with_one_warning() {
+    let (inputs, expected) = hundred_slow_echoes();
+    let mut args = vec!["-j", "100", "sh", "-c", "sleep 0.3; echo $1", "sh", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let out = run_with_nofile_limit(128, 128, &args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(text(&out.stdout), expected);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("mproc: run: warning: -j 100 lowered to "), "{err}");
+    assert!(err.contains("open files"), "{err}");
+}
+
+/// The soft limit is raised to the hard one first, as most runners do.
+#[test]
+fn the_soft_open_files_limit_is_raised_to_the_hard_one_quietly() {
+    let (inputs, expected) = hundred_slow_echoes();
+    let mut args = vec!["-j", "100", "sh", "-c", "sleep 0.3; echo $1", "sh", ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let out = run_with_nofile_limit(64, 1024, &args);
+    assert_eq!((out.status.code(), text(&out.stderr).as_str()), (Some(0), ""));
+    assert_eq!(text(&out.stdout), expected);
+}
+
+/// Jobs get the limit mproc was started with, not the raised one.
+#[cfg(target_os = "linux")]
+#[test]
+fn jobs_keep_the_original_open_files_limit() {
+    let out = run_with_nofile_limit(64, 1024, &["sh", "-c", "ulimit -Sn; ulimit -Hn", "sh", ":::", "x"]);
+    assert_eq!(text(&out.stdout), "64\n1024\n", "{}", text(&out.stderr));
+}
+
+/// A program that embeds the runner and keeps SIGPIPE's default action (a
+/// C or Python host does) is not killed when the runner's output pipe has
+/// no reader: the run fails with EPIPE instead.
+#[test]
+fn the_library_never_dies_of_sigpipe_writing_to_a_closed_pipe() {
+    use mproc::runner::{self, Inputs, Options, Output, Template};
+    use std::os::fd::AsFd;
+    // SAFETY: signal() with SIG_DFL; put back below.
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let template = Template::new(vec![b"echo".to_vec(), b"hi".to_vec()]).unwrap();
+    let mut inputs: Inputs = ["a"].into_iter().collect();
+    let stderr = std::io::stderr();
+    let output = Output { stdout: writer.as_fd(), stderr: stderr.as_fd() };
+    let options = Options { jobs: 1, ..Options::default() };
+    let result = runner::run(&template, &mut inputs, &options, output, &mut |_| {});
+    // SAFETY: puts back the disposition saved above.
+    unsafe { libc::signal(libc::SIGPIPE, old) };
+    match result {
+        Err(mproc::Error::Os(e)) => assert_eq!(e.errno, libc::EPIPE),
+        other => panic!("expected EPIPE, got {other:?}"),
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -625,17 +1532,31 @@ fn jobs_see_no_descriptor_of_the_runner() {
     assert_eq!(fd_numbers(&text(&out.stdout)), expected);
 }
 
+/// mproc(1): `run` exits 255 (not 1, which would mean one failed job)
+/// when its standard output cannot be written.
+#[test]
+fn an_unwritable_stdout_exits_255_with_one_line() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = mproc(&["echo", ":::", "a"]).stdout(full).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("mproc: run: ") && err.contains("No space left on device"), "{err}");
+}
+
 #[test]
 fn usage_errors_exit_2_with_one_line() {
     for args in [
         &[][..],
         &[":::", "a"],
         &["--no-such-option", "echo"],
-        &["-j", "0", "echo"],
         &["-j", "many", "echo"],
+        &["-j", "5%%", "echo"],
+        &["-j", "+", "echo"],
         &["--timeout", "5x", "echo"],
         &["--timeout", "0", "echo"],
-        &["echo", ":::", "a", ":::", "b"],
+        &["echo", "::::"],
+        &["--retries", "0", "echo"],
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

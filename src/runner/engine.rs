@@ -24,10 +24,18 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::fd_limit::fit_jobs;
+use super::halt::{HaltWhen, Tally};
+use super::input::{Args, Inputs, Next};
+use super::lines::LineState;
+use super::progress::{Counts, Progress};
+use super::sink::{drain_wake, is_interrupted, Sink};
 use super::spool::{io_error, Budget, SpillFile, Spool};
+use super::template::JobArgs;
 use super::{shell_line, JobReport, JobStdin, Options, Order, Outcome, Output, Summary, Template};
 use crate::error::{Error, Result};
 use crate::status::ExitStatus;
+use crate::sys::bell::SigpipeBlocked;
 use crate::sys::{self, exec, signal, trace};
 
 /// How long `poll` may sleep while a job's pipes are closed but its exit has
@@ -38,15 +46,22 @@ const REAP_RECHECK: Duration = Duration::from_millis(50);
 /// Read size per pipe per wake-up: a full default pipe buffer.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Keep-order: finished jobs that may wait for the head job to finish
+/// before no new job starts. Bounds the runner's memory when the head job
+/// runs long (each waiting job holds a few hundred bytes, plus output that
+/// is bounded and spills).
+const WAITING_JOBS_MAX: usize = 4096;
+
 /// Signals that stop a run (when `Options::handle_signals` is set).
 const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 static RUN_ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// Runs `template` once per input; see the [module docs](super).
+/// Runs `template` once per job of `inputs`; see the [module docs](super).
 ///
 /// Jobs are started in input order, at most `options.jobs` at a time, each
-/// in a process group of its own. Their output goes to `output`, grouped per
+/// in a process group of its own, as soon as a slot is free and `inputs`
+/// has the job's arguments (a stream is read only as jobs need it). Their output goes to `output`, grouped per
 /// job (see [`Order`]). `on_finish` is called once per completed job, in
 /// completion order, before its output is printed.
 ///
@@ -59,19 +74,16 @@ static RUN_ACTIVE: AtomicBool = AtomicBool::new(false);
 /// [`Error::InvalidArgument`] for `jobs == 0`; [`Error::InvalidState`] when
 /// another `run` is active in this process (signal handlers are
 /// process-wide); [`Error::Os`] when the machinery fails (`pipe`, `fork`,
-/// writing the output, the spill file). Even then, every job already
-/// started has been stopped and reaped before `run` returns.
-pub fn run<I>(
+/// reading the inputs, writing the output, the spill file). Even then,
+/// every job already started has been stopped and reaped before `run`
+/// returns.
+pub fn run(
     template: &Template,
-    inputs: I,
+    inputs: &mut Inputs,
     options: &Options,
     output: Output<'_>,
     on_finish: &mut dyn FnMut(&JobReport<'_>),
-) -> Result<Summary>
-where
-    I: IntoIterator,
-    I::Item: AsRef<[u8]>,
-{
+) -> Result<Summary> {
     if options.jobs == 0 {
         return Err(Error::InvalidArgument("jobs must be at least 1".into()));
     }
@@ -81,6 +93,16 @@ where
     sys::flush_stdio();
     let _active = ActiveRun::claim()?;
     let signals = SignalGuard::install(options.handle_signals)?;
+    let stop_signals: &[i32] = if options.handle_signals { &STOP_SIGNALS } else { &[] };
+    let fit = fit_jobs(options.jobs)?;
+    // A --halt percentage needs the number of jobs: read the inputs whole.
+    let total_jobs = match options.halt.map(|h| h.threshold) {
+        Some(super::halt::Threshold::Percent(_)) => Some(inputs.read_whole()?),
+        _ => None,
+    };
+    // Drawn only where a person sees it.
+    let progress = ((options.bar || options.eta) && std::io::IsTerminal::is_terminal(&output.stderr))
+        .then(|| Progress::new(options.bar, options.eta, Instant::now()));
     let job_stdin = match options.stdin {
         JobStdin::Null => true,
         // A job in its own process group that reads the terminal would be
@@ -93,24 +115,36 @@ where
     };
     // The vectors rewritten at every wake-up, allocated together so they
     // share heap pages (see exec::poll_in_place).
-    let slots = options.jobs.min(1 << 16);
+    let slots = fit.jobs.min(1 << 16);
     let (live, pollfds, targets) =
         (Vec::with_capacity(slots), Vec::with_capacity(2 * slots + 1), Vec::with_capacity(2 * slots));
     let mut engine = Engine {
         template,
         options,
-        out: output.stdout,
-        err: output.stderr,
+        out: Sink::new(output.stdout, signals.wake_read.as_fd(), stop_signals),
+        err: Sink::new(output.stderr, signals.wake_read.as_fd(), stop_signals),
         on_finish,
-        inputs: inputs.into_iter(),
+        inputs,
         exhausted: false,
+        input_ready: false,
+        input_waiting: false,
         next_seq: 0,
+        jobs_at_once: fit.jobs,
+        job_file_limit: fit.job_limit.map(|limit| limit.as_rlimit()),
+        warned_fd_limit: fit.warning.is_some(),
+        unstarted: None,
+        slots: Slots { tracked: template.uses_slot(), free: Vec::new(), made: 0 },
         jobs: BTreeMap::new(),
         live,
         unordered_ready: VecDeque::new(),
         budget: Budget { per_stream: options.buffer_per_stream, total: options.buffer_total, used: 0 },
         spill: SpillFile::default(),
         halted: false,
+        tally: Tally::default(),
+        skipped: 0,
+        progress,
+        total_jobs,
+        halt_status: None,
         stop: None,
         started: 0,
         failed: 0,
@@ -121,12 +155,59 @@ where
         pollfds,
         targets,
     };
-    engine.run_loop()?;
-    let summary = Summary { started: engine.started, failed: engine.failed, interrupted: None };
+    if let Some(warning) = &fit.warning {
+        engine.err.write_all(warning.as_bytes())?;
+    }
+    let result = engine.run_loop();
+    engine.show_progress(true);
+    if engine.progress.is_some() {
+        // The last state stays on the screen, on a line of its own.
+        engine.err.write_all(b"\n")?;
+    }
+    result?;
+    let halt_status = options.halt.map(|halt| {
+        engine.halt_status.unwrap_or_else(|| halt.unmet_exit_status(&engine.tally, engine.started))
+    });
+    let summary = Summary { started: engine.started, failed: engine.failed, interrupted: None, halt_status };
     match engine.stop.take() {
         None => Ok(summary),
         Some(Stop::Signal(signal)) => Ok(Summary { interrupted: Some(signal), ..summary }),
         Some(Stop::Failed(err)) => Err(err),
+    }
+}
+
+/// `{%}` numbers: each new job takes the lowest one no running job holds.
+/// Kept only when the command uses `{%}`: otherwise every job gets 0 and
+/// nothing is written per job (each page the runner writes after a `fork`
+/// costs a copy-on-write fault).
+struct Slots {
+    tracked: bool,
+    /// Given back by completed jobs, highest first, so `pop` takes the
+    /// lowest.
+    free: Vec<usize>,
+    /// Handed out so far: a new one is `made + 1`.
+    made: usize,
+}
+
+impl Slots {
+    fn take(&mut self) -> usize {
+        if !self.tracked {
+            return 0;
+        }
+        let slot = self.free.pop().unwrap_or(self.made + 1);
+        self.made = self.made.max(slot);
+        slot
+    }
+
+    fn give_back(&mut self, slot: usize) {
+        if self.tracked {
+            self.free.push(slot);
+        }
+    }
+
+    /// Lowest first, as GNU parallel hands them out.
+    fn sort(&mut self) {
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
     }
 }
 
@@ -154,6 +235,10 @@ impl Drop for ActiveRun {
 struct SignalGuard {
     saved: Vec<signal::SavedAction>,
     old_mask: Option<signal::SigMask>,
+    /// Output written into a pipe with no reader fails with EPIPE, even in
+    /// a program that keeps SIGPIPE's default action (jobs get it back:
+    /// a child unblocks every signal before exec).
+    _no_sigpipe: SigpipeBlocked,
     wake_read: OwnedFd,
     _wake_write: OwnedFd,
 }
@@ -168,14 +253,22 @@ impl SignalGuard {
         signal::take_pending_signals();
         signal::set_wake_fd(wake_write.as_raw_fd());
         // Built before installing, so Drop undoes a half-done install.
-        let mut guard = SignalGuard { saved: Vec::new(), old_mask: None, wake_read, _wake_write: wake_write };
+        let mut guard = SignalGuard {
+            saved: Vec::new(),
+            old_mask: None,
+            _no_sigpipe: SigpipeBlocked::new(),
+            wake_read,
+            _wake_write: wake_write,
+        };
         guard.saved.push(signal::install_handler(libc::SIGCHLD)?);
         let mut unblock = vec![libc::SIGCHLD];
         if stop_signals {
             for sig in STOP_SIGNALS {
                 // An ignored signal stays ignored (`nohup`, `cmd &` in sh).
                 if !signal::is_ignored(sig)? {
-                    guard.saved.push(signal::install_handler(sig)?);
+                    // Without SA_RESTART: a write blocked on a full pipe
+                    // returns, and the signal acts at once (see sink).
+                    guard.saved.push(signal::install_interrupting_handler(sig)?);
                     unblock.push(sig);
                 }
             }
@@ -243,6 +336,19 @@ struct Job {
     status: Option<ExitStatus>,
     /// Set when the job completed; then it only waits to be printed.
     outcome: Option<Outcome>,
+    /// Its `{%}`, given back when it completes.
+    slot: usize,
+    /// Killed by `--halt now`: neither reported nor printed.
+    dropped: bool,
+    /// Runs of this job so far, this one included (`--retries`).
+    attempt: u32,
+    /// Bytes it wrote on stdout (the job log's `Receive`).
+    stdout_bytes: u64,
+    /// `--tag`: the inputs and a tab, before each line; else empty.
+    tag: Vec<u8>,
+    /// Where each stream is between lines (`--tag`, `--line-buffer`).
+    out_lines: LineState,
+    err_lines: LineState,
 }
 
 impl Job {
@@ -278,15 +384,30 @@ impl Job {
     }
 }
 
-struct Engine<'a, I> {
+struct Engine<'a> {
     template: &'a Template,
     options: &'a Options,
-    out: BorrowedFd<'a>,
-    err: BorrowedFd<'a>,
+    out: Sink<'a>,
+    err: Sink<'a>,
     on_finish: &'a mut dyn FnMut(&JobReport<'_>),
-    inputs: I,
+    inputs: &'a mut Inputs,
+    /// The inputs have all been handed out.
     exhausted: bool,
+    /// The last `poll` saw the input stream readable: one read is allowed.
+    input_ready: bool,
+    /// The input stream has nothing whole buffered: poll it.
+    input_waiting: bool,
     next_seq: u64,
+    /// Jobs run at once: `options.jobs`, lowered to fit the open-files limit.
+    jobs_at_once: usize,
+    /// The open-files limit jobs get back (mproc raised its own).
+    job_file_limit: Option<libc::rlimit>,
+    /// The warning that fewer jobs run at once has been printed.
+    warned_fd_limit: bool,
+    /// A job that could not start for want of descriptors: it goes first.
+    unstarted: Option<Args>,
+    /// The jobs' `{%}` numbers.
+    slots: Slots,
     /// Started jobs not yet printed, by sequence number. In keep-order mode
     /// the first entry is the head: the one job whose stdout streams
     /// straight to our stdout.
@@ -302,8 +423,19 @@ struct Engine<'a, I> {
     unordered_ready: VecDeque<u64>,
     budget: Budget,
     spill: SpillFile,
-    /// `--halt-on-error` saw a failure: start nothing more.
+    /// The `--halt` condition was met: start nothing more.
     halted: bool,
+    /// Jobs completed so far, and how many failed (for `--halt`).
+    tally: Tally,
+    /// Jobs skipped (`--resume`).
+    skipped: u64,
+    /// `--bar`, `--eta` on a terminal.
+    progress: Option<Progress>,
+    /// The number of jobs, for a `--halt` percentage (the inputs are read
+    /// whole for it).
+    total_jobs: Option<u64>,
+    /// The exit status the met `--halt` condition gives.
+    halt_status: Option<i32>,
     stop: Option<Stop>,
     started: u64,
     failed: u64,
@@ -317,11 +449,7 @@ struct Engine<'a, I> {
     targets: Vec<(u64, Stream)>,
 }
 
-impl<I> Engine<'_, I>
-where
-    I: Iterator,
-    I::Item: AsRef<[u8]>,
-{
+impl Engine<'_> {
     fn run_loop(&mut self) -> Result<()> {
         loop {
             // Completing first frees the slots of jobs reaped in the last
@@ -330,7 +458,8 @@ where
             self.complete_finished();
             self.print_ready();
             self.start_jobs();
-            if self.live.is_empty() {
+            self.show_progress(false);
+            if self.live.is_empty() && !self.waiting_for_input() {
                 // start_jobs filled no slot: inputs exhausted, halted or stopping.
                 return Ok(());
             }
@@ -342,28 +471,101 @@ where
         self.stop.is_none() && !self.halted && !self.exhausted
     }
 
+    /// Whether a job could start now but for its input, not yet read.
+    fn waiting_for_input(&self) -> bool {
+        self.input_waiting && self.may_start() && self.has_room()
+    }
+
+    /// A free slot, and (keep-order) not too many jobs waiting their turn.
+    fn has_room(&self) -> bool {
+        self.live.len() < self.jobs_at_once
+            && (self.options.order == Order::Unordered
+                || self.jobs.len() < self.jobs_at_once + WAITING_JOBS_MAX)
+    }
+
     fn start_jobs(&mut self) {
-        while self.may_start() && self.live.len() < self.options.jobs {
-            let Some(input) = self.inputs.next() else {
-                self.exhausted = true;
-                break;
-            };
-            self.next_seq += 1;
-            let seq = self.next_seq;
-            let command = self.template.expand(input.as_ref());
-            match self.spawn_job(seq, command) {
-                Ok(job) => {
-                    self.started += 1;
-                    self.jobs.insert(seq, Box::new(job));
-                    self.live.push(seq);
+        while self.may_start() && self.has_room() {
+            if let Some(args) = self.unstarted.take() {
+                self.start_job(args);
+                continue;
+            }
+            let next = self.inputs.next(std::mem::take(&mut self.input_ready));
+            self.input_waiting = matches!(next, Ok(Next::Pending));
+            let args = match next {
+                Ok(Next::Args(args)) => args,
+                Ok(Next::Pending) => break,
+                Ok(Next::End) => {
+                    self.exhausted = true;
+                    break;
                 }
-                Err(err) => self.begin_stop(Stop::Failed(err)),
+                Err(err) => {
+                    self.begin_stop(Stop::Failed(err));
+                    break;
+                }
+            };
+            if self.options.skip.contains(self.next_seq + 1) {
+                self.next_seq += 1; // done in an earlier run (--resume)
+                self.skipped += 1;
+                continue;
+            }
+            self.start_job(args);
+        }
+    }
+
+    fn start_job(&mut self, args: Args) {
+        let seq = self.next_seq + 1;
+        let slot = self.slots.take();
+        let command = self.template.expand(JobArgs { values: &args, seq, slot });
+        match self.spawn_job(seq, slot, command) {
+            Ok(mut job) => {
+                if self.options.tag {
+                    job.tag = args.join(&b' ');
+                    job.tag.push(b'\t');
+                }
+                self.next_seq = seq;
+                self.started += 1;
+                self.jobs.insert(seq, Box::new(job));
+                self.live.push(seq);
+            }
+            Err(err) => {
+                self.slots.give_back(slot);
+                if is_out_of_resources(&err) && !self.live.is_empty() {
+                    // Something else holds descriptors (or processes) too:
+                    // run fewer at once; this job starts when one ends.
+                    self.jobs_at_once = self.live.len();
+                    self.unstarted = Some(args);
+                    self.warn_fewer_jobs(err);
+                } else {
+                    self.begin_stop(Stop::Failed(err));
+                }
             }
         }
     }
 
-    fn spawn_job(&mut self, seq: u64, command: Vec<Vec<u8>>) -> Result<Job> {
+    fn warn_fewer_jobs(&mut self, err: Error) {
+        if std::mem::replace(&mut self.warned_fd_limit, true) {
+            return;
+        }
+        // `usize::MAX` is how `-j 0` ("as many as possible") arrives.
+        let asked = match self.options.jobs {
+            usize::MAX => "0".to_string(),
+            n => n.to_string(),
+        };
+        let line = format!("mproc: run: warning: -j {asked} lowered to {} ({err})\n", self.jobs_at_once);
+        if let Err(err) = self.err.write_all(line.as_bytes()) {
+            self.output_failed(err);
+        }
+    }
+
+    fn spawn_job(&mut self, seq: u64, slot: usize, command: Vec<Vec<u8>>) -> Result<Job> {
         let mut job = Job {
+            slot,
+            dropped: false,
+            attempt: 1,
+            stdout_bytes: 0,
+            tag: Vec::new(),
+            out_lines: LineState::default(),
+            err_lines: LineState::default(),
             command,
             pid: None,
             stdout: None,
@@ -398,6 +600,7 @@ where
             stdout: out_write.as_raw_fd(),
             stderr: err_write.as_raw_fd(),
             reset_signals: &self.reset_signals,
+            file_limit: self.job_file_limit,
         };
         job.started = SystemTime::now();
         job.start = Instant::now();
@@ -419,6 +622,13 @@ where
         let now = Instant::now();
         let mut wait: Option<Duration> = None;
         let mut shorten = |d: Duration| wait = Some(wait.map_or(d, |w| w.min(d)));
+        // A SIGCHLD wake-up taken by a sink: reap now, not at the next one.
+        if self.out.take_drained() | self.err.take_drained() {
+            shorten(Duration::ZERO);
+        }
+        if let Some(progress) = &self.progress {
+            shorten(progress.next_tick(now)); // the ETA moves on
+        }
         for seq in &self.live {
             let job = &self.jobs[seq];
             if let Some(at) = job.next_deadline() {
@@ -437,6 +647,11 @@ where
         self.pollfds.clear();
         self.targets.clear();
         self.pollfds.push(watch(self.wake.as_raw_fd()));
+        let input_fd = self.inputs.wait_fd().filter(|_| self.waiting_for_input()).map(|fd| fd.as_raw_fd());
+        if let Some(fd) = input_fd {
+            self.pollfds.push(watch(fd));
+        }
+        let first_job_fd = self.pollfds.len();
         for &seq in &self.live {
             let job = &self.jobs[&seq];
             for (fd, stream) in [(&job.stdout, Stream::Out), (&job.stderr, Stream::Err)] {
@@ -452,9 +667,13 @@ where
         if self.pollfds[0].revents != 0 {
             self.handle_signals();
         }
+        if input_fd.is_some() {
+            // Readable, or at its end (POLLHUP): either way a read returns.
+            self.input_ready = self.pollfds[1].revents != 0;
+        }
         for i in 0..self.targets.len() {
             let (seq, stream) = self.targets[i];
-            let revents = self.pollfds[i + 1].revents;
+            let revents = self.pollfds[first_job_fd + i].revents;
             if revents & libc::POLLIN != 0 {
                 self.read_once(seq, stream);
             } else if revents & HANGUP != 0 {
@@ -468,10 +687,7 @@ where
     }
 
     fn handle_signals(&mut self) {
-        // A pipe read returns everything buffered up to the size asked for,
-        // so a short read means the pipe is empty.
-        let mut drain = [0u8; 256];
-        while matches!(sys::read(self.wake, &mut drain), Ok(n) if n == drain.len()) {}
+        drain_wake(self.wake);
         let pending = signal::take_pending_signals();
         // SIGCHLD needs nothing here: reap() runs after every wake-up.
         for sig in STOP_SIGNALS {
@@ -505,6 +721,9 @@ where
             *slot = None;
             return false;
         }
+        if stream == Stream::Out {
+            job.stdout_bytes += n as u64;
+        }
         self.route(seq, stream, &buf[..n]);
         true
     }
@@ -536,24 +755,42 @@ where
         if self.stop.is_some() {
             return; // stopping: nothing more is printed
         }
-        let is_head = self.options.order == Order::Keep
-            && stream == Stream::Out
-            && self.jobs.first_key_value().map(|(&s, _)| s) == Some(seq);
-        let result = if is_head {
-            // Invariant: the head's stdout spool was drained when it became
-            // the head (print_ready), so these bytes come right after it.
-            debug_assert!(self.jobs.get(&seq).is_some_and(|job| job.out.is_empty()));
-            write_fd(self.out, data)
-        } else {
-            match self.jobs.get_mut(&seq) {
-                Some(job) => {
-                    let spool = if stream == Stream::Out { &mut job.out } else { &mut job.err };
-                    spool.push(data, &mut self.budget, &mut self.spill)
+        let line_buffer = self.options.line_buffer;
+        // Straight out: the keep-order head's stdout (and stderr, with
+        // --line-buffer); with --line-buffer and --unordered, every job's.
+        // Never with retries: a failed attempt's output is dropped.
+        let direct = self.options.retries <= 1
+            && match self.options.order {
+                Order::Keep => {
+                    (stream == Stream::Out || line_buffer)
+                        && self.jobs.first_key_value().map(|(&s, _)| s) == Some(seq)
                 }
-                None => Ok(()),
-            }
+                Order::Unordered => line_buffer,
+            };
+        if direct {
+            self.hide_progress();
+        }
+        let Some(job) = self.jobs.get_mut(&seq).filter(|job| !job.dropped) else { return };
+        debug_assert!(!direct || if stream == Stream::Out { job.out.is_empty() } else { job.err.is_empty() });
+        let result = match (direct, stream) {
+            // Invariant: the head's spools were drained when it became the
+            // head (print_ready), so these bytes come right after them.
+            (true, Stream::Out) => emit(&self.out, &mut job.out_lines, &job.tag, line_buffer, data),
+            (true, Stream::Err) => emit(&self.err, &mut job.err_lines, &job.tag, line_buffer, data),
+            (false, Stream::Out) => job.out.push(data, &mut self.budget, &mut self.spill),
+            (false, Stream::Err) => job.err.push(data, &mut self.budget, &mut self.spill),
         };
         if let Err(err) = result {
+            self.output_failed(err);
+        }
+    }
+
+    /// A write of the output failed: a stop signal cut it short (act on
+    /// the signal), or the output is gone (stop the run).
+    fn output_failed(&mut self, err: Error) {
+        if is_interrupted(&err) {
+            self.handle_signals();
+        } else {
             self.begin_stop(Stop::Failed(err));
         }
     }
@@ -619,7 +856,6 @@ where
     /// after the grace period), nothing more printed. A second stop signal
     /// sends SIGKILL at once.
     fn begin_stop(&mut self, reason: Stop) {
-        let now = Instant::now();
         let (signal, escalate) = match (&self.stop, &reason) {
             (None, Stop::Signal(sig)) => (*sig, false),
             (None, Stop::Failed(_)) => (libc::SIGTERM, false),
@@ -629,6 +865,14 @@ where
         if self.stop.is_none() {
             self.stop = Some(reason);
         }
+        self.signal_live(signal, escalate);
+    }
+
+    /// Sends `signal` to every running job not being killed yet (SIGKILL
+    /// follows after the grace period); with `escalate`, SIGKILL to every
+    /// running job at once.
+    fn signal_live(&mut self, signal: i32, escalate: bool) {
+        let now = Instant::now();
         for seq in &self.live {
             let Some(job) = self.jobs.get_mut(seq) else { continue };
             match (job.kill, escalate) {
@@ -656,8 +900,16 @@ where
                 i += 1;
                 continue;
             };
+            let outcome = if job.timed_out { Outcome::TimedOut(status) } else { Outcome::Completed(status) };
             self.live.swap_remove(i);
-            if self.stop.is_some() {
+            if !outcome.success() && job.attempt < self.options.retries && self.stop.is_none() {
+                // Its output was held back (no streaming with retries), so
+                // this attempt leaves no trace; it keeps its number and slot.
+                self.retry(seq);
+                continue;
+            }
+            self.slots.give_back(job.slot);
+            if self.stop.is_some() || job.dropped {
                 // Stopped by us, or ended in the middle of the stop: neither
                 // reported nor printed.
                 if let Some(mut job) = self.jobs.remove(&seq) {
@@ -666,21 +918,21 @@ where
                 }
                 continue;
             }
-            let outcome = if job.timed_out { Outcome::TimedOut(status) } else { Outcome::Completed(status) };
             let report = JobReport {
                 seq,
                 command: &job.command,
                 started: job.started,
                 runtime: job.start.elapsed(),
+                stdout_bytes: job.stdout_bytes,
                 outcome,
             };
+            self.tally.done += 1;
             if !outcome.success() {
                 self.failed += 1;
-                if self.options.halt_on_error {
-                    self.halted = true;
-                }
+                self.tally.failed += 1;
             }
             (self.on_finish)(&report);
+            self.check_halt(outcome);
             if let Some(job) = self.jobs.get_mut(&seq) {
                 job.outcome = Some(outcome);
             }
@@ -688,8 +940,108 @@ where
                 self.unordered_ready.push_back(seq);
             }
         }
-        // swap_remove shuffles; keep `live` in start order for fair polling.
+        // swap_remove and retries shuffle; keep `live` in start order for
+        // fair polling.
         self.live.sort_unstable();
+        self.slots.sort();
+    }
+
+    /// Whether printing now writes anything (so the progress line must be
+    /// erased first; erasing it for jobs that print nothing would make it
+    /// flicker).
+    fn has_output_to_print(&self) -> bool {
+        let prints = |job: &Job| {
+            !job.out.is_empty()
+                || !job.err.is_empty()
+                || job.out_lines.holds_a_line()
+                || job.err_lines.holds_a_line()
+                || job.outcome.is_some_and(|o| !matches!(o, Outcome::Completed(ExitStatus::Exited(_))))
+        };
+        match self.options.order {
+            // The heads print in turn up to the first still running.
+            Order::Keep => {
+                for job in self.jobs.values() {
+                    if prints(job) {
+                        return true;
+                    }
+                    if job.outcome.is_none() {
+                        return false;
+                    }
+                }
+                false
+            }
+            Order::Unordered => {
+                self.unordered_ready.iter().any(|seq| self.jobs.get(seq).is_some_and(|j| prints(j)))
+            }
+        }
+    }
+
+    /// Redraws the `--bar`/`--eta` line (at most ten times a second, unless
+    /// `force`).
+    fn show_progress(&mut self, force: bool) {
+        let Some(progress) = &mut self.progress else { return };
+        let counts = Counts {
+            done: self.tally.done + self.skipped,
+            running: self.live.len() as u64,
+            total: self.total_jobs.or_else(|| self.inputs.remaining().map(|left| self.next_seq + left)),
+        };
+        if let Some(line) = progress.redraw(counts, Instant::now(), force) {
+            if let Err(err) = self.err.write_all(&line) {
+                self.output_failed(err);
+            }
+        }
+    }
+
+    /// Erases the `--bar`/`--eta` line before job output is printed.
+    fn hide_progress(&mut self) {
+        if let Some(erase) = self.progress.as_mut().and_then(Progress::erase) {
+            if let Err(err) = self.err.write_all(erase) {
+                self.output_failed(err);
+            }
+        }
+    }
+
+    /// After each completed job: whether the `--halt` condition is met now.
+    fn check_halt(&mut self, outcome: Outcome) {
+        let Some(halt) = self.options.halt else { return };
+        if self.halt_status.is_some() || !halt.is_met(&self.tally, self.total_jobs) {
+            return;
+        }
+        let status = match outcome {
+            Outcome::Completed(ExitStatus::Exited(code)) => code,
+            Outcome::Completed(ExitStatus::Signaled { signal, .. }) => 128 + signal,
+            Outcome::TimedOut(_) => 128 + libc::SIGTERM,
+        };
+        self.halt_status = Some(halt.exit_status(&self.tally, self.total_jobs, status));
+        self.halted = true;
+        if halt.when == HaltWhen::Now {
+            for seq in &self.live {
+                if let Some(job) = self.jobs.get_mut(seq) {
+                    job.dropped = true;
+                }
+            }
+            self.signal_live(libc::SIGTERM, false);
+        }
+    }
+
+    /// Runs a failed job again, under the same number and slot, its output
+    /// so far dropped.
+    fn retry(&mut self, seq: u64) {
+        let Some(mut old) = self.jobs.remove(&seq) else { return };
+        let _ = old.out.discard(&mut self.budget, &mut self.spill);
+        let _ = old.err.discard(&mut self.budget, &mut self.spill);
+        match self.spawn_job(seq, old.slot, std::mem::take(&mut old.command)) {
+            Ok(mut job) => {
+                job.attempt = old.attempt + 1;
+                job.tag = std::mem::take(&mut old.tag);
+                self.jobs.insert(seq, Box::new(job));
+                self.live.push(seq);
+            }
+            Err(err) => {
+                self.slots.give_back(old.slot);
+                self.begin_stop(Stop::Failed(err));
+            }
+        }
     }
 
     /// Prints every job whose turn it is. Keep-order: the head's saved
@@ -699,25 +1051,39 @@ where
         if self.stop.is_some() {
             return;
         }
+        if self.progress.is_some() && self.has_output_to_print() {
+            self.hide_progress();
+        }
         let result = match self.options.order {
             Order::Keep => self.print_heads(),
             Order::Unordered => self.print_unordered(),
         };
         if let Err(err) = result {
-            self.begin_stop(Stop::Failed(err));
+            self.output_failed(err);
         }
     }
 
     fn print_heads(&mut self) -> Result<()> {
-        let (out, err) = (self.out, self.err);
+        let (out, err) = (&self.out, &self.err);
+        let line_buffer = self.options.line_buffer;
         while let Some(mut entry) = self.jobs.first_entry() {
             let seq = *entry.key();
-            let job = entry.get_mut();
-            job.out.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(out, b))?;
+            let job = &mut **entry.get_mut();
+            if job.outcome.is_none() && self.options.retries > 1 {
+                return Ok(()); // held until its last attempt
+            }
+            let (budget, spill) = (&mut self.budget, &mut self.spill);
+            // Running: whole lines only with --line-buffer (its stderr
+            // streams too, so it is drained now).
+            let whole = line_buffer && job.outcome.is_none();
+            job.out.drain(budget, spill, &mut |b| emit(out, &mut job.out_lines, &job.tag, whole, b))?;
+            if line_buffer {
+                job.err.drain(budget, spill, &mut |b| emit(err, &mut job.err_lines, &job.tag, whole, b))?;
+            }
             let Some(outcome) = job.outcome else { return Ok(()) };
-            job.err.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(err, b))?;
+            print_rest(job, out, err, budget, spill)?;
             if let Some(line) = status_line(seq, &job.command, outcome, self.options.timeout) {
-                write_fd(err, line.as_bytes())?;
+                err.write_all(line.as_bytes())?;
             }
             entry.remove();
         }
@@ -725,14 +1091,13 @@ where
     }
 
     fn print_unordered(&mut self) -> Result<()> {
-        let (out, err) = (self.out, self.err);
+        let (out, err) = (&self.out, &self.err);
         while let Some(seq) = self.unordered_ready.pop_front() {
             let Some(mut job) = self.jobs.remove(&seq) else { continue };
-            job.out.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(out, b))?;
-            job.err.drain(&mut self.budget, &mut self.spill, &mut |b| write_fd(err, b))?;
+            print_rest(&mut job, out, err, &mut self.budget, &mut self.spill)?;
             if let Some(outcome) = job.outcome {
                 if let Some(line) = status_line(seq, &job.command, outcome, self.options.timeout) {
-                    write_fd(err, line.as_bytes())?;
+                    err.write_all(line.as_bytes())?;
                 }
             }
         }
@@ -740,7 +1105,46 @@ where
     }
 }
 
-impl<I> Drop for Engine<'_, I> {
+/// Prints what a completed job has not printed yet: its stdout, then its
+/// stderr, each with its unfinished last line.
+fn print_rest(
+    job: &mut Job,
+    out: &Sink<'_>,
+    err: &Sink<'_>,
+    budget: &mut Budget,
+    spill: &mut SpillFile,
+) -> Result<()> {
+    job.out.drain(budget, spill, &mut |b| emit(out, &mut job.out_lines, &job.tag, false, b))?;
+    finish_lines(out, &mut job.out_lines, &job.tag)?;
+    job.err.drain(budget, spill, &mut |b| emit(err, &mut job.err_lines, &job.tag, false, b))?;
+    finish_lines(err, &mut job.err_lines, &job.tag)
+}
+
+/// Writes `data`, a job's output, tagged and cut into whole lines as
+/// `--tag` and `--line-buffer` (`whole_lines`) ask.
+fn emit(sink: &Sink<'_>, lines: &mut LineState, tag: &[u8], whole_lines: bool, data: &[u8]) -> Result<()> {
+    if lines.passes_through(tag, whole_lines) {
+        return sink.write_all(data);
+    }
+    let mut cut = Vec::with_capacity(data.len() + tag.len());
+    lines.cut(tag, whole_lines, data, &mut cut);
+    match cut.is_empty() {
+        true => Ok(()),
+        false => sink.write_all(&cut),
+    }
+}
+
+/// Writes the unfinished line `--line-buffer` held back (the job ended).
+fn finish_lines(sink: &Sink<'_>, lines: &mut LineState, tag: &[u8]) -> Result<()> {
+    let mut rest = Vec::new();
+    lines.finish(tag, &mut rest);
+    match rest.is_empty() {
+        true => Ok(()),
+        false => sink.write_all(&rest),
+    }
+}
+
+impl Drop for Engine<'_> {
     /// The backstop for an error that left the loop early: no job outlives
     /// the run, and none stays a zombie.
     fn drop(&mut self) {
@@ -752,6 +1156,14 @@ impl<I> Drop for Engine<'_, I> {
             }
         }
     }
+}
+
+/// Whether `err` is running out of descriptors (this process's or the
+/// system's) or of processes (`fork`'s EAGAIN, `RLIMIT_NPROC`): fewer
+/// jobs at once will do.
+fn is_out_of_resources(err: &Error) -> bool {
+    matches!(err, Error::Os(e) if e.errno == libc::EMFILE || e.errno == libc::ENFILE
+        || (e.call == "fork" && e.errno == libc::EAGAIN))
 }
 
 /// The one line printed after a job that timed out or was killed by a
@@ -775,22 +1187,6 @@ pub(crate) fn format_duration(d: Duration) -> String {
     } else {
         format!("{}s", (ms as f64 / 1000.0))
     }
-}
-
-/// Writes all of `data`, waiting for room if the descriptor happens to be
-/// non-blocking (an inherited `O_NONBLOCK` we must not change: the file
-/// description is shared with other processes).
-fn write_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<()> {
-    while !data.is_empty() {
-        match sys::write(fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(Error::Os(e)) if e.errno == libc::EAGAIN || e.errno == libc::EWOULDBLOCK => {
-                sys::poll(&[(fd, false, true)], None)?;
-            }
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

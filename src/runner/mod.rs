@@ -2,13 +2,13 @@
 //!
 //! ```no_run
 //! use std::os::fd::AsFd;
-//! use mproc::runner::{self, Options, Output, Template};
+//! use mproc::runner::{self, Inputs, Options, Output, Template};
 //!
 //! let template = Template::new(vec![b"gzip".to_vec(), b"-k".to_vec(), b"{}".to_vec()])?;
-//! let inputs = ["a.txt", "b.txt"].map(|s| s.as_bytes().to_vec());
+//! let mut inputs: Inputs = ["a.txt", "b.txt"].into_iter().collect();
 //! let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
 //! let output = Output { stdout: stdout.as_fd(), stderr: stderr.as_fd() };
-//! let summary = runner::run(&template, inputs, &Options::default(), output, &mut |_| {})?;
+//! let summary = runner::run(&template, &mut inputs, &Options::default(), output, &mut |_| {})?;
 //! assert_eq!(summary.failed, 0);
 //! # Ok::<(), mproc::Error>(())
 //! ```
@@ -19,8 +19,10 @@
 //!   between `fork` and `exec` (the argv is built before the fork), puts
 //!   itself in a new process group, and sees exactly fds 0, 1 and 2: every
 //!   descriptor mproc opens is close-on-exec.
-//! - **One thread, one `poll`** over every job's stdout and stderr pipe plus
-//!   a self-pipe that the SIGCHLD/SIGINT/SIGTERM/SIGHUP handlers write to.
+//! - **One thread, one `poll`** over every job's stdout and stderr pipe, a
+//!   self-pipe that the SIGCHLD/SIGINT/SIGTERM/SIGHUP handlers write to,
+//!   and, while a job slot waits for its input, the input stream
+//!   ([`Inputs`]): jobs start as input arrives, and read-ahead is one buffer.
 //! - **Grouped output.** Each job's stdout is printed whole, then its
 //!   stderr whole (stdout first, so a job's results come before its
 //!   complaints), never interleaved with another job's. With
@@ -43,11 +45,18 @@
 //!   jobs get `/dev/null`.
 //! - The signal handlers are process-wide; only one [`run`] may be active in
 //!   a process at a time.
-//! - mproc writes its output with blocking writes: a reader that stops
-//!   reading mproc's output stops the jobs (they block on their own full
-//!   pipes) — and signals are acted upon only once such a write returns.
+//! - A reader that stops reading mproc's output stops the jobs (they
+//!   block on their own full pipes). A stop signal still acts at once:
+//!   every write polls the self-pipe too (see `sink`).
 
 mod engine;
+mod fd_limit;
+pub mod halt;
+pub mod input;
+pub mod joblog;
+mod lines;
+mod progress;
+mod sink;
 mod spool;
 mod template;
 
@@ -55,9 +64,11 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, SystemTime};
 
 pub use engine::run;
-pub use template::{shell_line, shell_quote, Template};
+pub use halt::{Halt, HaltOn, HaltWhen, Threshold};
+pub use input::{Inputs, Source};
+pub use template::{shell_line, shell_quote, JobArgs, Template};
 
-use crate::status::{signal_abbrev, ExitStatus};
+use crate::status::ExitStatus;
 
 /// The order in which jobs' output is printed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,7 +94,8 @@ pub enum JobStdin {
 /// How to run the jobs.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Jobs running at once; at least 1.
+    /// Jobs running at once; at least 1. `usize::MAX`: as many as the
+    /// open-files limit allows (GNU parallel's `-j 0`).
     pub jobs: usize,
     /// Output order.
     pub order: Order,
@@ -92,8 +104,20 @@ pub struct Options {
     pub timeout: Option<Duration>,
     /// Time between SIGTERM (or the stop signal) and SIGKILL.
     pub kill_grace: Duration,
-    /// Start no new job after the first failure; running jobs complete.
-    pub halt_on_error: bool,
+    /// Stop the run early when this condition is met (GNU parallel's
+    /// `--halt`): start no new job, and with [`HaltWhen::Now`] kill the
+    /// running ones (their output is dropped, they are not reported).
+    pub halt: Option<Halt>,
+    /// Runs of a failing job in all, at least 1 (GNU parallel's
+    /// `--retries`): a job that fails is run again, under the same number
+    /// and slot, until it succeeds or has run this many times. Only its
+    /// last run is printed and reported, so with more than 1, nothing
+    /// streams: each job's output waits until its last run.
+    pub retries: u32,
+    /// Jobs not to run, by number (as `--resume` reads them from a job
+    /// log): their inputs are still read and numbered, so every other job
+    /// keeps its number.
+    pub skip: joblog::SeqSet,
     /// The jobs' stdin.
     pub stdin: JobStdin,
     /// Stop the run on SIGINT, SIGTERM and SIGHUP (those not ignored): the
@@ -101,6 +125,21 @@ pub struct Options {
     /// reaped, and [`Summary::interrupted`] is set. A second signal sends
     /// SIGKILL at once. Without it these signals keep their dispositions.
     pub handle_signals: bool,
+    /// Put the job's inputs (separated by spaces) and a tab before each
+    /// line it prints, on stdout and stderr.
+    pub tag: bool,
+    /// Print whole lines as the jobs write them, instead of each job's
+    /// output whole when it completes: with [`Order::Unordered`] from every
+    /// running job, with [`Order::Keep`] from the head job (its stderr
+    /// too). Lines of different jobs never mix; a line longer than 1 MiB
+    /// may be cut.
+    pub line_buffer: bool,
+    /// Show a progress bar (done/total, share, ETA) on stderr, redrawn in
+    /// place, when stderr is a terminal.
+    pub bar: bool,
+    /// Show GNU parallel's ETA line (`ETA: 12s Left: 40 AVG: 0.30s`) on
+    /// stderr, redrawn in place, when stderr is a terminal.
+    pub eta: bool,
     /// Bytes of one stream of one job kept in memory before spilling.
     pub buffer_per_stream: usize,
     /// Bytes kept in memory across all jobs before spilling.
@@ -116,9 +155,15 @@ impl Default for Options {
             order: Order::Keep,
             timeout: None,
             kill_grace: Duration::from_millis(200),
-            halt_on_error: false,
+            halt: None,
+            retries: 1,
+            skip: joblog::SeqSet::default(),
             stdin: JobStdin::Inherit,
             handle_signals: false,
+            tag: false,
+            line_buffer: false,
+            bar: false,
+            eta: false,
             buffer_per_stream: 1 << 20,
             buffer_total: 32 << 20,
         }
@@ -137,7 +182,8 @@ pub struct Output<'a> {
 /// How a job ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// It ended by itself. A command that could not be executed exits 127.
+    /// It ended by itself. As in a shell, a command that was not found
+    /// exits 127, and one that was found but could not be executed, 126.
     Completed(ExitStatus),
     /// It ran past the timeout and was killed; the status is how it died.
     TimedOut(ExitStatus),
@@ -148,23 +194,7 @@ impl Outcome {
     pub fn success(&self) -> bool {
         matches!(self, Outcome::Completed(status) if status.success())
     }
-
-    /// The job log's `Exitval` field: the exit code (`0`, `127`), the
-    /// signal's name (`SIGSEGV`), or `timeout`.
-    pub fn joblog_field(&self) -> String {
-        match self {
-            Outcome::Completed(ExitStatus::Exited(code)) => code.to_string(),
-            Outcome::Completed(ExitStatus::Signaled { signal, .. }) => match signal_abbrev(*signal) {
-                "SIG?" => format!("SIG{signal}"),
-                name => name.to_string(),
-            },
-            Outcome::TimedOut(_) => "timeout".to_string(),
-        }
-    }
 }
-
-/// The header line of a job log ([`JobReport::joblog_line`]).
-pub const JOBLOG_HEADER: &str = "Seq\tStarttime\tRuntime\tExitval\tCommand\n";
 
 /// One completed job, as passed to `run`'s `on_finish`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,31 +207,10 @@ pub struct JobReport<'a> {
     pub started: SystemTime,
     /// From start to completion (exit and end of its output).
     pub runtime: Duration,
+    /// Bytes it wrote on stdout.
+    pub stdout_bytes: u64,
     /// How it ended.
     pub outcome: Outcome,
-}
-
-impl JobReport<'_> {
-    /// The job log line: `Seq`, `Starttime` (seconds since the epoch, with
-    /// milliseconds), `Runtime` (seconds, with milliseconds), `Exitval`
-    /// ([`Outcome::joblog_field`]), `Command` (shell-quoted, one line),
-    /// separated by tabs and ended by a newline.
-    pub fn joblog_line(&self) -> Vec<u8> {
-        let start = self.started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let mut line = format!(
-            "{}\t{}.{:03}\t{}.{:03}\t{}\t",
-            self.seq,
-            start.as_secs(),
-            start.subsec_millis(),
-            self.runtime.as_secs(),
-            self.runtime.subsec_millis(),
-            self.outcome.joblog_field()
-        )
-        .into_bytes();
-        line.extend_from_slice(&shell_line(self.command));
-        line.push(b'\n');
-        line
-    }
 }
 
 /// What a run did.
@@ -214,27 +223,8 @@ pub struct Summary {
     pub failed: u64,
     /// The stop signal that ended the run early, if one did.
     pub interrupted: Option<i32>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn joblog_line_has_five_tab_separated_fields() {
-        let command = [b"echo".to_vec(), b"a b".to_vec()];
-        let report = JobReport {
-            seq: 7,
-            command: &command,
-            started: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            runtime: Duration::from_millis(2_045),
-            outcome: Outcome::Completed(ExitStatus::Exited(3)),
-        };
-        assert_eq!(report.joblog_line(), b"7\t1700000000.123\t2.045\t3\techo 'a b'\n");
-        let killed = Outcome::Completed(ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false });
-        assert_eq!(killed.joblog_field(), "SIGKILL");
-        assert!(!killed.success());
-        assert_eq!(Outcome::TimedOut(ExitStatus::Exited(0)).joblog_field(), "timeout");
-        assert!(Outcome::Completed(ExitStatus::Exited(0)).success());
-    }
+    /// With [`Options::halt`], the exit status GNU parallel gives: the
+    /// condition's when it was met ([`Halt`]'s rules), else the failed jobs
+    /// (at most 101) or, for a percentage, their share.
+    pub halt_status: Option<i32>,
 }

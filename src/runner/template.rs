@@ -12,34 +12,58 @@ enum Sub {
     NoExt,
     /// `{/}`: the input's basename (`dir/a.txt` → `a.txt`).
     Base,
-    /// `{//}`: the input's directory (`dir/a.txt` → `dir`; `a.txt` → `.`).
+    /// `{//}`: the input's directory, as dirname(1) gives it (`dir/a.txt` →
+    /// `dir`; `a.txt` → `.`; `/a` → `/`; `a/b/` → `a`).
     Dir,
     /// `{/.}`: the basename without its extension (`dir/a.txt` → `a`).
     BaseNoExt,
 }
 
-/// Longest first, so `{//}` is not read as `{/}` followed by `/}`.
+/// The path forms after `{` (or `{N`), longest first, so `{//}` is not
+/// read as `{/}` followed by `/}`.
 const SUBS: [(&[u8], Sub); 5] = [
-    (b"{//}", Sub::Dir),
-    (b"{/.}", Sub::BaseNoExt),
-    (b"{/}", Sub::Base),
-    (b"{.}", Sub::NoExt),
-    (b"{}", Sub::Whole),
+    (b"//}", Sub::Dir),
+    (b"/.}", Sub::BaseNoExt),
+    (b"/}", Sub::Base),
+    (b".}", Sub::NoExt),
+    (b"}", Sub::Whole),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Piece {
     Literal(Vec<u8>),
-    Input(Sub),
+    /// `{}`-style: every source's value, joined by spaces; `{N}`-style:
+    /// source `N` (from 1).
+    Input {
+        source: Option<usize>,
+        sub: Sub,
+    },
+    /// `{#}`: the job's sequence number.
+    Seq,
+    /// `{%}`: the job's slot, from 1 to the number of jobs at once.
+    Slot,
+}
+
+/// What one job's command line is built from.
+#[derive(Clone, Copy, Debug)]
+pub struct JobArgs<'a> {
+    /// One value per input source.
+    pub values: &'a [Vec<u8>],
+    /// The job's sequence number, from 1.
+    pub seq: u64,
+    /// The job's slot, from 1.
+    pub slot: usize,
 }
 
 /// A command line with replacement strings, expanded once per input.
 ///
 /// Replacement strings may appear anywhere inside any word, the command
 /// name included: `{}` (the input), `{.}` (without extension), `{/}`
-/// (basename), `{//}` (directory) and `{/.}` (basename without extension).
-/// When no word holds one, the input is appended as a last argument, as
-/// `xargs -n 1` and GNU parallel do.
+/// (basename), `{//}` (directory) and `{/.}` (basename without extension);
+/// `{1}`, `{2.}`, `{3/}`, ... the same for one input source; `{#}` the job's
+/// number and `{%}` its slot. When no word holds a replacement string, the
+/// inputs are appended as last arguments, as `xargs -n 1` and GNU parallel
+/// do.
 #[derive(Clone, Debug)]
 pub struct Template {
     words: Vec<Vec<Piece>>,
@@ -53,12 +77,28 @@ impl Template {
             return Err(Error::InvalidArgument("empty command".into()));
         }
         let words: Vec<Vec<Piece>> = words.iter().map(|w| parse_word(w)).collect();
-        let append_input = !words.iter().flatten().any(|p| matches!(p, Piece::Input(_)));
+        // As in GNU parallel, any replacement string, `{#}` too, means the
+        // command says where its inputs go.
+        let append_input = words.iter().flatten().all(|p| matches!(p, Piece::Literal(_)));
         Ok(Template { words, append_input })
     }
 
-    /// The command line for one input.
-    pub fn expand(&self, input: &[u8]) -> Vec<Vec<u8>> {
+    /// Whether a word holds `{%}` (the job's slot).
+    pub fn uses_slot(&self) -> bool {
+        self.words.iter().flatten().any(|p| matches!(p, Piece::Slot))
+    }
+
+    /// The highest input source a `{N}` string names (0 when none does).
+    pub fn max_source(&self) -> usize {
+        let source = |p: &Piece| match p {
+            Piece::Input { source: Some(n), .. } => *n,
+            _ => 0,
+        };
+        self.words.iter().flatten().map(source).max().unwrap_or(0)
+    }
+
+    /// The command line for one job.
+    pub fn expand(&self, job: JobArgs<'_>) -> Vec<Vec<u8>> {
         let mut out: Vec<Vec<u8>> = self
             .words
             .iter()
@@ -67,34 +107,68 @@ impl Template {
                 for piece in pieces {
                     match piece {
                         Piece::Literal(bytes) => word.extend_from_slice(bytes),
-                        Piece::Input(sub) => word.extend_from_slice(&substitute(*sub, input)),
+                        Piece::Input { source: Some(n), sub } => {
+                            let value = job.values.get(n - 1).map_or(&[][..], Vec::as_slice);
+                            word.extend_from_slice(&substitute(*sub, value));
+                        }
+                        Piece::Input { source: None, sub } => {
+                            for (i, value) in job.values.iter().enumerate() {
+                                if i > 0 {
+                                    word.push(b' ');
+                                }
+                                word.extend_from_slice(&substitute(*sub, value));
+                            }
+                        }
+                        Piece::Seq => word.extend_from_slice(job.seq.to_string().as_bytes()),
+                        Piece::Slot => word.extend_from_slice(job.slot.to_string().as_bytes()),
                     }
                 }
                 word
             })
             .collect();
         if self.append_input {
-            out.push(input.to_vec());
+            out.extend(job.values.iter().cloned());
         }
         out
     }
+}
+
+/// The replacement string at the start of `rest` (which starts with `{`),
+/// and its length.
+fn parse_replacement(rest: &[u8]) -> Option<(Piece, usize)> {
+    match rest.get(..3) {
+        Some(b"{#}") => return Some((Piece::Seq, 3)),
+        Some(b"{%}") => return Some((Piece::Slot, 3)),
+        _ => {}
+    }
+    let digits = rest[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let source = match digits {
+        0 => None,
+        // `{0}` and absurdly long numbers are not replacement strings.
+        _ => match std::str::from_utf8(&rest[1..1 + digits]).ok()?.parse::<usize>() {
+            Ok(n) if n >= 1 && digits <= 6 => Some(n),
+            _ => return None,
+        },
+    };
+    let after = &rest[1 + digits..];
+    SUBS.iter()
+        .find(|(form, _)| after.starts_with(form))
+        .map(|&(form, sub)| (Piece::Input { source, sub }, 1 + digits + form.len()))
 }
 
 fn parse_word(word: &[u8]) -> Vec<Piece> {
     let mut pieces = Vec::new();
     let mut literal = Vec::new();
     let mut i = 0;
-    'scan: while i < word.len() {
+    while i < word.len() {
         if word[i] == b'{' {
-            for (token, sub) in SUBS {
-                if word[i..].starts_with(token) {
-                    if !literal.is_empty() {
-                        pieces.push(Piece::Literal(std::mem::take(&mut literal)));
-                    }
-                    pieces.push(Piece::Input(sub));
-                    i += token.len();
-                    continue 'scan;
+            if let Some((piece, len)) = parse_replacement(&word[i..]) {
+                if !literal.is_empty() {
+                    pieces.push(Piece::Literal(std::mem::take(&mut literal)));
                 }
+                pieces.push(piece);
+                i += len;
+                continue;
             }
         }
         literal.push(word[i]);
@@ -111,11 +185,24 @@ fn substitute(sub: Sub, input: &[u8]) -> Vec<u8> {
         Sub::Whole => input.to_vec(),
         Sub::NoExt => strip_extension(input).to_vec(),
         Sub::Base => basename(input).to_vec(),
-        Sub::Dir => match input.iter().rposition(|&b| b == b'/') {
-            Some(slash) => input[..slash].to_vec(),
-            None => b".".to_vec(),
-        },
+        Sub::Dir => dirname(input).to_vec(),
         Sub::BaseNoExt => strip_extension(basename(input)).to_vec(),
+    }
+}
+
+/// dirname(1), as GNU parallel's `{//}` (Perl's `File::Basename::dirname`):
+/// trailing slashes do not count (`a/b/` → `a`), repeated ones collapse
+/// (`a//b` → `a`), the root stays (`/abs`, `/` → `/`), no slash gives `.`.
+fn dirname(input: &[u8]) -> &[u8] {
+    let trim_slashes = |s: &[u8]| -> usize { s.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1) };
+    if !input.is_empty() && input.iter().all(|&b| b == b'/') {
+        return b"/";
+    }
+    let path = &input[..trim_slashes(input)];
+    let Some(last_slash) = path.iter().rposition(|&b| b == b'/') else { return b"." };
+    match trim_slashes(&path[..last_slash]) {
+        0 => b"/",
+        end => &path[..end],
     }
 }
 
@@ -195,13 +282,40 @@ mod tests {
         list.iter().map(|w| w.as_bytes().to_vec()).collect()
     }
 
-    fn expand(template: &[&str], input: &str) -> Vec<String> {
+    fn expand_job(template: &[&str], values: &[&str], seq: u64, slot: usize) -> Vec<String> {
+        let values: Vec<Vec<u8>> = words(values);
         Template::new(words(template))
             .unwrap()
-            .expand(input.as_bytes())
+            .expand(JobArgs { values: &values, seq, slot })
             .into_iter()
             .map(|w| String::from_utf8(w).unwrap())
             .collect()
+    }
+
+    fn expand(template: &[&str], input: &str) -> Vec<String> {
+        expand_job(template, &[input], 1, 1)
+    }
+
+    #[test]
+    fn positional_strings_pick_one_source() {
+        let t = ["echo", "{2}-{1}", "{1.}", "{2/}", "{1//}", "{2/.}", "{3}"];
+        assert_eq!(
+            expand_job(&t, &["a/b.c", "d/e.f"], 1, 1),
+            ["echo", "d/e.f-a/b.c", "a/b", "e.f", "a", "e", ""]
+        );
+        assert_eq!(Template::new(words(&t)).unwrap().max_source(), 3);
+        assert_eq!(expand_job(&["echo", "{}"], &["A", "D"], 1, 1), ["echo", "A D"]);
+        assert_eq!(expand_job(&["echo"], &["A", "D"], 1, 1), ["echo", "A", "D"]);
+    }
+
+    #[test]
+    fn sequence_and_slot_numbers() {
+        assert_eq!(expand_job(&["echo", "{#}/{%}", "{}"], &["x"], 12, 3), ["echo", "12/3", "x"]);
+        assert!(Template::new(words(&["echo", "{%}"])).unwrap().uses_slot());
+        assert!(!Template::new(words(&["echo", "{#}"])).unwrap().uses_slot());
+        // A replacement string, as for GNU parallel: nothing is appended.
+        assert_eq!(expand_job(&["echo", "{#}"], &["x"], 2, 1), ["echo", "2"]);
+        assert_eq!(expand(&["echo", "{0}", "{1x}", "{-1}"], "a"), ["echo", "{0}", "{1x}", "{-1}", "a"]);
     }
 
     #[test]
@@ -216,6 +330,25 @@ mod tests {
             ["echo", "sub.dir/bar", "sub.dir/bar", "bar", "sub.dir", "bar"]
         );
         assert_eq!(expand(&t, "plain"), ["echo", "plain", "plain", "plain", ".", "plain"]);
+    }
+
+    #[test]
+    fn dirname_follows_dirname_1() {
+        let cases: [(&str, &str); 10] = [
+            ("/abs", "/"),
+            ("/", "/"),
+            ("//", "/"),
+            ("a/b/", "a"),
+            ("a//b", "a"),
+            ("/a.b/", "/"),
+            ("//x//", "/"),
+            ("a", "."),
+            ("", "."),
+            ("/a/b//c", "/a/b"),
+        ];
+        for (input, dir) in cases {
+            assert_eq!(dirname(input.as_bytes()), dir.as_bytes(), "dirname {input:?}");
+        }
     }
 
     #[test]

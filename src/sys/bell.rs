@@ -84,28 +84,11 @@ fn is_would_block(errno: i32) -> bool {
 /// `write(2)` with `SIGPIPE` blocked in this thread; a `SIGPIPE` the write
 /// raised is consumed, one that was pending before is left alone.
 pub(crate) fn write_without_sigpipe(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize> {
-    let pipe_only = sigpipe_set();
-    // SAFETY: sigset_t is plain data; pthread_sigmask fills it in.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: both sets are valid; SIG_BLOCK only adds SIGPIPE to this
-    // thread's mask. It fails only for an invalid `how`.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &pipe_only, &mut old) };
-    // SAFETY: `old` was filled in by pthread_sigmask.
-    let was_blocked = unsafe { libc::sigismember(&old, libc::SIGPIPE) } == 1;
-    // A SIGPIPE can be pending only if it was blocked already (otherwise it
-    // would have been delivered or, if ignored, discarded).
-    let was_pending = was_blocked && sigpipe_pending();
+    let blocked = SigpipeBlocked::new();
     let result = write(fd, buf);
-    if matches!(&result, Err(Error::Os(e)) if e.errno == libc::EPIPE) && !was_pending && sigpipe_pending() {
-        let mut taken: libc::c_int = 0;
-        // SAFETY: SIGPIPE is pending and blocked, so sigwait returns at once,
-        // removing it; both pointers are valid.
-        unsafe { libc::sigwait(&pipe_only, &mut taken) };
-    }
-    if !was_blocked {
-        // SAFETY: restores the mask pthread_sigmask reported above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    }
+    // Only a failed write can have raised one: spare the check otherwise.
+    let raised = matches!(&result, Err(Error::Os(e)) if e.errno == libc::EPIPE);
+    blocked.restore(raised);
     result
 }
 
@@ -117,6 +100,59 @@ pub(crate) fn write_all_without_sigpipe(fd: BorrowedFd<'_>, mut buf: &[u8]) -> R
         buf = &buf[n..];
     }
     Ok(())
+}
+
+/// `SIGPIPE` blocked in this thread for as long as the guard lives, for a
+/// caller that makes many writes (the command runner's output): a write
+/// into a pipe with no reader fails with `EPIPE` instead of ending the
+/// process. Dropping it consumes a `SIGPIPE` raised meanwhile (one pending
+/// before is left alone) and restores the mask.
+pub(crate) struct SigpipeBlocked {
+    old: libc::sigset_t,
+    was_blocked: bool,
+    was_pending: bool,
+}
+
+impl SigpipeBlocked {
+    pub(crate) fn new() -> SigpipeBlocked {
+        let pipe_only = sigpipe_set();
+        // SAFETY: sigset_t is plain data; pthread_sigmask fills it in.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both sets are valid; SIG_BLOCK only adds SIGPIPE to this
+        // thread's mask. It fails only for an invalid `how`.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &pipe_only, &mut old) };
+        // SAFETY: `old` was filled in by pthread_sigmask.
+        let was_blocked = unsafe { libc::sigismember(&old, libc::SIGPIPE) } == 1;
+        // Pending only if it was blocked already (see write_without_sigpipe).
+        let was_pending = was_blocked && sigpipe_pending();
+        SigpipeBlocked { old, was_blocked, was_pending }
+    }
+
+    /// Ends the guard; `maybe_raised`: a write may have raised SIGPIPE
+    /// (false spares the `sigpending` call).
+    fn restore(mut self, maybe_raised: bool) {
+        self.undo(maybe_raised);
+        std::mem::forget(self);
+    }
+
+    fn undo(&mut self, maybe_raised: bool) {
+        if maybe_raised && !self.was_pending && sigpipe_pending() {
+            let mut taken: libc::c_int = 0;
+            // SAFETY: SIGPIPE is pending and blocked, so sigwait returns at
+            // once, removing it; both pointers are valid.
+            unsafe { libc::sigwait(&sigpipe_set(), &mut taken) };
+        }
+        if !self.was_blocked {
+            // SAFETY: restores the mask pthread_sigmask reported in new().
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+        }
+    }
+}
+
+impl Drop for SigpipeBlocked {
+    fn drop(&mut self) {
+        self.undo(true);
+    }
 }
 
 fn sigpipe_set() -> libc::sigset_t {

@@ -7,8 +7,8 @@
 //! - [`Argv`]: a command line as the NULL-terminated `char *argv[]` that
 //!   `execvp` wants, built *before* `fork` so the child never allocates.
 //! - [`spawn`]: `fork`, then in the child only async-signal-safe calls
-//!   (`setpgid`, `dup2`, `fcntl`, `sigaction`, `sigprocmask`, `execvp`,
-//!   `write`, `_exit`) — safe even when the parent has other threads.
+//!   (`setpgid`, `dup2`, `fcntl`, `setrlimit`, `sigaction`, `sigprocmask`,
+//!   `execvp`, `write`, `_exit`) — safe even when the parent has other threads.
 
 use std::ffi::{c_char, c_int};
 use std::mem::MaybeUninit;
@@ -80,11 +80,17 @@ pub(crate) struct ChildPlan<'a> {
     /// Signals to set back to `SIG_DFL` (those with a handler in the parent,
     /// and `SIGPIPE` when the parent ignores it, as Rust programs do).
     pub reset_signals: &'a [c_int],
+    /// The open-files limit to give back to the child, when the parent
+    /// raised its own (the child gets what the parent was started with).
+    pub file_limit: Option<libc::rlimit>,
 }
 
-/// Exit status of a child whose `execvp` failed, as a shell reports a
-/// command it could not run.
+/// Exit status of a child whose `execvp` failed because there is no such
+/// command, as a shell reports it.
 pub(crate) const EXEC_FAILED: c_int = 127;
+/// Exit status of a child whose command exists but could not be executed
+/// (permission denied, not an executable, ...), as a shell reports it.
+pub(crate) const EXEC_REFUSED: c_int = 126;
 
 /// Forks a child that runs `plan` in a new process group of its own (its
 /// pgid is its pid), and returns the child's pid. Call
@@ -147,7 +153,8 @@ pub(crate) fn ensure_process_group(pid: i32) {
 /// calls is async-signal-safe, and it never returns, so it is sound even if
 /// the parent had other threads holding locks. (`execvp` is missing from
 /// older editions of POSIX's async-signal-safe list for its PATH search;
-/// glibc and musl do that search in stack buffers, without malloc or locks.)
+/// glibc and musl do that search in stack buffers, without malloc or locks;
+/// `setrlimit`, not on the list either, is a bare system call in both.)
 unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
     // SAFETY (whole function): each call below takes integers or pointers
     // into memory the parent prepared before fork (`plan`, `argv`), which the
@@ -159,6 +166,11 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
         if !wired {
             write_raw(2, b"mproc: cannot set up the job's standard streams\n");
             libc::_exit(EXEC_FAILED);
+        }
+        if let Some(limit) = &plan.file_limit {
+            // Lowering the soft limit cannot fail; were it to, the job would
+            // only see a higher limit.
+            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
         }
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
@@ -179,7 +191,7 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
         write_raw(2, b": ");
         write_raw(2, exec_error_text(errno).as_bytes());
         write_raw(2, b"\n");
-        libc::_exit(EXEC_FAILED)
+        libc::_exit(if errno == libc::ENOENT { EXEC_FAILED } else { EXEC_REFUSED })
     }
 }
 

@@ -480,6 +480,29 @@ pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize> {
     Ok(n as usize)
 }
 
+/// `write(2)` once, without retrying `EINTR`: for a caller that must act on
+/// a signal that arrives while the write is blocked (handlers installed
+/// without `SA_RESTART`). Returns how many bytes went.
+pub(crate) fn write_interruptible(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    if n == -1 {
+        return Err(os_error("write", None));
+    }
+    Ok(n as usize)
+}
+
+/// Whether `fd` is a pipe, FIFO or socket (`fstat`): a descriptor whose
+/// writes wait for a reader. `false` if it cannot be told.
+pub(crate) fn is_pipe_or_socket(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: all-zero is a valid `stat`; fstat fills it for an open fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable; a bad fd is reported as EBADF.
+    let rc = retry("fstat", None, || unsafe { libc::fstat(fd.as_raw_fd(), &mut st) });
+    let kind = st.st_mode & libc::S_IFMT;
+    rc.is_ok() && (kind == libc::S_IFIFO || kind == libc::S_IFSOCK)
+}
+
 /// Sets or clears `O_NONBLOCK`.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> Result<()> {
     let raw = fd.as_raw_fd();
@@ -612,6 +635,37 @@ pub fn open_fd_count() -> usize {
     let dir = if cfg!(target_os = "linux") { "/proc/self/fd" } else { "/dev/fd" };
     // One entry is the directory handle read_dir itself holds open.
     std::fs::read_dir(dir).map(|d| d.count().saturating_sub(1)).unwrap_or(0)
+}
+
+/// The open-files limit (`RLIMIT_NOFILE`): soft and hard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileLimit {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl FileLimit {
+    /// This process's limit.
+    pub(crate) fn current() -> Result<FileLimit> {
+        // SAFETY: all-zero is a valid rlimit, which getrlimit fills.
+        let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: `lim` is writable.
+        retry("getrlimit", None, || unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+        Ok(FileLimit { soft: lim.rlim_cur as u64, hard: lim.rlim_max as u64 })
+    }
+
+    /// Makes this the process's limit.
+    pub(crate) fn apply(&self) -> Result<()> {
+        let lim = self.as_rlimit();
+        // SAFETY: `lim` is a valid rlimit.
+        retry("setrlimit", None, || unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+        trace!("setrlimit(RLIMIT_NOFILE, {}, {})", self.soft, self.hard);
+        Ok(())
+    }
+
+    pub(crate) fn as_rlimit(&self) -> libc::rlimit {
+        libc::rlimit { rlim_cur: self.soft as libc::rlim_t, rlim_max: self.hard as libc::rlim_t }
+    }
 }
 
 /// Closes a descriptor this process inherited through `fork` but must not

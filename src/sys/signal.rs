@@ -62,6 +62,12 @@ pub(crate) fn take_pending_signals() -> u32 {
     }
 }
 
+/// The signals received since the last [`take_pending_signals`], left
+/// pending (bit `n` = signal `n`).
+pub(crate) fn peek_pending_signals() -> u32 {
+    PENDING.load(Ordering::SeqCst)
+}
+
 /// Makes every `SIGCHLD` write one byte to `write_fd` (a non-blocking pipe
 /// whose read end the caller polls): the self-pipe handler, for
 /// single-threaded processes (the pool's zygote).
@@ -79,14 +85,33 @@ pub(crate) struct SavedAction {
     action: libc::sigaction,
 }
 
+/// Whether a blocking call the handler interrupts resumes (`SA_RESTART`)
+/// or fails with `EINTR`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    Yes,
+    No,
+}
+
 /// The one `sigaction` installer: `handler` (SIG_DFL, SIG_IGN or an
-/// `extern "C" fn(c_int)`) with `SA_RESTART` (and `SA_NOCLDSTOP` for
-/// SIGCHLD), `blocked` masked while it runs. Returns the old disposition.
+/// `extern "C" fn(c_int)`) with `SA_RESTART` unless `Restart::No` (and
+/// `SA_NOCLDSTOP` for SIGCHLD), `blocked` masked while it runs. Returns the
+/// old disposition.
 fn set_action(signal: c_int, handler: libc::sighandler_t, blocked: &[c_int]) -> Result<SavedAction> {
+    set_action_with(signal, handler, blocked, Restart::Yes)
+}
+
+fn set_action_with(
+    signal: c_int,
+    handler: libc::sighandler_t,
+    blocked: &[c_int],
+    restart: Restart,
+) -> Result<SavedAction> {
     // SAFETY: sigaction is plain old data; all-zero is a valid empty value.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = handler;
-    action.sa_flags = libc::SA_RESTART | if signal == libc::SIGCHLD { libc::SA_NOCLDSTOP } else { 0 };
+    action.sa_flags = if restart == Restart::Yes { libc::SA_RESTART } else { 0 }
+        | if signal == libc::SIGCHLD { libc::SA_NOCLDSTOP } else { 0 };
     // SAFETY: `sa_mask` is a valid sigset_t, initialised by sigemptyset
     // before sigaddset.
     unsafe {
@@ -121,6 +146,17 @@ pub(crate) fn is_ignored(signal: c_int) -> Result<bool> {
 pub(crate) fn install_handler(signal: c_int) -> Result<SavedAction> {
     let saved = set_action(signal, on_signal as extern "C" fn(c_int) as libc::sighandler_t, &[])?;
     trace!("sigaction({}, handler)", crate::status::signal_abbrev(signal));
+    Ok(saved)
+}
+
+/// Installs the self-pipe handler for `signal` without `SA_RESTART`: a
+/// blocking call it interrupts (a `write` into a pipe nobody reads) fails
+/// with `EINTR` instead of resuming, so the caller can act on the signal.
+/// Returns the previous disposition.
+pub(crate) fn install_interrupting_handler(signal: c_int) -> Result<SavedAction> {
+    let handler = on_signal as extern "C" fn(c_int) as libc::sighandler_t;
+    let saved = set_action_with(signal, handler, &[], Restart::No)?;
+    trace!("sigaction({}, handler, no SA_RESTART)", crate::status::signal_abbrev(signal));
     Ok(saved)
 }
 
