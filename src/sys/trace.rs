@@ -80,7 +80,7 @@ impl fmt::Display for TraceCategories {
 /// `caught`, for a signal caught). `kill` is in two, as in strace. A name
 /// missing here is printed only under `all` (a unit test checks that every
 /// `trace!` in the crate is listed).
-const CALLS: [(&str, TraceCategories); 19] = [
+const CALLS: [(&str, TraceCategories); 20] = [
     ("fork", TraceCategories::PROCESS),
     ("waitpid", TraceCategories::PROCESS),
     ("_exit", TraceCategories::PROCESS),
@@ -98,6 +98,7 @@ const CALLS: [(&str, TraceCategories); 19] = [
     ("dup2", TraceCategories::FD),
     ("open", TraceCategories::FD),
     ("spill", TraceCategories::FD),
+    ("setrlimit", TraceCategories::FD),
     ("sigaction", TraceCategories::SIGNAL),
     ("caught", TraceCategories::SIGNAL),
 ];
