@@ -456,7 +456,7 @@ impl Core {
             }
             // Pump for a future at once; for other work, once callers have
             // left the pool alone for a grace period.
-            if !e.pumping && e.parked.is_empty() && (e.futures_waiting || e.call_epoch == seen_epoch) {
+            if e.parked.is_empty() && (e.futures_waiting || e.call_epoch == seen_epoch) {
                 let done = |e: &Engine| !e.has_work() || !e.parked.is_empty();
                 if let Err(err) = self.pump(e, None, true, &done) {
                     if !matches!(err, Error::Closed | Error::ZygoteDied { .. }) {
