@@ -663,6 +663,14 @@ fn a_killed_zygote_fails_every_call_promptly_without_sigpipe() {
     let workers = pool.pids();
     let zygote = the_zygote();
     signal(zygote, libc::SIGKILL);
+    // kill(2) returns before the zygote is dead, and its workers die only
+    // after it (PR_SET_PDEATHSIG): until then they would still run the map
+    // below, correctly. Wait for the state this test is about — nobody left
+    // to run a task — so the answer cannot depend on the scheduler.
+    wait_gone(zygote, Duration::from_secs(5));
+    for &w in &workers {
+        wait_gone(w, Duration::from_secs(5));
+    }
     let started = Instant::now();
     let err = pool.map(cube, 0..100u64).unwrap_err();
     assert!(is_zygote_died(&err, zygote), "{err}");
@@ -674,9 +682,6 @@ fn a_killed_zygote_fails_every_call_promptly_without_sigpipe() {
     assert_eq!(pool.imap(cube, 0..3u64).next(), Some(Err(err.clone())));
     assert_eq!(pool.map(cube, Vec::<u64>::new()).unwrap_err(), err);
     assert_eq!(pool.pids(), Vec::<i32>::new());
-    for w in workers {
-        wait_gone(w, Duration::from_secs(5));
-    }
     let started = Instant::now();
     drop(pool);
     assert!(started.elapsed() < Duration::from_secs(2));
