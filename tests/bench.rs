@@ -124,3 +124,15 @@ fn bench_run_into_a_full_disk_is_one_line_and_status_1() {
     let args = ["bench", "run", "--count", "1", "--rounds", "1", "-j", "1"];
     assert_full_stdout_is_one_line_and_status_1(&args);
 }
+
+#[test]
+fn bench_run_measures_every_row_and_draws_the_bar_on_a_terminal() {
+    // The --bar row fails the whole command unless the status line really
+    // reached its pseudo-terminal, so success here means it was drawn.
+    let rows = tsv(&["bench", "run", "--count", "20", "--rounds", "1", "-j", "2", "--tsv"]);
+    for name in ["run_jobs", "run_jobs_xargs", "run_jobs_bar", "run_jobs_echo", "run_jobs_echo_xargs"] {
+        let (rate, unit) = rows.get(name).unwrap_or_else(|| panic!("no {name} row in {rows:?}"));
+        assert!(*rate > 0.0, "{name}: {rate}");
+        assert_eq!(unit, "jobs/s");
+    }
+}

@@ -7,7 +7,10 @@
 //! so drift on a shared machine hits every tool alike; the median round is
 //! reported. Two workloads: `/bin/true` (pure fork/exec cost) and `echo`
 //! (each job prints a line, so mproc's output grouping is exercised, while
-//! xargs lets lines mix freely).
+//! xargs lets lines mix freely). `mproc run --bar` runs the `/bin/true`
+//! workload once more with its stderr on a pseudo-terminal, so the status
+//! line is really drawn (on a pipe or `/dev/null` it is not), and the
+//! drawing's cost shows as the difference between the two mproc rows.
 
 use std::fs::File;
 use std::io::Write;
@@ -39,6 +42,8 @@ struct Contender {
     tsv_name: &'static str,
     argv: Vec<String>,
     jobs: usize,
+    /// Give the command a pseudo-terminal as stderr (for `--bar`).
+    on_terminal: bool,
     rates: Vec<f64>,
 }
 
@@ -68,6 +73,13 @@ pub fn main(args: Args) -> u8 {
             &["xargs", "-P", &n, "-n", "1", "/bin/true"],
             args.count,
         ),
+        Contender::new(
+            "mproc run --bar /bin/true (stderr a terminal)",
+            "run_jobs_bar",
+            &[&mproc, "run", "--bar", "-j", &n, "/bin/true"],
+            args.count,
+        )
+        .on_terminal(),
     ];
     if parallel {
         let fifth = (args.count / 5).max(1);
@@ -141,26 +153,84 @@ impl Contender {
             tsv_name,
             argv: argv.iter().map(|s| s.to_string()).collect(),
             jobs,
+            on_terminal: false,
             rates: Vec::new(),
         }
+    }
+
+    fn on_terminal(mut self) -> Contender {
+        self.on_terminal = true;
+        self
     }
 
     /// Jobs/s of one run: `jobs` inputs on stdin, output discarded.
     fn measure(&self, inputs: &InputFile) -> Result<f64, String> {
         let stdin = inputs.first(self.jobs).map_err(|e| format!("reading the input file: {e}"))?;
+        let terminal = match self.on_terminal {
+            true => Some(Terminal::open().map_err(|e| format!("cannot open a pseudo-terminal: {e}"))?),
+            false => None,
+        };
+        let stderr = match &terminal {
+            Some(t) => t.stderr().map_err(|e| format!("cannot open a pseudo-terminal: {e}"))?,
+            None => Stdio::null(),
+        };
         let start = Instant::now();
         let status = Command::new(&self.argv[0])
             .args(&self.argv[1..])
             .stdin(stdin)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .status()
             .map_err(|e| format!("{}: {e}", self.argv[0]))?;
         let secs = start.elapsed().as_secs_f64();
         if !status.success() {
             return Err(format!("`{}` failed: {status}", self.argv.join(" ")));
         }
+        if let Some(terminal) = terminal {
+            // The row means something only if the line was drawn.
+            let drawn = terminal.close();
+            if !drawn.ends_with(b"100% ETA 0:00\r\n") {
+                return Err(format!(
+                    "`{}` drew no final status line on the terminal (got {} bytes)",
+                    self.argv.join(" "),
+                    drawn.len()
+                ));
+            }
+        }
         Ok(self.jobs as f64 / secs)
+    }
+}
+
+/// A pseudo-terminal whose output is drained by a thread (so a command
+/// drawing on it never blocks) and kept for a check at the end.
+struct Terminal {
+    slave: std::os::fd::OwnedFd,
+    drain: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Terminal {
+    fn open() -> std::io::Result<Terminal> {
+        let pty = nix::pty::openpty(None, None)?;
+        let mut master = File::from(pty.master);
+        let drain = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            // Ends with EIO once every slave descriptor is closed.
+            let _ = std::io::Read::read_to_end(&mut master, &mut seen);
+            seen
+        });
+        Ok(Terminal { slave: pty.slave, drain })
+    }
+
+    /// A copy of the slave side, for a child's stderr.
+    fn stderr(&self) -> std::io::Result<Stdio> {
+        Ok(Stdio::from(self.slave.try_clone()?))
+    }
+
+    /// Closes our side and returns all that was drawn (the terminal turns
+    /// each `\n` into `\r\n`).
+    fn close(self) -> Vec<u8> {
+        drop(self.slave);
+        self.drain.join().unwrap_or_default()
     }
 }
 
