@@ -1,7 +1,9 @@
 //! `mproc bench pool`: tasks per second for `Pool::map` on a trivial
 //! function, against a sequential loop and `std::thread` workers fed by a
 //! channel; one task at a time (`imap` at chunksize 1, `apply` from eight
-//! threads at once, `apply_async` one by one); `fork_map` against
+//! threads at once, `apply_async` one by one, and as a baseline eight
+//! threads that each block for an answer from one in-process thread);
+//! `fork_map` against
 //! `Pool::map` on a large input; and the speedup on CPU-bound work.
 
 use std::sync::mpsc;
@@ -93,6 +95,7 @@ struct OneByOne {
     imap: f64,
     apply_8_threads: f64,
     apply_async: f64,
+    handoff_8_threads: f64,
 }
 
 const THREADS: u64 = 8;
@@ -148,7 +151,72 @@ fn one_by_one(workers: usize) -> mproc::Result<OneByOne> {
         }
     }
     let apply_async = m as f64 / t.elapsed().as_secs_f64();
-    Ok(OneByOne { imap, apply_8_threads, apply_async })
+    let handoff_8_threads = handoff_rate(n / THREADS);
+    Ok(OneByOne { imap, apply_8_threads, apply_async, handoff_8_threads })
+}
+
+/// The baseline for `apply` from many threads: `THREADS` threads each hand
+/// one number to a server thread (a queue behind a `Mutex` and a
+/// `Condvar`) and sleep on a `Condvar` of their own until the answer is
+/// back; no processes, no encoding, no rings. Every round trip costs a
+/// sleep and a wake-up, as every `apply` of a thread that waits does: what
+/// plain threads reach here bounds what waiting callers can expect of any
+/// pool. Round trips per second.
+fn handoff_rate(per_thread: u64) -> f64 {
+    use std::collections::VecDeque;
+    use std::sync::{Condvar, Mutex};
+
+    struct Answer {
+        value: Mutex<Option<u64>>,
+        ready: Condvar,
+    }
+    let queue: Mutex<(VecDeque<(usize, u64)>, bool)> = Mutex::new((VecDeque::new(), false));
+    let queued = Condvar::new();
+    let answers: Vec<Answer> =
+        (0..THREADS).map(|_| Answer { value: Mutex::new(None), ready: Condvar::new() }).collect();
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let (queue, queued, answers) = (&queue, &queued, &answers);
+        s.spawn(move || loop {
+            let mut q = lock(queue);
+            while q.0.is_empty() && !q.1 {
+                q = queued.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            if q.0.is_empty() {
+                return; // every client is done
+            }
+            let batch: Vec<(usize, u64)> = q.0.drain(..).collect();
+            drop(q);
+            for (client, x) in batch {
+                *lock(&answers[client].value) = Some(trivial(x));
+                answers[client].ready.notify_one();
+            }
+        });
+        let clients: Vec<_> = (0..THREADS as usize)
+            .map(|k| {
+                s.spawn(move || {
+                    for x in 0..per_thread {
+                        lock(queue).0.push_back((k, x));
+                        queued.notify_one();
+                        let mut answer = lock(&answers[k].value);
+                        while answer.is_none() {
+                            answer = answers[k].ready.wait(answer).unwrap_or_else(|e| e.into_inner());
+                        }
+                        *answer = None;
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            let _ = c.join();
+        }
+        lock(queue).1 = true;
+        queued.notify_one();
+    });
+    (per_thread * THREADS) as f64 / t.elapsed().as_secs_f64()
 }
 
 /// Seconds for `Pool::map` and `fork_map` over a large input (many
@@ -204,6 +272,7 @@ pub fn main(args: Args) -> u8 {
         outln!(out, "imap_chunksize_1\t{:.0}\ttasks/s", single.imap);
         outln!(out, "apply_8_threads\t{:.0}\ttasks/s", single.apply_8_threads);
         outln!(out, "apply_async_one_by_one\t{:.0}\ttasks/s", single.apply_async);
+        outln!(out, "handoff_8_threads\t{:.0}\tround trips/s", single.handoff_8_threads);
         outln!(out, "pool_map_large_input\t{pool_big:.3}\ts");
         outln!(out, "fork_map_large_input\t{fork_big:.3}\ts");
         outln!(out, "pool_cpu_speedup\t{cpu_speedup:.2}\tx");
@@ -236,7 +305,17 @@ pub fn main(args: Args) -> u8 {
         format!("{:.0}", single.apply_async),
         format!("{:.2}x", single.apply_async / single.imap),
     ]);
+    table.row(&[
+        format!("baseline: {THREADS} threads waiting on one thread, no processes"),
+        format!("{:.0}", single.handoff_8_threads),
+        format!("{:.2}x", single.handoff_8_threads / single.imap),
+    ]);
     table.print(&mut out);
+    outln!(
+        out,
+        "  apply from {THREADS} threads runs {:.2}x the baseline's round trips (each of its tasks, like each round trip there, is a sleep and a wake-up)",
+        single.apply_8_threads / single.handoff_8_threads
+    );
     outln!(out);
     outln!(out, "200,000 strings of 200 bytes, {workers} workers (the input crosses a wire, or not):");
     let mut table = Table::new(&["variant", "seconds", "vs Pool::map"]);
