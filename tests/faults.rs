@@ -383,6 +383,17 @@ fn killers(n: u64) -> Vec<(u64, bool)> {
         .collect()
 }
 
+/// After chaos: the pool is back to its 3 workers and answers right, and
+/// dropping it leaves no child, descriptor or shared mapping behind.
+fn assert_healthy_then_clean(pool: Pool, fds: usize, maps: usize) {
+    assert_eq!(full_pids(&pool).len(), 3);
+    assert_eq!(pool.map(cube, 0..3_000u64).unwrap(), (0..3_000u64).map(cube).collect::<Vec<_>>());
+    drop(pool);
+    assert_no_children();
+    assert_eq!(mproc::open_fd_count(), fds);
+    assert_eq!(shared_mappings(), maps);
+}
+
 #[test]
 #[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn chaos_every_task_is_accounted_for_exactly_once() {
@@ -433,12 +444,7 @@ fn chaos_every_task_is_accounted_for_exactly_once() {
     assert!(matches!(pool.map(maybe_die, items), Err(Error::WorkerDied { task: Some(t), .. }) if t == first));
 
     // Healthy afterwards.
-    assert_eq!(full_pids(&pool).len(), 3);
-    assert_eq!(pool.map(cube, 0..3_000u64).unwrap(), (0..3_000u64).map(cube).collect::<Vec<_>>());
-    drop(pool);
-    assert_no_children();
-    assert_eq!(mproc::open_fd_count(), fds);
-    assert_eq!(shared_mappings(), maps);
+    assert_healthy_then_clean(pool, fds, maps);
 }
 
 #[test]
@@ -507,12 +513,8 @@ fn chaos_with_four_submitting_threads_every_task_is_accounted_for_once() {
     for th in threads {
         th.join().unwrap();
     }
-    assert_eq!(full_pids(&pool).len(), 3);
-    assert_eq!(pool.map(cube, 0..3_000u64).unwrap(), (0..3_000u64).map(cube).collect::<Vec<_>>());
-    drop(pool);
-    assert_no_children();
-    assert_eq!(mproc::open_fd_count(), fds);
-    assert_eq!(shared_mappings(), maps);
+    let pool = std::sync::Arc::try_unwrap(pool).unwrap_or_else(|_| panic!("every thread is joined"));
+    assert_healthy_then_clean(pool, fds, maps);
 }
 
 // ---------------------------------------------------------------------------
