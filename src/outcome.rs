@@ -30,6 +30,9 @@ pub(crate) enum Tag {
     /// The result was larger than the pool's `max_result_size` (or 4 GiB);
     /// the payload says how large (pool only).
     TooLarge = 4,
+    /// A run of results of one fixed width, each of a task that returned
+    /// (pool only; see `pool::message`).
+    OkRun = 5,
 }
 
 impl Tag {
@@ -41,6 +44,7 @@ impl Tag {
             2 => Tag::ArgDecode,
             3 => Tag::Corrupt,
             4 => Tag::TooLarge,
+            5 => Tag::OkRun,
             _ => return None,
         })
     }
@@ -78,7 +82,8 @@ pub(crate) fn bytes_or_error(tag: u8, payload: &[u8]) -> Result<&[u8]> {
         Some(Tag::TooLarge) => Err(Error::Decode(DecodeError::new(
             "the result is larger than the pool's max_result_size (or 4 GiB)",
         ))),
-        Some(Tag::Corrupt) | None => Err(Error::Decode(DecodeError::new("corrupt result frame"))),
+        // A run is unpacked by the pool before it gets here.
+        Some(Tag::Corrupt | Tag::OkRun) | None => Err(Error::Decode(DecodeError::new("corrupt result frame"))),
     }
 }
 

@@ -303,6 +303,18 @@ pub trait Wire: Sized {
     /// a type that always writes at least one byte.
     const MIN_ENCODED_LEN: usize = 1;
 
+    /// `Some(n)` if every value of this type encodes to exactly `n` bytes.
+    ///
+    /// The pool sends the arguments and results of such types as one
+    /// column per batch, with no length in front of each value (see
+    /// [`Pool::map`](crate::Pool::map)): numbers, `bool`, `char`, and
+    /// tuples and arrays of them say so. The default, `None`, is right for
+    /// every type. A type that says `Some(n)` and then encodes a value to
+    /// another length costs speed (its results go one by one) or, for an
+    /// argument, fails the call with [`Error::InvalidArgument`](crate::Error::InvalidArgument),
+    /// never a wrong answer.
+    const FIXED_LEN: Option<usize> = None;
+
     /// Appends the encoding of `self` to `out`.
     fn encode(&self, out: &mut Vec<u8>);
 
@@ -318,6 +330,7 @@ pub trait Wire: Sized {
 
     /// Decodes a value that must occupy all of `bytes`; on error, the
     /// [`DecodeError::offset`] says how far decoding got.
+    #[inline]
     fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut rest = bytes;
         let value = Self::decode(&mut rest).map_err(|e| e.at(bytes.len() - rest.len()))?;
@@ -357,6 +370,7 @@ pub trait Wire: Sized {
 }
 
 /// Splits `n` bytes off the front of `input`; `T` names the type in the error.
+#[inline]
 fn take<'a, T: ?Sized>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
     if input.len() < n {
         return Err(DecodeError::new(TRUNCATED).for_type::<T>());
@@ -369,6 +383,7 @@ fn take<'a, T: ?Sized>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], Decod
 /// Reads `N` bytes and converts them with `convert`, which returns `None`
 /// for a byte pattern that is not a valid `T`. On any error `input` is left
 /// where it was, so [`Wire::from_bytes`] reports where the value starts.
+#[inline]
 fn read_fixed<T, const N: usize>(
     input: &mut &[u8],
     invalid: &'static str,
@@ -416,12 +431,25 @@ fn check_count<T: Wire>(len: usize, remaining: usize) -> Result<(), DecodeError>
     }
 }
 
+/// The fixed length of two values written one after the other.
+const fn fixed_sum(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(a), Some(b)) => a.checked_add(b),
+        _ => None,
+    }
+}
+
 impl Wire for u8 {
     const MIN_ENCODED_LEN: usize = 1;
+    const FIXED_LEN: Option<usize> = Some(1);
+
+    #[inline]
 
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(*self);
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "", |[b]: [u8; 1]| Some(b))
@@ -457,10 +485,15 @@ macro_rules! wire_int {
     ($($int:ty),*) => {$(
         impl Wire for $int {
             const MIN_ENCODED_LEN: usize = std::mem::size_of::<$int>();
+            const FIXED_LEN: Option<usize> = Some(std::mem::size_of::<$int>());
+
+            #[inline]
 
             fn encode(&self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
             }
+
+            #[inline]
 
             fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
                 read_fixed(input, "", |b| Some(<$int>::from_le_bytes(b)))
@@ -484,11 +517,16 @@ wire_int!(u16, u32, u64, u128, i8, i16, i32, i64, i128);
 
 impl Wire for usize {
     const MIN_ENCODED_LEN: usize = 8;
+    const FIXED_LEN: Option<usize> = Some(8);
+
+    #[inline]
 
     fn encode(&self, out: &mut Vec<u8>) {
         // Lossless: mproc supports only targets where usize is at most 64 bits.
         (*self as u64).encode(out);
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "value does not fit in usize", |b| usize::try_from(u64::from_le_bytes(b)).ok())
@@ -497,11 +535,16 @@ impl Wire for usize {
 
 impl Wire for isize {
     const MIN_ENCODED_LEN: usize = 8;
+    const FIXED_LEN: Option<usize> = Some(8);
+
+    #[inline]
 
     fn encode(&self, out: &mut Vec<u8>) {
         // Lossless: mproc supports only targets where isize is at most 64 bits.
         (*self as i64).encode(out);
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "value does not fit in isize", |b| isize::try_from(i64::from_le_bytes(b)).ok())
@@ -510,10 +553,15 @@ impl Wire for isize {
 
 impl Wire for f32 {
     const MIN_ENCODED_LEN: usize = 4;
+    const FIXED_LEN: Option<usize> = Some(4);
+
+    #[inline]
 
     fn encode(&self, out: &mut Vec<u8>) {
         self.to_bits().encode(out);
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "", |b| Some(f32::from_bits(u32::from_le_bytes(b))))
@@ -526,10 +574,15 @@ impl Wire for f32 {
 
 impl Wire for f64 {
     const MIN_ENCODED_LEN: usize = 8;
+    const FIXED_LEN: Option<usize> = Some(8);
+
+    #[inline]
 
     fn encode(&self, out: &mut Vec<u8>) {
         self.to_bits().encode(out);
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "", |b| Some(f64::from_bits(u64::from_le_bytes(b))))
@@ -542,10 +595,15 @@ impl Wire for f64 {
 
 impl Wire for bool {
     const MIN_ENCODED_LEN: usize = 1;
+    const FIXED_LEN: Option<usize> = Some(1);
+
+    #[inline]
 
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(u8::from(*self));
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "invalid bool (not 0 or 1)", |[b]: [u8; 1]| match b {
@@ -558,10 +616,15 @@ impl Wire for bool {
 
 impl Wire for char {
     const MIN_ENCODED_LEN: usize = 4;
+    const FIXED_LEN: Option<usize> = Some(4);
+
+    #[inline]
 
     fn encode(&self, out: &mut Vec<u8>) {
         u32::from(*self).encode(out);
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "invalid char (not a Unicode scalar value)", |b| {
@@ -572,8 +635,13 @@ impl Wire for char {
 
 impl Wire for () {
     const MIN_ENCODED_LEN: usize = 0;
+    const FIXED_LEN: Option<usize> = Some(0);
+
+    #[inline]
 
     fn encode(&self, _out: &mut Vec<u8>) {}
+
+    #[inline]
 
     fn decode(_input: &mut &[u8]) -> Result<Self, DecodeError> {
         Ok(())
@@ -583,10 +651,14 @@ impl Wire for () {
 impl Wire for String {
     const MIN_ENCODED_LEN: usize = 8;
 
+    #[inline]
+
     fn encode(&self, out: &mut Vec<u8>) {
         (self.len() as u64).encode(out);
         out.extend_from_slice(self.as_bytes());
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         let mut rest = *input;
@@ -607,10 +679,14 @@ impl Wire for String {
 impl<T: Wire> Wire for Vec<T> {
     const MIN_ENCODED_LEN: usize = 8;
 
+    #[inline]
+
     fn encode(&self, out: &mut Vec<u8>) {
         (self.len() as u64).encode(out);
         T::encode_slice(self, out);
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         let mut rest = *input;
@@ -624,10 +700,18 @@ impl<T: Wire> Wire for Vec<T> {
 
 impl<T: Wire, const N: usize> Wire for [T; N] {
     const MIN_ENCODED_LEN: usize = N.saturating_mul(T::MIN_ENCODED_LEN);
+    const FIXED_LEN: Option<usize> = match T::FIXED_LEN {
+        Some(n) => n.checked_mul(N),
+        None => None,
+    };
+
+    #[inline]
 
     fn encode(&self, out: &mut Vec<u8>) {
         T::encode_slice(self, out);
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         // Through a Vec because building an array element by element, with
@@ -642,6 +726,8 @@ impl<T: Wire, const N: usize> Wire for [T; N] {
 impl<T: Wire> Wire for Option<T> {
     const MIN_ENCODED_LEN: usize = 1;
 
+    #[inline]
+
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             None => out.push(0),
@@ -651,6 +737,8 @@ impl<T: Wire> Wire for Option<T> {
             }
         }
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         if read_tag::<Self>(input, "invalid Option tag (not 0 or 1)")? {
@@ -668,6 +756,8 @@ impl<T: Wire, E: Wire> Wire for Result<T, E> {
         E::MIN_ENCODED_LEN
     });
 
+    #[inline]
+
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Ok(value) => {
@@ -681,6 +771,8 @@ impl<T: Wire, E: Wire> Wire for Result<T, E> {
         }
     }
 
+    #[inline]
+
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         if read_tag::<Self>(input, "invalid Result tag (not 0 or 1)")? {
             Ok(Err(E::decode(input)?))
@@ -692,10 +784,15 @@ impl<T: Wire, E: Wire> Wire for Result<T, E> {
 
 impl<T: Wire> Wire for Box<T> {
     const MIN_ENCODED_LEN: usize = T::MIN_ENCODED_LEN;
+    const FIXED_LEN: Option<usize> = T::FIXED_LEN;
+
+    #[inline]
 
     fn encode(&self, out: &mut Vec<u8>) {
         (**self).encode(out);
     }
+
+    #[inline]
 
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         charge::<Self>(std::mem::size_of::<T>())?;
@@ -707,10 +804,19 @@ macro_rules! wire_tuple {
     ($($name:ident $index:tt),+) => {
         impl<$($name: Wire),+> Wire for ($($name,)+) {
             const MIN_ENCODED_LEN: usize = 0usize $(.saturating_add($name::MIN_ENCODED_LEN))+;
+            const FIXED_LEN: Option<usize> = {
+                let mut len = Some(0);
+                $(len = fixed_sum(len, $name::FIXED_LEN);)+
+                len
+            };
+
+            #[inline]
 
             fn encode(&self, out: &mut Vec<u8>) {
                 $(self.$index.encode(out);)+
             }
+
+            #[inline]
 
             fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
                 // Tuple expressions evaluate left to right: the fields are

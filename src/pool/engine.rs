@@ -66,7 +66,7 @@ impl Batch {
     /// Splits off the tasks from `at` on (re-queueing after a death, or
     /// honouring `max_tasks_per_child`).
     fn split_off(&mut self, at: u32) -> Batch {
-        let offset = message::arg_offset(&self.msg, at);
+        let offset = message::arg_offset(self.call, &self.msg, at);
         let mut msg = Vec::with_capacity(message::BATCH_HEADER_LEN + self.msg.len() - offset);
         message::begin_batch(self.call, &mut msg);
         msg.extend_from_slice(&self.msg[offset..]);
@@ -102,7 +102,8 @@ pub(crate) struct BatchEncoder {
     max_msg: usize,
     /// Tasks encoded so far.
     count: u32,
-    /// Bytes the last argument took, to size the next message at once.
+    /// Bytes the last argument took (with its length, if it has one), to
+    /// size the next message at once.
     arg_len: usize,
     batch: Option<Batch>,
 }
@@ -110,7 +111,7 @@ pub(crate) struct BatchEncoder {
 impl BatchEncoder {
     pub(crate) fn new(sub: u64, call: Call, chunk: usize, ring_capacity: usize) -> BatchEncoder {
         let chunk = chunk.clamp(1, u32::MAX as usize / 2) as u32;
-        BatchEncoder { sub, call, chunk, max_msg: ring_capacity / 4, count: 0, arg_len: 16, batch: None }
+        BatchEncoder { sub, call, chunk, max_msg: ring_capacity / 4, count: 0, arg_len: 20, batch: None }
     }
 
     /// The submission the batches are for.
@@ -138,8 +139,8 @@ impl BatchEncoder {
         }
         let Some(b) = self.batch.as_mut() else { return Ok(false) };
         let before = b.msg.len();
-        message::push_arg(&mut b.msg, arg)?;
-        self.arg_len = b.msg.len() - before - 4;
+        message::push_arg(self.call, &mut b.msg, arg)?;
+        self.arg_len = b.msg.len() - before;
         b.count += 1;
         self.count += 1;
         Ok(b.count == self.chunk || b.msg.len() >= self.max_msg)
@@ -148,7 +149,7 @@ impl BatchEncoder {
     /// A new batch whose first task is the next one, sized for `more` more.
     fn start_batch(&self, more: usize) -> Batch {
         let tasks = more.saturating_add(1).min(self.chunk as usize);
-        let expected = tasks.saturating_mul(4 + self.arg_len);
+        let expected = tasks.saturating_mul(self.arg_len);
         // A message ends once past `max_msg`: room for that and one more
         // argument, unless the arguments are big (then it grows).
         let mut msg = Vec::with_capacity(message::BATCH_HEADER_LEN + expected.min(2 * self.max_msg));
@@ -296,6 +297,19 @@ impl Submission {
         }
     }
 
+    /// Every result's bytes, `stride` each in task order, if every task
+    /// returned a value and all have one width: a whole `map` of numbers
+    /// is decoded from this, with no look-up per task.
+    pub(crate) fn fixed_results(&self) -> Option<(&[u8], usize)> {
+        match self.store {
+            Store::Fixed { stride } if self.remaining == 0 && !self.states.contains(&FAILED) => {
+                let len = self.states.len().checked_mul(stride)?;
+                Some((self.bytes.get(..len)?, stride))
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn is_complete(&self) -> bool {
         self.remaining == 0
     }
@@ -326,14 +340,9 @@ impl Submission {
         }
         match &mut self.store {
             Store::Fixed { stride } if *stride == bytes.len() => {
-                let at = i * *stride;
-                if self.bytes.len() < at + *stride {
-                    // Room for every task we expect (the input's length
-                    // hint), at once: no regrowth while the input streams.
-                    self.bytes.reserve_exact(self.states.capacity().max(self.states.len()) * *stride);
-                    self.bytes.resize(self.states.len() * *stride, 0);
-                }
-                self.bytes[at..at + bytes.len()].copy_from_slice(bytes);
+                let (at, stride) = (i * *stride, *stride);
+                self.make_room(i + 1, stride);
+                self.bytes[at..at + stride].copy_from_slice(bytes);
             }
             Store::Fixed { stride } => {
                 // A result of another size: keep what is there where it is,
@@ -350,6 +359,40 @@ impl Submission {
             }
             Store::Spans { .. } => self.set_span(i, bytes),
             Store::Empty => {}
+        }
+    }
+
+    /// Files the values of tasks `i..i + n`, all of `width` bytes, which
+    /// all returned: one copy while every result so far has that width.
+    fn set_run(&mut self, i: u32, n: u32, values: &[u8], width: usize) {
+        let (start, end) = (i as usize, i as usize + n as usize);
+        let fresh = self.states[start..end].iter().all(|&s| s == PENDING);
+        if let (true, Store::Empty | Store::Fixed { .. }) = (fresh, &self.store) {
+            if let Store::Empty = self.store {
+                self.store = Store::Fixed { stride: width };
+            }
+            if let Store::Fixed { stride } = self.store {
+                if stride == width {
+                    self.make_room(end, width);
+                    self.bytes[start * width..end * width].copy_from_slice(values);
+                    self.states[start..end].fill(DONE);
+                    self.remaining -= n as usize;
+                    return;
+                }
+            }
+        }
+        for j in 0..n as usize {
+            self.set(i + j as u32, Ok(&values[j * width..(j + 1) * width]));
+        }
+    }
+
+    /// Makes room in a `Fixed` store for the results of tasks `..end`: for
+    /// every task we expect (the input's length hint) at once, so there is
+    /// no regrowth while the input streams.
+    fn make_room(&mut self, end: usize, stride: usize) {
+        if self.bytes.len() < end * stride {
+            self.bytes.reserve_exact(self.states.capacity().max(self.states.len()) * stride);
+            self.bytes.resize(self.states.len() * stride, 0);
         }
     }
 
@@ -837,6 +880,7 @@ impl Engine {
                 return Err(DecodeError::new("a result for a task that was never sent"));
             };
             let (sub, first, count) = (head.sub, head.first, head.count);
+            let width = head.call.result_width();
             let mut submission = self.subs.get_mut(&sub);
             while slot.head_done < count {
                 let Some(record) = records.next() else { break };
@@ -845,6 +889,22 @@ impl Engine {
                 // whole message is suspect (the worker is killed).
                 let outcome = match ResultTag::from_byte(tag) {
                     Some(ResultTag::Corrupt) | None => return Err(DecodeError::new("corrupt result frame")),
+                    Some(ResultTag::OkRun) => {
+                        // The next `n` tasks of this batch, all returned; a
+                        // run for a batch without fixed-width results, or
+                        // past the batch's end, is corrupt.
+                        let width = width.ok_or_else(|| DecodeError::new("corrupt result run"))?;
+                        let (n, values) = message::run_values(payload, width)?;
+                        if n > count - slot.head_done {
+                            return Err(DecodeError::new("a result for a task that was never sent"));
+                        }
+                        if let Some(s) = submission.as_deref_mut() {
+                            s.set_run(first + slot.head_done, n, values, width);
+                        }
+                        slot.head_done += n;
+                        slot.received += u64::from(n);
+                        continue;
+                    }
                     Some(_) => crate::outcome::bytes_or_error(tag, payload),
                 };
                 if let Err(e) = &outcome {

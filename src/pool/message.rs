@@ -3,9 +3,15 @@
 //! Task message (parent -> worker), built in place by the parent:
 //!
 //! ```text
-//! kind u8 = 1 | entry u64 | func u64 | check u64 | count u32 | count x (len u32, arg bytes)
-//! kind u8 = 2                                                  (exit now)
+//! kind u8 = 1 | entry u64 | func u64 | check u64 | count u32 | arg_width u32 | result_width u32 | args
+//! kind u8 = 2                                                                      (exit now)
 //! ```
+//! The arguments are `count x (len u32, arg bytes)`, or, when the argument
+//! type has a fixed length ([`Wire::FIXED_LEN`]) and `arg_width` says it,
+//! one column of `count x arg_width` bytes with no lengths. `result_width`
+//! is the result type's fixed length ([`VARIABLE`] if it has none): the
+//! worker then packs consecutive results in one run record.
+//!
 //! Result message (worker -> parent): one or more records, one per task, in
 //! task order; a worker packs the results of quick tasks together (see
 //! `worker`), so the parent pays one ring message for many tasks:
@@ -14,7 +20,10 @@
 //! (tag u8 | len u32 | payload) ...
 //! ```
 //! where the payload is the encoded result, or the panic message for
-//! `Panicked`.
+//! `Panicked`; or, for tag `OkRun` (results of a fixed width `w`), `n u32`
+//! then `n x w` bytes: the values of the next `n` tasks of one batch, which
+//! all returned (one record where there were `n`, so the parent files them
+//! with one copy).
 //!
 //! `entry` and `func` are code addresses. They are valid in the worker
 //! because the worker is a `fork` of the parent's program image (through
@@ -33,6 +42,10 @@ const KIND_BATCH: u8 = 1;
 const KIND_EXIT: u8 = 2;
 /// Where `check` sits in a task message (after `kind`, `entry`, `func`).
 const CHECK_AT: usize = 1 + 8 + 8;
+/// Where `count` sits in a task message (after `check`).
+pub(crate) const COUNT_AT: usize = CHECK_AT + 8;
+/// An `arg_width` or `result_width` that says "no fixed width".
+pub(crate) const VARIABLE: u32 = u32::MAX;
 
 /// The key of the task-message check: a keyed, non-linear hash of the
 /// whole sealed task message — kind, `entry`, `func`, `count` and every
@@ -132,6 +145,15 @@ pub(crate) use crate::outcome::Tag as ResultTag;
 /// encode the result.
 type Entry = fn(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError>;
 
+/// A type's fixed width for a task message: [`VARIABLE`] unless it has
+/// one that fits (a width of `u32::MAX` bytes or more travels framed).
+const fn width_of(fixed: Option<usize>) -> u32 {
+    match fixed {
+        Some(n) if n < VARIABLE as usize => n as u32,
+        _ => VARIABLE,
+    }
+}
+
 fn entry<A: Wire, R: Wire>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
     // SAFETY: `func` was produced by `Call::new::<A, R>` from a value of
     // type `fn(A) -> R` (the message passed its keyed check), in this same
@@ -148,16 +170,35 @@ fn entry<A: Wire, R: Wire>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result
 pub(crate) struct Call {
     entry: usize,
     func: usize,
+    /// `A`'s fixed width, or [`VARIABLE`].
+    arg_width: u32,
+    /// `R`'s fixed width, or [`VARIABLE`].
+    result_width: u32,
 }
 
 impl Call {
     pub(crate) fn new<A: Wire, R: Wire>(f: fn(A) -> R) -> Call {
-        Call { entry: entry::<A, R> as Entry as usize, func: f as usize }
+        Call {
+            entry: entry::<A, R> as Entry as usize,
+            func: f as usize,
+            arg_width: width_of(A::FIXED_LEN),
+            result_width: width_of(R::FIXED_LEN),
+        }
+    }
+
+    /// The width of every argument, if they travel as a column.
+    pub(crate) fn arg_width(&self) -> Option<usize> {
+        (self.arg_width != VARIABLE).then_some(self.arg_width as usize)
+    }
+
+    /// The width of every result, if the worker may pack them in runs.
+    pub(crate) fn result_width(&self) -> Option<usize> {
+        (self.result_width != VARIABLE).then_some(self.result_width as usize)
     }
 }
 
 /// Bytes before the first argument of a task message.
-pub(crate) const BATCH_HEADER_LEN: usize = 1 + 8 + 8 + 8 + 4;
+pub(crate) const BATCH_HEADER_LEN: usize = COUNT_AT + 4 + 4 + 4;
 
 /// Starts a task message for `call` in `out` (cleared first), with a count
 /// of 0 and no check yet; append arguments with [`push_arg`], then seal it
@@ -169,14 +210,24 @@ pub(crate) fn begin_batch(call: Call, out: &mut Vec<u8>) {
     out.extend_from_slice(&(call.func as u64).to_le_bytes());
     out.extend_from_slice(&0u64.to_le_bytes()); // check: set_batch_count
     out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&call.arg_width.to_le_bytes());
+    out.extend_from_slice(&call.result_width.to_le_bytes());
 }
 
-/// Appends one encoded argument to a task message. An argument whose
-/// encoding does not fit the `u32` length prefix (4 GiB) is refused, and
-/// the message is left as it was.
+/// Appends one encoded argument to a task message of `call` (its column,
+/// or length and bytes). An argument whose encoding does not fit the `u32`
+/// length prefix (4 GiB), or whose type's fixed width it does not have, is
+/// refused, and the message is left as it was.
 #[inline]
-pub(crate) fn push_arg<A: Wire>(out: &mut Vec<u8>, arg: &A) -> Result<(), Error> {
+pub(crate) fn push_arg<A: Wire>(call: Call, out: &mut Vec<u8>, arg: &A) -> Result<(), Error> {
     let at = out.len();
+    if let Some(width) = call.arg_width() {
+        arg.encode(out);
+        if out.len() - at != width {
+            return Err(not_fixed::<A>(out, at, width));
+        }
+        return Ok(());
+    }
     out.extend_from_slice(&[0; 4]);
     arg.encode(out);
     let Ok(len) = u32::try_from(out.len() - at - 4) else {
@@ -196,6 +247,18 @@ fn argument_too_large(out: &mut Vec<u8>, at: usize) -> Error {
     Error::InvalidArgument(format!("an argument of {len} bytes: one must encode to under 4 GiB"))
 }
 
+/// [`push_arg`]'s rare path for a `Wire` impl whose `FIXED_LEN` is wrong.
+#[cold]
+#[inline(never)]
+fn not_fixed<A>(out: &mut Vec<u8>, at: usize, width: usize) -> Error {
+    let len = out.len() - at;
+    out.truncate(at);
+    Error::InvalidArgument(format!(
+        "a {} encoded to {len} bytes, but its Wire::FIXED_LEN says {width}",
+        std::any::type_name::<A>()
+    ))
+}
+
 /// Appends one already-encoded argument (length prefix and bytes).
 #[cfg(test)]
 fn push_raw_arg(out: &mut Vec<u8>, arg: &[u8]) {
@@ -213,14 +276,17 @@ pub(crate) fn set_batch_count(msg: &mut [u8], count: u32) {
 }
 
 fn seal_with(key: &CheckKey, msg: &mut [u8], count: u32) {
-    msg[BATCH_HEADER_LEN - 4..BATCH_HEADER_LEN].copy_from_slice(&count.to_le_bytes());
+    msg[COUNT_AT..COUNT_AT + 4].copy_from_slice(&count.to_le_bytes());
     let check = key.check(msg);
     msg[CHECK_AT..CHECK_AT + 8].copy_from_slice(&check.to_le_bytes());
 }
 
 /// Where the arguments after the first `skip` ones start in a task message
-/// the parent built (so its lengths are trusted).
-pub(crate) fn arg_offset(msg: &[u8], skip: u32) -> usize {
+/// of `call` that the parent built (so its lengths are trusted).
+pub(crate) fn arg_offset(call: Call, msg: &[u8], skip: u32) -> usize {
+    if let Some(width) = call.arg_width() {
+        return BATCH_HEADER_LEN + skip as usize * width;
+    }
     let mut offset = BATCH_HEADER_LEN;
     for _ in 0..skip {
         let mut len = [0u8; 4];
@@ -236,7 +302,10 @@ fn encode_batch<'a>(call: Call, args: impl ExactSizeIterator<Item = &'a [u8]>, o
     begin_batch(call, out);
     let count = args.len() as u32;
     for arg in args {
-        push_raw_arg(out, arg);
+        match call.arg_width() {
+            Some(_) => out.extend_from_slice(arg),
+            None => push_raw_arg(out, arg),
+        }
     }
     set_batch_count(out, count);
 }
@@ -279,6 +348,39 @@ fn result_too_large(out: &mut Vec<u8>, at: usize) -> ResultTag {
     ResultTag::TooLarge
 }
 
+/// Starts a run record (tag `OkRun`) at the end of `out`; returns where it
+/// starts, for [`finish_run`]. The values are appended after it.
+pub(crate) fn begin_run(out: &mut Vec<u8>) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0; 9]);
+    at
+}
+
+/// Completes the run record begun at `at`, holding `n` values; a run of
+/// none is removed.
+pub(crate) fn finish_run(out: &mut Vec<u8>, at: usize, n: u32) {
+    if n == 0 {
+        out.truncate(at);
+        return;
+    }
+    let len = (out.len() - at - 5) as u32;
+    out[at] = ResultTag::OkRun as u8;
+    out[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
+    out[at + 5..at + 9].copy_from_slice(&n.to_le_bytes());
+}
+
+/// The values of a run record's payload, for results of `width` bytes:
+/// how many, and their bytes. An error if the payload is not `n` values.
+pub(crate) fn run_values(payload: &[u8], width: usize) -> Result<(u32, &[u8]), DecodeError> {
+    let bad = || DecodeError::new("corrupt result run");
+    let (n, values) = payload.split_first_chunk::<4>().ok_or_else(bad)?;
+    let n = u32::from_le_bytes(*n);
+    if n == 0 || (n as usize).checked_mul(width) != Some(values.len()) {
+        return Err(bad());
+    }
+    Ok((n, values))
+}
+
 /// The records of one result message: `(tag byte, payload)` each, or an
 /// error if the message is cut short (then iteration ends).
 pub(crate) fn result_records(msg: &[u8]) -> impl Iterator<Item = Result<(u8, &[u8]), DecodeError>> + '_ {
@@ -317,13 +419,25 @@ impl<'a> Batch<'a> {
     /// The arguments, in order. Lengths were validated by the decoder.
     pub(crate) fn args(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
         let mut rest = self.body;
+        let width = self.call.arg_width();
         (0..self.count).map(move |_| {
-            let (len, tail) = rest.split_at(4);
-            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            let (arg, tail) = tail.split_at(len);
+            let len = match width {
+                Some(width) => width,
+                None => {
+                    let (len, tail) = rest.split_at(4);
+                    rest = tail;
+                    u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize
+                }
+            };
+            let (arg, tail) = rest.split_at(len);
             rest = tail;
             arg
         })
+    }
+
+    /// The width of every result, if they may travel in runs.
+    pub(crate) fn result_width(&self) -> Option<usize> {
+        self.call.result_width()
     }
 
     /// Runs the batch's function on one argument.
@@ -349,7 +463,7 @@ fn decode_with<'a>(key: &CheckKey, msg: &'a [u8]) -> Result<Option<Batch<'a>>, D
         KIND_BATCH => {}
         _ => return Err(bad()),
     }
-    if rest.len() < 28 {
+    if rest.len() < BATCH_HEADER_LEN - 1 {
         return Err(bad());
     }
     let u64_at = |i: usize| {
@@ -357,14 +471,26 @@ fn decode_with<'a>(key: &CheckKey, msg: &'a [u8]) -> Result<Option<Batch<'a>>, D
         b.copy_from_slice(&rest[i..i + 8]);
         u64::from_le_bytes(b)
     };
-    let call = Call { entry: u64_at(0) as usize, func: u64_at(8) as usize };
+    let u32_at = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+    let call = Call {
+        entry: u64_at(0) as usize,
+        func: u64_at(8) as usize,
+        arg_width: u32_at(28),
+        result_width: u32_at(32),
+    };
     // `msg` is at least BATCH_HEADER_LEN bytes (checked above).
     if key.check(msg) != u64_at(16) || call.entry == 0 || call.func == 0 {
         return Err(bad());
     }
-    let count = u32::from_le_bytes([rest[24], rest[25], rest[26], rest[27]]);
-    let body = &rest[28..];
+    let count = u32_at(24);
+    let body = &rest[BATCH_HEADER_LEN - 1..];
     // Validate every length before running anything.
+    if let Some(width) = call.arg_width() {
+        if (count as usize).checked_mul(width) != Some(body.len()) {
+            return Err(bad());
+        }
+        return Ok(Some(Batch { call, count, body }));
+    }
     let mut walk = body;
     for _ in 0..count {
         if walk.len() < 4 {
@@ -493,9 +619,9 @@ mod tests {
         // A count patched in without resealing (what split_off must never
         // do) is refused; resealing with the new count is accepted.
         let mut msg = sealed();
-        msg[BATCH_HEADER_LEN - 4] = 2;
+        msg[COUNT_AT] = 2;
         assert!(!would_run(&msg));
-        let cut = arg_offset(&msg, 2);
+        let cut = arg_offset(Call::new(triple as fn(u64) -> u64), &msg, 2);
         msg.truncate(cut);
         assert!(!would_run(&msg));
         set_batch_count(&mut msg, 2);

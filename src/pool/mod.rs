@@ -474,6 +474,12 @@ impl Pool {
         let (sub, len) = self.submit(call, items, chunk, 0)?;
         let (results, limit) = results::wait_for(&self.core, sub, None)?;
         let mut out = Vec::with_capacity(len);
+        if let Some((bytes, stride)) = results.fixed_results().filter(|&(_, stride)| stride > 0) {
+            for value in bytes.chunks_exact(stride) {
+                out.push(results::decode::<R>(value, limit)?);
+            }
+            return Ok(out);
+        }
         for i in 0..results.len() as u32 {
             out.push(
                 results.get(i).unwrap_or(Err(Error::Closed)).and_then(|b| results::decode::<R>(b, limit))?,

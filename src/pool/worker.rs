@@ -28,7 +28,7 @@ use crate::sys;
 /// Results wait at most about this long in a worker before they are sent.
 const FLUSH_INTERVAL: Duration = Duration::from_micros(200);
 /// At most this many tasks between two looks at the clock.
-const MAX_CLOCK_STRIDE: u32 = 16;
+const MAX_CLOCK_STRIDE: u32 = 1024;
 
 /// What a worker needs; the zygote builds one per fork.
 pub(crate) struct Worker<'a> {
@@ -137,6 +137,10 @@ impl Worker<'_> {
                 }
             };
             pacer.sent();
+            // Results of a fixed width go in runs, unless even one is more
+            // than a result may be (then each is its own `TooLarge`).
+            let width = batch.result_width().filter(|&w| w <= self.max_result);
+            let mut run = Run::default();
             for arg in batch.args() {
                 if self.stamp_tasks {
                     // Relaxed: the Release store of `progress` below
@@ -147,19 +151,28 @@ impl Worker<'_> {
                 // The parent reads this word mostly after our death, which
                 // the zygote's waitpid and report pipe order anyway.
                 progress.store(2 * done + 1, Ordering::Release);
-                let at = message::begin_result(&mut out);
-                let tag = run_task(&batch, arg, &mut out, at + 5);
-                message::finish_result(&mut out, at, tag, self.max_result);
+                match width {
+                    Some(width) => run.task(&batch, arg, &mut out, width, self.max_result),
+                    None => {
+                        let at = message::begin_result(&mut out);
+                        let tag = run_task(&batch, arg, &mut out, at + 5);
+                        message::finish_result(&mut out, at, tag, self.max_result);
+                    }
+                }
                 done += 1;
                 progress.store(2 * done, Ordering::Release);
                 if self.max_tasks.is_some_and(|max| done >= max as u64) {
+                    run.close(&mut out);
                     return self.send(&mut results, &mut out);
                 }
                 if out.len() >= send_at || pacer.due() {
+                    run.close(&mut out);
                     self.send(&mut results, &mut out)?;
                     pacer.sent();
                 }
             }
+            // A run never spans two batches: the parent files it against one.
+            run.close(&mut out);
             if !out.is_empty() {
                 self.send(&mut results, &mut out)?;
             }
@@ -201,6 +214,42 @@ impl Worker<'_> {
 
     fn sleep(&self, ready: impl Fn() -> bool) -> Result<Woke> {
         shared::sleep(&[self.layout.worker_sleeping(self.slot)], self.bell.as_fd(), &[], None, ready)
+    }
+}
+
+/// The run record being packed, if one is open: where it starts, and how
+/// many results it holds.
+#[derive(Default)]
+struct Run {
+    open: Option<(usize, u32)>,
+}
+
+impl Run {
+    /// Runs one task whose result should be `width` bytes: a value of that
+    /// width joins the open run (opening one); anything else (a panic, an
+    /// argument that did not decode, a `Wire` impl whose `FIXED_LEN` is
+    /// wrong) closes the run and gets a record of its own.
+    #[inline]
+    fn task(&mut self, batch: &Batch<'_>, arg: &[u8], out: &mut Vec<u8>, width: usize, max_result: usize) {
+        let (at, n) = *self.open.get_or_insert_with(|| (message::begin_run(out), 0));
+        let start = out.len();
+        let tag = run_task(batch, arg, out, start);
+        if tag == ResultTag::Ok && out.len() - start == width {
+            self.open = Some((at, n + 1));
+            return;
+        }
+        let payload = out.split_off(start);
+        self.close(out);
+        let record = message::begin_result(out);
+        out.extend_from_slice(&payload);
+        message::finish_result(out, record, tag, max_result);
+    }
+
+    /// Completes the open run, if any (an empty one is removed).
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if let Some((at, n)) = self.open.take() {
+            message::finish_run(out, at, n);
+        }
     }
 }
 
