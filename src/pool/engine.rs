@@ -44,6 +44,11 @@ const EARLY_DEATHS_LIMIT: u32 = 3;
 /// How often a finished task whose result died with its worker runs again
 /// before it fails with `WorkerDied` instead.
 const MAX_RERUNS: u8 = 1;
+/// A submission of at least this many tasks gets the buffers the last big
+/// `map` gave back (see [`Engine::recycle`])...
+const RECYCLE_FROM_TASKS: usize = 4096;
+/// ...which the pool keeps while they take at most this many bytes.
+const MAX_SPARE_BYTES: usize = 64 << 20;
 /// How long to wait before asking the zygote again after a failed fork.
 const SPAWN_RETRY: Duration = Duration::from_millis(100);
 
@@ -243,6 +248,16 @@ impl Submission {
             filling: true,
             filler: None,
             waiters: Vec::new(),
+        }
+    }
+
+    /// Takes over `old`'s buffers (emptied), keeping the bigger of each.
+    fn reuse(&mut self, mut old: Submission) {
+        for (mine, theirs) in [(&mut self.states, &mut old.states), (&mut self.bytes, &mut old.bytes)] {
+            if theirs.capacity() > mine.capacity() {
+                theirs.clear();
+                std::mem::swap(mine, theirs);
+            }
         }
     }
 
@@ -509,6 +524,9 @@ pub(crate) struct Engine {
     slots: Vec<Slot>,
     queue: TaskQueue,
     subs: HashMap<u64, Submission, IdHash>,
+    /// A big submission's buffers, given back for the next one: fresh
+    /// memory costs a page fault per 4 KiB, as much as the copying it holds.
+    spare: Option<Submission>,
     next_sub: u64,
     limits: Limits,
     pub closed: bool,
@@ -571,6 +589,7 @@ impl Engine {
             slots,
             queue: TaskQueue::default(),
             subs: HashMap::default(),
+            spare: None,
             next_sub: 0,
             limits,
             closed: false,
@@ -658,8 +677,21 @@ impl Engine {
         self.filling += 1;
         // The length hint sizes the result store up front; capped, as a
         // hint is only a hint (and `0..u64::MAX` has a huge one).
-        self.subs.insert(sub, Submission::new(base_index, hint.min(1 << 24)));
+        let mut submission = Submission::new(base_index, hint.min(1 << 24));
+        if let Some(spare) = self.spare.take_if(|_| hint >= RECYCLE_FROM_TASKS) {
+            submission.reuse(spare);
+        }
+        self.subs.insert(sub, submission);
         Ok(sub)
+    }
+
+    /// Takes back the buffers of a submission whose results were read, for
+    /// the next big one (the bigger, within [`MAX_SPARE_BYTES`]).
+    pub(crate) fn recycle(&mut self, done: Submission) {
+        let held = |s: &Submission| s.states.capacity() + s.bytes.capacity();
+        if held(&done) <= MAX_SPARE_BYTES && self.spare.as_ref().is_none_or(|s| held(s) < held(&done)) {
+            self.spare = Some(done);
+        }
     }
 
     /// Queues one finished batch and hands it out, so that workers start

@@ -478,6 +478,7 @@ impl Pool {
             for value in bytes.chunks_exact(stride) {
                 out.push(results::decode::<R>(value, limit)?);
             }
+            self.core.lock().recycle(results);
             return Ok(out);
         }
         for i in 0..results.len() as u32 {
