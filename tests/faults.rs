@@ -855,7 +855,8 @@ fn victim(n: u64) -> u64 {
 /// arrive in this worker's task ring (a shared mapping), flips one bit of
 /// its argument there (a wild write of the worker's own), and returns
 /// whether it found it. The message is `kind, entry, func, check, count,
-/// len, arg`: the argument lies 24 bytes after `func`.
+/// arg_width, result_width, arg` (a `u64` argument travels in a column,
+/// with no length): the argument lies 28 bytes after `func`.
 fn corrupt_next_task(_: u64) -> bool {
     let func = (victim as fn(u64) -> u64 as usize as u64).to_le_bytes();
     let arg = VICTIM_ARG.to_le_bytes();
@@ -874,9 +875,9 @@ fn corrupt_next_task(_: u64) -> bool {
             // /proc/self/maps; the parent only writes the part of the
             // ring past the published tail, never the message we look for.
             let bytes = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
-            for at in 0..bytes.len().saturating_sub(32) {
-                if bytes[at..at + 8] == func && bytes[at + 24..at + 32] == arg {
-                    bytes[at + 24] ^= 1;
+            for at in 0..bytes.len().saturating_sub(36) {
+                if bytes[at..at + 8] == func && bytes[at + 28..at + 36] == arg {
+                    bytes[at + 28] ^= 1;
                     return true;
                 }
             }

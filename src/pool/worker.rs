@@ -63,9 +63,14 @@ impl Pacer {
         Pacer { last_send: Instant::now(), stride: 1, since_look: 0 }
     }
 
-    /// Called after each task: whether the packed results are due.
-    fn due(&mut self) -> bool {
-        self.since_look += 1;
+    /// Tasks to run before the next look at the clock (at least 1).
+    fn until_look(&self) -> usize {
+        self.stride.saturating_sub(self.since_look).max(1) as usize
+    }
+
+    /// Called after `n` tasks ran: whether the packed results are due.
+    fn ran(&mut self, n: usize) -> bool {
+        self.since_look = self.since_look.saturating_add(n.min(u32::MAX as usize) as u32);
         if self.since_look < self.stride {
             return false;
         }
@@ -82,6 +87,16 @@ impl Pacer {
         self.last_send = Instant::now();
         self.since_look = 0;
     }
+}
+
+/// What running a batch changes: the result ring, the packed results and
+/// their open run, the pacer, and the count of tasks done.
+struct Context<'c> {
+    results: &'c mut Sender,
+    out: &'c mut Vec<u8>,
+    run: &'c mut Run,
+    pacer: &'c mut Pacer,
+    done: &'c mut u64,
 }
 
 impl Worker<'_> {
@@ -113,9 +128,6 @@ impl Worker<'_> {
     fn serve(&self) -> Result<()> {
         let (_, mut tasks) = self.layout.task_channel(self.slot)?;
         let (mut results, _) = self.layout.result_channel(self.slot)?;
-        let progress = self.layout.progress(self.slot);
-        let started_ns = self.layout.task_started_ns(self.slot);
-        let send_at = self.layout.ring_capacity() / 4;
         let mut msg = Vec::new();
         let mut out = Vec::new();
         let mut done = 0u64;
@@ -137,46 +149,156 @@ impl Worker<'_> {
                 }
             };
             pacer.sent();
-            // Results of a fixed width go in runs, unless even one is more
-            // than a result may be (then each is its own `TooLarge`).
-            let width = batch.result_width().filter(|&w| w <= self.max_result);
             let mut run = Run::default();
-            for arg in batch.args() {
-                if self.stamp_tasks {
-                    // Relaxed: the Release store of `progress` below
-                    // publishes it (the parent loads progress, then this).
-                    started_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
-                }
-                // Release: a parent that sees "running" also sees the stamp.
-                // The parent reads this word mostly after our death, which
-                // the zygote's waitpid and report pipe order anyway.
-                progress.store(2 * done + 1, Ordering::Release);
-                match width {
-                    Some(width) => run.task(&batch, arg, &mut out, width, self.max_result),
-                    None => {
-                        let at = message::begin_result(&mut out);
-                        let tag = run_task(&batch, arg, &mut out, at + 5);
-                        message::finish_result(&mut out, at, tag, self.max_result);
-                    }
-                }
-                done += 1;
-                progress.store(2 * done, Ordering::Release);
-                if self.max_tasks.is_some_and(|max| done >= max as u64) {
-                    run.close(&mut out);
-                    return self.send(&mut results, &mut out);
-                }
-                if out.len() >= send_at || pacer.due() {
-                    run.close(&mut out);
-                    self.send(&mut results, &mut out)?;
-                    pacer.sent();
-                }
-            }
+            let mut ctx = Context { results: &mut results, out: &mut out, run: &mut run, pacer: &mut pacer, done: &mut done };
+            let stop = match batch.column() {
+                Some((args, arg_width, width)) => self.run_column(&batch, args, arg_width, width, &mut ctx)?,
+                None => self.run_each(&batch, &mut ctx)?,
+            };
             // A run never spans two batches: the parent files it against one.
             run.close(&mut out);
+            if stop {
+                return self.send(&mut results, &mut out);
+            }
             if !out.is_empty() {
                 self.send(&mut results, &mut out)?;
             }
         }
+    }
+
+    /// Runs a batch one task at a time. `Ok(true)`: the task limit is
+    /// reached (the results are still to be sent).
+    fn run_each(&self, batch: &Batch<'_>, ctx: &mut Context<'_>) -> Result<bool> {
+        // Results of a fixed width go in runs, unless even one is more
+        // than a result may be (then each is its own `TooLarge`).
+        let width = batch.result_width().filter(|&w| w <= self.max_result);
+        for arg in batch.args() {
+            self.starting(*ctx.done);
+            match width {
+                Some(width) => ctx.run.task(batch, arg, ctx.out, width, self.max_result),
+                None => {
+                    let at = message::begin_result(ctx.out);
+                    let tag = run_task(batch, arg, ctx.out, at + 5);
+                    message::finish_result(ctx.out, at, tag, self.max_result);
+                }
+            }
+            *ctx.done += 1;
+            self.layout.progress(self.slot).store(2 * *ctx.done, Ordering::Release);
+            if self.after(1, ctx)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Runs a column batch (see `message::Batch::column`) a slice of tasks
+    /// per call: as many as run until the next look at the clock, or fill
+    /// the room left before a send. Each task's result joins the open run;
+    /// a task that panics, or whose argument does not decode, gets a record
+    /// of its own, and the next call goes on after it. `Ok(true)`: the task
+    /// limit is reached.
+    fn run_column(
+        &self,
+        batch: &Batch<'_>,
+        mut args: &[u8],
+        arg_width: usize,
+        width: usize,
+        ctx: &mut Context<'_>,
+    ) -> Result<bool> {
+        let progress = self.layout.progress(self.slot);
+        // One at a time when each task's start is stamped (a task timeout),
+        // or when each result is a `TooLarge` record of its own.
+        let one_by_one = self.stamp_tasks || width > self.max_result;
+        while !args.is_empty() {
+            let mut k = (args.len() / arg_width).min(ctx.pacer.until_look());
+            if width > 0 {
+                k = k.min(self.send_at().saturating_sub(ctx.out.len()) / width).max(1);
+            }
+            if let Some(max) = self.max_tasks {
+                k = k.min((max as u64).saturating_sub(*ctx.done).max(1) as usize);
+            }
+            if one_by_one {
+                k = 1;
+                self.starting(*ctx.done);
+            }
+            let slice = &args[..k * arg_width];
+            let values = ctx.run.open(ctx.out);
+            let before = *ctx.done;
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                batch.run_column(slice, ctx.out, progress, ctx.done)
+            }));
+            // Tasks that returned; their values (all but a last one of the
+            // wrong width) are in place.
+            let returned = (*ctx.done - before) as usize;
+            let odd = match outcome {
+                Ok(Ok(())) if ctx.out.len() - values == returned * width && !one_by_one => None,
+                Ok(Ok(())) => Some((returned - 1, ResultTag::Ok, None)),
+                Ok(Err(_decode)) => Some((returned, ResultTag::ArgDecode, None)),
+                Err(payload) => Some((returned, ResultTag::Panicked, Some(payload))),
+            };
+            let ran = match odd {
+                None => {
+                    ctx.run.add(returned as u32);
+                    returned
+                }
+                Some((kept, tag, payload)) => {
+                    // Task `kept` of the slice ended otherwise: its own record.
+                    ctx.run.add(kept as u32);
+                    let mut own = ctx.out.split_off(values + kept * width);
+                    if tag != ResultTag::Ok {
+                        own.clear();
+                        if let Some(payload) = payload {
+                            own.extend_from_slice(crate::outcome::panic_message(payload.as_ref()).as_bytes());
+                        }
+                        *ctx.done += 1;
+                        progress.store(2 * *ctx.done, Ordering::Release);
+                    }
+                    ctx.run.close(ctx.out);
+                    let at = message::begin_result(ctx.out);
+                    ctx.out.extend_from_slice(&own);
+                    message::finish_result(ctx.out, at, tag, self.max_result);
+                    kept + 1
+                }
+            };
+            args = &args[ran * arg_width..];
+            if self.after(ran, ctx)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Packed results go out once they take this many bytes (a quarter of
+    /// the ring).
+    fn send_at(&self) -> usize {
+        self.layout.ring_capacity() / 4
+    }
+
+    /// Publishes that task `done` (counting from 0 over our life) starts.
+    fn starting(&self, done: u64) {
+        if self.stamp_tasks {
+            // Relaxed: the Release store of `progress` below publishes it
+            // (the parent loads progress, then this).
+            self.layout.task_started_ns(self.slot).store(sys::monotonic_ns(), Ordering::Relaxed);
+        }
+        // Release: a parent that sees "running" also sees the stamp. The
+        // parent reads this word mostly after our death, which the
+        // zygote's waitpid and report pipe order anyway.
+        self.layout.progress(self.slot).store(2 * done + 1, Ordering::Release);
+    }
+
+    /// After `n` more tasks ran: sends the packed results if they are big
+    /// or old enough. `Ok(true)`: the task limit is reached.
+    fn after(&self, n: usize, ctx: &mut Context<'_>) -> Result<bool> {
+        if self.max_tasks.is_some_and(|max| *ctx.done >= max as u64) {
+            return Ok(true);
+        }
+        if ctx.out.len() >= self.send_at() || ctx.pacer.ran(n) {
+            ctx.run.close(ctx.out);
+            self.send(ctx.results, ctx.out)?;
+            ctx.pacer.sent();
+        }
+        Ok(false)
     }
 
     /// Takes the next whole message into `msg`, sleeping on our bell while
@@ -225,17 +347,29 @@ struct Run {
 }
 
 impl Run {
+    /// Opens a run if none is, and returns where the next value goes.
+    fn open(&mut self, out: &mut Vec<u8>) -> usize {
+        self.open.get_or_insert_with(|| (message::begin_run(out), 0));
+        out.len()
+    }
+
+    /// Counts `n` more values appended to the open run.
+    fn add(&mut self, n: u32) {
+        if let Some((_, count)) = self.open.as_mut() {
+            *count += n;
+        }
+    }
+
     /// Runs one task whose result should be `width` bytes: a value of that
     /// width joins the open run (opening one); anything else (a panic, an
     /// argument that did not decode, a `Wire` impl whose `FIXED_LEN` is
     /// wrong) closes the run and gets a record of its own.
     #[inline]
     fn task(&mut self, batch: &Batch<'_>, arg: &[u8], out: &mut Vec<u8>, width: usize, max_result: usize) {
-        let (at, n) = *self.open.get_or_insert_with(|| (message::begin_run(out), 0));
-        let start = out.len();
+        let start = self.open(out);
         let tag = run_task(batch, arg, out, start);
         if tag == ResultTag::Ok && out.len() - start == width {
-            self.open = Some((at, n + 1));
+            self.add(1);
             return;
         }
         let payload = out.split_off(start);
