@@ -83,7 +83,9 @@ pub(crate) fn bytes_or_error(tag: u8, payload: &[u8]) -> Result<&[u8]> {
             "the result is larger than the pool's max_result_size (or 4 GiB)",
         ))),
         // A run is unpacked by the pool before it gets here.
-        Some(Tag::Corrupt | Tag::OkRun) | None => Err(Error::Decode(DecodeError::new("corrupt result frame"))),
+        Some(Tag::Corrupt | Tag::OkRun) | None => {
+            Err(Error::Decode(DecodeError::new("corrupt result frame")))
+        }
     }
 }
 

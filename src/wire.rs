@@ -444,13 +444,11 @@ impl Wire for u8 {
     const FIXED_LEN: Option<usize> = Some(1);
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(*self);
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "", |[b]: [u8; 1]| Some(b))
     }
@@ -488,13 +486,11 @@ macro_rules! wire_int {
             const FIXED_LEN: Option<usize> = Some(std::mem::size_of::<$int>());
 
             #[inline]
-
             fn encode(&self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
             }
 
             #[inline]
-
             fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
                 read_fixed(input, "", |b| Some(<$int>::from_le_bytes(b)))
             }
@@ -520,14 +516,12 @@ impl Wire for usize {
     const FIXED_LEN: Option<usize> = Some(8);
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         // Lossless: mproc supports only targets where usize is at most 64 bits.
         (*self as u64).encode(out);
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "value does not fit in usize", |b| usize::try_from(u64::from_le_bytes(b)).ok())
     }
@@ -538,14 +532,12 @@ impl Wire for isize {
     const FIXED_LEN: Option<usize> = Some(8);
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         // Lossless: mproc supports only targets where isize is at most 64 bits.
         (*self as i64).encode(out);
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "value does not fit in isize", |b| isize::try_from(i64::from_le_bytes(b)).ok())
     }
@@ -556,13 +548,11 @@ impl Wire for f32 {
     const FIXED_LEN: Option<usize> = Some(4);
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         self.to_bits().encode(out);
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "", |b| Some(f32::from_bits(u32::from_le_bytes(b))))
     }
@@ -577,13 +567,11 @@ impl Wire for f64 {
     const FIXED_LEN: Option<usize> = Some(8);
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         self.to_bits().encode(out);
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "", |b| Some(f64::from_bits(u64::from_le_bytes(b))))
     }
@@ -598,13 +586,11 @@ impl Wire for bool {
     const FIXED_LEN: Option<usize> = Some(1);
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(u8::from(*self));
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "invalid bool (not 0 or 1)", |[b]: [u8; 1]| match b {
             0 => Some(false),
@@ -619,13 +605,11 @@ impl Wire for char {
     const FIXED_LEN: Option<usize> = Some(4);
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         u32::from(*self).encode(out);
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         read_fixed(input, "invalid char (not a Unicode scalar value)", |b| {
             char::from_u32(u32::from_le_bytes(b))
@@ -638,11 +622,9 @@ impl Wire for () {
     const FIXED_LEN: Option<usize> = Some(0);
 
     #[inline]
-
     fn encode(&self, _out: &mut Vec<u8>) {}
 
     #[inline]
-
     fn decode(_input: &mut &[u8]) -> Result<Self, DecodeError> {
         Ok(())
     }
@@ -652,14 +634,12 @@ impl Wire for String {
     const MIN_ENCODED_LEN: usize = 8;
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         (self.len() as u64).encode(out);
         out.extend_from_slice(self.as_bytes());
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         let mut rest = *input;
         let len = read_len::<Self>(&mut rest)?;
@@ -680,14 +660,12 @@ impl<T: Wire> Wire for Vec<T> {
     const MIN_ENCODED_LEN: usize = 8;
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         (self.len() as u64).encode(out);
         T::encode_slice(self, out);
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         let mut rest = *input;
         let len = read_len::<Self>(&mut rest)?;
@@ -706,13 +684,11 @@ impl<T: Wire, const N: usize> Wire for [T; N] {
     };
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         T::encode_slice(self, out);
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         // Through a Vec because building an array element by element, with
         // an early return on error, needs either unstable APIs or unsafe.
@@ -727,7 +703,6 @@ impl<T: Wire> Wire for Option<T> {
     const MIN_ENCODED_LEN: usize = 1;
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             None => out.push(0),
@@ -739,7 +714,6 @@ impl<T: Wire> Wire for Option<T> {
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         if read_tag::<Self>(input, "invalid Option tag (not 0 or 1)")? {
             Ok(Some(T::decode(input)?))
@@ -757,7 +731,6 @@ impl<T: Wire, E: Wire> Wire for Result<T, E> {
     });
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Ok(value) => {
@@ -772,7 +745,6 @@ impl<T: Wire, E: Wire> Wire for Result<T, E> {
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         if read_tag::<Self>(input, "invalid Result tag (not 0 or 1)")? {
             Ok(Err(E::decode(input)?))
@@ -787,13 +759,11 @@ impl<T: Wire> Wire for Box<T> {
     const FIXED_LEN: Option<usize> = T::FIXED_LEN;
 
     #[inline]
-
     fn encode(&self, out: &mut Vec<u8>) {
         (**self).encode(out);
     }
 
     #[inline]
-
     fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
         charge::<Self>(std::mem::size_of::<T>())?;
         T::decode(input).map(Box::new)
@@ -811,13 +781,11 @@ macro_rules! wire_tuple {
             };
 
             #[inline]
-
             fn encode(&self, out: &mut Vec<u8>) {
                 $(self.$index.encode(out);)+
             }
 
             #[inline]
-
             fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
                 // Tuple expressions evaluate left to right: the fields are
                 // read in the order they were written.

@@ -124,6 +124,12 @@ impl BatchEncoder {
         self.sub
     }
 
+    /// The width of each argument, if they travel as a column of at least
+    /// one byte each (then use [`BatchEncoder::push_column`]).
+    pub(crate) fn column_width(&self) -> Option<usize> {
+        self.call.arg_width().filter(|&w| w > 0)
+    }
+
     /// Tasks encoded so far.
     pub(crate) fn count(&self) -> usize {
         self.count as usize
@@ -149,6 +155,55 @@ impl BatchEncoder {
         b.count += 1;
         self.count += 1;
         Ok(b.count == self.chunk || b.msg.len() >= self.max_msg)
+    }
+
+    /// Encodes arguments of a fixed width (the call's arguments travel as a
+    /// column) from `items` until the batch is full or `items` ends, in one
+    /// tight loop: a trivial task's argument costs a copy of its bytes.
+    /// Returns whether the batch is full, and whether `items` ended.
+    pub(crate) fn push_column<A: Wire>(
+        &mut self,
+        items: &mut impl Iterator<Item = A>,
+        width: usize,
+    ) -> Result<(bool, bool)> {
+        if self.count == u32::MAX {
+            return Err(too_many_tasks());
+        }
+        if self.batch.is_none() {
+            self.batch = Some(self.start_batch(items.size_hint().0.saturating_sub(1)));
+        }
+        let Some(b) = self.batch.as_mut() else { return Ok((false, true)) };
+        // Up to the chunk, the task count's limit, and the first argument
+        // that takes the message to `max_msg` (as `push` does).
+        let to_max_msg = self.max_msg.saturating_sub(b.msg.len()).div_ceil(width.max(1)).max(1);
+        let room =
+            (self.chunk - b.count).min(u32::MAX - self.count).min(to_max_msg.min(u32::MAX as usize) as u32);
+        // A local vector: its length stays in a register through the loop.
+        let mut msg = std::mem::take(&mut b.msg);
+        let before = msg.len();
+        msg.reserve(room as usize * width);
+        let mut n = 0;
+        let mut ended = false;
+        while n < room {
+            let Some(arg) = items.next() else {
+                ended = true;
+                break;
+            };
+            arg.encode(&mut msg);
+            n += 1;
+        }
+        let encoded = msg.len() - before;
+        b.msg = msg;
+        if encoded != n as usize * width {
+            return Err(Error::InvalidArgument(format!(
+                "{n} values of type {} encoded to {encoded} bytes, but its Wire::FIXED_LEN says {width} each",
+                std::any::type_name::<A>(),
+            )));
+        }
+        self.arg_len = width;
+        b.count += n;
+        self.count += n;
+        Ok((b.count == self.chunk || b.msg.len() >= self.max_msg || self.count == u32::MAX, ended))
     }
 
     /// A new batch whose first task is the next one, sized for `more` more.

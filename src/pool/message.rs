@@ -176,8 +176,13 @@ fn entry<A: Wire, R: Wire>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Result
 /// is wrong), and, with the error, at an argument that does not decode.
 /// One call for many tasks: a trivial task costs a few nanoseconds, as
 /// much as the calls around it did.
-type ColumnEntry =
-    fn(func: usize, args: &[u8], out: &mut Vec<u8>, progress: &AtomicU64, done: &mut u64) -> Result<(), DecodeError>;
+type ColumnEntry = fn(
+    func: usize,
+    args: &[u8],
+    out: &mut Vec<u8>,
+    progress: &AtomicU64,
+    done: &mut u64,
+) -> Result<(), DecodeError>;
 
 fn column_entry<A: Wire, R: Wire>(
     func: usize,

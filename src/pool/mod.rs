@@ -401,6 +401,19 @@ impl Pool {
 
     fn fill<A: Wire>(&self, encoder: &mut BatchEncoder, mut items: impl Iterator<Item = A>) -> Result<()> {
         let sub = encoder.sub();
+        if let Some(width) = encoder.column_width() {
+            loop {
+                let (full, ended) = encoder.push_column(&mut items, width)?;
+                if full {
+                    if let Some(batch) = encoder.finish() {
+                        self.core.lock().queue(batch)?;
+                    }
+                }
+                if ended {
+                    return self.core.lock().end_fill(sub, encoder.finish().filter(|b| b.count > 0));
+                }
+            }
+        }
         while let Some(arg) = items.next() {
             if encoder.push(&arg, || items.size_hint().0)? {
                 if let Some(batch) = encoder.finish() {
@@ -476,7 +489,14 @@ impl Pool {
         let mut out = Vec::with_capacity(len);
         if let Some((bytes, stride)) = results.fixed_results().filter(|&(_, stride)| stride > 0) {
             for value in bytes.chunks_exact(stride) {
-                out.push(results::decode::<R>(value, limit)?);
+                // A type that owns nothing needs no limit (see `decode`):
+                // the plain decode keeps this loop tight.
+                let value = if std::mem::needs_drop::<R>() {
+                    results::decode::<R>(value, limit)
+                } else {
+                    R::from_bytes(value).map_err(Error::Decode)
+                };
+                out.push(value?);
             }
             self.core.lock().recycle(results);
             return Ok(out);

@@ -150,9 +150,17 @@ impl Worker<'_> {
             };
             pacer.sent();
             let mut run = Run::default();
-            let mut ctx = Context { results: &mut results, out: &mut out, run: &mut run, pacer: &mut pacer, done: &mut done };
+            let mut ctx = Context {
+                results: &mut results,
+                out: &mut out,
+                run: &mut run,
+                pacer: &mut pacer,
+                done: &mut done,
+            };
             let stop = match batch.column() {
-                Some((args, arg_width, width)) => self.run_column(&batch, args, arg_width, width, &mut ctx)?,
+                Some((args, arg_width, width)) => {
+                    self.run_column(&batch, args, arg_width, width, &mut ctx)?
+                }
                 None => self.run_each(&batch, &mut ctx)?,
             };
             // A run never spans two batches: the parent files it against one.
@@ -211,8 +219,8 @@ impl Worker<'_> {
         let one_by_one = self.stamp_tasks || width > self.max_result;
         while !args.is_empty() {
             let mut k = (args.len() / arg_width).min(ctx.pacer.until_look());
-            if width > 0 {
-                k = k.min(self.send_at().saturating_sub(ctx.out.len()) / width).max(1);
+            if let Some(fit) = self.send_at().saturating_sub(ctx.out.len()).checked_div(width) {
+                k = k.min(fit).max(1);
             }
             if let Some(max) = self.max_tasks {
                 k = k.min((max as u64).saturating_sub(*ctx.done).max(1) as usize);
