@@ -58,7 +58,9 @@ fn bench_pool_reports_every_figure() {
     let figures = tsv(&["bench", "pool", "--items", "20000", "--tsv"]);
     for name in [
         "pool_map_trivial",
+        "pool_map_trivial_first",
         "sequential_trivial",
+        "sequential_trivial_first",
         "threads_channel_trivial",
         "imap_chunksize_1",
         "apply_8_threads",
