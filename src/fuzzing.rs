@@ -131,7 +131,7 @@ pub fn task_message(data: &[u8]) {
     if data.len() >= message::BATCH_HEADER_LEN {
         let mut sealed = data.to_vec();
         sealed[0] = 1;
-        let at = message::BATCH_HEADER_LEN - 4;
+        let at = message::COUNT_AT;
         let count = u32::from_le_bytes([sealed[at], sealed[at + 1], sealed[at + 2], sealed[at + 3]]);
         message::set_batch_count(&mut sealed, count);
         walk_task_message(&sealed);
@@ -143,14 +143,26 @@ fn walk_task_message(msg: &[u8]) {
         for arg in batch.args() {
             assert!(arg.len() <= msg.len());
         }
+        if let Some((column, arg_width, _)) = batch.column() {
+            assert_eq!(column.len() % arg_width, 0);
+        }
     }
 }
 
-/// The parent's result-message decoder on any bytes.
+/// The parent's result-message decoder on any bytes, with a run record's
+/// values read as results of a width the input's length picks (0 to 16).
 pub fn result_message(data: &[u8]) {
+    let width = data.len() % 17;
     for record in message::result_records(data) {
         match record {
-            Ok((_, payload)) => assert!(payload.len() <= data.len()),
+            Ok((tag, payload)) => {
+                assert!(payload.len() <= data.len());
+                if tag == message::ResultTag::OkRun as u8 {
+                    if let Ok((n, values)) = message::run_values(payload, width) {
+                        assert_eq!(n as usize * width, values.len());
+                    }
+                }
+            }
             Err(_) => break,
         }
     }

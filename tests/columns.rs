@@ -298,3 +298,40 @@ fn one_maps_buffers_serve_the_next_without_its_results() {
         (0..30_000u32).map(|n| n ^ 1).collect::<Vec<_>>()
     );
 }
+
+/// The fuzz targets' entry points (see `fuzz/`) on pseudo-random bytes,
+/// with the column and run layouts among them: no panic, whatever the
+/// widths, counts and lengths say.
+#[test]
+fn the_message_decoders_take_any_bytes() {
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..20_000 {
+        let len = (next() % 120) as usize;
+        let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if round % 2 == 0 && len >= 37 {
+            // Widths of 1 to 8 bytes, or "variable", and a small count.
+            data[25..29].copy_from_slice(&((next() % 12) as u32).to_le_bytes());
+            data[29..33].copy_from_slice(&[(next() % 9) as u8 + 1, 0, 0, 0]);
+            if round % 4 == 0 {
+                data[29..33].copy_from_slice(&u32::MAX.to_le_bytes());
+            }
+            data[33..37].copy_from_slice(&[(next() % 9) as u8, 0, 0, 0]);
+        }
+        mproc::fuzzing::task_message(&data);
+        if round % 3 == 0 && data.len() >= 9 {
+            // One whole run record: its tag, its length, then `n` and values
+            // of whatever length.
+            data[0] = 5;
+            let rest = (data.len() - 5) as u32;
+            data[1..5].copy_from_slice(&rest.to_le_bytes());
+            data[5..9].copy_from_slice(&((next() % 20) as u32).to_le_bytes());
+        }
+        mproc::fuzzing::result_message(&data);
+    }
+}
