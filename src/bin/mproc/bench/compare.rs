@@ -245,7 +245,7 @@ pub fn main(args: Args) -> u8 {
     };
     target("1. Pool(2).map >= 20x Python's map", over(m_map, m(&py_pool, "pool_map")), 20.0);
     target(
-        "1. Pool(2).map >= 0.5x a sequential loop, first runs (fresh memory)",
+        "1. Pool(2).map >= 0.5x a sequential loop, first runs",
         over(m(&m_pool, "pool_map_trivial_first"), m(&m_pool, "sequential_trivial_first")),
         0.5,
     );
