@@ -214,9 +214,11 @@ impl Worker<'_> {
         ctx: &mut Context<'_>,
     ) -> Result<bool> {
         let progress = self.layout.progress(self.slot);
-        // One at a time when each task's start is stamped (a task timeout),
-        // or when each result is a `TooLarge` record of its own.
-        let one_by_one = self.stamp_tasks || width > self.max_result;
+        // Each result a `TooLarge` record of its own, or in the run.
+        let too_large = width > self.max_result;
+        // One at a time when each task's start is stamped (a task
+        // timeout), or each result is a record of its own.
+        let one_by_one = self.stamp_tasks || too_large;
         while !args.is_empty() {
             let mut k = (args.len() / arg_width).min(ctx.pacer.until_look());
             if let Some(fit) = self.send_at().saturating_sub(ctx.out.len()).checked_div(width) {
@@ -239,7 +241,7 @@ impl Worker<'_> {
             // wrong width) are in place.
             let returned = (*ctx.done - before) as usize;
             let odd = match outcome {
-                Ok(Ok(())) if ctx.out.len() - values == returned * width && !one_by_one => None,
+                Ok(Ok(())) if ctx.out.len() - values == returned * width && !too_large => None,
                 Ok(Ok(())) => Some((returned - 1, ResultTag::Ok, None)),
                 Ok(Err(_decode)) => Some((returned, ResultTag::ArgDecode, None)),
                 Err(payload) => Some((returned, ResultTag::Panicked, Some(payload))),
