@@ -299,6 +299,24 @@ fn sentinel_is_open_only_while_running() {
     assert_eq!(p.sentinel(), None);
 }
 
+#[test]
+#[cfg(target_os = "linux")]
+fn a_child_nobody_polls_costs_no_descriptor_and_its_sentinel_is_a_pidfd() {
+    let before = mproc::open_fd_count();
+    let mut p = Process::new(|| thread::sleep(Duration::from_millis(50)));
+    p.start().expect("start");
+    assert_eq!(mproc::open_fd_count(), before, "no sentinel pipe at start");
+    let fd = p.sentinel().expect("a sentinel while running");
+    assert_eq!(p.sentinel(), Some(fd), "opened once");
+    assert_eq!(mproc::open_fd_count(), before + 1);
+    // It reads ready once the child has ended, and not before it is reaped.
+    let mut pfd = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(pfd.as_mut_ptr(), 1, 10_000) }, 1);
+    assert_eq!(p.join_timeout(Duration::ZERO), Ok(Some(0)), "readable means ended");
+    assert_eq!(mproc::open_fd_count(), before, "closed when reaped");
+}
+
 // ---------------------------------------------------------------------------
 // dropping a started process
 

@@ -178,11 +178,6 @@ impl ParentOnlyFd {
         }
         ParentOnlyFd { fd: std::mem::ManuallyDrop::new(fd), slot, owner: getpid() }
     }
-
-    /// Whether this process made it (false in a child that inherited a copy).
-    pub(crate) fn owned_here(&self) -> bool {
-        self.owner == getpid()
-    }
 }
 
 impl std::os::fd::AsFd for ParentOnlyFd {
@@ -234,6 +229,52 @@ fn close_parent_only() {
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// Whether this kernel makes pidfds (`pidfd_open(2)`, Linux 5.3): 0 not
+/// known yet, 1 yes, 2 no (an older kernel, or a seccomp filter that
+/// refuses it). Asked once per process.
+#[cfg(target_os = "linux")]
+static PIDFD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether [`pidfd_open`] works here: always false off Linux.
+pub(crate) fn have_pidfd() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // Relaxed: every thread that asks gets the same answer from the kernel.
+        match PIDFD.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                // Not traced: a question to the kernel, not a step of the lesson.
+                let works = pidfd_open_untraced(getpid()).is_ok();
+                PIDFD.store(if works { 1 } else { 2 }, Ordering::Relaxed);
+                works
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// `pidfd_open(2)` (Linux): a close-on-exec descriptor that `poll` reports
+/// readable once process `pid` has ended. For our own unreaped child the
+/// pid cannot have been reused, so the descriptor names that child.
+#[cfg(target_os = "linux")]
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    let fd = pidfd_open_untraced(pid)?;
+    trace!("pidfd_open({pid}) = {}", fd.as_raw_fd());
+    Ok(fd)
+}
+
+#[cfg(target_os = "linux")]
+fn pidfd_open_untraced(pid: i32) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags (0: close-on-exec is implied).
+    let fd = retry("pidfd_open", Some(pid), || unsafe {
+        libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long)
+    })?;
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// `waitpid(2)` for one child. With `nohang`, `Ok(None)` means still running.
