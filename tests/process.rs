@@ -402,6 +402,26 @@ fn buffered_c_stdout_is_printed_once() {
     assert_eq!(output, "unfinished child\nparent\n");
 }
 
+#[test]
+fn a_childs_own_unflushed_c_stdout_is_printed_at_its_exit() {
+    // The child's text sits in C's buffer (a pipe: fully buffered) when
+    // its target returns; `_exit` would drop it without mproc's flush.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    let helper = started(move || {
+        nix::unistd::dup2(write_end.as_raw_fd(), 1).expect("dup2");
+        drop(write_end);
+        let child = started(|| {
+            // SAFETY: a C string literal (NUL-terminated) without conversions.
+            unsafe { libc::printf(c"from C, no newline".as_ptr()) };
+        });
+        assert_eq!(child.join(), Ok(0));
+    });
+    let mut output = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::from(read_end), &mut output).expect("read");
+    assert_eq!(helper.join(), Ok(0));
+    assert_eq!(String::from_utf8_lossy(&output), "from C, no newline");
+}
+
 // ---------------------------------------------------------------------------
 // typed spawn
 

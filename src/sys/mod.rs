@@ -70,19 +70,60 @@ pub(crate) enum Forked {
     Child,
 }
 
-/// Flushes Rust's stdout and C's stdio buffers (a child calls this before
-/// `_exit`, so what it printed is not lost). Rust's stderr has no buffer,
-/// so it is left alone: taking its lock would gain nothing and could wait
-/// on a lock another thread held at `fork`.
+/// Flushes Rust's stdout and C's (a child calls this before `_exit`, so
+/// what it printed is not lost). Rust's stderr has no buffer, nor has C's,
+/// so they are left alone: taking Rust's stderr lock would gain nothing and
+/// could wait on a lock another thread held at `fork`.
 ///
 /// In a child of [`fork`] this never waits on a lock another thread held:
 /// `fork` held Rust's stdout lock itself across the call (the child's copy
 /// is free), and glibc resets every C stdio lock in a child.
 pub(crate) fn flush_stdio() {
     let _ = std::io::stdout().flush();
-    // SAFETY: fflush(NULL) flushes every C stdio stream; it takes no pointer
-    // from us and is always safe to call.
-    unsafe { libc::fflush(std::ptr::null_mut()) };
+    flush_c_stdout();
+}
+
+/// C's `stdout` stream: what `printf` writes to (a macro over
+/// `__stdoutp` on the BSDs and macOS).
+mod c_stdio {
+    #[cfg(not(any(target_os = "macos", target_os = "ios", target_os = "freebsd")))]
+    extern "C" {
+        #[link_name = "stdout"]
+        pub(super) static STDOUT: *mut libc::FILE;
+    }
+    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+    extern "C" {
+        #[link_name = "__stdoutp"]
+        pub(super) static STDOUT: *mut libc::FILE;
+    }
+    #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
+    extern "C" {
+        /// stdio_ext(3): bytes waiting in the stream's output buffer.
+        pub(super) fn __fpending(stream: *mut libc::FILE) -> libc::size_t;
+    }
+}
+
+/// Flushes C's stdout if it holds anything. Only stdout: the other C
+/// streams a child inherits are flushed by nobody in the child (`_exit`
+/// does not), so their buffered bytes are never written twice either.
+/// Where `__fpending` exists (glibc, musl) an empty buffer costs two loads:
+/// `fflush` would take the stream's lock, a write that is one more
+/// copy-on-write page fault in a fresh child (and in the parent after it).
+fn flush_c_stdout() {
+    // SAFETY: reading the C library's `stdout` pointer, which it sets up
+    // before `main` and never frees.
+    let stream = unsafe { c_stdio::STDOUT };
+    #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
+    {
+        // SAFETY: `stream` is C's stdout; __fpending only reads its buffer
+        // pointers. A print racing on another thread makes the answer
+        // stale, as it would make a flush: what it buffers later stays.
+        if unsafe { c_stdio::__fpending(stream) } == 0 {
+            return;
+        }
+    }
+    // SAFETY: fflush on C's own stdout stream.
+    unsafe { libc::fflush(stream) };
 }
 
 /// `fork(2)`, with stdio flushed and Rust's stdio locks held across it.
@@ -103,8 +144,9 @@ pub(crate) fn flush_stdio() {
 /// writes with one `write(2)`).
 /// Holding them also means no other thread can buffer text between the
 /// flush and the fork: the child's buffers start empty, and nothing the
-/// parent printed is printed twice. C stdio is flushed with `fflush(NULL)`
-/// first; glibc's `fork` takes and resets its own stdio locks.
+/// parent printed is printed twice. C's stdout is flushed first (when it
+/// holds anything: see [`flush_stdio`]); glibc's `fork` takes and resets
+/// its own stdio locks.
 ///
 /// # Safety
 /// In the child, only the calling thread exists. If the parent had other
@@ -114,8 +156,7 @@ pub(crate) fn flush_stdio() {
 pub(crate) unsafe fn fork() -> Result<Forked> {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.flush();
-    // SAFETY: see flush_stdio.
-    unsafe { libc::fflush(std::ptr::null_mut()) };
+    flush_c_stdout();
     // SAFETY: the caller upholds the post-fork rules above.
     let pid = unsafe { libc::fork() };
     drop(stdout);
