@@ -524,9 +524,7 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     // get the parent's disposition back (a CLI may want SIGPIPE's default).
     let parent_ignores_sigpipe = sys::signal::is_ignored(libc::SIGPIPE)?;
     sys::signal::ignore(libc::SIGPIPE)?;
-    let (sig_r, sig_w) = sys::pipe()?;
-    sys::set_nonblocking(sig_r.as_fd(), true)?;
-    sys::set_nonblocking(sig_w.as_fd(), true)?;
+    let (sig_r, sig_w) = sys::pipe_nonblocking()?;
     sys::signal::sigchld_to_pipe(sig_w.as_raw_fd())?;
     // The parent's death wakes us like a child's (see the module docs);
     // if it died before the request took effect, we see it below.

@@ -495,11 +495,22 @@ pub(crate) fn set_parent_death_signal(signal: i32) -> Result<()> {
 
 /// `pipe(2)` with both ends close-on-exec: `(read end, write end)`.
 pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    pipe_with(false)
+}
+
+/// [`pipe`] with both ends non-blocking as well (a doorbell): one system
+/// call where `pipe2` exists, instead of five.
+pub(crate) fn pipe_nonblocking() -> Result<(OwnedFd, OwnedFd)> {
+    pipe_with(true)
+}
+
+fn pipe_with(nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     #[cfg(any(target_os = "linux", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd"))]
     {
+        let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        retry("pipe", None, || unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+        retry("pipe", None, || unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
     }
     #[cfg(not(any(
         target_os = "linux",
@@ -515,6 +526,10 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
         for fd in fds {
             // SAFETY: fd was just returned by pipe and is open.
             retry("fcntl", None, || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+            if nonblocking {
+                // SAFETY: as above; a fresh pipe end has no other status flag.
+                retry("fcntl", None, || unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) })?;
+            }
         }
     }
     trace!("pipe() = [{}, {}]", fds[0], fds[1]);
