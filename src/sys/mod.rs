@@ -641,14 +641,23 @@ pub(crate) fn poll(fds: &[(BorrowedFd<'_>, bool, bool)], timeout: Option<Duratio
         })
         .collect();
     poll_in_place(&mut pfds, timeout)?;
-    Ok(pfds
-        .iter()
-        .map(|p| Ready {
-            readable: p.revents & libc::POLLIN != 0,
-            writable: p.revents & libc::POLLOUT != 0,
-            hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
-        })
-        .collect())
+    Ok(pfds.iter().map(ready_of).collect())
+}
+
+/// A `pollfd` asking whether `fd` is readable, for [`poll_in_place`].
+pub(crate) fn pollfd_in(fd: BorrowedFd<'_>) -> libc::pollfd {
+    libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }
+}
+
+/// What [`poll_in_place`] reported for one entry (nothing for an entry
+/// left out of the call: its `revents` keeps the last answer, so clear
+/// or ignore it).
+pub(crate) fn ready_of(p: &libc::pollfd) -> Ready {
+    Ready {
+        readable: p.revents & libc::POLLIN != 0,
+        writable: p.revents & libc::POLLOUT != 0,
+        hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+    }
 }
 
 /// `poll(2)` on a caller-owned array, for a loop that polls at every
