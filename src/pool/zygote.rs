@@ -79,6 +79,11 @@ fn parse_request(rec: &[u8; REQ_LEN]) -> (u32, usize) {
     (word(kind), word(slot) as usize)
 }
 
+/// The signals whose disposition the zygote changes after its
+/// `reset_for_child` (SIGCHLD's self-pipe handler; SIGINT and SIGQUIT
+/// ignored), besides SIGPIPE: what a worker must set back to default.
+const ZYGOTE_SIGNALS: [i32; 3] = [libc::SIGCHLD, libc::SIGINT, libc::SIGQUIT];
+
 /// After SIGTERM, how long a timed-out worker's process group gets before
 /// SIGKILL.
 pub(crate) const TERM_GRACE: Duration = Duration::from_millis(200);
@@ -519,6 +524,8 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     // Ctrl-C goes to the whole foreground group; the zygote leaves the
     // decision to its parent, which will tell it (or die, and close the pipe).
     sys::signal::reset_for_child()?;
+    // From here on only ZYGOTE_SIGNALS (and SIGPIPE, see below) change:
+    // a worker puts back just those.
     sys::signal::ignore(libc::SIGINT)?;
     sys::signal::ignore(libc::SIGQUIT)?;
     // A report to a parent that is gone fails with EPIPE; we notice the
@@ -741,7 +748,9 @@ fn spawn_worker<W: FnMut(usize)>(
             {
                 sys::close_inherited(fd);
             }
-            let _ = sys::signal::reset_for_child();
+            // The zygote's mask is empty and its other dispositions are
+            // the defaults (its own reset_for_child): three calls, not six.
+            let _ = sys::signal::restore_defaults(&ZYGOTE_SIGNALS);
             if !parent_ignores_sigpipe {
                 let _ = sys::signal::default_sigpipe();
             }
