@@ -295,7 +295,7 @@ impl Process {
             // A copy of the handle in another process: not its child.
             return Err(Error::InvalidState("process belongs to another process"));
         }
-        let fd = ParentOnlyFd::new(pidfd_open(*pid)?);
+        let fd = ParentOnlyFd::new(sys::pidfd_open(*pid)?);
         Ok(sentinel.insert(fd).as_raw_fd())
     }
 
@@ -366,18 +366,6 @@ impl Drop for Process {
             let _ = self.reap(pid, false);
         }
     }
-}
-
-/// The pidfd of our unreaped child `pid` (only asked for where
-/// [`sys::have_pidfd`] said yes: elsewhere the sentinel is a pipe).
-#[cfg(target_os = "linux")]
-fn pidfd_open(pid: i32) -> Result<std::os::fd::OwnedFd> {
-    sys::pidfd_open(pid)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pidfd_open(_pid: i32) -> Result<std::os::fd::OwnedFd> {
-    Err(Error::InvalidState("no pidfd here: the sentinel is a pipe"))
 }
 
 /// Runs a target in a freshly forked child and ends the process.

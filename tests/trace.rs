@@ -168,7 +168,7 @@ fn trace_process_prints_only_fork_wait_exit_and_kill() {
     assert!(calls.iter().any(|c| c == "fork") && calls.iter().any(|c| c == "waitpid"), "{calls:?}");
     let others: Vec<_> = calls
         .iter()
-        .filter(|c| !["fork", "waitpid", "_exit", "kill", "setpgid"].contains(&c.as_str()))
+        .filter(|c| !["fork", "waitpid", "pidfd_open", "_exit", "kill", "setpgid"].contains(&c.as_str()))
         .collect();
     assert!(others.is_empty(), "not process calls: {others:?}");
 }

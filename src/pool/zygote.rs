@@ -442,6 +442,10 @@ fn wait_exit(
     hurry: &AtomicBool,
 ) -> Result<Option<ExitStatus>> {
     const REAP_LOOK: Duration = Duration::from_millis(10);
+    // Where the kernel makes pidfds, the zygote's wakes us once, when it
+    // has exited; the report pipe wakes us for each of its workers' last
+    // reports too (a context switch each, while those processes exit).
+    let exited = if sys::have_pidfd() { sys::pidfd_open(pid).ok() } else { None };
     let mut hurried = false;
     loop {
         if !hurried && hurry.load(Ordering::SeqCst) {
@@ -459,6 +463,11 @@ fn wait_exit(
         let left = deadline.map_or(REAP_LOOK, |d| d.saturating_duration_since(Instant::now()));
         if left.is_zero() {
             return Ok(None);
+        }
+        if let Some(exited) = &exited {
+            // Readable: it has exited; the next waitpid reaps it.
+            sys::poll(&[(exited.as_fd(), true, false)], Some(left.min(REAP_LOOK)))?;
+            continue;
         }
         let ready = sys::poll(&[(reports, true, false)], Some(left.min(REAP_LOOK)))?;
         // Reports nobody will read now, or the end of file: the pipe is

@@ -301,11 +301,16 @@ pub(crate) fn have_pidfd() -> bool {
 /// `pidfd_open(2)` (Linux): a close-on-exec descriptor that `poll` reports
 /// readable once process `pid` has ended. For our own unreaped child the
 /// pid cannot have been reused, so the descriptor names that child.
-#[cfg(target_os = "linux")]
+/// Elsewhere there is none (ask [`have_pidfd`] first): `ENOSYS`.
 pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd> {
-    let fd = pidfd_open_untraced(pid)?;
-    trace!("pidfd_open({pid}) = {}", fd.as_raw_fd());
-    Ok(fd)
+    #[cfg(target_os = "linux")]
+    {
+        let fd = pidfd_open_untraced(pid)?;
+        trace!("pidfd_open({pid}) = {}", fd.as_raw_fd());
+        Ok(fd)
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err(Error::Os(OsError { call: "pidfd_open", pid: Some(pid), errno: libc::ENOSYS }))
 }
 
 #[cfg(target_os = "linux")]
