@@ -217,7 +217,7 @@ impl ParentOnlyFd {
             // new end also sees the entry.
             PARENT_ONLY_END.fetch_max(i + 1, Ordering::AcqRel);
         }
-        ParentOnlyFd { fd: std::mem::ManuallyDrop::new(fd), slot, owner: getpid() }
+        ParentOnlyFd { fd: std::mem::ManuallyDrop::new(fd), slot, owner: pid_if_cached_else_getpid() }
     }
 }
 
@@ -235,7 +235,7 @@ impl AsRawFd for ParentOnlyFd {
 
 impl Drop for ParentOnlyFd {
     fn drop(&mut self) {
-        if getpid() != self.owner {
+        if pid_if_cached_else_getpid() != self.owner {
             // In a child: `fork` closed (or, unregistered, left) the number;
             // either way it is not this copy's to close.
             return;
@@ -454,6 +454,20 @@ pub(crate) fn current_pid() -> i32 {
         CACHED_PID.store(pid, Ordering::Relaxed);
     }
     pid
+}
+
+/// This process's pid: [`current_pid`]'s cache if it holds one, else
+/// `getpid(2)`. Unlike `current_pid` it never installs the fork hook that
+/// keeps the cache right, which writes a page in every child forked after
+/// it (one more copy-on-write fault each): a program that made a pool has
+/// the hook already and saves the system call; one that only starts
+/// processes pays it, as before.
+pub(crate) fn pid_if_cached_else_getpid() -> i32 {
+    // Relaxed: see current_pid.
+    match CACHED_PID.load(Ordering::Relaxed) {
+        0 => getpid(),
+        pid => pid,
+    }
 }
 
 /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds. Every process on the

@@ -18,9 +18,11 @@
 //!   already hold one of the child's own entries.
 //!
 //! This costs nothing at `fork` (no page is written until the child
-//! registers something of its own), and it holds for any fork, not only
-//! mproc's. Everything is a lock-free atomic, so a signal handler may read
-//! a table at any moment, even one that interrupted an insert.
+//! registers something of its own), and it holds for any fork through the
+//! C library, not only mproc's (the pid is `getpid`'s, or the cache that
+//! libc's fork hook clears: see `sys::current_pid`). Everything is a
+//! lock-free atomic, so a signal handler may read a table at any moment,
+//! even one that interrupted an insert; the handler asks `getpid` itself.
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
@@ -84,7 +86,7 @@ impl<const N: usize> OwnedTable<N> {
     /// table is full: registration is best effort, and a caller then just
     /// lacks what the table gives (a signal handler will not see it).
     pub(crate) fn insert(&self, value: u64) -> Option<Entry> {
-        self.insert_as(getpid(), value)
+        self.insert_as(super::pid_if_cached_else_getpid(), value)
     }
 
     /// [`OwnedTable::insert`] for a caller that knows its pid `me`.
@@ -102,7 +104,7 @@ impl<const N: usize> OwnedTable<N> {
 
     /// Unregisters `entry`, if this process made it (see the module docs).
     pub(crate) fn remove(&self, entry: Entry) {
-        if entry.owner == getpid() {
+        if entry.owner == super::pid_if_cached_else_getpid() {
             self.entries[entry.slot].store(0, Ordering::Release);
         }
     }
@@ -266,7 +268,7 @@ pub(crate) struct ChildStart {
 
 impl ChildStart {
     pub(crate) fn begin() -> ChildStart {
-        let me = getpid();
+        let me = super::pid_if_cached_else_getpid();
         // AcqRel: the handler on another thread sees the count before the fork.
         let _ = CHILDREN.starting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
             let (owner, n) = starting_split(word);
