@@ -153,6 +153,10 @@ fn flush_c_stdout() {
 /// threads, any other lock they held (a user's `Mutex`) stays locked
 /// forever in the child; the child must not wait on such locks and must end
 /// with [`exit_now`], never by returning into the parent's code.
+// Inlined into each caller: a child runs the rest of it, and every
+// distinct 64 KiB of code a fresh child runs is one more page fault there
+// (file-backed code is not copied by fork; fault-around maps 64 KiB).
+#[inline(always)]
 pub(crate) unsafe fn fork() -> Result<Forked> {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.flush();

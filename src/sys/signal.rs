@@ -277,7 +277,10 @@ impl SigMask {
         SigMask::change(libc::SIG_UNBLOCK, Some(signals))
     }
 
-    /// Makes this the calling thread's mask again.
+    /// Makes this the calling thread's mask again. Inlined: a freshly
+    /// forked child calls it, and each distinct page of code a child runs
+    /// is a page fault there.
+    #[inline(always)]
     pub(crate) fn restore(&self) {
         // SAFETY: `self.0` came from pthread_sigmask. Restoring a mask we
         // read cannot fail (EINVAL is only for a bad `how`).
