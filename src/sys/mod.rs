@@ -78,8 +78,14 @@ pub(crate) enum Forked {
 /// In a child of [`fork`] this never waits on a lock another thread held:
 /// `fork` held Rust's stdout lock itself across the call (the child's copy
 /// is free), and glibc resets every C stdio lock in a child.
+// Inlined (as are the helpers it calls, and exit_now): see `fork`.
+#[inline(always)]
 pub(crate) fn flush_stdio() {
-    let _ = std::io::stdout().flush();
+    // An error is dropped only when there is one: a fresh child would fault
+    // in the drop glue's code for the `Ok` too.
+    if let Err(e) = std::io::stdout().flush() {
+        drop(e);
+    }
     flush_c_stdout();
 }
 
@@ -96,34 +102,96 @@ mod c_stdio {
         #[link_name = "__stdoutp"]
         pub(super) static STDOUT: *mut libc::FILE;
     }
-    #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
+    #[cfg(all(target_os = "linux", target_env = "musl"))]
     extern "C" {
         /// stdio_ext(3): bytes waiting in the stream's output buffer.
         pub(super) fn __fpending(stream: *mut libc::FILE) -> libc::size_t;
+    }
+
+    /// The head of glibc's `struct _IO_FILE`, as `<bits/types/struct_FILE.h>`
+    /// publishes it, up to `_mode`. A frozen ABI: glibc's own
+    /// `putc_unlocked` macro compiles `_IO_write_ptr` into programs.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[repr(C)]
+    pub(super) struct GlibcFile {
+        flags: libc::c_int,
+        read: [*mut libc::c_char; 3],
+        pub(super) write_base: *mut libc::c_char,
+        pub(super) write_ptr: *mut libc::c_char,
+        rest: [*mut libc::c_char; 8],
+        fileno: libc::c_int,
+        flags2: libc::c_int,
+        old_offset: libc::off_t,
+        cur_column: libc::c_ushort,
+        vtable_offset: libc::c_schar,
+        shortbuf: [libc::c_char; 1],
+        lock: *mut libc::c_void,
+        offset: libc::off64_t,
+        codecvt: *mut libc::c_void,
+        wide_data: *mut libc::c_void,
+        freeres_list: *mut libc::c_void,
+        freeres_buf: *mut libc::c_void,
+        pad5: libc::size_t,
+        /// Above 0: wide-oriented, its bytes are counted elsewhere.
+        pub(super) mode: libc::c_int,
+    }
+
+    // The offsets `offsetof` gives in C on every 64-bit glibc target.
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
+    const _: () = assert!(
+        std::mem::offset_of!(GlibcFile, write_base) == 32
+            && std::mem::offset_of!(GlibcFile, write_ptr) == 40
+            && std::mem::offset_of!(GlibcFile, mode) == 192
+    );
+}
+
+/// Whether C's stdout may hold bytes not yet written: what `__fpending`
+/// says, read without a call (glibc), or asked (musl); elsewhere
+/// always true.
+#[inline(always)]
+fn c_stdout_pending(stream: *mut libc::FILE) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `stream` is glibc's stdout, a live `struct _IO_FILE`
+        // (GlibcFile is its published head). Two pointers and a word are
+        // read, no lock taken: the same race as __fpending's, where a print
+        // on another thread makes the answer stale, as it would a flush.
+        unsafe {
+            let file = stream.cast::<c_stdio::GlibcFile>();
+            std::ptr::read_volatile(&raw const (*file).mode) > 0
+                || std::ptr::read_volatile(&raw const (*file).write_ptr)
+                    != std::ptr::read_volatile(&raw const (*file).write_base)
+        }
+    }
+    #[cfg(all(target_os = "linux", target_env = "musl"))]
+    {
+        // SAFETY: `stream` is C's stdout; __fpending only reads it.
+        unsafe { c_stdio::__fpending(stream) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
+    {
+        let _ = stream;
+        true
     }
 }
 
 /// Flushes C's stdout if it holds anything. Only stdout: the other C
 /// streams a child inherits are flushed by nobody in the child (`_exit`
 /// does not), so their buffered bytes are never written twice either.
-/// Where `__fpending` exists (glibc, musl) an empty buffer costs two loads:
+/// On Linux an empty buffer costs a few loads ([`c_stdout_pending`]):
 /// `fflush` would take the stream's lock, a write that is one more
-/// copy-on-write page fault in a fresh child (and in the parent after it).
+/// copy-on-write page fault in a fresh child (and in the parent after it);
+/// on glibc not even a call, whose code would be one more page for a fresh
+/// child to fault in.
+#[inline(always)]
 fn flush_c_stdout() {
     // SAFETY: reading the C library's `stdout` pointer, which it sets up
     // before `main` and never frees.
     let stream = unsafe { c_stdio::STDOUT };
-    #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
-    {
-        // SAFETY: `stream` is C's stdout; __fpending only reads its buffer
-        // pointers. A print racing on another thread makes the answer
-        // stale, as it would make a flush: what it buffers later stays.
-        if unsafe { c_stdio::__fpending(stream) } == 0 {
-            return;
-        }
+    if c_stdout_pending(stream) {
+        // SAFETY: fflush on C's own stdout stream.
+        unsafe { libc::fflush(stream) };
     }
-    // SAFETY: fflush on C's own stdout stream.
-    unsafe { libc::fflush(stream) };
 }
 
 /// `fork(2)`, with stdio flushed and Rust's stdio locks held across it.
@@ -409,6 +477,7 @@ fn raw_kill(pid: i32, signal: i32) -> Result<()> {
 
 /// `_exit(2)`: ends the process now, without running atexit handlers or
 /// destructors (they belong to the parent's copy of the program).
+#[inline(always)]
 pub(crate) fn exit_now(code: i32) -> ! {
     trace!("_exit({code})");
     // SAFETY: _exit never returns and touches no Rust state.
