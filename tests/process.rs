@@ -826,6 +826,47 @@ fn a_childs_exit_handler_ignores_the_parents_process_children() {
     assert!(process_gone(sibling_pid));
 }
 
+extern "C" fn sigterm_myself() {
+    // SAFETY: raise is async-signal-safe and takes an integer.
+    unsafe { libc::raise(libc::SIGTERM) };
+}
+
+#[test]
+fn an_exit_signal_between_fork_and_registration_on_the_same_thread_still_kills_the_child() {
+    // A helper that owns the exit handlers makes SIGTERM arrive on its
+    // starting thread right after `fork` returns there (a pthread_atfork
+    // parent hook), before the child is registered. The handler must not
+    // act before the registration (it would wait for it, then miss the
+    // child), nor after the helper is gone: the child must die with it.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    let helper = started(move || {
+        mproc::exit_cleanly_on_signals().expect("install the exit handlers");
+        // SAFETY: registers a parent hook that only raises a signal.
+        assert_eq!(unsafe { libc::pthread_atfork(None, Some(sigterm_myself), None) }, 0);
+        let mut child = Process::new(move || {
+            let pid = std::process::id().to_le_bytes();
+            let _ = nix::unistd::write(&write_end, &pid);
+            drop(write_end);
+            sleep_forever();
+        });
+        let _ = child.start();
+        sleep_forever();
+    });
+    let mut pid = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::from(read_end), &mut pid).expect("read");
+    assert_eq!(helper.join(), Ok(128 + libc::SIGTERM), "the helper's handler exits 143");
+    // The child may have died before it could say its pid; if it said
+    // it, it must be gone (killed and reaped by the helper's handler).
+    if let Ok(pid) = <[u8; 4]>::try_from(pid.as_slice()) {
+        let pid = u32::from_le_bytes(pid) as i32;
+        let gone = process_gone(pid);
+        if !gone {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        assert!(gone, "the child {pid} outlived the helper");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // timeouts too large to represent (hardening item 5)
 
