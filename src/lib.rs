@@ -118,9 +118,10 @@
 //!   lock. (Holding both locks across the fork would deadlock against a
 //!   thread that holds one and prints to the other.) C stdio's locks are
 //!   reset in the child by glibc.
-//! - **Buffered output.** mproc flushes Rust's and C's stdio before every
+//! - **Buffered output.** mproc flushes Rust's stdout and C's before every
 //!   fork, and children end with `_exit` after flushing their own, so no
-//!   line is printed twice. Bypass it (a `BufWriter` of your own) and you
+//!   line is printed twice. Other C streams (`fopen`) are not flushed on
+//!   either side: the child's copies of their buffers are never written. Bypass it (a `BufWriter` of your own) and you
 //!   must flush it yourself before `start()`.
 //! - **Pipes that never close.** A child inherits every descriptor the
 //!   parent had open at `fork`. A pipe's reader sees end-of-file only when

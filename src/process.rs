@@ -58,11 +58,18 @@ type Target = Box<dyn FnOnce()>;
 
 enum State {
     NotStarted(Target),
-    /// Forked and not yet reaped. `sentinel` is the read end of a pipe whose
-    /// only write end the child holds: it hangs up when the child dies.
+    /// Forked and not yet reaped.
     Running {
         pid: i32,
-        sentinel: ParentOnlyFd,
+        /// The process that forked it: a copy of this handle that reached
+        /// another process (inside a closure) is not the child's parent.
+        owner: i32,
+        /// What `join_timeout` and [`Process::sentinel`] poll. Where the
+        /// kernel makes pidfds (Linux), one opened on first use (`None`
+        /// until then): no descriptor at all for a child nobody polls.
+        /// Elsewhere the read end of a pipe made at `start`, whose only
+        /// write end the child holds: it hangs up when the child dies.
+        sentinel: Option<ParentOnlyFd>,
         /// In the table of live children that the exit handler kills
         /// (`None` if the table was full).
         registered: Option<registry::Entry>,
@@ -125,15 +132,21 @@ impl Process {
         if !matches!(state, State::NotStarted(_)) {
             return Err(Error::InvalidState("process already started"));
         }
-        let (sentinel, sentinel_w) = sys::pipe()?;
-        // Registered so every later fork closes it in the child: siblings
+        // Without pidfds, the sentinel is a pipe, made now. Its read end is
+        // registered so every later fork closes it in the child: siblings
         // must not hold each other's sentinels.
-        let sentinel = ParentOnlyFd::new(sentinel);
+        let (sentinel, sentinel_w) = if sys::have_pidfd() {
+            (None, None)
+        } else {
+            let (r, w) = sys::pipe()?;
+            (Some(ParentOnlyFd::new(r)), Some(w))
+        };
         // Between `fork` and registering the child, neither a Ctrl-C on
         // this thread nor one on another (ChildStart makes the exit handler
         // wait for the registration) may miss the new child.
         let mask = SigMask::block(&[libc::SIGINT, libc::SIGTERM])?;
         let starting = registry::ChildStart::begin();
+        let owner = starting.owner();
         let State::NotStarted(target) = std::mem::replace(state, State::Starting) else {
             unreachable!("checked above")
         };
@@ -148,9 +161,10 @@ impl Process {
                 Err(e)
             }
             Ok(Forked::Child) => {
-                // Child: `fork` already closed the read end (parent-only);
-                // the write end stays open until this process dies, which is
-                // what the parent polls for. Never drop the parent's objects.
+                // Child: `fork` already closed a sentinel pipe's read end
+                // (parent-only); its write end stays open until this process
+                // dies, which is what the parent polls for. Never drop the
+                // parent's objects.
                 std::mem::forget(starting);
                 mask.restore();
                 std::mem::forget(sentinel);
@@ -165,7 +179,7 @@ impl Process {
                 // everything the closure captured.
                 drop(sentinel_w);
                 drop(target);
-                *state = State::Running { pid, sentinel, registered };
+                *state = State::Running { pid, owner, sentinel, registered };
                 Ok(())
             }
         }
@@ -229,8 +243,11 @@ impl Process {
             }
             let hung_up = {
                 let state = self.state.borrow();
-                let State::Running { sentinel, .. } = &*state else {
-                    return Err(Error::InvalidState("process was never started"));
+                let State::Running { sentinel: Some(sentinel), .. } = &*state else {
+                    drop(state);
+                    // The pidfd, opened now (or an error for a process never started).
+                    self.open_sentinel()?;
+                    continue;
                 };
                 let ready = sys::poll(&[(sentinel.as_fd(), true, false)], left)?;
                 ready[0].hangup || ready[0].readable
@@ -253,16 +270,33 @@ impl Process {
         self.poll_exit().ok().flatten()
     }
 
-    /// The read end of the child's sentinel pipe, for callers who `poll`
-    /// many processes at once: it becomes readable (end of file) when the
-    /// child dies — or when it `exec`s (the write end is close-on-exec) or
-    /// closes the descriptors it inherited; confirm with [`Process::is_alive`].
-    /// `None` unless running.
+    /// A descriptor for callers who `poll` many processes at once: it
+    /// becomes readable when the child dies; confirm with
+    /// [`Process::is_alive`]. On Linux a pidfd, opened on the first call
+    /// (and closed when the child is reaped); elsewhere the read end of the
+    /// child's sentinel pipe, which also reads end of file when the child
+    /// `exec`s (the write end is close-on-exec) or closes the descriptors
+    /// it inherited. `None` unless running (or if no descriptor is left
+    /// to open one).
     pub fn sentinel(&self) -> Option<RawFd> {
-        match &*self.state.borrow() {
-            State::Running { sentinel, .. } => Some(sentinel.as_raw_fd()),
-            _ => None,
+        self.open_sentinel().ok()
+    }
+
+    /// The sentinel's descriptor, opening the pidfd if it is not open yet.
+    fn open_sentinel(&self) -> Result<RawFd> {
+        let mut state = self.state.borrow_mut();
+        let State::Running { pid, owner, sentinel, .. } = &mut *state else {
+            return Err(Error::InvalidState("process is not running"));
+        };
+        if let Some(fd) = sentinel {
+            return Ok(fd.as_raw_fd());
         }
+        if *owner != sys::getpid() {
+            // A copy of the handle in another process: not its child.
+            return Err(Error::InvalidState("process belongs to another process"));
+        }
+        let fd = ParentOnlyFd::new(sys::pidfd_open(*pid)?);
+        Ok(sentinel.insert(fd).as_raw_fd())
     }
 
     /// Sends `SIGTERM`. A no-op once the child has been reaped.
@@ -316,8 +350,8 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if let State::Running { pid, sentinel, .. } = self.state.get_mut() {
-            if !sentinel.owned_here() {
+        if let State::Running { pid, owner, .. } = self.state.get_mut() {
+            if *owner != sys::getpid() {
                 // A copy that reached another child (moved into its
                 // closure): the process is its parent's to wait for, not
                 // ours to kill.
@@ -338,8 +372,13 @@ impl Drop for Process {
 pub(crate) fn run_child(target: impl FnOnce()) -> ! {
     let code = match panic::catch_unwind(AssertUnwindSafe(target)) {
         Ok(()) => 0,
-        // The panic hook has already printed the message on stderr.
-        Err(_) => 1,
+        // The panic hook has already printed the message on stderr. The
+        // payload is not dropped: `_exit` follows, and its drop glue is one
+        // more page of code for every child to fault in.
+        Err(payload) => {
+            std::mem::forget(payload);
+            1
+        }
     };
     sys::flush_stdio();
     sys::exit_now(code)

@@ -123,6 +123,32 @@ fn vm_rss_kib() -> u64 {
 // ---------------------------------------------------------------------------
 // map
 
+/// The signal mask and dispositions of the calling thread, as
+/// `/proc/thread-self/status` shows them (blocked, ignored, caught).
+#[cfg(target_os = "linux")]
+fn signal_state(_: u64) -> String {
+    let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+    status
+        .lines()
+        .filter(|l| l.starts_with("SigBlk:") || l.starts_with("SigIgn:") || l.starts_with("SigCgt:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn a_worker_has_the_parents_dispositions_and_an_empty_mask() {
+    // The zygote ignores SIGINT and SIGQUIT and catches SIGCHLD; none of
+    // that may reach a worker, nor a mask of the parent's.
+    let ours = signal_state(0);
+    let pool = Pool::new(1).expect("pool");
+    let theirs = pool.apply(signal_state, 0).expect("apply");
+    let blocked = theirs.lines().next().expect("SigBlk line");
+    assert_eq!(blocked.split_whitespace().nth(1), Some("0000000000000000"), "{theirs}");
+    let dispositions = |s: &str| s.lines().skip(1).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(dispositions(&theirs), dispositions(&ours), "worker {theirs}\nparent {ours}");
+}
+
 #[test]
 fn map_returns_results_in_input_order() {
     let pool = Pool::new(3).unwrap();

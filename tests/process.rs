@@ -299,6 +299,24 @@ fn sentinel_is_open_only_while_running() {
     assert_eq!(p.sentinel(), None);
 }
 
+#[test]
+#[cfg(target_os = "linux")]
+fn a_child_nobody_polls_costs_no_descriptor_and_its_sentinel_is_a_pidfd() {
+    let before = mproc::open_fd_count();
+    let mut p = Process::new(|| thread::sleep(Duration::from_millis(50)));
+    p.start().expect("start");
+    assert_eq!(mproc::open_fd_count(), before, "no sentinel pipe at start");
+    let fd = p.sentinel().expect("a sentinel while running");
+    assert_eq!(p.sentinel(), Some(fd), "opened once");
+    assert_eq!(mproc::open_fd_count(), before + 1);
+    // It reads ready once the child has ended, and not before it is reaped.
+    let mut pfd = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(pfd.as_mut_ptr(), 1, 10_000) }, 1);
+    assert_eq!(p.join_timeout(Duration::ZERO), Ok(Some(0)), "readable means ended");
+    assert_eq!(mproc::open_fd_count(), before, "closed when reaped");
+}
+
 // ---------------------------------------------------------------------------
 // dropping a started process
 
@@ -382,6 +400,26 @@ fn buffered_c_stdout_is_printed_once() {
         unsafe { libc::printf(c"unfinished ".as_ptr()) };
     });
     assert_eq!(output, "unfinished child\nparent\n");
+}
+
+#[test]
+fn a_childs_own_unflushed_c_stdout_is_printed_at_its_exit() {
+    // The child's text sits in C's buffer (a pipe: fully buffered) when
+    // its target returns; `_exit` would drop it without mproc's flush.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    let helper = started(move || {
+        nix::unistd::dup2(write_end.as_raw_fd(), 1).expect("dup2");
+        drop(write_end);
+        let child = started(|| {
+            // SAFETY: a C string literal (NUL-terminated) without conversions.
+            unsafe { libc::printf(c"from C, no newline".as_ptr()) };
+        });
+        assert_eq!(child.join(), Ok(0));
+    });
+    let mut output = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::from(read_end), &mut output).expect("read");
+    assert_eq!(helper.join(), Ok(0));
+    assert_eq!(String::from_utf8_lossy(&output), "from C, no newline");
 }
 
 // ---------------------------------------------------------------------------
@@ -786,6 +824,47 @@ fn a_childs_exit_handler_ignores_the_parents_process_children() {
     sibling.kill().expect("kill");
     assert_eq!(sibling.join(), Ok(-libc::SIGKILL));
     assert!(process_gone(sibling_pid));
+}
+
+extern "C" fn sigterm_myself() {
+    // SAFETY: raise is async-signal-safe and takes an integer.
+    unsafe { libc::raise(libc::SIGTERM) };
+}
+
+#[test]
+fn an_exit_signal_between_fork_and_registration_on_the_same_thread_still_kills_the_child() {
+    // A helper that owns the exit handlers makes SIGTERM arrive on its
+    // starting thread right after `fork` returns there (a pthread_atfork
+    // parent hook), before the child is registered. The handler must not
+    // act before the registration (it would wait for it, then miss the
+    // child), nor after the helper is gone: the child must die with it.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    let helper = started(move || {
+        mproc::exit_cleanly_on_signals().expect("install the exit handlers");
+        // SAFETY: registers a parent hook that only raises a signal.
+        assert_eq!(unsafe { libc::pthread_atfork(None, Some(sigterm_myself), None) }, 0);
+        let mut child = Process::new(move || {
+            let pid = std::process::id().to_le_bytes();
+            let _ = nix::unistd::write(&write_end, &pid);
+            drop(write_end);
+            sleep_forever();
+        });
+        let _ = child.start();
+        sleep_forever();
+    });
+    let mut pid = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::from(read_end), &mut pid).expect("read");
+    assert_eq!(helper.join(), Ok(128 + libc::SIGTERM), "the helper's handler exits 143");
+    // The child may have died before it could say its pid; if it said
+    // it, it must be gone (killed and reaped by the helper's handler).
+    if let Ok(pid) = <[u8; 4]>::try_from(pid.as_slice()) {
+        let pid = u32::from_le_bytes(pid) as i32;
+        let gone = process_gone(pid);
+        if !gone {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        assert!(gone, "the child {pid} outlived the helper");
+    }
 }
 
 // ---------------------------------------------------------------------------

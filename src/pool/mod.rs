@@ -141,7 +141,10 @@ pub const MAX_PROCESSES: usize = 4096;
 /// Builds a [`Pool`] with options: `Pool::builder().processes(2).build()`.
 #[derive(Debug, Clone)]
 pub struct PoolBuilder {
-    processes: usize,
+    /// `None`: the number of CPUs, asked only in `build` (it reads
+    /// `/proc` and the cgroup files on Linux: a dozen system calls that
+    /// `Pool::new(n)` has no use for).
+    processes: Option<usize>,
     initializer: Option<fn()>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
@@ -155,7 +158,7 @@ pub const DEFAULT_MAX_RESULT_SIZE: usize = 1 << 30;
 impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
-            processes: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            processes: None,
             initializer: None,
             max_tasks_per_child: None,
             task_timeout: None,
@@ -169,7 +172,7 @@ impl PoolBuilder {
     /// How many workers (default: the number of CPUs). 0 and more than
     /// [`MAX_PROCESSES`] are errors.
     pub fn processes(mut self, n: usize) -> Self {
-        self.processes = n;
+        self.processes = Some(n);
         self
     }
 
@@ -225,14 +228,12 @@ impl PoolBuilder {
     /// Maps the rings, forks the zygote and the workers, and waits until
     /// every worker runs.
     pub fn build(self) -> Result<Pool> {
-        if self.processes == 0 {
+        let n = self.processes.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if n == 0 {
             return Err(Error::InvalidArgument("a pool needs at least 1 process".into()));
         }
-        if self.processes > MAX_PROCESSES {
-            return Err(Error::InvalidArgument(format!(
-                "{} processes: a pool has at most {MAX_PROCESSES}",
-                self.processes
-            )));
+        if n > MAX_PROCESSES {
+            return Err(Error::InvalidArgument(format!("{n} processes: a pool has at most {MAX_PROCESSES}")));
         }
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::InvalidArgument("max_tasks_per_child must be at least 1".into()));
@@ -242,7 +243,6 @@ impl PoolBuilder {
         }
         // The zygote counts time in u64 nanoseconds; beyond that, no limit.
         let task_timeout = self.task_timeout.filter(|t| u64::try_from(t.as_nanos()).is_ok());
-        let n = self.processes;
         let capacity = self.ring_capacity.clamp(4096, 1 << 30).next_power_of_two();
         let layout = Layout::new(n, capacity)?;
         let parent_bell = Bell::new()?;

@@ -115,6 +115,11 @@ impl Layout {
         Ok(layout)
     }
 
+    /// How many worker slots.
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     /// In a child just forked to work for slot `keep`: unmaps every other
     /// slot, and the control block unless `keep_control` (`fork_map`'s
     /// children share its claim counter), so that nothing this process

@@ -79,6 +79,11 @@ fn parse_request(rec: &[u8; REQ_LEN]) -> (u32, usize) {
     (word(kind), word(slot) as usize)
 }
 
+/// The signals whose disposition the zygote changes after its
+/// `reset_for_child` (SIGCHLD's self-pipe handler; SIGINT and SIGQUIT
+/// ignored), besides SIGPIPE: what a worker must set back to default.
+const ZYGOTE_SIGNALS: [i32; 3] = [libc::SIGCHLD, libc::SIGINT, libc::SIGQUIT];
+
 /// After SIGTERM, how long a timed-out worker's process group gets before
 /// SIGKILL.
 pub(crate) const TERM_GRACE: Duration = Duration::from_millis(200);
@@ -109,10 +114,12 @@ pub(crate) enum Report {
 }
 
 impl Report {
-    /// The record: `(kind, slot, a, b, c)` as little-endian words, the
-    /// [`Wire`] encoding of that tuple ([`REP_BODY_LEN`] bytes), then the
-    /// time stamp `at_ns`.
-    fn encode(&self, at_ns: u64) -> Vec<u8> {
+    /// The record, written over `rec`: `(kind, slot, a, b, c)` as
+    /// little-endian words, the [`Wire`] encoding of that tuple
+    /// ([`REP_BODY_LEN`] bytes), then the time stamp `at_ns`. Into a buffer
+    /// the zygote reuses: every heap page it writes after forking a worker
+    /// is a copy-on-write fault.
+    fn encode_into(&self, at_ns: u64, rec: &mut Vec<u8>) {
         let (kind, slot, a, b, c) = match *self {
             Report::Spawned { slot, pid } => (REP_SPAWNED, slot, pid, 0, 0),
             Report::SpawnFailed { slot, errno } => (REP_SPAWN_FAILED, slot, 0, errno, 0),
@@ -126,9 +133,9 @@ impl Report {
                 }
             }
         };
-        let mut rec = (kind, slot as u32, a, b, c).to_bytes();
+        rec.clear();
+        (kind, slot as u32, a, b, c).encode(rec);
         rec.extend_from_slice(&at_ns.to_le_bytes());
-        rec
     }
 
     /// A record's report and its time stamp.
@@ -435,6 +442,10 @@ fn wait_exit(
     hurry: &AtomicBool,
 ) -> Result<Option<ExitStatus>> {
     const REAP_LOOK: Duration = Duration::from_millis(10);
+    // Where the kernel makes pidfds, the zygote's wakes us once, when it
+    // has exited; the report pipe wakes us for each of its workers' last
+    // reports too (a context switch each, while those processes exit).
+    let exited = if sys::have_pidfd() { sys::pidfd_open(pid).ok() } else { None };
     let mut hurried = false;
     loop {
         if !hurried && hurry.load(Ordering::SeqCst) {
@@ -452,6 +463,11 @@ fn wait_exit(
         let left = deadline.map_or(REAP_LOOK, |d| d.saturating_duration_since(Instant::now()));
         if left.is_zero() {
             return Ok(None);
+        }
+        if let Some(exited) = &exited {
+            // Readable: it has exited; the next waitpid reaps it.
+            sys::poll(&[(exited.as_fd(), true, false)], Some(left.min(REAP_LOOK)))?;
+            continue;
         }
         let ready = sys::poll(&[(reports, true, false)], Some(left.min(REAP_LOOK)))?;
         // Reports nobody will read now, or the end of file: the pipe is
@@ -517,6 +533,8 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     // Ctrl-C goes to the whole foreground group; the zygote leaves the
     // decision to its parent, which will tell it (or die, and close the pipe).
     sys::signal::reset_for_child()?;
+    // From here on only ZYGOTE_SIGNALS (and SIGPIPE, see below) change:
+    // a worker puts back just those.
     sys::signal::ignore(libc::SIGINT)?;
     sys::signal::ignore(libc::SIGQUIT)?;
     // A report to a parent that is gone fails with EPIPE; we notice the
@@ -524,16 +542,18 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
     // get the parent's disposition back (a CLI may want SIGPIPE's default).
     let parent_ignores_sigpipe = sys::signal::is_ignored(libc::SIGPIPE)?;
     sys::signal::ignore(libc::SIGPIPE)?;
-    let (sig_r, sig_w) = sys::pipe()?;
-    sys::set_nonblocking(sig_r.as_fd(), true)?;
-    sys::set_nonblocking(sig_w.as_fd(), true)?;
+    let (sig_r, sig_w) = sys::pipe_nonblocking()?;
     sys::signal::sigchld_to_pipe(sig_w.as_raw_fd())?;
     // The parent's death wakes us like a child's (see the module docs);
     // if it died before the request took effect, we see it below.
     sys::set_parent_death_signal(libc::SIGCHLD)?;
     let zygote_pid = sys::getpid();
 
-    let mut live: HashMap<i32, usize> = HashMap::new();
+    // Sized once: the loop allocates nothing, so that forking a worker
+    // (which write-protects every page) costs no copy of heap pages here.
+    let mut live: HashMap<i32, usize> = HashMap::with_capacity(2 * side.layout.slot_count());
+    let mut record = Vec::with_capacity(REP_LEN);
+    let mut pollfds = [sys::pollfd_in(sig_r.as_fd()), sys::pollfd_in(side.requests.as_fd())];
     let mut timers = Timers::default();
     let mut shutting_down = false;
     // Requests are read until EOF or a kill order, also after a polite
@@ -555,11 +575,10 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
             return Ok(());
         }
         let wake_at = timers.run(&live, &side.layout, side.task_timeout);
-        let mut fds = vec![(sig_r.as_fd(), true, false)];
-        if listening {
-            fds.push((side.requests.as_fd(), true, false));
-        }
-        let ready = sys::poll(&fds, wake_at.map(|t| t.saturating_duration_since(Instant::now())))?;
+        let watched = if listening { 2 } else { 1 };
+        let wait = wake_at.map(|t| t.saturating_duration_since(Instant::now()));
+        sys::poll_in_place(&mut pollfds[..watched], wait)?;
+        let ready = [sys::ready_of(&pollfds[0]), sys::ready_of(&pollfds[1])];
         if ready[0].readable {
             let mut buf = [0u8; 64];
             while matches!(sys::read(sig_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
@@ -568,11 +587,11 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
                     let timed_out = timers.timed_out.remove(&pid);
                     // While shutting down too: the parent reads these
                     // while it waits for us (the timeline shows them).
-                    report(side, Report::Died { slot, pid, status, timed_out });
+                    report(side, &mut record, Report::Died { slot, pid, status, timed_out });
                 }
             }
         }
-        if listening && ready.get(1).is_some_and(|r| r.readable || r.hangup) {
+        if listening && (ready[1].readable || ready[1].hangup) {
             let mut rec = [0u8; REQ_LEN];
             let n = read_record(side.requests.as_fd(), &mut rec)?;
             let (kind, slot) = parse_request(&rec);
@@ -583,12 +602,14 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
                     match spawn_worker(side, slot, zygote_pid, parent_ignores_sigpipe, &sig_r, &sig_w) {
                         Ok(pid) => {
                             live.insert(pid, slot);
-                            report(side, Report::Spawned { slot, pid });
+                            report(side, &mut record, Report::Spawned { slot, pid });
                         }
                         Err(Error::Os(OsError { errno, .. })) => {
-                            report(side, Report::SpawnFailed { slot, errno })
+                            report(side, &mut record, Report::SpawnFailed { slot, errno })
                         }
-                        Err(_) => report(side, Report::SpawnFailed { slot, errno: libc::EINVAL }),
+                        Err(_) => {
+                            report(side, &mut record, Report::SpawnFailed { slot, errno: libc::EINVAL })
+                        }
                     }
                 }
                 (REQ_LEN, REQ_SHUTDOWN) => shutting_down = true,
@@ -709,9 +730,10 @@ fn read_record(fd: std::os::fd::BorrowedFd<'_>, rec: &mut [u8; REQ_LEN]) -> Resu
     Ok(got)
 }
 
-fn report<W: FnMut(usize)>(side: &ZygoteSide<W>, rep: Report) {
+fn report<W: FnMut(usize)>(side: &ZygoteSide<W>, record: &mut Vec<u8>, rep: Report) {
+    rep.encode_into(sys::monotonic_ns(), record);
     // A parent that is gone cannot be told; the request pipe's EOF will end us.
-    let _ = sys::write_all(side.reports.as_fd(), &rep.encode(sys::monotonic_ns()));
+    let _ = sys::write_all(side.reports.as_fd(), record);
     // After the write: a parent that sees the word set finds the report in
     // the pipe. SeqCst: a plain flag between two processes, set rarely.
     side.layout.reports_pending().store(1, Ordering::SeqCst);
@@ -735,7 +757,9 @@ fn spawn_worker<W: FnMut(usize)>(
             {
                 sys::close_inherited(fd);
             }
-            let _ = sys::signal::reset_for_child();
+            // The zygote's mask is empty and its other dispositions are
+            // the defaults (its own reset_for_child): three calls, not six.
+            let _ = sys::signal::restore_defaults(&ZYGOTE_SIGNALS);
             if !parent_ignores_sigpipe {
                 let _ = sys::signal::default_sigpipe();
             }

@@ -11,10 +11,10 @@
 //! `pthread_sigmask` calls, only on the slow path: a bell is rung only when
 //! the peer is asleep, and that wake-up costs far more.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::error::{Error, Result};
-use crate::sys::{pipe, read, set_nonblocking, trace, write};
+use crate::sys::{pipe_nonblocking, read, trace, write};
 
 /// A doorbell: a pipe whose bytes mean only "look again". Both ends are
 /// non-blocking: a full pipe already holds a pending wake-up, and the
@@ -30,9 +30,7 @@ pub(crate) struct Bell {
 impl Bell {
     /// A new bell, both ends close-on-exec and non-blocking.
     pub(crate) fn new() -> Result<Bell> {
-        let (read, write) = pipe()?;
-        set_nonblocking(read.as_fd(), true)?;
-        set_nonblocking(write.as_fd(), true)?;
+        let (read, write) = pipe_nonblocking()?;
         Ok(Bell { read, write })
     }
 }

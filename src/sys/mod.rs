@@ -70,19 +70,128 @@ pub(crate) enum Forked {
     Child,
 }
 
-/// Flushes Rust's stdout and C's stdio buffers (a child calls this before
-/// `_exit`, so what it printed is not lost). Rust's stderr has no buffer,
-/// so it is left alone: taking its lock would gain nothing and could wait
-/// on a lock another thread held at `fork`.
+/// Flushes Rust's stdout and C's (a child calls this before `_exit`, so
+/// what it printed is not lost). Rust's stderr has no buffer, nor has C's,
+/// so they are left alone: taking Rust's stderr lock would gain nothing and
+/// could wait on a lock another thread held at `fork`.
 ///
 /// In a child of [`fork`] this never waits on a lock another thread held:
 /// `fork` held Rust's stdout lock itself across the call (the child's copy
 /// is free), and glibc resets every C stdio lock in a child.
+// Inlined (as are the helpers it calls, and exit_now): see `fork`.
+#[inline(always)]
 pub(crate) fn flush_stdio() {
-    let _ = std::io::stdout().flush();
-    // SAFETY: fflush(NULL) flushes every C stdio stream; it takes no pointer
-    // from us and is always safe to call.
-    unsafe { libc::fflush(std::ptr::null_mut()) };
+    // An error is dropped only when there is one: a fresh child would fault
+    // in the drop glue's code for the `Ok` too.
+    if let Err(e) = std::io::stdout().flush() {
+        drop(e);
+    }
+    flush_c_stdout();
+}
+
+/// C's `stdout` stream: what `printf` writes to (a macro over
+/// `__stdoutp` on the BSDs and macOS).
+mod c_stdio {
+    #[cfg(not(any(target_os = "macos", target_os = "ios", target_os = "freebsd")))]
+    extern "C" {
+        #[link_name = "stdout"]
+        pub(super) static STDOUT: *mut libc::FILE;
+    }
+    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+    extern "C" {
+        #[link_name = "__stdoutp"]
+        pub(super) static STDOUT: *mut libc::FILE;
+    }
+    #[cfg(all(target_os = "linux", target_env = "musl"))]
+    extern "C" {
+        /// stdio_ext(3): bytes waiting in the stream's output buffer.
+        pub(super) fn __fpending(stream: *mut libc::FILE) -> libc::size_t;
+    }
+
+    /// The head of glibc's `struct _IO_FILE`, as `<bits/types/struct_FILE.h>`
+    /// publishes it, up to `_mode`. A frozen ABI: glibc's own
+    /// `putc_unlocked` macro compiles `_IO_write_ptr` into programs.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[repr(C)]
+    pub(super) struct GlibcFile {
+        flags: libc::c_int,
+        read: [*mut libc::c_char; 3],
+        pub(super) write_base: *mut libc::c_char,
+        pub(super) write_ptr: *mut libc::c_char,
+        rest: [*mut libc::c_char; 8],
+        fileno: libc::c_int,
+        flags2: libc::c_int,
+        old_offset: libc::off_t,
+        cur_column: libc::c_ushort,
+        vtable_offset: libc::c_schar,
+        shortbuf: [libc::c_char; 1],
+        lock: *mut libc::c_void,
+        offset: libc::off64_t,
+        codecvt: *mut libc::c_void,
+        wide_data: *mut libc::c_void,
+        freeres_list: *mut libc::c_void,
+        freeres_buf: *mut libc::c_void,
+        pad5: libc::size_t,
+        /// Above 0: wide-oriented, its bytes are counted elsewhere.
+        pub(super) mode: libc::c_int,
+    }
+
+    // The offsets `offsetof` gives in C on every 64-bit glibc target.
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
+    const _: () = assert!(
+        std::mem::offset_of!(GlibcFile, write_base) == 32
+            && std::mem::offset_of!(GlibcFile, write_ptr) == 40
+            && std::mem::offset_of!(GlibcFile, mode) == 192
+    );
+}
+
+/// Whether C's stdout may hold bytes not yet written: what `__fpending`
+/// says, read without a call (glibc), or asked (musl); elsewhere
+/// always true.
+#[inline(always)]
+fn c_stdout_pending(stream: *mut libc::FILE) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `stream` is glibc's stdout, a live `struct _IO_FILE`
+        // (GlibcFile is its published head). Two pointers and a word are
+        // read, no lock taken: the same race as __fpending's, where a print
+        // on another thread makes the answer stale, as it would a flush.
+        unsafe {
+            let file = stream.cast::<c_stdio::GlibcFile>();
+            std::ptr::read_volatile(&raw const (*file).mode) > 0
+                || std::ptr::read_volatile(&raw const (*file).write_ptr)
+                    != std::ptr::read_volatile(&raw const (*file).write_base)
+        }
+    }
+    #[cfg(all(target_os = "linux", target_env = "musl"))]
+    {
+        // SAFETY: `stream` is C's stdout; __fpending only reads it.
+        unsafe { c_stdio::__fpending(stream) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
+    {
+        let _ = stream;
+        true
+    }
+}
+
+/// Flushes C's stdout if it holds anything. Only stdout: the other C
+/// streams a child inherits are flushed by nobody in the child (`_exit`
+/// does not), so their buffered bytes are never written twice either.
+/// On Linux an empty buffer costs a few loads ([`c_stdout_pending`]):
+/// `fflush` would take the stream's lock, a write that is one more
+/// copy-on-write page fault in a fresh child (and in the parent after it);
+/// on glibc not even a call, whose code would be one more page for a fresh
+/// child to fault in.
+#[inline(always)]
+fn flush_c_stdout() {
+    // SAFETY: reading the C library's `stdout` pointer, which it sets up
+    // before `main` and never frees.
+    let stream = unsafe { c_stdio::STDOUT };
+    if c_stdout_pending(stream) {
+        // SAFETY: fflush on C's own stdout stream.
+        unsafe { libc::fflush(stream) };
+    }
 }
 
 /// `fork(2)`, with stdio flushed and Rust's stdio locks held across it.
@@ -103,19 +212,23 @@ pub(crate) fn flush_stdio() {
 /// writes with one `write(2)`).
 /// Holding them also means no other thread can buffer text between the
 /// flush and the fork: the child's buffers start empty, and nothing the
-/// parent printed is printed twice. C stdio is flushed with `fflush(NULL)`
-/// first; glibc's `fork` takes and resets its own stdio locks.
+/// parent printed is printed twice. C's stdout is flushed first (when it
+/// holds anything: see [`flush_stdio`]); glibc's `fork` takes and resets
+/// its own stdio locks.
 ///
 /// # Safety
 /// In the child, only the calling thread exists. If the parent had other
 /// threads, any other lock they held (a user's `Mutex`) stays locked
 /// forever in the child; the child must not wait on such locks and must end
 /// with [`exit_now`], never by returning into the parent's code.
+// Inlined into each caller: a child runs the rest of it, and every
+// distinct 64 KiB of code a fresh child runs is one more page fault there
+// (file-backed code is not copied by fork; fault-around maps 64 KiB).
+#[inline(always)]
 pub(crate) unsafe fn fork() -> Result<Forked> {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.flush();
-    // SAFETY: see flush_stdio.
-    unsafe { libc::fflush(std::ptr::null_mut()) };
+    flush_c_stdout();
     // SAFETY: the caller upholds the post-fork rules above.
     let pid = unsafe { libc::fork() };
     drop(stdout);
@@ -176,12 +289,7 @@ impl ParentOnlyFd {
             // new end also sees the entry.
             PARENT_ONLY_END.fetch_max(i + 1, Ordering::AcqRel);
         }
-        ParentOnlyFd { fd: std::mem::ManuallyDrop::new(fd), slot, owner: getpid() }
-    }
-
-    /// Whether this process made it (false in a child that inherited a copy).
-    pub(crate) fn owned_here(&self) -> bool {
-        self.owner == getpid()
+        ParentOnlyFd { fd: std::mem::ManuallyDrop::new(fd), slot, owner: pid_if_cached_else_getpid() }
     }
 }
 
@@ -199,7 +307,7 @@ impl AsRawFd for ParentOnlyFd {
 
 impl Drop for ParentOnlyFd {
     fn drop(&mut self) {
-        if getpid() != self.owner {
+        if pid_if_cached_else_getpid() != self.owner {
             // In a child: `fork` closed (or, unregistered, left) the number;
             // either way it is not this copy's to close.
             return;
@@ -234,6 +342,57 @@ fn close_parent_only() {
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// Whether this kernel makes pidfds (`pidfd_open(2)`, Linux 5.3): 0 not
+/// known yet, 1 yes, 2 no (an older kernel, or a seccomp filter that
+/// refuses it). Asked once per process.
+#[cfg(target_os = "linux")]
+static PIDFD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether [`pidfd_open`] works here: always false off Linux.
+pub(crate) fn have_pidfd() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // Relaxed: every thread that asks gets the same answer from the kernel.
+        match PIDFD.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                // Not traced: a question to the kernel, not a step of the lesson.
+                let works = pidfd_open_untraced(getpid()).is_ok();
+                PIDFD.store(if works { 1 } else { 2 }, Ordering::Relaxed);
+                works
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// `pidfd_open(2)` (Linux): a close-on-exec descriptor that `poll` reports
+/// readable once process `pid` has ended. For our own unreaped child the
+/// pid cannot have been reused, so the descriptor names that child.
+/// Elsewhere there is none (ask [`have_pidfd`] first): `ENOSYS`.
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        let fd = pidfd_open_untraced(pid)?;
+        trace!("pidfd_open({pid}) = {}", fd.as_raw_fd());
+        Ok(fd)
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err(Error::Os(OsError { call: "pidfd_open", pid: Some(pid), errno: libc::ENOSYS }))
+}
+
+#[cfg(target_os = "linux")]
+fn pidfd_open_untraced(pid: i32) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags (0: close-on-exec is implied).
+    let fd = retry("pidfd_open", Some(pid), || unsafe {
+        libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long)
+    })?;
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// `waitpid(2)` for one child. With `nohang`, `Ok(None)` means still running.
@@ -318,6 +477,7 @@ fn raw_kill(pid: i32, signal: i32) -> Result<()> {
 
 /// `_exit(2)`: ends the process now, without running atexit handlers or
 /// destructors (they belong to the parent's copy of the program).
+#[inline(always)]
 pub(crate) fn exit_now(code: i32) -> ! {
     trace!("_exit({code})");
     // SAFETY: _exit never returns and touches no Rust state.
@@ -369,6 +529,20 @@ pub(crate) fn current_pid() -> i32 {
     pid
 }
 
+/// This process's pid: [`current_pid`]'s cache if it holds one, else
+/// `getpid(2)`. Unlike `current_pid` it never installs the fork hook that
+/// keeps the cache right, which writes a page in every child forked after
+/// it (one more copy-on-write fault each): a program that made a pool has
+/// the hook already and saves the system call; one that only starts
+/// processes pays it, as before.
+pub(crate) fn pid_if_cached_else_getpid() -> i32 {
+    // Relaxed: see current_pid.
+    match CACHED_PID.load(Ordering::Relaxed) {
+        0 => getpid(),
+        pid => pid,
+    }
+}
+
 /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds. Every process on the
 /// machine reads the same clock, so a time stamp one process writes into
 /// shared memory means the same instant to another.
@@ -413,11 +587,22 @@ pub(crate) fn set_parent_death_signal(signal: i32) -> Result<()> {
 
 /// `pipe(2)` with both ends close-on-exec: `(read end, write end)`.
 pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    pipe_with(false)
+}
+
+/// [`pipe`] with both ends non-blocking as well (a doorbell): one system
+/// call where `pipe2` exists, instead of five.
+pub(crate) fn pipe_nonblocking() -> Result<(OwnedFd, OwnedFd)> {
+    pipe_with(true)
+}
+
+fn pipe_with(nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     #[cfg(any(target_os = "linux", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd"))]
     {
+        let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        retry("pipe", None, || unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+        retry("pipe", None, || unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
     }
     #[cfg(not(any(
         target_os = "linux",
@@ -433,6 +618,10 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
         for fd in fds {
             // SAFETY: fd was just returned by pipe and is open.
             retry("fcntl", None, || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+            if nonblocking {
+                // SAFETY: as above; a fresh pipe end has no other status flag.
+                retry("fcntl", None, || unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) })?;
+            }
         }
     }
     trace!("pipe() = [{}, {}]", fds[0], fds[1]);
@@ -544,14 +733,23 @@ pub(crate) fn poll(fds: &[(BorrowedFd<'_>, bool, bool)], timeout: Option<Duratio
         })
         .collect();
     poll_in_place(&mut pfds, timeout)?;
-    Ok(pfds
-        .iter()
-        .map(|p| Ready {
-            readable: p.revents & libc::POLLIN != 0,
-            writable: p.revents & libc::POLLOUT != 0,
-            hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
-        })
-        .collect())
+    Ok(pfds.iter().map(ready_of).collect())
+}
+
+/// A `pollfd` asking whether `fd` is readable, for [`poll_in_place`].
+pub(crate) fn pollfd_in(fd: BorrowedFd<'_>) -> libc::pollfd {
+    libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }
+}
+
+/// What [`poll_in_place`] reported for one entry (nothing for an entry
+/// left out of the call: its `revents` keeps the last answer, so clear
+/// or ignore it).
+pub(crate) fn ready_of(p: &libc::pollfd) -> Ready {
+    Ready {
+        readable: p.revents & libc::POLLIN != 0,
+        writable: p.revents & libc::POLLOUT != 0,
+        hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+    }
 }
 
 /// `poll(2)` on a caller-owned array, for a loop that polls at every

@@ -18,9 +18,11 @@
 //!   already hold one of the child's own entries.
 //!
 //! This costs nothing at `fork` (no page is written until the child
-//! registers something of its own), and it holds for any fork, not only
-//! mproc's. Everything is a lock-free atomic, so a signal handler may read
-//! a table at any moment, even one that interrupted an insert.
+//! registers something of its own), and it holds for any fork through the
+//! C library, not only mproc's (the pid is `getpid`'s, or the cache that
+//! libc's fork hook clears: see `sys::current_pid`). Everything is a
+//! lock-free atomic, so a signal handler may read a table at any moment,
+//! even one that interrupted an insert; the handler asks `getpid` itself.
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
@@ -84,8 +86,12 @@ impl<const N: usize> OwnedTable<N> {
     /// table is full: registration is best effort, and a caller then just
     /// lacks what the table gives (a signal handler will not see it).
     pub(crate) fn insert(&self, value: u64) -> Option<Entry> {
+        self.insert_as(super::pid_if_cached_else_getpid(), value)
+    }
+
+    /// [`OwnedTable::insert`] for a caller that knows its pid `me`.
+    fn insert_as(&self, me: i32, value: u64) -> Option<Entry> {
         debug_assert_ne!(value, 0, "0 marks a free entry");
-        let me = getpid();
         self.adopt(me);
         // AcqRel/Acquire: the entry is visible to a handler on this thread
         // at once; other threads only need the slot claimed exactly once.
@@ -98,7 +104,7 @@ impl<const N: usize> OwnedTable<N> {
 
     /// Unregisters `entry`, if this process made it (see the module docs).
     pub(crate) fn remove(&self, entry: Entry) {
-        if entry.owner == getpid() {
+        if entry.owner == super::pid_if_cached_else_getpid() {
             self.entries[entry.slot].store(0, Ordering::Release);
         }
     }
@@ -229,13 +235,23 @@ const ZYGOTE_GRACE_NS: u64 = 1_000_000_000;
 // ---------------------------------------------------------------------------
 // live Process children
 
-/// The pids of this process's running [`crate::Process`] children: started
-/// and not yet reaped. The exit handler kills and reaps them.
-static CHILDREN: OwnedTable<1024> = OwnedTable::new();
-/// `pid << 32 | n`: process `pid` has `n` `Process::start`s between
-/// `fork` and registering the child (see [`ChildStart`]). One word, so that
-/// a child, which inherits a copy, tells at once that the count is not its.
-static STARTING: AtomicU64 = AtomicU64::new(0);
+/// What every `Process::start` and reap writes, in one place: the count
+/// of starts in progress first, then the table's owner and first entries.
+/// Each page the parent writes while a child lives is copied (copy-on-write),
+/// so the two share their first cache line, and with it one page.
+#[repr(C, align(64))]
+struct Children {
+    /// `pid << 32 | n`: process `pid` has `n` `Process::start`s between
+    /// `fork` and registering the child (see [`ChildStart`]). One word, so
+    /// that a child, which inherits a copy, tells at once that the count is
+    /// not its.
+    starting: AtomicU64,
+    /// The pids of this process's running [`crate::Process`] children:
+    /// started and not yet reaped. The exit handler kills and reaps them.
+    table: OwnedTable<1024>,
+}
+
+static CHILDREN: Children = Children { starting: AtomicU64::new(0), table: OwnedTable::new() };
 
 fn starting_split(word: u64) -> (i32, u64) {
     ((word >> 32) as i32, word & 0xffff_ffff)
@@ -245,32 +261,41 @@ fn starting_split(word: u64) -> (i32, u64) {
 /// that the exit handler, if it runs on another thread meanwhile, waits for
 /// the registration instead of missing the child. (On the starting thread
 /// itself the caller blocks SIGINT and SIGTERM over the same stretch.)
-pub(crate) struct ChildStart(());
+pub(crate) struct ChildStart {
+    /// This process's pid, asked once per start.
+    me: i32,
+}
 
 impl ChildStart {
     pub(crate) fn begin() -> ChildStart {
-        let me = getpid();
+        let me = super::pid_if_cached_else_getpid();
         // AcqRel: the handler on another thread sees the count before the fork.
-        let _ = STARTING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+        let _ = CHILDREN.starting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
             let (owner, n) = starting_split(word);
             let n = if owner == me { n + 1 } else { 1 };
             Some((me as u32 as u64) << 32 | n)
         });
-        ChildStart(())
+        ChildStart { me }
+    }
+
+    /// The pid of the process that began this start (the parent-to-be).
+    pub(crate) fn owner(&self) -> i32 {
+        self.me
     }
 
     /// After `fork`, in the parent: registers the child and ends the start.
     pub(crate) fn register(self, pid: i32) -> Option<Entry> {
-        CHILDREN.insert(pid as u32 as u64)
+        CHILDREN.table.insert_as(self.me, pid as u32 as u64)
         // `self` drops here: the count goes down after the insert.
     }
 }
 
 impl Drop for ChildStart {
     fn drop(&mut self) {
-        let me = getpid();
+        // Dropped only in the process that began it (the child forgets its copy).
+        let me = self.me;
         // AcqRel: the registration above is visible before the count drops.
-        let _ = STARTING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+        let _ = CHILDREN.starting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
             let (owner, n) = starting_split(word);
             // Another owner: a copy of a guard in a child; not counted here.
             (owner == me && n > 0).then(|| word - 1)
@@ -280,7 +305,7 @@ impl Drop for ChildStart {
 
 /// Unregisters a child (before it is reaped: see `Process`).
 pub(crate) fn forget_child(entry: Entry) {
-    CHILDREN.remove(entry);
+    CHILDREN.table.remove(entry);
 }
 
 /// For the exit handler: `SIGKILL` to every registered child of this
@@ -290,7 +315,7 @@ pub(crate) fn forget_child(entry: Entry) {
 pub(crate) fn kill_and_reap_children() {
     let me = getpid();
     let starting = || {
-        let (owner, n) = starting_split(STARTING.load(Ordering::Acquire));
+        let (owner, n) = starting_split(CHILDREN.starting.load(Ordering::Acquire));
         owner == me && n > 0
     };
     if starting() {
@@ -303,13 +328,13 @@ pub(crate) fn kill_and_reap_children() {
             unsafe { libc::nanosleep(&nap, std::ptr::null_mut()) };
         }
     }
-    CHILDREN.for_each(|pid| {
+    CHILDREN.table.for_each(|pid| {
         // SAFETY: kill takes integers. The pid is registered only while
         // the child is unreaped (it is removed before `waitpid` reaps it),
         // so it cannot name a recycled process.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
-    CHILDREN.for_each(|pid| {
+    CHILDREN.table.for_each(|pid| {
         let mut status = 0;
         // SAFETY: `status` is a valid, writable int. ECHILD (another thread
         // reaped it meanwhile) ends the loop like success.

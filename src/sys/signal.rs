@@ -195,6 +195,18 @@ pub(crate) fn reset_for_child() -> Result<()> {
     Ok(())
 }
 
+/// Sets `signals` back to `SIG_DFL` (and forgets the self-pipe): for a
+/// child whose parent changed only these since its own
+/// [`reset_for_child`] (a pool worker, forked by the zygote), so the mask
+/// and the other dispositions are clean already.
+pub(crate) fn restore_defaults(signals: &[c_int]) -> Result<()> {
+    for &signal in signals {
+        set_action(signal, libc::SIG_DFL, &[])?;
+    }
+    set_wake_fd(-1);
+    Ok(())
+}
+
 /// The signals a child must set back to `SIG_DFL` before `exec`: every
 /// signal that has a handler in this process (a handler that ran in the
 /// child between fork and exec would act on the parent's behalf), plus
@@ -265,7 +277,10 @@ impl SigMask {
         SigMask::change(libc::SIG_UNBLOCK, Some(signals))
     }
 
-    /// Makes this the calling thread's mask again.
+    /// Makes this the calling thread's mask again. Inlined: a freshly
+    /// forked child calls it, and each distinct page of code a child runs
+    /// is a page fault there.
+    #[inline(always)]
     pub(crate) fn restore(&self) {
         // SAFETY: `self.0` came from pthread_sigmask. Restoring a mask we
         // read cannot fail (EINVAL is only for a bad `how`).

@@ -80,9 +80,10 @@ impl fmt::Display for TraceCategories {
 /// `caught`, for a signal caught). `kill` is in two, as in strace. A name
 /// missing here is printed only under `all` (a unit test checks that every
 /// `trace!` in the crate is listed).
-const CALLS: [(&str, TraceCategories); 20] = [
+const CALLS: [(&str, TraceCategories); 21] = [
     ("fork", TraceCategories::PROCESS),
     ("waitpid", TraceCategories::PROCESS),
+    ("pidfd_open", TraceCategories::PROCESS),
     ("_exit", TraceCategories::PROCESS),
     ("kill", TraceCategories::PROCESS.union(TraceCategories::SIGNAL)),
     ("setpgid", TraceCategories::PROCESS),
