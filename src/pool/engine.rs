@@ -169,8 +169,10 @@ impl BatchEncoder {
         if self.count == u32::MAX {
             return Err(too_many_tasks());
         }
+        // No batch for an input that has ended (a message costs a buffer).
+        let Some(first) = items.next() else { return Ok((false, true)) };
         if self.batch.is_none() {
-            self.batch = Some(self.start_batch(items.size_hint().0.saturating_sub(1)));
+            self.batch = Some(self.start_batch(items.size_hint().0));
         }
         let Some(b) = self.batch.as_mut() else { return Ok((false, true)) };
         // Up to the chunk, the task count's limit, and the first argument
@@ -182,7 +184,8 @@ impl BatchEncoder {
         let mut msg = std::mem::take(&mut b.msg);
         let before = msg.len();
         msg.reserve(room as usize * width);
-        let mut n = 0;
+        first.encode(&mut msg);
+        let mut n = 1;
         let mut ended = false;
         while n < room {
             let Some(arg) = items.next() else {

@@ -410,7 +410,7 @@ impl Pool {
                     }
                 }
                 if ended {
-                    return self.core.lock().end_fill(sub, encoder.finish().filter(|b| b.count > 0));
+                    return self.core.lock().end_fill(sub, encoder.finish());
                 }
             }
         }
