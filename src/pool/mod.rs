@@ -438,8 +438,8 @@ impl Pool {
     /// ([`Wire::FIXED_LEN`]: numbers, `bool`, `char`, tuples and arrays of
     /// them) take a faster path: a batch's arguments travel as one column,
     /// a worker runs it through one call and sends the results back as one
-    /// run, and the parent files a run with one copy (tens of millions of
-    /// trivial tasks a second more; see the README's numbers). The pool
+    /// run, and the parent files a run with one copy (for trivial tasks,
+    /// about eight times the rate; see the README's numbers). The pool
     /// keeps the buffers of its biggest recent `map` (up to 64 MiB) for the
     /// next one, so a program that maps again touches no fresh memory.
     ///
