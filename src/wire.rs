@@ -134,7 +134,8 @@
 //! then moves its values as columns, with no length in front of each, and
 //! a worker runs a whole column of tasks through one call (for tasks of a
 //! few nanoseconds, several times faster). Its `decode` must accept every
-//! encoding its `encode` writes, as always; the pool checks the length.
+//! encoding its `encode` writes, as always; the pool checks each value's
+//! length as it encodes it.
 //!
 //! ```
 //! use mproc::{DecodeError, Wire};
@@ -341,8 +342,10 @@ pub trait Wire: Sized {
     /// say so. The default, `None`, is right for every type. A type that
     /// says `Some(n)` and then encodes a value to another length costs
     /// speed (that result travels alone) or, for an argument, fails the
-    /// call with [`Error::InvalidArgument`](crate::Error::InvalidArgument);
-    /// never a wrong answer.
+    /// call with [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+    /// (each argument's length is checked as it is encoded); never a wrong
+    /// answer. `()` says `Some(0)`: its results travel in runs, but
+    /// arguments of no bytes run one call per task.
     const FIXED_LEN: Option<usize> = None;
 
     /// Appends the encoding of `self` to `out`.

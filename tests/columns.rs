@@ -335,3 +335,57 @@ fn the_message_decoders_take_any_bytes() {
         mproc::fuzzing::result_message(&data);
     }
 }
+
+fn low_byte(n: u32) -> u8 {
+    n as u8
+}
+
+fn page_of(n: u32) -> [u8; 4096] {
+    [n as u8; 4096]
+}
+
+#[test]
+fn a_map_after_a_bigger_one_reserves_for_itself_not_for_the_last() {
+    let _dog = watchdog(Duration::from_secs(60), "a wide map after a long one");
+    let pool = Pool::new(2).unwrap();
+    // 16 M one-byte results: their buffers (16 MiB of task states among
+    // them) are kept for the next big map...
+    assert_eq!(pool.map(low_byte, 0..16_000_000u32).unwrap().len(), 16_000_000);
+    // ...which must size its results by its own 4,096 tasks (16 MiB), not
+    // by the last map's 16 M (64 GB: the allocation would abort us).
+    let pages = pool.map(page_of, 0..4096u32).unwrap();
+    assert!(pages.iter().enumerate().all(|(i, p)| p.iter().all(|&b| b == i as u8)));
+}
+
+/// Says it is always 4 bytes, but encodes its bytes as they are: values of
+/// 2 and 6 bytes, in turn, add up to 4 a value.
+#[derive(Debug, Clone, PartialEq)]
+struct Blob(Vec<u8>);
+
+impl Wire for Blob {
+    const MIN_ENCODED_LEN: usize = 0;
+    const FIXED_LEN: Option<usize> = Some(4);
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0);
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        let all = input.to_vec();
+        *input = &[];
+        Ok(Blob(all))
+    }
+}
+
+fn byte_sum(b: Blob) -> u64 {
+    b.0.iter().map(|&x| u64::from(x)).sum()
+}
+
+#[test]
+fn arguments_whose_lengths_only_add_up_are_refused_not_misread() {
+    let pool = Pool::new(1).unwrap();
+    let blobs: Vec<Blob> =
+        (0..8).map(|i| if i % 2 == 0 { Blob(vec![1, 2]) } else { Blob((3..=8).collect()) }).collect();
+    let r = pool.map(byte_sum, blobs);
+    assert!(matches!(&r, Err(Error::InvalidArgument(m)) if m.contains("FIXED_LEN")), "{r:?}");
+}

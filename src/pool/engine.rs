@@ -166,11 +166,12 @@ impl BatchEncoder {
         items: &mut impl Iterator<Item = A>,
         width: usize,
     ) -> Result<(bool, bool)> {
+        // No batch for an input that has ended (a message costs a buffer),
+        // and no error for one that ends at the most tasks a call may have.
+        let Some(first) = items.next() else { return Ok((false, true)) };
         if self.count == u32::MAX {
             return Err(too_many_tasks());
         }
-        // No batch for an input that has ended (a message costs a buffer).
-        let Some(first) = items.next() else { return Ok((false, true)) };
         if self.batch.is_none() {
             self.batch = Some(self.start_batch(items.size_hint().0));
         }
@@ -182,24 +183,29 @@ impl BatchEncoder {
             (self.chunk - b.count).min(u32::MAX - self.count).min(to_max_msg.min(u32::MAX as usize) as u32);
         // A local vector: its length stays in a register through the loop.
         let mut msg = std::mem::take(&mut b.msg);
-        let before = msg.len();
         msg.reserve(room as usize * width);
-        first.encode(&mut msg);
+        // Every value's length is checked, not their sum: two wrong ones
+        // can add up, and would shift every argument after them.
+        let encode = |arg: &A, msg: &mut Vec<u8>| {
+            let at = msg.len();
+            arg.encode(msg);
+            msg.len() - at == width
+        };
+        let mut fits = encode(&first, &mut msg);
         let mut n = 1;
         let mut ended = false;
-        while n < room {
+        while fits && n < room {
             let Some(arg) = items.next() else {
                 ended = true;
                 break;
             };
-            arg.encode(&mut msg);
+            fits = encode(&arg, &mut msg);
             n += 1;
         }
-        let encoded = msg.len() - before;
         b.msg = msg;
-        if encoded != n as usize * width {
+        if !fits {
             return Err(Error::InvalidArgument(format!(
-                "{n} values of type {} encoded to {encoded} bytes, but its Wire::FIXED_LEN says {width} each",
+                "a value of type {} did not encode to the {width} bytes its Wire::FIXED_LEN says",
                 std::any::type_name::<A>(),
             )));
         }
@@ -252,6 +258,9 @@ pub(crate) struct Submission {
     base_index: u64,
     /// Per task: PENDING, DONE or FAILED.
     states: Vec<u8>,
+    /// How many tasks the input said it holds (capped): what the result
+    /// store is sized for at once.
+    expected: usize,
     store: Store,
     bytes: Vec<u8>,
     errors: HashMap<u32, Error>,
@@ -298,6 +307,7 @@ impl Submission {
         Submission {
             base_index,
             states: Vec::with_capacity(capacity),
+            expected: capacity,
             store: Store::Empty,
             bytes: Vec::new(),
             errors: HashMap::new(),
@@ -460,11 +470,13 @@ impl Submission {
     }
 
     /// Makes room in a `Fixed` store for the results of tasks `..end`: for
-    /// every task we expect (the input's length hint) at once, so there is
-    /// no regrowth while the input streams.
+    /// every task we expect (the input's length hint, not the capacity of
+    /// buffers reused from a bigger call) at once, so there is no regrowth
+    /// while the input streams.
     fn make_room(&mut self, end: usize, stride: usize) {
         if self.bytes.len() < end * stride {
-            self.bytes.reserve_exact(self.states.capacity().max(self.states.len()) * stride);
+            let want = self.expected.max(self.states.len()).saturating_mul(stride);
+            self.bytes.reserve_exact(want.saturating_sub(self.bytes.len()));
             self.bytes.resize(self.states.len() * stride, 0);
         }
     }
@@ -1488,4 +1500,28 @@ fn take_tasks(batches: &mut VecDeque<Batch>, mut n: u64) -> Vec<Batch> {
 #[cold]
 fn too_many_tasks() -> Error {
     Error::InvalidArgument(format!("more than {} tasks in one call", u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn double(n: u64) -> u64 {
+        2 * n
+    }
+
+    #[test]
+    fn a_column_input_of_exactly_the_most_tasks_is_taken_whole() {
+        let mut encoder = BatchEncoder::new(0, Call::new(double as fn(u64) -> u64), 1 << 20, 1 << 16);
+        encoder.count = u32::MAX - 2;
+        let mut items = [7u64, 8].into_iter();
+        // The last two of the u32::MAX tasks a call may have fill the batch...
+        assert_eq!(encoder.push_column(&mut items, 8).unwrap(), (true, false));
+        assert_eq!(encoder.finish().map(|b| b.count), Some(2));
+        // ...and the input then ends: that is no task too many.
+        assert_eq!(encoder.push_column(&mut items, 8).unwrap(), (false, true));
+        assert_eq!(encoder.count(), u32::MAX as usize);
+        let mut more = [9u64].into_iter();
+        assert!(matches!(encoder.push_column(&mut more, 8), Err(Error::InvalidArgument(_))));
+    }
 }

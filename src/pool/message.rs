@@ -49,8 +49,8 @@ pub(crate) const COUNT_AT: usize = CHECK_AT + 8;
 pub(crate) const VARIABLE: u32 = u32::MAX;
 
 /// The key of the task-message check: a keyed, non-linear hash of the
-/// whole sealed task message — kind, `entry`, `func`, `count` and every
-/// argument, everything but the `check` field itself.
+/// whole sealed task message — kind, `entry`, `func`, `count`, the two
+/// widths and every argument, everything but the `check` field itself.
 ///
 /// Why keyed and non-linear: the worker calls `entry` and `func` through
 /// `transmute`, so a message with a flipped bit must never pass. A linear
@@ -402,6 +402,12 @@ fn result_too_large(out: &mut Vec<u8>, at: usize) -> ResultTag {
     out.extend_from_slice(format!("{payload} bytes").as_bytes());
     ResultTag::TooLarge
 }
+
+/// The widest result a run record carries: a run grows only while it is
+/// under a quarter of the ring (at most 256 MiB) and then takes one more
+/// value, so with values of at most 2 GiB its length fits the record's
+/// `u32`. Wider results travel as records of their own.
+pub(crate) const MAX_RUN_WIDTH: usize = 1 << 31;
 
 /// Starts a run record (tag `OkRun`) at the end of `out`; returns where it
 /// starts, for [`finish_run`]. The values are appended after it.

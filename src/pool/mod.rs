@@ -435,13 +435,16 @@ impl Pool {
     /// pool stays usable.
     ///
     /// Arguments and results whose type has a fixed width
-    /// ([`Wire::FIXED_LEN`]: numbers, `bool`, `char`, tuples and arrays of
-    /// them) take a faster path: a batch's arguments travel as one column,
-    /// a worker runs it through one call and sends the results back as one
-    /// run, and the parent files a run with one copy (for trivial tasks,
-    /// about eight times the rate; see the README's numbers). The pool
-    /// keeps the buffers of its biggest recent `map` (up to 64 MiB) for the
-    /// next one, so a program that maps again touches no fresh memory.
+    /// ([`Wire::FIXED_LEN`]: numbers, `bool`, `char`, and tuples, arrays
+    /// and boxes of them) take a faster path: a batch's arguments travel
+    /// as one column, a worker runs it a slice of tasks per call and sends
+    /// the results back in runs (cut by size, by time, and around a task
+    /// that failed), and the parent files a run with one copy (for trivial
+    /// tasks, about eight times the rate; see the README's numbers).
+    /// After a `map` whose tasks all returned values of one width, the
+    /// pool keeps its result buffers (the biggest such so far, up to
+    /// 64 MiB) for the next call of 4,096 tasks or more: a program that
+    /// maps again, no bigger, touches no fresh memory for its results.
     ///
     /// ```
     /// fn square(n: i32) -> i32 { n * n }

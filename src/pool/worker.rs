@@ -177,9 +177,8 @@ impl Worker<'_> {
     /// Runs a batch one task at a time. `Ok(true)`: the task limit is
     /// reached (the results are still to be sent).
     fn run_each(&self, batch: &Batch<'_>, ctx: &mut Context<'_>) -> Result<bool> {
-        // Results of a fixed width go in runs, unless even one is more
-        // than a result may be (then each is its own `TooLarge`).
-        let width = batch.result_width().filter(|&w| w <= self.max_result);
+        // Results of a fixed width go in runs, if a run can carry them.
+        let width = batch.result_width().and_then(|w| run_width(w, self.max_result));
         for arg in batch.args() {
             self.starting(*ctx.done);
             match width {
@@ -214,8 +213,9 @@ impl Worker<'_> {
         ctx: &mut Context<'_>,
     ) -> Result<bool> {
         let progress = self.layout.progress(self.slot);
-        // Each result a `TooLarge` record of its own, or in the run.
-        let too_large = width > self.max_result;
+        // Each result a record of its own (`TooLarge`, or too wide for a
+        // run), or in the run.
+        let too_large = run_width(width, self.max_result).is_none();
         // One at a time when each task's start is stamped (a task
         // timeout), or each result is a record of its own.
         let one_by_one = self.stamp_tasks || too_large;
@@ -349,6 +349,14 @@ impl Worker<'_> {
     }
 }
 
+/// The width results travel in runs with, if they may: a run holds no
+/// result larger than a result may be (each such is a `TooLarge` record of
+/// its own), and none wider than [`message::MAX_RUN_WIDTH`] (a run's
+/// length must fit its `u32`).
+fn run_width(width: usize, max_result: usize) -> Option<usize> {
+    (width <= max_result.min(message::MAX_RUN_WIDTH)).then_some(width)
+}
+
 /// The run record being packed, if one is open: where it starts, and how
 /// many results it holds.
 #[derive(Default)]
@@ -412,5 +420,22 @@ fn run_task(batch: &Batch<'_>, arg: &[u8], out: &mut Vec<u8>, start: usize) -> R
             out.extend_from_slice(crate::outcome::panic_message(payload.as_ref()).as_bytes());
             ResultTag::Panicked
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_carry_no_result_too_large_for_a_result_or_for_a_run() {
+        assert_eq!(run_width(8, 8), Some(8));
+        assert_eq!(run_width(0, 0), Some(0));
+        assert_eq!(run_width(9, 8), None);
+        // A run's length is a u32: 4 bytes of count and the values. With
+        // no limit on results, a value of nearly 4 GiB must still not go
+        // in one (its length would wrap).
+        assert_eq!(run_width(u32::MAX as usize - 3, usize::MAX), None);
+        assert_eq!(run_width(message::MAX_RUN_WIDTH, usize::MAX), Some(message::MAX_RUN_WIDTH));
     }
 }
