@@ -164,8 +164,13 @@ impl BatchEncoder {
     pub(crate) fn push_column<A: Wire>(
         &mut self,
         items: &mut impl Iterator<Item = A>,
-        width: usize,
     ) -> Result<(bool, bool)> {
+        // The width as a constant of `A` (the call's is the same number):
+        // the compiler then sees each built-in value's length check pass.
+        let width = match A::FIXED_LEN {
+            Some(width) if self.column_width() == Some(width) => width,
+            _ => return Err(Error::InvalidState("a column of arguments without their fixed width")),
+        };
         // No batch for an input that has ended (a message costs a buffer),
         // and no error for one that ends at the most tasks a call may have.
         let Some(first) = items.next() else { return Ok((false, true)) };
@@ -185,13 +190,11 @@ impl BatchEncoder {
         let mut msg = std::mem::take(&mut b.msg);
         msg.reserve(room as usize * width);
         // Every value's length is checked, not their sum: two wrong ones
-        // can add up, and would shift every argument after them.
-        let encode = |arg: &A, msg: &mut Vec<u8>| {
-            let at = msg.len();
-            arg.encode(msg);
-            msg.len() - at == width
-        };
-        let mut fits = encode(&first, &mut msg);
+        // can add up, and would shift every argument after them. (For the
+        // crate's own types the compiler sees the length and drops it.)
+        let mut at = msg.len();
+        first.encode(&mut msg);
+        let mut fits = msg.len() == at + width;
         let mut n = 1;
         let mut ended = false;
         while fits && n < room {
@@ -199,7 +202,9 @@ impl BatchEncoder {
                 ended = true;
                 break;
             };
-            fits = encode(&arg, &mut msg);
+            at = msg.len();
+            arg.encode(&mut msg);
+            fits = msg.len() == at + width;
             n += 1;
         }
         b.msg = msg;
@@ -1516,12 +1521,12 @@ mod tests {
         encoder.count = u32::MAX - 2;
         let mut items = [7u64, 8].into_iter();
         // The last two of the u32::MAX tasks a call may have fill the batch...
-        assert_eq!(encoder.push_column(&mut items, 8).unwrap(), (true, false));
+        assert_eq!(encoder.push_column(&mut items).unwrap(), (true, false));
         assert_eq!(encoder.finish().map(|b| b.count), Some(2));
         // ...and the input then ends: that is no task too many.
-        assert_eq!(encoder.push_column(&mut items, 8).unwrap(), (false, true));
+        assert_eq!(encoder.push_column(&mut items).unwrap(), (false, true));
         assert_eq!(encoder.count(), u32::MAX as usize);
         let mut more = [9u64].into_iter();
-        assert!(matches!(encoder.push_column(&mut more, 8), Err(Error::InvalidArgument(_))));
+        assert!(matches!(encoder.push_column(&mut more), Err(Error::InvalidArgument(_))));
     }
 }

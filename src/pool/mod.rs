@@ -401,9 +401,9 @@ impl Pool {
 
     fn fill<A: Wire>(&self, encoder: &mut BatchEncoder, mut items: impl Iterator<Item = A>) -> Result<()> {
         let sub = encoder.sub();
-        if let Some(width) = encoder.column_width() {
+        if encoder.column_width().is_some() {
             loop {
-                let (full, ended) = encoder.push_column(&mut items, width)?;
+                let (full, ended) = encoder.push_column(&mut items)?;
                 if full {
                     if let Some(batch) = encoder.finish() {
                         self.core.lock().queue(batch)?;
