@@ -440,7 +440,7 @@ impl Pool {
     /// as one column, a worker runs it a slice of tasks per call and sends
     /// the results back in runs (cut by size, by time, and around a task
     /// that failed), and the parent files a run with one copy (for trivial
-    /// tasks, about eight times the rate; see the README's numbers).
+    /// tasks, about seven times the rate; see the README's numbers).
     /// After a `map` whose tasks all returned values of one width, the
     /// pool keeps its result buffers (the biggest such so far, up to
     /// 64 MiB) for the next call of 4,096 tasks or more: a program that
