@@ -822,6 +822,29 @@ fn a_command_that_is_not_executable_fails_with_126() {
     assert_eq!(log.lines().nth(1).unwrap().split('\t').nth(6), Some("126"));
 }
 
+/// A script without `#!` is run by `/bin/sh`, as `execvp` and a shell run
+/// it, however long its command line: on Linux the job's child runs on a
+/// stack of ours until it execs, and glibc copies the whole argv onto it for
+/// this fallback (a stack sized without the argv faults here).
+#[test]
+fn a_script_without_a_shebang_runs_through_sh_with_a_long_command_line() {
+    let dir = TempDir::new("noshebang");
+    let script = dir.path("script");
+    std::fs::write(&script, "echo \"$# $1 ${40001}\"\n").unwrap();
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    let many: Vec<String> = (0..40_000).map(|i| i.to_string()).collect();
+    let mut args = vec![script.as_str()];
+    args.extend(many.iter().map(String::as_str));
+    args.extend([":::", "x", "y"]);
+    let out = run(&["-k"].iter().copied().chain(args).collect::<Vec<_>>());
+    let stderr = text(&out.stderr);
+    assert!(stderr.is_empty(), "stderr: {}", stderr.chars().take(200).collect::<String>());
+    assert_eq!(text(&out.stdout), "40001 0 x\n40001 0 y\n");
+    assert_eq!(out.status.code(), Some(0));
+}
+
 #[test]
 fn a_job_killed_by_a_signal_is_reported() {
     let out = run(&["sh", "-c", "kill -KILL $$", "sh", ":::", "a"]);

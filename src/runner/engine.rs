@@ -151,6 +151,7 @@ pub fn run(
         wake: signals.wake_read.as_fd(),
         devnull,
         reset_signals: signal::signals_to_reset(),
+        child_stack: exec::ChildStack::default(),
         buf: vec![0; READ_CHUNK],
         pollfds,
         targets,
@@ -442,6 +443,8 @@ struct Engine<'a> {
     wake: BorrowedFd<'a>,
     devnull: Option<File>,
     reset_signals: Vec<libc::c_int>,
+    /// The stack each job's child runs on until it execs (see `exec::spawn`).
+    child_stack: exec::ChildStack,
     buf: Vec<u8>,
     /// What the last `poll` watched: the self-pipe, then job pipes, one
     /// `targets` entry per job pipe.
@@ -604,7 +607,7 @@ impl Engine<'_> {
         };
         job.started = SystemTime::now();
         job.start = Instant::now();
-        let pid = exec::spawn(&plan)?;
+        let pid = exec::spawn(&plan, &mut self.child_stack)?;
         crate::timeline::job(pid, &job.command);
         // Close our copies of the write ends now: the child has its own, and
         // EOF must come as soon as the job (and all it started) is done.

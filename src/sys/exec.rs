@@ -6,7 +6,9 @@
 //!
 //! - [`Argv`]: a command line as the NULL-terminated `char *argv[]` that
 //!   `execvp` wants, built *before* `fork` so the child never allocates.
-//! - [`spawn`]: `fork`, then in the child only async-signal-safe calls
+//! - [`spawn`]: `clone(CLONE_VM | CLONE_VFORK)` on Linux, as
+//!   `posix_spawn` does (`fork` elsewhere), then in the child only
+//!   async-signal-safe calls
 //!   (`setpgid`, `dup2`, `fcntl`, `setrlimit`, `sigaction`, `sigprocmask`,
 //!   `execvp`, `write`, `_exit`) — safe even when the parent has other threads.
 
@@ -92,22 +94,156 @@ pub(crate) const EXEC_FAILED: c_int = 127;
 /// (permission denied, not an executable, ...), as a shell reports it.
 pub(crate) const EXEC_REFUSED: c_int = 126;
 
-/// Forks a child that runs `plan` in a new process group of its own (its
+/// Memory for the child of [`spawn`] to run on until it execs, on systems
+/// where it shares the parent's memory (Linux): a private mapping whose
+/// lowest page is inaccessible, so a child that outgrew it would fault
+/// rather than write over the parent's memory. Kept by the caller across
+/// jobs, so it is mapped and its pages touched once, not once per job.
+pub(crate) struct ChildStack {
+    /// Start of the mapping (its guard page); null when nothing is mapped.
+    base: *mut libc::c_void,
+    /// Length of the mapping in bytes, guard page included.
+    len: usize,
+}
+
+impl Default for ChildStack {
+    fn default() -> Self {
+        ChildStack { base: std::ptr::null_mut(), len: 0 }
+    }
+}
+
+impl ChildStack {
+    /// Bytes the child needs besides its argv: glibc's `execvp` keeps a
+    /// PATH_MAX buffer on the stack, and its ENOEXEC fallback (running a
+    /// script without `#!` through `/bin/sh`) a copy of the argv pointers.
+    /// glibc's own `posix_spawn` reserves 32 KiB plus the argv for the same
+    /// code; we reserve twice that, and twice the argv.
+    const BASE: usize = 64 * 1024;
+
+    /// One past the end of a stack big enough for an argv of `argc` words
+    /// (stacks grow down on every architecture we build for), mapping a
+    /// bigger one first when needed.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn top(&mut self, argc: usize) -> Result<*mut u8> {
+        let page = super::page_size();
+        let usable = Self::BASE.saturating_add(argc.saturating_mul(2 * std::mem::size_of::<usize>()));
+        let len = usable.div_ceil(page).saturating_add(1).saturating_mul(page);
+        if self.len < len {
+            self.unmap();
+            // SAFETY: a fresh anonymous private mapping; no existing memory
+            // is named.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                return Err(os_error("mmap", None));
+            }
+            self.base = base;
+            self.len = len;
+            // SAFETY: the first page of the mapping just made.
+            if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } == -1 {
+                let err = os_error("mprotect", None);
+                self.unmap();
+                return Err(err);
+            }
+        }
+        Ok(self.base.cast::<u8>().wrapping_add(self.len))
+    }
+
+    /// Gives the mapping back, if there is one.
+    fn unmap(&mut self) {
+        if !self.base.is_null() {
+            // SAFETY: `base`/`len` are exactly a mapping made by `top`, and no
+            // child runs on it (`spawn` returns only once its child has
+            // exec'd or exited).
+            unsafe { libc::munmap(self.base, self.len) };
+            self.base = std::ptr::null_mut();
+            self.len = 0;
+        }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        self.unmap();
+    }
+}
+
+/// Starts a child that runs `plan` in a new process group of its own (its
 /// pgid is its pid), and returns the child's pid. Call
 /// [`ensure_process_group`] before signalling that group.
 ///
-/// All signals are blocked across the `fork`, so no handler of ours can run
-/// in the child before it has reset them; the parent's mask is restored
-/// right after.
+/// On Linux the child is made the way glibc's `posix_spawn` makes it:
+/// `clone` with `CLONE_VM | CLONE_VFORK`, so that it runs in the parent's
+/// memory, on `stack`, and the parent waits until it has exec'd (or
+/// exited). Nothing is copied, so the cost does not grow with the parent's
+/// size; `fork` copies the page tables, and the parent then takes a
+/// copy-on-write fault for each page it writes while the child lives.
+/// (`posix_spawn` itself cannot restore the open-files limit, nor report a
+/// failed exec the way a shell does.) Elsewhere it is a plain `fork`.
+///
+/// All signals are blocked across the `clone` or `fork`, so no handler of
+/// ours can run in the child before it has reset them; the parent's mask is
+/// restored right after.
 ///
 /// Unlike [`super::fork`], this does not flush stdio first: the child only
 /// execs or `_exit`s, so whatever sits in its copy of a stdio buffer is
 /// discarded, never printed twice. (Callers flush once before their first
-/// job, so earlier output comes first.) Skipping the flush also spares the
-/// parent writes to the stdio locks — each page the parent writes after a
-/// fork costs a copy-on-write fault, once per job.
-pub(crate) fn spawn(plan: &ChildPlan<'_>) -> Result<i32> {
+/// job, so earlier output comes first.)
+pub(crate) fn spawn(plan: &ChildPlan<'_>, stack: &mut ChildStack) -> Result<i32> {
     let old_mask = SigMask::block_all()?;
+    let started = start_child(plan, stack);
+    old_mask.restore();
+    let pid = started?;
+    crate::timeline::forked(pid);
+    Ok(pid)
+}
+
+/// The child of [`start_child`]'s `clone`: runs the plan at `plan`.
+#[cfg(target_os = "linux")]
+extern "C" fn clone_child(plan: *mut libc::c_void) -> c_int {
+    // SAFETY: `plan` is the `&ChildPlan` `start_child` passed to clone; it
+    // stays alive, because the parent is suspended (CLONE_VFORK) until this
+    // child execs or exits. We are a freshly cloned child, as `exec_child`
+    // requires, and it never returns.
+    unsafe { exec_child(&*plan.cast::<ChildPlan<'_>>()) }
+}
+
+/// `clone(CLONE_VM | CLONE_VFORK)` running [`exec_child`] on `stack`;
+/// returns the child's pid.
+#[cfg(target_os = "linux")]
+fn start_child(plan: &ChildPlan<'_>, stack: &mut ChildStack) -> Result<i32> {
+    let top = stack.top(plan.argv.ptrs.len())?;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    // SAFETY: the child runs `clone_child` on `stack`, which is ours alone
+    // (`&mut`) and big enough (see `ChildStack::BASE`). It shares our memory
+    // but not our descriptors, signal handlers or limits (no CLONE_FILES,
+    // CLONE_SIGHAND or CLONE_THREAD), so what it changes there is its own.
+    // It makes only async-signal-safe calls on memory prepared before the
+    // clone, writes no memory of ours but its stack and errno (which we
+    // read only when clone itself fails, when no child ran), takes no lock,
+    // and ends in execve or _exit; until then this thread is suspended, and
+    // all signals are blocked in both. This is what glibc's posix_spawn does.
+    let pid = unsafe { libc::clone(clone_child, top.cast(), flags, std::ptr::from_ref(plan).cast_mut().cast()) };
+    if pid == -1 {
+        let err = os_error("clone", None);
+        trace!("clone(CLONE_VM|CLONE_VFORK) = -1 ({err})");
+        return Err(err);
+    }
+    trace!("clone(CLONE_VM|CLONE_VFORK) = {pid}");
+    Ok(pid)
+}
+
+/// `fork`, with the child running [`exec_child`]; returns the child's pid.
+#[cfg(not(target_os = "linux"))]
+fn start_child(plan: &ChildPlan<'_>, _stack: &mut ChildStack) -> Result<i32> {
     // SAFETY: the child branch calls only `exec_child`, which makes
     // async-signal-safe calls on memory prepared before the fork and ends in
     // execvp or _exit; it never returns into the parent's code.
@@ -116,19 +252,13 @@ pub(crate) fn spawn(plan: &ChildPlan<'_>) -> Result<i32> {
         // SAFETY: we are the freshly forked child (see above).
         unsafe { exec_child(plan) }
     }
-    let err = (pid == -1).then(|| os_error("fork", None));
-    old_mask.restore();
-    match err {
-        Some(err) => {
-            trace!("fork() = -1 ({err})");
-            Err(err)
-        }
-        None => {
-            trace!("fork() = {pid}");
-            crate::timeline::forked(pid);
-            Ok(pid)
-        }
+    if pid == -1 {
+        let err = os_error("fork", None);
+        trace!("fork() = -1 ({err})");
+        return Err(err);
     }
+    trace!("fork() = {pid}");
+    Ok(pid)
 }
 
 /// Makes sure the child `pid` of [`spawn`] leads its own process group
@@ -149,9 +279,11 @@ pub(crate) fn ensure_process_group(pid: i32) {
 /// The child's side of [`spawn`].
 ///
 /// # Safety
-/// Must be called only in a child just returned from `fork`. Everything it
-/// calls is async-signal-safe, and it never returns, so it is sound even if
-/// the parent had other threads holding locks. (`execvp` is missing from
+/// Must be called only in a child just made by [`start_child`] (a `fork`,
+/// or a `clone` sharing the parent's memory while the parent waits).
+/// Everything it calls is async-signal-safe, writes nothing but the stack
+/// and errno, and it never returns, so it is sound even if the parent had
+/// other threads holding locks. (`execvp` is missing from
 /// older editions of POSIX's async-signal-safe list for its PATH search;
 /// glibc and musl do that search in stack buffers, without malloc or locks;
 /// `setrlimit`, not on the list either, is a bare system call in both.)

@@ -19,7 +19,7 @@ bitflags::bitflags! {
     /// [`str::parse`] (`"all"` is every category).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct TraceCategories: u32 {
-        /// Process lifecycle: `fork`, `waitpid`, `_exit`, `kill`, `setpgid`.
+        /// Process lifecycle: `fork` (and `clone`), `waitpid`, `_exit`, `kill`, `setpgid`.
         const PROCESS = 1;
         /// Talking between processes: `pipe`, shared mappings (`mmap`,
         /// `munmap`, `memfd_create`, `shm_open`, `ftruncate`), rings and
@@ -80,8 +80,9 @@ impl fmt::Display for TraceCategories {
 /// `caught`, for a signal caught). `kill` is in two, as in strace. A name
 /// missing here is printed only under `all` (a unit test checks that every
 /// `trace!` in the crate is listed).
-const CALLS: [(&str, TraceCategories); 21] = [
+const CALLS: [(&str, TraceCategories); 22] = [
     ("fork", TraceCategories::PROCESS),
+    ("clone", TraceCategories::PROCESS),
     ("waitpid", TraceCategories::PROCESS),
     ("pidfd_open", TraceCategories::PROCESS),
     ("_exit", TraceCategories::PROCESS),
