@@ -179,8 +179,8 @@ pub fn run(
 
 /// `{%}` numbers: each new job takes the lowest one no running job holds.
 /// Kept only when the command uses `{%}`: otherwise every job gets 0 and
-/// nothing is written per job (each page the runner writes after a `fork`
-/// costs a copy-on-write fault).
+/// nothing is written per job (where jobs start with `fork`, each page the
+/// runner writes while one is starting costs a copy-on-write fault).
 struct Slots {
     tracked: bool,
     /// Given back by completed jobs, highest first, so `pop` takes the
@@ -414,7 +414,8 @@ struct Engine<'a> {
     /// straight to our stdout.
     /// Boxed: B-tree nodes then hold pointers, not whole jobs, so a job's
     /// state stays in one small allocation instead of moving between
-    /// large nodes (fewer pages written per job, see `exec::spawn`).
+    /// large nodes (fewer pages written per job: copy-on-write faults where
+    /// jobs start with `fork`, see `exec::spawn`).
     jobs: BTreeMap<u64, Box<Job>>,
     /// Jobs not yet completed (at most `options.jobs`), in start order.
     /// Invariant: each is a key of `jobs` (a job leaves `live` before it
