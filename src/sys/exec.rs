@@ -231,7 +231,8 @@ fn start_child(plan: &ChildPlan<'_>, stack: &mut ChildStack) -> Result<i32> {
     // read only when clone itself fails, when no child ran), takes no lock,
     // and ends in execve or _exit; until then this thread is suspended, and
     // all signals are blocked in both. This is what glibc's posix_spawn does.
-    let pid = unsafe { libc::clone(clone_child, top.cast(), flags, std::ptr::from_ref(plan).cast_mut().cast()) };
+    let pid =
+        unsafe { libc::clone(clone_child, top.cast(), flags, std::ptr::from_ref(plan).cast_mut().cast()) };
     if pid == -1 {
         let err = os_error("clone", None);
         trace!("clone(CLONE_VM|CLONE_VFORK) = -1 ({err})");
