@@ -272,6 +272,11 @@ pub fn main(args: Args) -> u8 {
         over(m(&m_run, "run_jobs"), m(&m_run, "run_jobs_xargs")),
         0.86,
     );
+    target(
+        "mproc run, jobs/s >= 1.0x xargs -P, grouping output (issue 11)",
+        over(m(&m_run, "run_jobs"), m(&m_run, "run_jobs_xargs")),
+        1.0,
+    );
     outln!(out, "Targets (ratios from the table above and from `mproc bench pool`/`bench run` in this run):");
     targets.print(&mut out);
     out.finish("bench compare")
