@@ -242,6 +242,61 @@ fn an_endless_input_stream_runs_jobs_until_the_reader_leaves() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Ctrl-Z then `fg`, again and again, while jobs start: the terminal's
+/// stop signal goes to the runner's process group, which includes a job
+/// that has not yet moved to its own group. That job must not stay
+/// stopped (`fg` continues the runner's group, not the job's), and the
+/// runner (on Linux it waits for each job to exec) must not hang with it.
+#[cfg(target_os = "linux")]
+#[test]
+fn stop_and_continue_signals_to_the_runners_group_strand_no_job() {
+    use std::os::unix::process::CommandExt;
+    let inputs: Vec<String> = (0..4000).map(|i| i.to_string()).collect();
+    let mut child = Command::new(MPROC)
+        .args(["run", "-j", "2", "true", ":::"])
+        .args(&inputs)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let group = child.id() as i32;
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(3) {
+        // SAFETY: kill takes integers only; the group is the runner's.
+        unsafe { libc::kill(-group, libc::SIGTSTP) };
+        std::thread::sleep(Duration::from_millis(3));
+        // SAFETY: as above.
+        unsafe { libc::kill(-group, libc::SIGCONT) };
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let stranded: Vec<String> = children_of(child.id())
+                .into_iter()
+                .map(|kid| {
+                    let stat = std::fs::read_to_string(format!("/proc/{kid}/stat")).unwrap_or_default();
+                    // SAFETY: kill takes integers only; the pid is our grandchild.
+                    unsafe { libc::kill(kid as i32, libc::SIGKILL) };
+                    stat
+                })
+                .collect();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mproc hung; its children: {stranded:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+}
+
 /// Read-ahead is bounded: 64 MB of input lines go through in a few MiB.
 #[cfg(target_os = "linux")]
 #[test]
@@ -1485,6 +1540,57 @@ fn the_soft_open_files_limit_is_raised_to_the_hard_one_quietly() {
 fn jobs_keep_the_original_open_files_limit() {
     let out = run_with_nofile_limit(64, 1024, &["sh", "-c", "ulimit -Sn; ulimit -Hn", "sh", ":::", "x"]);
     assert_eq!(text(&out.stdout), "64\n1024\n", "{}", text(&out.stderr));
+}
+
+/// Bug: under `RLIMIT_NPROC`, a job that could not start (EAGAIN) threw
+/// the run away once jobs were started with `clone` rather than `fork`; it
+/// lowers `-j` with one warning, as for descriptors. The limit binds only a
+/// user without privileges, so the runner runs as `nobody` (uid 65534, which
+/// runs nothing else): the test needs root to switch to it, and skips,
+/// saying so, without.
+#[cfg(target_os = "linux")]
+#[test]
+fn jobs_above_the_process_limit_are_lowered_with_one_warning() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: switching to uid 65534 for RLIMIT_NPROC needs root");
+        return;
+    }
+    // A copy of the binary that `nobody` may execute wherever the build is.
+    let dir = TempDir::new("nproc");
+    let binary = dir.path("mproc");
+    std::fs::copy(MPROC, &binary).unwrap();
+    std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (inputs, expected) =
+        (1..=6).map(|i| (i.to_string(), format!("{i}\n"))).unzip::<_, _, Vec<_>, String>();
+    let mut cmd = Command::new(&binary);
+    // Jobs that fork nothing more: each holds one process of the limit.
+    cmd.args(["run", "-j", "4", "sh", "-c", "echo $1; exec sleep 0.3", "sh", ":::"]).args(&inputs);
+    cmd.stdin(Stdio::null()).current_dir("/");
+    // Three processes for uid 65534: the runner and two jobs.
+    let limit = libc::rlimit { rlim_cur: 3, rlim_max: 3 };
+    // SAFETY: setrlimit, setgroups, setgid and setuid are async-signal-safe
+    // system calls that touch only the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = libc::setrlimit(libc::RLIMIT_NPROC, &limit) == 0
+                && libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(65534) == 0
+                && libc::setuid(65534) == 0;
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(text(&out.stdout), expected);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("mproc: run: warning: -j 4 lowered to 2 "), "{err}");
 }
 
 /// A program that embeds the runner and keeps SIGPIPE's default action (a

@@ -73,7 +73,7 @@ static RUN_ACTIVE: AtomicBool = AtomicBool::new(false);
 /// # Errors
 /// [`Error::InvalidArgument`] for `jobs == 0`; [`Error::InvalidState`] when
 /// another `run` is active in this process (signal handlers are
-/// process-wide); [`Error::Os`] when the machinery fails (`pipe`, `fork`,
+/// process-wide); [`Error::Os`] when the machinery fails (`pipe`, `clone` or `fork`,
 /// reading the inputs, writing the output, the spill file). Even then,
 /// every job already started has been stopped and reaped before `run`
 /// returns.
@@ -89,7 +89,7 @@ pub fn run(
     }
     exec::ensure_standard_fds()?;
     // Output buffered by the caller goes out before the jobs' (spawn does
-    // not flush at each fork).
+    // not flush at each job).
     sys::flush_stdio();
     let _active = ActiveRun::claim()?;
     let signals = SignalGuard::install(options.handle_signals)?;
@@ -315,7 +315,7 @@ enum Kill {
 enum Stop {
     /// A stop signal arrived.
     Signal(i32),
-    /// The machinery failed (fork, write, spill file).
+    /// The machinery failed (starting a job, write, spill file).
     Failed(Error),
 }
 
@@ -1163,11 +1163,11 @@ impl Drop for Engine<'_> {
 }
 
 /// Whether `err` is running out of descriptors (this process's or the
-/// system's) or of processes (`fork`'s EAGAIN, `RLIMIT_NPROC`): fewer
-/// jobs at once will do.
+/// system's) or of processes (EAGAIN from the `clone` or `fork` that starts
+/// a job, `RLIMIT_NPROC`): fewer jobs at once will do.
 fn is_out_of_resources(err: &Error) -> bool {
     matches!(err, Error::Os(e) if e.errno == libc::EMFILE || e.errno == libc::ENFILE
-        || (e.call == "fork" && e.errno == libc::EAGAIN))
+        || (e.call == exec::START_CALL && e.errno == libc::EAGAIN))
 }
 
 /// The one line printed after a job that timed out or was killed by a

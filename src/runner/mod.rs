@@ -1,4 +1,4 @@
-//! A parallel command runner on `fork` + `execvp` — the engine of `mproc run`.
+//! A parallel command runner on `fork` (or `clone`) + `execvp` — the engine of `mproc run`.
 //!
 //! ```no_run
 //! use std::os::fd::AsFd;
@@ -14,11 +14,14 @@
 //! ```
 //!
 //! # How it works
-//! - **One process per job**, forked and exec'd by [`run`] itself (no
-//!   `std::process::Command`). The child does only async-signal-safe work
-//!   between `fork` and `exec` (the argv is built before the fork), puts
-//!   itself in a new process group, and sees exactly fds 0, 1 and 2: every
-//!   descriptor mproc opens is close-on-exec.
+//! - **One process per job**, started and exec'd by [`run`] itself (no
+//!   `std::process::Command`): on Linux with `clone(CLONE_VM | CLONE_VFORK)`,
+//!   as `posix_spawn` does, so the child runs in the runner's memory until
+//!   it execs and no page tables are copied; elsewhere with `fork`. The
+//!   child does only async-signal-safe work before `exec` (the argv is
+//!   built beforehand), puts itself in a new process group, sets every
+//!   signal handler back to the default, and sees exactly fds 0, 1 and 2:
+//!   every descriptor mproc opens is close-on-exec.
 //! - **One thread, one `poll`** over every job's stdout and stderr pipe, a
 //!   self-pipe that the SIGCHLD/SIGINT/SIGTERM/SIGHUP handlers write to,
 //!   and, while a job slot waits for its input, the input stream

@@ -96,9 +96,12 @@ pub(crate) const EXEC_REFUSED: c_int = 126;
 
 /// Memory for the child of [`spawn`] to run on until it execs, on systems
 /// where it shares the parent's memory (Linux): a private mapping whose
-/// lowest page is inaccessible, so a child that outgrew it would fault
-/// rather than write over the parent's memory. Kept by the caller across
-/// jobs, so it is mapped and its pages touched once, not once per job.
+/// lowest [`GUARD`](Self::GUARD) bytes are inaccessible, so a child that
+/// outgrew it would fault rather than write over the parent's memory (a
+/// frame bigger than the guard could skip it; glibc's largest here is about
+/// 4.5 KiB, and the stack is sized with room to spare). Kept by the caller
+/// across jobs, so it is mapped and its pages touched once, not once per
+/// job.
 pub(crate) struct ChildStack {
     /// Start of the mapping (its guard page); null when nothing is mapped.
     base: *mut libc::c_void,
@@ -120,14 +123,19 @@ impl ChildStack {
     /// code; we reserve twice that, and twice the argv.
     const BASE: usize = 64 * 1024;
 
+    /// The inaccessible bytes below the stack. They cost no memory, so
+    /// there are many: a frame up to this size cannot jump over them.
+    const GUARD: usize = 64 * 1024;
+
     /// One past the end of a stack big enough for an argv of `argc` words
     /// (stacks grow down on every architecture we build for), mapping a
     /// bigger one first when needed.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn top(&mut self, argc: usize) -> Result<*mut u8> {
         let page = super::page_size();
+        let guard = Self::GUARD.next_multiple_of(page);
         let usable = Self::BASE.saturating_add(argc.saturating_mul(2 * std::mem::size_of::<usize>()));
-        let len = usable.div_ceil(page).saturating_add(1).saturating_mul(page);
+        let len = usable.next_multiple_of(page).saturating_add(guard);
         if self.len < len {
             self.unmap();
             // SAFETY: a fresh anonymous private mapping; no existing memory
@@ -147,8 +155,8 @@ impl ChildStack {
             }
             self.base = base;
             self.len = len;
-            // SAFETY: the first page of the mapping just made.
-            if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } == -1 {
+            // SAFETY: the first `guard` bytes of the mapping just made.
+            if unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } == -1 {
                 let err = os_error("mprotect", None);
                 self.unmap();
                 return Err(err);
@@ -183,9 +191,10 @@ impl Drop for ChildStack {
 /// On Linux the child is made the way glibc's `posix_spawn` makes it:
 /// `clone` with `CLONE_VM | CLONE_VFORK`, so that it runs in the parent's
 /// memory, on `stack`, and the parent waits until it has exec'd (or
-/// exited). Nothing is copied, so the cost does not grow with the parent's
-/// size; `fork` copies the page tables, and the parent then takes a
-/// copy-on-write fault for each page it writes while the child lives.
+/// exited). No memory is copied (the kernel still copies the descriptor
+/// table and the signal dispositions), so the cost does not grow with the
+/// parent's size; `fork` copies the page tables, and the parent then takes
+/// a copy-on-write fault for each page it writes while the child lives.
 /// (`posix_spawn` itself cannot restore the open-files limit, nor report a
 /// failed exec the way a shell does.) Elsewhere it is a plain `fork`.
 ///
@@ -205,6 +214,15 @@ pub(crate) fn spawn(plan: &ChildPlan<'_>, stack: &mut ChildStack) -> Result<i32>
     crate::timeline::forked(pid);
     Ok(pid)
 }
+
+/// The system call [`spawn`] makes, as its errors name it: `clone` on
+/// Linux, `fork` elsewhere.
+#[cfg(target_os = "linux")]
+pub(crate) const START_CALL: &str = "clone";
+/// The system call [`spawn`] makes, as its errors name it: `clone` on
+/// Linux, `fork` elsewhere.
+#[cfg(not(target_os = "linux"))]
+pub(crate) const START_CALL: &str = "fork";
 
 /// The child of [`start_child`]'s `clone`: runs the plan at `plan`.
 #[cfg(target_os = "linux")]
@@ -229,12 +247,14 @@ fn start_child(plan: &ChildPlan<'_>, stack: &mut ChildStack) -> Result<i32> {
     // It makes only async-signal-safe calls on memory prepared before the
     // clone, writes no memory of ours but its stack and errno (which we
     // read only when clone itself fails, when no child ran), takes no lock,
-    // and ends in execve or _exit; until then this thread is suspended, and
-    // all signals are blocked in both. This is what glibc's posix_spawn does.
+    // and ends in execve or _exit; until then this thread is suspended. All
+    // signals stay blocked in this thread; the child unblocks them only
+    // after it has set every handler back to SIG_DFL, so no handler of ours
+    // runs in it. This is what glibc's posix_spawn does.
     let pid =
         unsafe { libc::clone(clone_child, top.cast(), flags, std::ptr::from_ref(plan).cast_mut().cast()) };
     if pid == -1 {
-        let err = os_error("clone", None);
+        let err = os_error(START_CALL, None);
         trace!("clone(CLONE_VM|CLONE_VFORK) = -1 ({err})");
         return Err(err);
     }
@@ -254,7 +274,7 @@ fn start_child(plan: &ChildPlan<'_>, _stack: &mut ChildStack) -> Result<i32> {
         unsafe { exec_child(plan) }
     }
     if pid == -1 {
-        let err = os_error("fork", None);
+        let err = os_error(START_CALL, None);
         trace!("fork() = -1 ({err})");
         return Err(err);
     }
@@ -264,7 +284,8 @@ fn start_child(plan: &ChildPlan<'_>, _stack: &mut ChildStack) -> Result<i32> {
 
 /// Makes sure the child `pid` of [`spawn`] leads its own process group
 /// before the group is signalled: the child does it itself before `exec`,
-/// but may not have run yet. Called only when about to signal, to keep the
+/// but after a `fork` it may not have run yet (after Linux's `clone` it
+/// has: `spawn` returns once it has exec'd). Called only when about to signal, to keep the
 /// syscall off the path of every job. EACCES (the child has exec'd, so it
 /// made the group) and ESRCH (it is gone) leave nothing to do.
 pub(crate) fn ensure_process_group(pid: i32) {
@@ -289,9 +310,12 @@ pub(crate) fn ensure_process_group(pid: i32) {
 /// glibc and musl do that search in stack buffers, without malloc or locks;
 /// `setrlimit`, not on the list either, is a bare system call in both.)
 unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
-    // SAFETY (whole function): each call below takes integers or pointers
-    // into memory the parent prepared before fork (`plan`, `argv`), which the
-    // child's copy of the address space keeps valid; none allocates or locks.
+    // SAFETY (whole function): each call below takes integers, pointers to
+    // this frame's locals, or pointers into memory the parent prepared
+    // before the fork or clone (`plan`, `argv`), which stays valid (a copy
+    // after fork; the parent's own memory, not freed while it waits, after
+    // the clone); none allocates or locks. `sigaction` fills `old` whenever
+    // it returns 0.
     unsafe {
         libc::setpgid(0, 0);
         let wired =
@@ -309,6 +333,33 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
         dfl.sa_sigaction = libc::SIG_DFL;
         for &sig in plan.reset_signals {
             libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+        // In the parent's memory (Linux), no handler may run here, also one
+        // that another thread installed after `reset_signals` was made:
+        // check every signal, as glibc's posix_spawn does. (This child's
+        // table of handlers is its own copy, made by the clone.)
+        #[cfg(target_os = "linux")]
+        for sig in 1..=libc::SIGRTMAX() {
+            let mut old = MaybeUninit::<libc::sigaction>::uninit();
+            if libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) == 0 {
+                let handler = old.assume_init_ref().sa_sigaction;
+                if handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+                    libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                }
+            }
+        }
+        // A terminal stop signal (Ctrl-Z) sent to the parent's group before
+        // the `setpgid` above is pending here, blocked. Delivered, it would
+        // stop the job in a group of its own, which `fg` never continues
+        // (and on Linux the parent, waiting for the exec, with it): discard
+        // it, by ignoring the signal for a moment.
+        let mut ignore: libc::sigaction = std::mem::zeroed();
+        ignore.sa_sigaction = libc::SIG_IGN;
+        for sig in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+            let mut old = MaybeUninit::<libc::sigaction>::uninit();
+            if libc::sigaction(sig, &ignore, old.as_mut_ptr()) == 0 {
+                libc::sigaction(sig, old.as_ptr(), std::ptr::null_mut());
+            }
         }
         let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigemptyset(empty.as_mut_ptr());
