@@ -1018,6 +1018,22 @@ fn halt_soon_lets_running_jobs_finish_and_exits_as_gnu_parallel_does() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Bug: a job that timed out and met `fail=1` gave 143 (128 + SIGTERM);
+/// GNU parallel gives 255 (its exit value for a timed-out job is -1),
+/// whether the job died of the SIGTERM or needed the SIGKILL.
+#[test]
+fn a_timed_out_job_that_halts_the_run_gives_255_as_in_gnu_parallel() {
+    for (halt, script) in [
+        ("now,fail=1", "exec sleep $1"),
+        ("soon,fail=1", "exec sleep $1"),
+        ("now,fail=1", "trap '' TERM; sleep $1"),
+        ("now,done=1", "exec sleep $1"),
+    ] {
+        let out = run(&["-j1", "--timeout", "0.2", "--halt", halt, "sh", "-c", script, "sh", ":::", "3", "0"]);
+        assert_eq!(out.status.code(), Some(255), "--halt {halt}, job `{script}`: {}", text(&out.stderr));
+    }
+}
+
 #[test]
 fn halt_now_on_success_exits_0_at_the_first_success() {
     let out = halt_with_a_slow_job("now,success=1", "$1", ["0", "1"]);

@@ -1014,7 +1014,9 @@ impl Engine<'_> {
         let status = match outcome {
             Outcome::Completed(ExitStatus::Exited(code)) => code,
             Outcome::Completed(ExitStatus::Signaled { signal, .. }) => 128 + signal,
-            Outcome::TimedOut(_) => 128 + libc::SIGTERM,
+            // GNU parallel's exit value for a job it killed for time is -1,
+            // which it exits with as 255, whatever signal ended the job.
+            Outcome::TimedOut(_) => TIMED_OUT_STATUS,
         };
         self.halt_status = Some(halt.exit_status(&self.tally, self.total_jobs, status));
         self.halted = true;
@@ -1161,6 +1163,10 @@ impl Drop for Engine<'_> {
         }
     }
 }
+
+/// The exit status a job that timed out gives the run when it meets a
+/// `--halt` condition on its own (`fail=1`, `done=1`), as in GNU parallel.
+const TIMED_OUT_STATUS: i32 = 255;
 
 /// Whether `err` is running out of descriptors (this process's or the
 /// system's) or of processes (EAGAIN from the `clone` or `fork` that starts
