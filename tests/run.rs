@@ -489,6 +489,22 @@ fn binary_inputs(dir: &TempDir) -> Vec<String> {
 /// Sleeps DELAY, copies FILE to stdout, names FILE on stderr.
 const BINARY_JOB: &str = r#"sleep "${1%%:*}"; cat "${1#*:}"; echo "err ${1##*/}" >&2"#;
 
+/// `-k` and `--unordered` are opposites: the last one given wins (an alias
+/// with one can be overridden), never an error.
+#[test]
+fn of_keep_order_and_unordered_the_last_one_wins() {
+    // Job 3 sleeps longer than job 1: input order is 3, 1; finishing
+    // order is 1, 3.
+    let job = ["sh", "-c", "sleep 0.$1; echo $1", "sh", ":::", "3", "1"];
+    let with = |flags: &[&str]| {
+        let out = run(&[flags, &["-j2"], &job[..]].concat());
+        assert_eq!(out.status.code(), Some(0), "{flags:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(with(&["-k", "--unordered"]), "1\n3\n");
+    assert_eq!(with(&["--unordered", "-k"]), "3\n1\n");
+}
+
 #[test]
 fn keep_order_output_equals_sequential_output_byte_for_byte() {
     let dir = TempDir::new("keep");
