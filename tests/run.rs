@@ -1045,7 +1045,8 @@ fn a_timed_out_job_that_halts_the_run_gives_255_as_in_gnu_parallel() {
         ("now,fail=1", "trap '' TERM; sleep $1"),
         ("now,done=1", "exec sleep $1"),
     ] {
-        let out = run(&["-j1", "--timeout", "0.2", "--halt", halt, "sh", "-c", script, "sh", ":::", "3", "0"]);
+        let out =
+            run(&["-j1", "--timeout", "0.2", "--halt", halt, "sh", "-c", script, "sh", ":::", "3", "0"]);
         assert_eq!(out.status.code(), Some(255), "--halt {halt}, job `{script}`: {}", text(&out.stderr));
     }
 }

@@ -262,16 +262,51 @@ pub fn shell_quote(word: &[u8]) -> Vec<u8> {
 }
 
 /// A whole command line, each word quoted with [`shell_quote`], separated
-/// by spaces.
+/// by spaces; the first word is quoted also when, bare, a shell would read
+/// it as an assignment (`a=b`) or a reserved word (`if`, `time`), so that
+/// the line runs the same command.
 pub fn shell_line(words: &[Vec<u8>]) -> Vec<u8> {
     let mut line = Vec::new();
     for (i, word) in words.iter().enumerate() {
         if i > 0 {
             line.push(b' ');
+            line.extend_from_slice(&shell_quote(word));
+        } else if is_special_as_command(word) {
+            // Bare, the shell would read it as an assignment or a keyword.
+            line.push(b'\'');
+            line.extend_from_slice(word);
+            line.push(b'\'');
+        } else {
+            line.extend_from_slice(&shell_quote(word));
         }
-        line.extend_from_slice(&shell_quote(word));
     }
     line
+}
+
+/// Whether a word that [`shell_quote`] leaves bare means something else to
+/// a shell in a command's first position: `a=b` is an assignment, `if` or
+/// `time` a reserved word (POSIX's, and bash's and ksh's own).
+fn is_special_as_command(word: &[u8]) -> bool {
+    const RESERVED: [&[u8]; 17] = [
+        b"if",
+        b"then",
+        b"else",
+        b"elif",
+        b"fi",
+        b"case",
+        b"esac",
+        b"for",
+        b"while",
+        b"until",
+        b"do",
+        b"done",
+        b"in",
+        b"function",
+        b"select",
+        b"time",
+        b"coproc",
+    ];
+    shell_quote(word) == word && (word.contains(&b'=') || RESERVED.contains(&word))
 }
 
 #[cfg(test)]
@@ -376,6 +411,14 @@ mod tests {
         assert_eq!(shell_quote(b"a b"), b"'a b'");
         assert_eq!(shell_quote(b"it's"), b"'it'\\''s'");
         assert_eq!(shell_quote(b"a\tb\n'"), b"$'a\\tb\\n\\''");
+        // First words a shell would read as an assignment or a keyword are
+        // quoted there (and only there).
+        let line = |list: &[&str]| String::from_utf8(shell_line(&words(list))).unwrap();
+        assert_eq!(line(&["a=b", "c=d"]), "'a=b' c=d");
+        assert_eq!(line(&["if", "then", "x"]), "'if' then x");
+        assert_eq!(line(&["time", "sleep", "1"]), "'time' sleep 1");
+        assert_eq!(line(&["echo", "a=b", "if"]), "echo a=b if");
+        assert_eq!(line(&["it's", "a"]), "'it'\\''s' a");
         assert_eq!(shell_line(&words(&["echo", "a b", "$x"])), b"echo 'a b' '$x'");
     }
 }
