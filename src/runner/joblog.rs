@@ -38,7 +38,7 @@ pub fn exit_columns(outcome: Outcome) -> (i32, i32) {
 }
 
 /// One job's line: `Seq`, `Host` (`:`, this host), `Starttime` (seconds
-/// since the epoch, `%.3f`), `JobRuntime` (seconds, `%10.3f`, truncated to
+/// since the epoch, `%.3f`: rounded, as GNU parallel prints it), `JobRuntime` (seconds, `%10.3f`, truncated to
 /// the millisecond), `Send` (0: nothing is sent to the job's stdin),
 /// `Receive` (the bytes the job wrote on stdout, as GNU parallel counts),
 /// `Exitval` and `Signal` ([`exit_columns`]), `Command` (shell-quoted, so
@@ -49,10 +49,9 @@ pub fn line(report: &JobReport<'_>) -> Vec<u8> {
     let runtime = format!("{}.{:03}", runtime_ms / 1000, runtime_ms % 1000);
     let (exitval, signal) = exit_columns(report.outcome);
     let mut line = format!(
-        "{}\t{LOCAL_HOST}\t{}.{:03}\t{runtime:>10}\t0\t{}\t{exitval}\t{signal}\t",
+        "{}\t{LOCAL_HOST}\t{:.3}\t{runtime:>10}\t0\t{}\t{exitval}\t{signal}\t",
         report.seq,
-        start.as_secs(),
-        start.subsec_millis(),
+        start.as_secs_f64(),
         report.stdout_bytes,
     )
     .into_bytes();
@@ -141,6 +140,13 @@ mod tests {
             outcome: Outcome::Completed(ExitStatus::Exited(3)),
         };
         assert_eq!(line(&report), b"7\t:\t1700000000.123\t     2.045\t0\t12\t3\t0\techo 'a b'\n");
+        // The start is rounded to the millisecond (GNU's `%.3f`), the
+        // runtime truncated (GNU's too).
+        let report = JobReport {
+            started: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_999_600),
+            ..report
+        };
+        assert!(line(&report).starts_with(b"7\t:\t1700000001.000\t     2.045\t"));
         assert_eq!(HEADER.split('\t').count(), 9);
     }
 
