@@ -38,11 +38,12 @@ pub fn exit_columns(outcome: Outcome) -> (i32, i32) {
 }
 
 /// One job's line: `Seq`, `Host` (`:`, this host), `Starttime` (seconds
-/// since the epoch, `%.3f`: rounded, as GNU parallel prints it), `JobRuntime` (seconds, `%10.3f`, truncated to
-/// the millisecond), `Send` (0: nothing is sent to the job's stdin),
-/// `Receive` (the bytes the job wrote on stdout, as GNU parallel counts),
-/// `Exitval` and `Signal` ([`exit_columns`]), `Command` (shell-quoted, so
-/// always one line), ended by a newline.
+/// since the epoch, `%.3f`: rounded, as GNU parallel prints it),
+/// `JobRuntime` (seconds, `%10.3f`, truncated to the millisecond), `Send`
+/// (0: nothing is sent to the job's stdin), `Receive` (the bytes the job
+/// wrote on stdout, as GNU parallel counts), `Exitval` and `Signal`
+/// ([`exit_columns`]), `Command` (shell-quoted, so always one line), ended
+/// by a newline.
 pub fn line(report: &JobReport<'_>) -> Vec<u8> {
     let start = report.started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let runtime_ms = report.runtime.as_millis();
