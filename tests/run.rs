@@ -489,6 +489,25 @@ fn binary_inputs(dir: &TempDir) -> Vec<String> {
 /// Sleeps DELAY, copies FILE to stdout, names FILE on stderr.
 const BINARY_JOB: &str = r#"sleep "${1%%:*}"; cat "${1#*:}"; echo "err ${1##*/}" >&2"#;
 
+/// `--joblog -` is refused with a clear line, rather than writing a file
+/// named `-` (GNU parallel writes the log to stdout then); `/dev/stdout`
+/// does that when stdout is a pipe.
+#[cfg(target_os = "linux")]
+#[test]
+fn joblog_dash_is_refused_and_dev_stdout_works() {
+    let dir = TempDir::new("joblog-dash");
+    let out = mproc(&["--joblog", "-", "echo", ":::", "a"]).current_dir(&dir.0).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--joblog - "), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(!dir.0.join("-").exists(), "a file named - was made");
+    let out = run(&["--joblog", "/dev/stdout", "echo", "hi", ":::", "a"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("Seq\tHost\tStarttime"), "{stdout}");
+    assert!(stdout.contains("hi a\n"), "{stdout}");
+}
+
 /// `-k` and `--unordered` are opposites: the last one given wins (an alias
 /// with one can be overridden), never an error.
 #[test]

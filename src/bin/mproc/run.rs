@@ -157,6 +157,14 @@ fn plan(args: RunArgs) -> Result<Plan, u8> {
         (false, true) => Some(joblog::Resume::Succeeded),
         (false, false) => None,
     };
+    if args.joblog.as_deref() == Some(std::path::Path::new("-")) {
+        // GNU parallel writes the log to stdout then; ours would go in a
+        // file named `-`, which nobody means. Say so instead.
+        return Err(usage(
+            "--joblog - (the log on standard output, as GNU parallel writes it) is not supported: \
+             give a file name (/dev/stdout, when standard output is a pipe, mixes the log into the output)",
+        ));
+    }
     let skip = match (args.joblog.as_deref(), resume) {
         (None, Some(_)) => return Err(usage("--resume and --resume-failed need --joblog FILE")),
         (Some(path), Some(which)) => read_joblog(path, which).map_err(|msg| runner_failed(&msg))?,
