@@ -68,7 +68,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = parse_retries)]
     retries: Option<u32>,
 
-    /// Stop early, as GNU parallel reads it: now,fail=1 (kill running jobs at the first failure), soon,fail=N, soon,fail=N%, now,success=1, never
+    /// Stop early, as GNU parallel reads it: WHEN now (kill the running jobs) or soon (let them finish, start no more), WHY fail, success or done, N a count or a share such as 10%; so now,fail=1 stops at the first failure, soon,fail=3 after the third; never (the default) runs every job; GNU's old forms: 0 (never), 1 (soon,fail=1), 2 (now,fail=1), -1 and -2 (the same for success), N% (soon,fail=N%)
     #[arg(long, value_name = "WHEN,WHY=N", value_parser = parse_halt, allow_hyphen_values = true)]
     halt: Option<HaltArg>,
 
