@@ -5,6 +5,7 @@
 //! Checks that read `/proc` (children, descriptors, memory) are Linux-only.
 
 use std::collections::BTreeSet;
+use std::fs::File;
 #[cfg(target_os = "linux")]
 use std::io::Read;
 use std::io::Write;
@@ -1518,6 +1519,62 @@ fn assert_jobs_ended(kids: Vec<u32>) {
 fn sigint_and_sigterm_act_at_once_while_stdout_is_blocked() {
     stop_while_stdout_is_blocked(libc::SIGINT, 130);
     stop_while_stdout_is_blocked(libc::SIGTERM, 143);
+}
+
+/// The same as a person does it: `mproc run yes ::: a | less`, Ctrl-C
+/// typed on the terminal (a real pseudo-terminal whose line discipline
+/// turns ^C into SIGINT for the foreground group: the runner's, not the
+/// job's, which has a group of its own), while stdout is a full pipe
+/// nobody reads. The runner must stop the job and exit 130 at once.
+#[cfg(target_os = "linux")]
+#[test]
+fn ctrl_c_on_a_terminal_stops_the_run_while_stdout_is_blocked() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    // SAFETY (the block): posix_openpt returns a new descriptor or -1;
+    // grantpt/unlockpt/ptsname_r take it and a buffer we own.
+    let (master, slave_path) = unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(fd >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        let master = OwnedFd::from_raw_fd(fd);
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0);
+        (master, std::ffi::CStr::from_ptr(name.as_ptr()).to_owned())
+    };
+    let mut cmd = mproc(&["yes", "{}", ":::", "a"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    // SAFETY: setsid, open, ioctl and dup2 are async-signal-safe system
+    // calls on memory made before the fork (`slave_path`).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let tty = libc::open(slave_path.as_ptr(), libc::O_RDWR);
+            if tty == -1 || libc::ioctl(tty, libc::TIOCSCTTY, 0) == -1 || libc::dup2(tty, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(tty);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    // Hold the read end open, never read: the pipe fills, the runner blocks.
+    let _unread = child.stdout.take().unwrap();
+    let mut kids = Vec::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        kids = children_of(pid);
+        !kids.is_empty()
+    }));
+    std::thread::sleep(Duration::from_millis(500)); // the pipe is full by now
+    let mut master = File::from(master);
+    master.write_all(b"\x03").unwrap(); // Ctrl-C
+    let status = wait_with_limit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130));
+    assert_jobs_ended(kids);
 }
 
 #[cfg(target_os = "linux")]
