@@ -847,6 +847,23 @@ fn bar_on_streaming_input_shows_the_count_and_rate_until_the_total_is_known() {
     assert!(screen.ends_with("] 2/2 100% ETA 0:00\r\n"), "{screen:?}");
 }
 
+/// `--bar --eta`: one line, redrawn in place, holds both, from the first
+/// draw (the estimate unknown, `?`) to the last.
+#[cfg(target_os = "linux")]
+#[test]
+fn bar_and_eta_share_one_line_on_a_terminal() {
+    let line = format!("'{MPROC}' run --bar --eta -j1 sleep ::: 0.2 0.2 0.2");
+    let Some(screen) = on_a_terminal(&line) else { return };
+    let draws: Vec<&str> = screen.split("\r\x1b[K").filter(|d| !d.is_empty()).collect();
+    assert!(draws.len() >= 3, "{screen:?}");
+    for draw in &draws {
+        assert!(draw.starts_with('[') && draw.contains("/3 ") && draw.contains(" Left: "), "{screen:?}");
+        assert!(!draw.trim_end().contains('\n'), "a draw took two lines: {screen:?}");
+    }
+    assert!(draws[0].contains("0/3 ") && draws[0].contains("ETA: ? Left: 3"), "{screen:?}");
+    assert!(screen.ends_with("\r\n") && draws.last().unwrap().contains("3/3 100%"), "{screen:?}");
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn eta_is_gnu_parallels_line_on_a_terminal() {
