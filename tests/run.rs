@@ -1331,6 +1331,46 @@ fn resume_needs_a_job_log_in_gnu_parallels_format() {
     assert!(out.stdout.is_empty());
 }
 
+/// A log whose last line was cut off in the middle of its write (a crash,
+/// a full disk): that job did not finish, so `--resume` runs it again, and
+/// the log is left whole. A bad line before the last is still an error.
+#[test]
+fn resume_runs_again_the_job_of_a_last_line_cut_off_mid_write() {
+    let dir = TempDir::new("resume-cut");
+    let (log, marker) = (dir.path("log"), dir.path("marker"));
+    std::fs::write(&marker, "").unwrap();
+    let full = run_marker_jobs(&["-j1"], &log, &marker, &FIVE);
+    assert_eq!(full.status.code(), Some(0), "{}", text(&full.stderr));
+    // Header and jobs 1-2 whole, job 3's line cut inside its third field.
+    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_string).collect();
+    assert!(lines[3].starts_with("3\t:\t"), "{lines:?}");
+    let cut = &lines[3][..lines[3].find('.').unwrap()];
+    std::fs::write(&log, format!("{}\n{}\n{}\n{cut}", lines[0], lines[1], lines[2])).unwrap();
+
+    let out = run_marker_jobs(&["--resume"], &log, &marker, &FIVE);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "c\nd\ne\n");
+    // The cut line is gone, every job is logged once, and the next run
+    // reads the log back: nothing left to do.
+    let after = std::fs::read_to_string(&log).unwrap();
+    assert!(after.ends_with('\n') && after.lines().all(|l| l.split('\t').count() == 9), "{after}");
+    assert_eq!(logged_seqs(&log), [1, 2, 3, 4, 5]);
+    let again = run_marker_jobs(&["--resume"], &log, &marker, &FIVE);
+    assert_eq!((again.status.code(), again.stdout.len()), (Some(0), 0), "{}", text(&again.stderr));
+
+    // The same cut line with a whole line after it is not a crash's trace.
+    let middle = format!("{}\n{}\n{cut}\n{}\n", lines[0], lines[1], lines[2]);
+    std::fs::write(&log, &middle).unwrap();
+    let out = run_marker_jobs(&["--resume"], &log, &marker, &FIVE);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out.stderr),
+        format!("mproc: run: job log {log}: line 3 is not in GNU parallel's job log format\n")
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), middle, "the log was changed");
+}
+
 /// The log is GNU parallel's own: `parallel --resume` continues a run mproc
 /// began, and mproc continues one GNU parallel began.
 #[test]
