@@ -327,6 +327,66 @@ fn a_large_input_is_read_in_bounded_memory() {
     assert!(peak < 24 << 20, "runner peak RSS {} MiB for 64 MiB of input", peak >> 20);
 }
 
+/// Waits for `child` with a time limit (killing it if it hangs) and returns
+/// its wait status and peak RSS in bytes, from wait4: the largest of the
+/// child's and its own waited-for children's, whatever other children this
+/// test process has.
+#[cfg(target_os = "linux")]
+fn wait_with_peak_rss(mut child: Child, limit: Duration) -> (i32, u64) {
+    let pid = child.id() as i32;
+    let start = Instant::now();
+    let mut raw = 0;
+    // SAFETY: a plain C struct, zeroes are a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4 fills the status and the struct we pass.
+        let reaped = unsafe { libc::wait4(pid, &mut raw, libc::WNOHANG, &mut usage) };
+        assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if reaped == pid {
+            return (raw, usage.ru_maxrss as u64 * 1024);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mproc did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The same with real jobs: 4,000 lines of 16 KiB (64 MiB) on stdin, each
+/// the argument of a job, go through the runner in a few MiB — inputs are
+/// read as jobs start, not ahead, and nothing of a finished job is kept.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_large_input_feeding_real_jobs_is_read_in_bounded_memory() {
+    const LINES: usize = 4000;
+    // Reaped by wait4, for the runner's peak RSS (its jobs, `true`, are tiny).
+    let mut child = mproc(&["-j2", "true"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..LINES {
+            // Distinct lines, so no input is like the one before.
+            let line = format!("{i:05}{}\n", "y".repeat((16 << 10) - 6));
+            if stdin.write_all(line.as_bytes()).is_err() {
+                return i; // mproc is gone; its status says why
+            }
+        }
+        LINES
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut printed = Vec::new();
+        stdout.read_to_end(&mut printed).unwrap();
+        printed
+    });
+    let (raw, peak) = wait_with_peak_rss(child, Duration::from_secs(60));
+    assert_eq!(writer.join().unwrap(), LINES, "mproc stopped reading its input");
+    assert!(libc::WIFEXITED(raw) && libc::WEXITSTATUS(raw) == 0, "wait status {raw:#x}");
+    assert_eq!(text(&reader.join().unwrap()), "");
+    assert!(peak < 24 << 20, "runner peak RSS {} MiB for 64 MiB of input", peak >> 20);
+}
+
 #[test]
 fn null_separated_inputs_may_hold_newlines() {
     let out = run_with_stdin(&["-0", "printf", "[%s]"], b"a\nb\0c\0");
@@ -1401,6 +1461,64 @@ fn resume_needs_a_job_log_in_gnu_parallels_format() {
     assert!(out.stdout.is_empty());
 }
 
+/// `--resume` on a first run, before any log exists: every job runs and
+/// the log is created, header first, then read back by the next run.
+#[test]
+fn resume_without_a_log_file_yet_runs_every_job_and_writes_the_log() {
+    for option in ["--resume", "--resume-failed"] {
+        let dir = TempDir::new(&format!("resume-new{option}"));
+        let (log, marker) = (dir.path("log"), dir.path("marker"));
+        std::fs::write(&marker, "").unwrap(); // every job succeeds
+        let out = run_marker_jobs(&[option], &log, &marker, &FIVE);
+        assert_eq!(out.status.code(), Some(0), "{option}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "a\nb\nc\nd\ne\n", "{option}");
+        assert!(std::fs::read_to_string(&log).unwrap().starts_with("Seq\tHost\t"), "{option}");
+        assert_eq!(logged_seqs(&log), [1, 2, 3, 4, 5], "{option}");
+        let again = run_marker_jobs(&[option], &log, &marker, &FIVE);
+        assert_eq!((again.status.code(), again.stdout.len()), (Some(0), 0), "{option}");
+    }
+}
+
+/// A log whose last line was cut off in the middle of its write (a crash,
+/// a full disk): that job did not finish, so `--resume` runs it again, and
+/// the log is left whole. A bad line before the last is still an error.
+#[test]
+fn resume_runs_again_the_job_of_a_last_line_cut_off_mid_write() {
+    let dir = TempDir::new("resume-cut");
+    let (log, marker) = (dir.path("log"), dir.path("marker"));
+    std::fs::write(&marker, "").unwrap();
+    let full = run_marker_jobs(&["-j1"], &log, &marker, &FIVE);
+    assert_eq!(full.status.code(), Some(0), "{}", text(&full.stderr));
+    // Header and jobs 1-2 whole, job 3's line cut inside its third field.
+    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_string).collect();
+    assert!(lines[3].starts_with("3\t:\t"), "{lines:?}");
+    let cut = &lines[3][..lines[3].find('.').unwrap()];
+    std::fs::write(&log, format!("{}\n{}\n{}\n{cut}", lines[0], lines[1], lines[2])).unwrap();
+
+    let out = run_marker_jobs(&["--resume"], &log, &marker, &FIVE);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "c\nd\ne\n");
+    // The cut line is gone, every job is logged once, and the next run
+    // reads the log back: nothing left to do.
+    let after = std::fs::read_to_string(&log).unwrap();
+    assert!(after.ends_with('\n') && after.lines().all(|l| l.split('\t').count() == 9), "{after}");
+    assert_eq!(logged_seqs(&log), [1, 2, 3, 4, 5]);
+    let again = run_marker_jobs(&["--resume"], &log, &marker, &FIVE);
+    assert_eq!((again.status.code(), again.stdout.len()), (Some(0), 0), "{}", text(&again.stderr));
+
+    // The same cut line with a whole line after it is not a crash's trace.
+    let middle = format!("{}\n{}\n{cut}\n{}\n", lines[0], lines[1], lines[2]);
+    std::fs::write(&log, &middle).unwrap();
+    let out = run_marker_jobs(&["--resume"], &log, &marker, &FIVE);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out.stderr),
+        format!("mproc: run: job log {log}: line 3 is not in GNU parallel's job log format\n")
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), middle, "the log was changed");
+}
+
 /// The log is GNU parallel's own: `parallel --resume` continues a run mproc
 /// began, and mproc continues one GNU parallel began.
 #[test]
@@ -1450,10 +1568,24 @@ fn gnu_parallel_and_mproc_resume_each_others_runs() {
 // ---------------------------------------------------------------------------
 // signals, fds, usage
 
-/// Starts `mproc run ARGS` and waits until it has `jobs` children.
+/// Starts `mproc run ARGS` and waits until it has `jobs` children. The stop
+/// signals are at their default action in mproc, as under an interactive
+/// shell, whatever the test inherited (`nohup` ignores SIGHUP, `&` in a
+/// script SIGINT), for mproc to act on them.
 #[cfg(target_os = "linux")]
 fn start_and_wait_for_jobs(args: &[&str], jobs: usize) -> (Child, Vec<u32>) {
-    let child = mproc(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    use std::os::unix::process::CommandExt;
+    let mut cmd = mproc(args);
+    // SAFETY: signal() is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        })
+    };
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let mut kids = Vec::new();
     let started = wait_until(Duration::from_secs(5), || {
@@ -1491,6 +1623,71 @@ fn sigint_stops_the_jobs_and_exits_130() {
 #[test]
 fn sigterm_stops_the_jobs_and_exits_143() {
     stop_with(libc::SIGTERM, 143);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn sighup_stops_the_jobs_and_exits_129() {
+    stop_with(libc::SIGHUP, 129);
+}
+
+/// Whether any process of group `pgid` is alive (a zombie is not: one
+/// orphaned by the kill waits for init, which may never reap it).
+#[cfg(target_os = "linux")]
+fn group_alive(pgid: u32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+        // After the command in parentheses: state, ppid, pgrp, ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return false };
+        let fields: Vec<&str> = rest.split(' ').collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2].parse() == Ok(pgid)
+    })
+}
+
+/// Kills what is left of these process groups when dropped: a failing test
+/// leaves no job behind.
+#[cfg(target_os = "linux")]
+struct KillGroupsOnDrop(Vec<u32>);
+
+#[cfg(target_os = "linux")]
+impl Drop for KillGroupsOnDrop {
+    fn drop(&mut self) {
+        for &pgid in &self.0 {
+            if group_alive(pgid) {
+                // SAFETY: kill takes integers only.
+                unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Jobs that ignore SIGTERM, each with a child (`sleep`): SIGTERM, then a
+/// second one, kills both processes of every job (SIGKILL to the group)
+/// and mproc exits 143. (That the second signal, not the grace period, is
+/// what kills them is checked against the library, with a long grace, in
+/// tests/run_second_signal.rs: mproc's grace is a fixed 200 ms.)
+#[cfg(target_os = "linux")]
+#[test]
+fn sigterm_twice_kills_jobs_that_ignore_it_with_their_children_and_exits_143() {
+    let args = ["-j2", "sh", "-c", "trap '' TERM; sleep 30; :", "sh", ":::", "1", "2", "3"];
+    let (mut child, leaders) = start_and_wait_for_jobs(&args, 2);
+    let _cleanup = KillGroupsOnDrop(leaders.clone());
+    // Each job's `sleep` has started: its trap is set.
+    let sleeping =
+        wait_until(Duration::from_secs(10), || leaders.iter().all(|&l| !children_of(l).is_empty()));
+    if !sleeping {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the jobs' sleep did not start");
+    }
+    signal(child.id(), libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(50));
+    signal(child.id(), libc::SIGTERM);
+    assert_eq!(wait_with_limit(&mut child, Duration::from_secs(10)).code(), Some(143));
+    // Job leaders are their groups' ids; mproc reaped them, and the
+    // `sleep`s, orphaned, must be dead too.
+    let gone = wait_until(Duration::from_secs(10), || !leaders.iter().any(|&pgid| group_alive(pgid)));
+    assert!(gone, "a job's process outlived the run: groups {leaders:?}");
 }
 
 /// `mproc run yes ::: a | less`, then Ctrl-C (or SIGTERM): the runner is

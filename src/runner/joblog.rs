@@ -98,14 +98,21 @@ pub enum Resume {
     Succeeded,
 }
 
+/// The length of `log` up to the end of its last complete line: a last line
+/// without its newline was cut off mid-write (a crash), and lists no job.
+pub fn complete_len(log: &[u8]) -> usize {
+    log.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+}
+
 /// Reads a job log (GNU parallel's or ours) and returns the jobs done, as
-/// `which` counts them. An empty log (or only a header) lists none.
+/// `which` counts them. An empty log (or only a header) lists none, nor
+/// does an incomplete last line ([`complete_len`]).
 ///
 /// # Errors
 /// A line that is not a job log line, as one message naming the line.
 pub fn read_done(log: &[u8], which: Resume) -> Result<SeqSet, String> {
     let mut done = SeqSet::default();
-    for (i, line) in log.split(|&b| b == b'\n').enumerate() {
+    for (i, line) in log[..complete_len(log)].split(|&b| b == b'\n').enumerate() {
         if line.is_empty() || (i == 0 && line.starts_with(b"Seq\t")) {
             continue;
         }
@@ -177,6 +184,21 @@ mod tests {
             read_done(bad, Resume::Logged),
             Err("line 1 is not in GNU parallel's job log format".into())
         );
+    }
+
+    #[test]
+    fn an_incomplete_last_line_lists_no_job_but_a_bad_line_before_it_is_an_error() {
+        let cut = format!("{HEADER}1\t:\t1.0\t0.1\t0\t0\t0\t0\techo a\n2\t:\t1.0\t0.1\t0\t0\t0\t0\techo b");
+        let logged = read_done(cut.as_bytes(), Resume::Logged).unwrap();
+        assert_eq!((1..=3).filter(|&s| logged.contains(s)).collect::<Vec<_>>(), [1]);
+        assert_eq!(complete_len(cut.as_bytes()), cut.rfind('\n').unwrap() + 1);
+        let cut_in_the_middle = format!("{HEADER}2\t:\t1.0\n3\t:\t1.0\t0.1\t0\t0\t0\t0\techo c\n");
+        assert_eq!(
+            read_done(cut_in_the_middle.as_bytes(), Resume::Logged),
+            Err("line 2 is not in GNU parallel's job log format".into())
+        );
+        assert!(read_done(b"Seq\tHo", Resume::Logged).unwrap().is_empty());
+        assert_eq!(complete_len(b"Seq\tHo"), 0);
     }
 
     #[test]

@@ -359,21 +359,48 @@ fn read_joblog(path: &Path, which: joblog::Resume) -> Result<joblog::SeqSet, Str
 }
 
 /// Creates the job log with its header or, when resuming, appends to it
-/// (the header only if it is empty).
+/// (the header only if it is empty), after cutting off an incomplete last
+/// line.
 fn open_joblog(path: &Path, append: bool) -> Result<File, String> {
     let mut options = std::fs::OpenOptions::new();
     match append {
-        true => options.append(true).create(true),
+        true => options.read(true).append(true).create(true),
         false => options.write(true).create(true).truncate(true),
     };
     let mut file =
         options.open(path).map_err(|e| format!("cannot create job log {}: {e}", path.display()))?;
+    if append {
+        drop_incomplete_last_line(&file).map_err(|e| format!("writing job log {}: {e}", path.display()))?;
+    }
     let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(true);
     if empty {
         file.write_all(joblog::HEADER.as_bytes())
             .map_err(|e| format!("writing job log {}: {e}", path.display()))?;
     }
     Ok(file)
+}
+
+/// Removes a last line without its newline (its write was cut short, by a
+/// crash): `--resume` counted no job in it (see [`joblog::complete_len`]),
+/// and the lines appended next must start on a line of their own.
+fn drop_incomplete_last_line(file: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let (mut end, mut buf) = (len, [0u8; 4096]);
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(newline) = chunk.iter().rposition(|&b| b == b'\n') {
+            end = start + newline as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        file.set_len(end)?;
+    }
+    Ok(())
 }
 
 fn usage(msg: &str) -> u8 {
