@@ -5,6 +5,7 @@
 //! Checks that read `/proc` (children, descriptors, memory) are Linux-only.
 
 use std::collections::BTreeSet;
+#[cfg(target_os = "linux")]
 use std::fs::File;
 #[cfg(target_os = "linux")]
 use std::io::Read;
