@@ -21,7 +21,10 @@
 //!   child does only async-signal-safe work before `exec` (the argv is
 //!   built beforehand), puts itself in a new process group, sets every
 //!   signal handler back to the default, and sees exactly fds 0, 1 and 2:
-//!   every descriptor mproc opens is close-on-exec.
+//!   every descriptor mproc opens is close-on-exec. As with `posix_spawn`
+//!   and `std::process::Command`, the child reads the program's
+//!   environment as it is then: another thread of the program must not
+//!   change it (`setenv`, `std::env::set_var`) while a run is going.
 //! - **One thread, one `poll`** over every job's stdout and stderr pipe, a
 //!   self-pipe that the SIGCHLD/SIGINT/SIGTERM/SIGHUP handlers write to,
 //!   and, while a job slot waits for its input, the input stream
