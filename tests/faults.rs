@@ -367,6 +367,45 @@ fn a_timed_out_task_takes_the_processes_it_started_with_it() {
     assert_no_children();
 }
 
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "writes /proc/sys/kernel/ns_last_pid")]
+fn the_kill_after_a_timeout_grace_never_reaches_a_process_that_reused_the_workers_pid() {
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root to choose the next pid (/proc/sys/kernel/ns_last_pid)");
+        return;
+    }
+    let pool = Pool::builder().processes(1).task_timeout(Duration::from_millis(100)).build().unwrap();
+    let worker = full_pids(&pool)[0];
+    let victim = proc_of(worker);
+    // The worker dies of the SIGTERM at once; the SIGKILL to its process
+    // group is due 200 ms (the grace period) after that SIGTERM.
+    assert_eq!(pool.apply(sleep_ms, 30_000), Err(Error::Timeout));
+    // Its replacement is forked before the worker's pid is offered again.
+    assert!(!full_pids(&pool).contains(&worker));
+    // The next process made gets the dead worker's pid, if it is free, and
+    // leads a process group of that number, as a shell's job would.
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (worker - 1).to_string()).expect("write ns_last_pid");
+    use std::os::unix::process::CommandExt;
+    let mut bystander = Command::new("sleep").arg("30").process_group(0).spawn().expect("spawn sleep");
+    std::thread::sleep(Duration::from_millis(600));
+    let ended = bystander.try_wait().expect("try_wait");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert_eq!(
+        ended,
+        None,
+        "pid {} (the timed-out worker's was {worker}) was killed by the pool's delayed group kill",
+        bystander.id()
+    );
+    // The dead worker, kept a zombie through the grace period, is reaped
+    // after it.
+    wait_gone(&[victim], Duration::from_secs(5));
+    assert_eq!(pool.apply(cube, 3).unwrap(), 27);
+    drop(pool);
+    assert_no_children();
+}
+
 // ---------------------------------------------------------------------------
 // chaos
 

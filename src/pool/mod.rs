@@ -63,7 +63,7 @@
 //! | task calls `exit(n)`                  | that task: `Err(Error::WorkerDied { exitcode: n, .. })` |
 //! | worker killed between tasks, or idle before its first | no task fails; its queued tasks go to the others; worker replaced |
 //! | worker dies in its initializer        | its first task gets `WorkerDied`: a pool that cannot work fails tasks one by one instead of retrying forever (so does a slot's fourth fresh worker in a row killed before it ran any pool code) |
-//! | task runs past `task_timeout`         | `Err(Error::Timeout)`; its process group (the worker and what the task started) gets SIGTERM, then SIGKILL 200 ms later; worker replaced |
+//! | task runs past `task_timeout`         | `Err(Error::Timeout)`; its process group (the worker and what the task started) gets SIGTERM, then SIGKILL 200 ms later (the worker, if dead by then, is reaped only after it: its group id cannot be reused meanwhile); worker replaced |
 //! | result bytes do not decode            | `Err(Error::Decode(..))` for that task          |
 //! | corrupt ring frame                    | `Err(Error::Decode(..))` for the task its worker runs; the worker is killed and replaced |
 //! | `fork` fails (EAGAIN, ENOMEM)         | `Pool::new`: `Err(Error::Os)` naming `fork`, nothing left behind; later, queued tasks fail with it once no worker is left |

@@ -21,7 +21,10 @@
 //! runs and since when. A task past its time gets its worker's process
 //! group `SIGTERM`, then `SIGKILL` after [`TERM_GRACE`] (even if the worker
 //! itself is already gone: what the task started may not be), and the
-//! worker's death is reported as timed out.
+//! worker's death is reported as timed out. A worker that dies within the
+//! grace period is reported at once but reaped only after that SIGKILL:
+//! until then its pid, and so its group id, cannot be given to another
+//! process that the SIGKILL would reach.
 //!
 //! Parent death: the request pipe reaches EOF; the zygote kills every worker
 //! and exits. The pipe's write end can outlive the parent in a process the
@@ -582,13 +585,33 @@ fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result
         if ready[0].readable {
             let mut buf = [0u8; 64];
             while matches!(sys::read(sig_r.as_fd(), &mut buf), Ok(n) if n > 0) {}
-            while let Some((pid, status)) = sys::wait_any_nohang()? {
-                if let Some(slot) = live.remove(&pid) {
-                    let timed_out = timers.timed_out.remove(&pid);
-                    // While shutting down too: the parent reads these
-                    // while it waits for us (the timeline shows them).
-                    report(side, &mut record, Report::Died { slot, pid, status, timed_out });
+            // Each worker by its pid, not `waitpid(-1)`: a timed-out one
+            // whose group's SIGKILL is still to come is only looked at,
+            // and stays a zombie until then (see `Timers::zombies`).
+            let mut failed = None;
+            live.retain(|&pid, &mut slot| {
+                let hold = timers.kill_pending(pid);
+                let ended = if hold { sys::peek_ended(pid) } else { sys::waitpid(pid, true) };
+                match ended {
+                    Ok(None) => true,
+                    Ok(Some(status)) => {
+                        if hold {
+                            timers.zombies.push(pid);
+                        }
+                        let timed_out = timers.timed_out.remove(&pid);
+                        // While shutting down too: the parent reads these
+                        // while it waits for us (the timeline shows them).
+                        report(side, &mut record, Report::Died { slot, pid, status, timed_out });
+                        false
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        true
+                    }
                 }
+            });
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
         if listening && (ready[1].readable || ready[1].hangup) {
@@ -650,6 +673,11 @@ struct Timers {
     /// Process groups (named by their leader, the worker) that get SIGKILL
     /// at the given instant: the end of the grace period.
     group_kills: Vec<(i32, Instant)>,
+    /// Leaders of those groups that ended before the SIGKILL: not reaped
+    /// until it is sent. A zombie keeps its pid, and with it the group id:
+    /// reaped, an emptied group's id could go to a new process leading a
+    /// group of its own (a shell's job), which the SIGKILL would then hit.
+    zombies: Vec<i32>,
 }
 
 impl Timers {
@@ -662,17 +690,12 @@ impl Timers {
         limit: Option<Duration>,
     ) -> Option<Instant> {
         let now = Instant::now();
+        let zombies = &mut self.zombies;
         self.group_kills.retain(|&(pgid, at)| {
             if now < at {
                 return true;
             }
-            // The group outlives its leader only while a member lives, and
-            // while it lives no new process can get this pid: no reuse.
-            if live.contains_key(&pgid) {
-                let _ = sys::kill_group(Pid::from_raw(pgid), libc::SIGKILL);
-            } else {
-                let _ = sys::kill_orphaned_group(Pid::from_raw(pgid), libc::SIGKILL);
-            }
+            kill_group_then_reap(zombies, pgid);
             false
         });
         let mut wake_at = self.group_kills.iter().map(|&(_, at)| at).min();
@@ -713,8 +736,24 @@ impl Timers {
     /// SIGKILL now to every group still in its grace period.
     fn kill_groups_now(&mut self) {
         for (pgid, _) in self.group_kills.drain(..) {
-            let _ = sys::kill_orphaned_group(Pid::from_raw(pgid), libc::SIGKILL);
+            kill_group_then_reap(&mut self.zombies, pgid);
         }
+    }
+
+    /// Whether worker `pid`'s group has its SIGKILL still to come.
+    fn kill_pending(&self, pid: i32) -> bool {
+        self.group_kills.iter().any(|&(pgid, _)| pgid == pid)
+    }
+}
+
+/// SIGKILL to the group led by `leader`, which is live or one of
+/// `zombies` (unreaped either way, so the id is still its group's); then
+/// reaps it if it is a zombie.
+fn kill_group_then_reap(zombies: &mut Vec<i32>, leader: i32) {
+    let _ = sys::kill_group(Pid::from_raw(leader), libc::SIGKILL);
+    if let Some(i) = zombies.iter().position(|&z| z == leader) {
+        zombies.swap_remove(i);
+        let _ = sys::waitpid(leader, true);
     }
 }
 

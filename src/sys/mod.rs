@@ -426,6 +426,34 @@ pub(crate) fn wait_ended(pid: i32, nohang: bool) -> Result<bool> {
     Ok(unsafe { info.si_pid() } != 0)
 }
 
+/// `waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`: how the child `pid`
+/// ended, if it has, leaving it unreaped: while it stays a zombie, neither
+/// its pid nor its process group id can be given to another process, so a
+/// signal to its group still reaches only what it started. `Ok(None)`: it
+/// still runs. Not traced: the `waitpid` that reaps it later is.
+pub(crate) fn peek_ended(pid: i32) -> Result<Option<ExitStatus>> {
+    let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
+    // SAFETY: siginfo_t is plain old data; all-zero is valid, and si_pid
+    // stays 0 when WNOHANG finds no ended child.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+    retry("waitid", Some(pid), || unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) })?;
+    // SAFETY: waitid filled `info` (or left it zeroed); si_pid and
+    // si_status read the fields of the SIGCHLD layout that waitid writes.
+    let (ended, code) = unsafe { (info.si_pid(), info.si_status()) };
+    if ended == 0 {
+        return Ok(None);
+    }
+    // Packed as waitpid packs it: `code << 8` for an exit, the signal
+    // (with 0x80 for a core) for a kill.
+    let raw = match info.si_code {
+        libc::CLD_EXITED => (code & 0xff) << 8,
+        libc::CLD_DUMPED => (code & 0x7f) | 0x80,
+        _ => code & 0x7f,
+    };
+    Ok(Some(ExitStatus::from_raw(raw)))
+}
+
 /// A process id that names one process: never 0, -1 or a negated group,
 /// which `kill(2)` would read as "my group", "everyone" or a whole group.
 /// Every signal mproc sends goes through [`kill`], [`kill_group`] or
@@ -453,9 +481,10 @@ pub(crate) fn kill_group(leader: Pid, signal: i32) -> Result<()> {
     group.and(own)
 }
 
-/// `kill(2)` to process group `group` only: for a group whose leader has
-/// been reaped (the group id stays reserved while any member lives, so it
-/// cannot name someone else's group). Groups 0 and 1 are refused.
+/// `kill(2)` to process group `group` only, not to its leader by pid. The
+/// caller keeps the leader unreaped (running, or a zombie): once it is
+/// reaped and the group's last member is gone, the id is free and may name
+/// someone else's group. Groups 0 and 1 are refused.
 pub(crate) fn kill_orphaned_group(group: Pid, signal: i32) -> Result<()> {
     if group.as_raw() <= 1 {
         return Err(Error::InvalidArgument(format!("kill: {group} is not a group mproc made")));
@@ -879,29 +908,6 @@ pub(crate) fn close_inherited(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
-/// `waitpid(-1, WNOHANG)`: reaps any one ended child; `None` when no child
-/// has ended (or there are no children left: `ECHILD` is the normal end of
-/// a reap loop).
-pub(crate) fn wait_any_nohang() -> Result<Option<(i32, ExitStatus)>> {
-    let mut raw: libc::c_int = 0;
-    loop {
-        // SAFETY: `raw` is a valid, writable int for the duration of the call.
-        let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
-        match pid {
-            0 => return Ok(None),
-            -1 if last_errno() == libc::EINTR => continue,
-            -1 if last_errno() == libc::ECHILD => return Ok(None),
-            -1 => return Err(os_error("waitpid", None)),
-            pid => {
-                let status = ExitStatus::from_raw(raw);
-                trace!("waitpid(-1) = {pid} {status}");
-                crate::timeline::reaped(pid, status);
-                return Ok(Some((pid, status)));
-            }
-        }
-    }
-}
-
 /// `setpgid(pid, pid)` from the parent's side (the child does the same for
 /// itself; whichever runs first wins the race, so a signal to the group
 /// never misses). `EACCES` (the child already exec'd) and `ESRCH` are fine.
@@ -914,6 +920,40 @@ pub(crate) fn set_child_process_group(pid: i32) {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn peek_ended_reads_the_end_as_waitpid_does_and_leaves_the_zombie() {
+        // Each child is killed or exits at once, core-less (SIGKILL dumps
+        // no core; rlimits are not touched here).
+        for (end, expected) in [
+            (Some(libc::SIGKILL), ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false }),
+            (None, ExitStatus::Exited(3)),
+        ] {
+            // SAFETY: the child only calls async-signal-safe functions.
+            let pid = match unsafe { fork() }.unwrap() {
+                Forked::Child => {
+                    if let Some(sig) = end {
+                        // SAFETY: raise is async-signal-safe.
+                        unsafe { libc::raise(sig) };
+                    }
+                    exit_now(3)
+                }
+                Forked::Parent(pid) => pid,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let peeked = loop {
+                if let Some(status) = peek_ended(pid).unwrap() {
+                    break status;
+                }
+                assert!(Instant::now() < deadline, "child {pid} never ended");
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            assert_eq!(peeked, expected);
+            // Still a zombie: seen again, then reaped with the same end.
+            assert_eq!(peek_ended(pid).unwrap(), Some(expected));
+            assert_eq!(waitpid(pid, false).unwrap(), Some(expected));
+        }
+    }
 
     #[test]
     fn kill_never_signals_a_group_everyone_or_init() {
