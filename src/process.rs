@@ -300,17 +300,26 @@ impl Process {
     }
 
     /// Sends `SIGTERM`. A no-op once the child has been reaped.
+    /// [`Error::InvalidState`] in any process but the one that started it
+    /// (a copy of the handle inherited by another child): there, the pid
+    /// may have been reaped and given to someone else's process.
     pub fn terminate(&self) -> Result<()> {
         self.signal(libc::SIGTERM)
     }
 
-    /// Sends `SIGKILL`. A no-op once the child has been reaped.
+    /// Sends `SIGKILL`. A no-op once the child has been reaped; refused in
+    /// another process, as [`terminate`](Process::terminate) is.
     pub fn kill(&self) -> Result<()> {
         self.signal(libc::SIGKILL)
     }
 
     fn signal(&self, signal: i32) -> Result<()> {
         match &*self.state.borrow() {
+            // Only the process that started the child knows whether it has
+            // been reaped (a copy elsewhere still says running).
+            State::Running { owner, .. } if *owner != sys::getpid() => {
+                Err(Error::InvalidState("process belongs to another process"))
+            }
             // Running means not yet reaped, so the pid is still ours (at
             // worst a zombie): it cannot have been recycled.
             State::Running { pid, .. } => sys::kill(sys::Pid::from_raw(*pid), signal),
@@ -444,12 +453,14 @@ impl<T: Wire> JoinHandle<T> {
         self.process.is_alive()
     }
 
-    /// Sends `SIGTERM` to the child.
+    /// Sends `SIGTERM` to the child; refused in another process, as
+    /// [`Process::terminate`] is.
     pub fn terminate(&self) -> Result<()> {
         self.process.terminate()
     }
 
-    /// Sends `SIGKILL` to the child.
+    /// Sends `SIGKILL` to the child; refused in another process, as
+    /// [`Process::kill`] is.
     pub fn kill(&self) -> Result<()> {
         self.process.kill()
     }

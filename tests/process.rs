@@ -290,6 +290,28 @@ fn terminate_and_kill_after_exit_are_no_ops() {
 }
 
 #[test]
+fn a_copy_of_the_handle_in_another_process_refuses_to_signal() {
+    // `a` ends at once; the copy of its handle moved into `q`'s target
+    // still says "running" in `q`'s child, while the parent's copy
+    // (dropped when `q` starts) waits for `a` and reaps it. From there on
+    // `a`'s pid may name anyone's process: the copy must not signal it.
+    let a = started(|| {});
+    let a_pid = a.pid().expect("pid");
+    let mut q = Process::new(move || {
+        let refused = |r: mproc::Result<()>| matches!(r, Err(Error::InvalidState(_)));
+        let code = match (refused(a.kill()), refused(a.terminate())) {
+            (true, true) => 0,
+            (false, _) => 10,
+            (true, false) => 11,
+        };
+        std::process::exit(code)
+    });
+    q.start().expect("start");
+    assert!(not_our_child(a_pid), "starting q dropped the parent's copy of a, which reaped it");
+    assert_eq!(q.join(), Ok(0), "10: kill() from the copy was let through, 11: terminate() was");
+}
+
+#[test]
 fn sentinel_is_open_only_while_running() {
     let mut p = Process::new(|| {});
     assert_eq!(p.sentinel(), None);
