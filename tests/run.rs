@@ -1061,6 +1061,49 @@ fn timeout_kills_the_jobs_children_too() {
     assert!(wait_until(Duration::from_secs(2), || !alive(grandchild)), "the background sleep survived");
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn the_sigkill_after_the_grace_reaches_the_group_of_a_job_whose_main_process_died() {
+    // The job's shell dies of the SIGTERM at once; a background process
+    // in its group ignores SIGTERM and holds none of the job's pipes, so
+    // the job is over as soon as the shell is. The SIGKILL promised 200 ms
+    // later must still reach that process, for a timeout and for a stop
+    // signal alike.
+    let dir = TempDir::new("grace-kill");
+    let pidfile = dir.path("bg");
+    let job =
+        format!("(trap '' TERM; exec sleep 30) </dev/null >/dev/null 2>&1 & echo $! >{pidfile}; sleep 30");
+    let read_pid = || -> u32 {
+        assert!(wait_until(Duration::from_secs(5), || std::fs::read_to_string(&pidfile)
+            .is_ok_and(|s| s.ends_with('\n'))));
+        std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap()
+    };
+    let out = run(&["--timeout", "300ms", "sh", "-c", &job, ":::", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let background = read_pid();
+    assert!(
+        wait_until(Duration::from_secs(2), || !alive(background)),
+        "--timeout: the background sleep survived"
+    );
+
+    std::fs::remove_file(&pidfile).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mproc"))
+        .args(["run", "sh", "-c", &job, ":::", "x"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let background = read_pid();
+    // SAFETY: kill takes only integers; the child is ours and unreaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait_with_output().unwrap().status;
+    assert_eq!(status.code(), Some(143));
+    assert!(
+        wait_until(Duration::from_secs(2), || !alive(background)),
+        "SIGTERM: the background sleep survived"
+    );
+}
+
 #[test]
 fn timeout_escalates_to_sigkill_when_sigterm_is_ignored() {
     let start = Instant::now();

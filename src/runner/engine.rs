@@ -152,6 +152,7 @@ pub fn run(
         devnull,
         reset_signals: signal::signals_to_reset(),
         child_stack: exec::ChildStack::default(),
+        held: Vec::new(),
         buf: vec![0; READ_CHUNK],
         pollfds,
         targets,
@@ -446,6 +447,14 @@ struct Engine<'a> {
     reset_signals: Vec<libc::c_int>,
     /// The stack each job's child runs on until it execs (see `exec::spawn`).
     child_stack: exec::ChildStack,
+    /// Main processes of jobs that ended while their group's SIGKILL was
+    /// still due (a timeout's or a stop signal's grace period), with that
+    /// instant: seen ended but not reaped, so that the group id stays
+    /// theirs until the SIGKILL; reaped right after it. Reaped at once, an
+    /// emptied group's id could pass to a new process leading a group of
+    /// its own, and skipping the SIGKILL would spare what the job left
+    /// running in its group.
+    held: Vec<(i32, Instant)>,
     buf: Vec<u8>,
     /// What the last `poll` watched: the self-pipe, then job pipes, one
     /// `targets` entry per job pipe.
@@ -464,8 +473,12 @@ impl Engine<'_> {
             self.start_jobs();
             self.show_progress(false);
             if self.live.is_empty() && !self.waiting_for_input() {
-                // start_jobs filled no slot: inputs exhausted, halted or stopping.
-                return Ok(());
+                // start_jobs filled no slot: inputs exhausted, halted or
+                // stopping. What a finished job left in its group still
+                // gets the SIGKILL due at the end of its grace period.
+                if self.held.is_empty() {
+                    return Ok(());
+                }
             }
             self.wait_and_service()?;
         }
@@ -632,6 +645,9 @@ impl Engine<'_> {
         }
         if let Some(progress) = &self.progress {
             shorten(progress.next_tick(now)); // the ETA moves on
+        }
+        for &(_, at) in &self.held {
+            shorten(at.saturating_duration_since(now));
         }
         for seq in &self.live {
             let job = &self.jobs[seq];
@@ -810,8 +826,19 @@ impl Engine<'_> {
                 continue;
             }
             // ECHILD here means someone else reaped our child: an error of
-            // the program around us, reported, never swallowed.
-            let Some(status) = sys::waitpid(pid, true)? else { continue };
+            // the program around us, reported, never swallowed. A leader
+            // whose group's SIGKILL is still due stays a zombie until then.
+            let status = match job.kill {
+                Kill::Term { sigkill_at } => {
+                    let Some(status) = sys::peek_ended(pid)? else { continue };
+                    self.held.push((pid, sigkill_at));
+                    status
+                }
+                _ => {
+                    let Some(status) = sys::waitpid(pid, true)? else { continue };
+                    status
+                }
+            };
             if let Some(job) = self.jobs.get_mut(&seq) {
                 job.status = Some(status);
             }
@@ -830,8 +857,10 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Timeouts: SIGTERM to the group, then SIGKILL after the grace period.
+    /// Timeouts: SIGTERM to the group, then SIGKILL after the grace period
+    /// (also to the groups of jobs whose main process is gone, `held`).
     fn enforce_deadlines(&mut self, now: Instant) {
+        self.kill_held(Some(now));
         let grace = self.options.kill_grace;
         for seq in &self.live {
             let Some(job) = self.jobs.get_mut(seq) else { continue };
@@ -856,6 +885,20 @@ impl Engine<'_> {
         }
     }
 
+    /// SIGKILL to the group of each `held` leader whose grace period is
+    /// over by `now` (every one, without `now`), then reaps the leader.
+    fn kill_held(&mut self, now: Option<Instant>) {
+        self.held.retain(|&(pid, at)| {
+            if now.is_some_and(|now| now < at) {
+                return true;
+            }
+            // Unreaped (a zombie), so the group id is still this job's.
+            let _ = sys::kill_orphaned_group(sys::Pid::from_raw(pid), libc::SIGKILL);
+            let _ = sys::waitpid(pid, true);
+            false
+        });
+    }
+
     /// Starts stopping the run: no new jobs, running ones signalled (SIGKILL
     /// after the grace period), nothing more printed. A second stop signal
     /// sends SIGKILL at once.
@@ -876,6 +919,9 @@ impl Engine<'_> {
     /// follows after the grace period); with `escalate`, SIGKILL to every
     /// running job at once.
     fn signal_live(&mut self, signal: i32, escalate: bool) {
+        if escalate {
+            self.kill_held(None);
+        }
         let now = Instant::now();
         for seq in &self.live {
             let Some(job) = self.jobs.get_mut(seq) else { continue };
@@ -1161,6 +1207,7 @@ impl Drop for Engine<'_> {
                 let _ = sys::waitpid(pid, false);
             }
         }
+        self.kill_held(None);
     }
 }
 

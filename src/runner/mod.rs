@@ -43,7 +43,11 @@
 //!   the job's stdout keeps the job running (a timeout kills it too, as it
 //!   is in the job's process group).
 //! - **Killing** (timeouts, stop signals) signals the job's whole process
-//!   group, then sends SIGKILL after [`Options::kill_grace`].
+//!   group, then sends SIGKILL after [`Options::kill_grace`] — also when
+//!   the job's main process died meanwhile, since what it started in its
+//!   group may live on. That process is reaped only after the SIGKILL, so
+//!   the group id cannot pass to another process in between; a run that is
+//!   stopping returns once those SIGKILLs are sent.
 //!
 //! # Common traps
 //! - Jobs run in their own process groups, so a job cannot read from a
