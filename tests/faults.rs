@@ -164,6 +164,17 @@ struct Proc {
     start: u64,
 }
 
+/// Whether this test runs as root; if not, says that it is skipped and why
+/// it needs root.
+fn root_or_skip(why: &str) -> bool {
+    // SAFETY: getuid cannot fail.
+    let root = unsafe { libc::getuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root {why}");
+    }
+    root
+}
+
 fn proc_of(pid: i32) -> Proc {
     Proc { pid, start: stat(pid).map_or(0, |s| s.2) }
 }
@@ -370,9 +381,7 @@ fn a_timed_out_task_takes_the_processes_it_started_with_it() {
 #[test]
 #[cfg_attr(not(target_os = "linux"), ignore = "writes /proc/sys/kernel/ns_last_pid")]
 fn the_kill_after_a_timeout_grace_never_reaches_a_process_that_reused_the_workers_pid() {
-    // SAFETY: getuid cannot fail.
-    if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipped: needs root to choose the next pid (/proc/sys/kernel/ns_last_pid)");
+    if !root_or_skip("to choose the next pid (/proc/sys/kernel/ns_last_pid)") {
         return;
     }
     let pool = Pool::builder().processes(1).task_timeout(Duration::from_millis(100)).build().unwrap();
@@ -672,9 +681,7 @@ fn is_fork_eagain(r: &Result<Pool, Error>) -> bool {
 #[test]
 #[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
 fn pool_new_fails_cleanly_naming_fork_when_rlimit_nproc_is_reached() {
-    // SAFETY: getuid cannot fail.
-    if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipped: needs root to switch to an unprivileged uid (RLIMIT_NPROC does not bind root)");
+    if !root_or_skip("to switch to an unprivileged uid (RLIMIT_NPROC does not bind root)") {
         return;
     }
     // In a helper, so that the privileges and the limit die with it. The
