@@ -476,6 +476,7 @@ impl Engine<'_> {
                 // start_jobs filled no slot: inputs exhausted, halted or
                 // stopping. What a finished job left in its group still
                 // gets the SIGKILL due at the end of its grace period.
+                self.release_empty_groups();
                 if self.held.is_empty() {
                     return Ok(());
                 }
@@ -894,6 +895,23 @@ impl Engine<'_> {
             }
             // Unreaped (a zombie), so the group id is still this job's.
             let _ = sys::kill_orphaned_group(sys::Pid::from_raw(pid), libc::SIGKILL);
+            let _ = sys::waitpid(pid, true);
+            false
+        });
+    }
+
+    /// Reaps the `held` leaders whose groups have nobody else left (seen
+    /// in `/proc`, Linux): the run need not wait for their grace period
+    /// to end. Elsewhere every one waits for its SIGKILL.
+    fn release_empty_groups(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let Some(groups) = sys::groups_with_live_members() else { return };
+        self.held.retain(|&(pid, _)| {
+            if groups.contains(&pid) {
+                return true;
+            }
             let _ = sys::waitpid(pid, true);
             false
         });

@@ -46,8 +46,9 @@
 //!   group, then sends SIGKILL after [`Options::kill_grace`] — also when
 //!   the job's main process died meanwhile, since what it started in its
 //!   group may live on. That process is reaped only after the SIGKILL, so
-//!   the group id cannot pass to another process in between; a run that is
-//!   stopping returns once those SIGKILLs are sent.
+//!   the group id cannot pass to another process in between. A run
+//!   returns once those SIGKILLs are sent, except (Linux) for groups that
+//!   `/proc` shows have nobody else left.
 //!
 //! # Common traps
 //! - Jobs run in their own process groups, so a job cannot read from a

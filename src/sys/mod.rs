@@ -864,6 +864,32 @@ pub fn open_fd_count() -> usize {
     std::fs::read_dir(dir).map(|d| d.count().saturating_sub(1)).unwrap_or(0)
 }
 
+/// The process groups that have a member that is not a zombie, from
+/// `/proc` (Linux); `None` elsewhere, or if `/proc` cannot be read. A group
+/// whose leader is an unreaped zombie and that is missing here has nobody
+/// left to signal.
+pub(crate) fn groups_with_live_members() -> Option<std::collections::HashSet<i32>> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let mut groups = std::collections::HashSet::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        // A process that ended since the listing has no stat: skip it.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // After the command, in parentheses (which may hold anything):
+        // state, ppid, pgrp, ...
+        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else { continue };
+        let mut fields = rest.split(' ');
+        let (state, pgrp) = (fields.next(), fields.nth(1));
+        if let (Some(state), Some(Ok(pgrp))) = (state, pgrp.map(str::parse::<i32>)) {
+            if state != "Z" && state != "X" {
+                groups.insert(pgrp);
+            }
+        }
+    }
+    Some(groups)
+}
+
 /// The open-files limit (`RLIMIT_NOFILE`): soft and hard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FileLimit {
