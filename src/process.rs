@@ -43,7 +43,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -183,6 +183,25 @@ impl Process {
                 Ok(())
             }
         }
+    }
+
+    /// Whether the child has ended, without reaping it (already reaped
+    /// counts: `is_alive` may have done it).
+    fn has_ended(&self) -> Result<bool> {
+        match &*self.state.borrow() {
+            State::Exited { .. } => Ok(true),
+            State::Running { pid, .. } => sys::wait_ended(*pid, true),
+            _ => Err(Error::InvalidState("process was never started")),
+        }
+    }
+
+    /// Waits until `fd` is readable or hung up, or the child's pidfd says
+    /// it ended (Linux; the sentinel must be open).
+    fn wait_readable_or_ended(&self, fd: BorrowedFd<'_>) -> Result<()> {
+        let state = self.state.borrow();
+        let State::Running { sentinel: Some(sentinel), .. } = &*state else { return Ok(()) };
+        sys::poll(&[(fd, true, false), (sentinel.as_fd(), true, false)], None)?;
+        Ok(())
     }
 
     /// The child's pid; `None` before `start()`.
@@ -443,6 +462,34 @@ where
 }
 
 impl<T: Wire> JoinHandle<T> {
+    /// Reads the child's message: to end of file, or, once the child has
+    /// ended, to what the pipe holds then (all it wrote). End of file alone
+    /// can come late: a child that another thread forked while this one
+    /// was being made (by any `fork`, mproc's or not) holds a copy of the
+    /// write end until it ends itself.
+    fn read_message(&self, out: &mut Vec<u8>) -> Result<()> {
+        let fd = self.result.as_fd();
+        sys::set_nonblocking(fd, true)?;
+        let mut nap = Duration::from_millis(1);
+        loop {
+            if sys::read_available(fd, out)? {
+                return Ok(());
+            }
+            if self.process.has_ended()? {
+                sys::read_available(fd, out)?;
+                return Ok(());
+            }
+            // Data, or the child's end (a pidfd); without pidfds, a nap
+            // (the sentinel pipe may be held by such a child too).
+            if sys::have_pidfd() && self.process.open_sentinel().is_ok() {
+                self.process.wait_readable_or_ended(fd)?;
+            } else {
+                sys::poll(&[(fd, true, false)], Some(nap))?;
+                nap = (nap * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+
     /// The child's pid.
     pub fn pid(&self) -> i32 {
         self.pid
@@ -472,9 +519,9 @@ impl<T: Wire> JoinHandle<T> {
     /// or `exit()` called); [`Error::Decode`] if the bytes were malformed.
     pub fn join(self) -> Result<T> {
         let mut bytes = Vec::new();
-        // Read to EOF before waiting: a child writing more than a pipe
-        // holds would otherwise block forever while we block in waitpid.
-        let read = sys::read_to_end(self.result.as_fd(), &mut bytes);
+        // Read before waiting: a child writing more than a pipe holds
+        // would otherwise block forever while we block in waitpid.
+        let read = self.read_message(&mut bytes);
         self.process.join()?;
         read?;
         let pid = self.pid();

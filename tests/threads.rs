@@ -759,3 +759,81 @@ fn terminate_during_a_join_that_waits_for_a_stopped_zygote_takes_the_kill_limit(
     drop(pool);
     assert_no_children();
 }
+
+/// Kills and reaps a child of the forking thread below.
+fn reap(pid: i32) {
+    // SAFETY: kill and waitpid take integers and a null status pointer.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+/// Runs `join_one` over and over on this thread for `for_how_long` while
+/// another thread forks children (each living up to 300 ms) as fast as it
+/// can; returns the slowest `join_one` and how many ran.
+fn slowest_beside_a_forking_thread(for_how_long: Duration, mut join_one: impl FnMut()) -> (Duration, u32) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let forker = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            // Forked the way any other code of the program may fork (a C
+            // library, `nix::unistd::fork`): `fork` and nothing else.
+            let mut alive = std::collections::VecDeque::new();
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: the child only sleeps and `_exit`s (both
+                // async-signal-safe).
+                match unsafe { libc::fork() } {
+                    0 => unsafe {
+                        libc::usleep(300_000);
+                        libc::_exit(0)
+                    },
+                    -1 => panic!("fork failed"),
+                    pid => alive.push_back((pid, Instant::now())),
+                }
+                // Reap (by pid: the other thread's children are not ours
+                // to take) those that have ended by now.
+                while alive.front().is_some_and(|(_, born)| born.elapsed() > Duration::from_millis(400)) {
+                    reap(alive.pop_front().unwrap().0);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            alive.into_iter().for_each(|(pid, _)| reap(pid));
+        }
+    });
+    let (start, mut slowest, mut runs) = (Instant::now(), Duration::ZERO, 0);
+    while start.elapsed() < for_how_long {
+        let t = Instant::now();
+        join_one();
+        slowest = slowest.max(t.elapsed());
+        runs += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    forker.join().unwrap();
+    (slowest, runs)
+}
+
+#[test]
+fn a_child_forked_by_another_thread_does_not_hold_up_a_join() {
+    // A child another thread forks while a `spawn` or `fork_map` child is
+    // being made gets a copy of the write end of the pipe that carries the
+    // child's value, or that tells `fork_map` of a worker's death, and
+    // holds it for the 300 ms it lives: end of file on that pipe no longer
+    // says that our child ended.
+    let (slowest, runs) = slowest_beside_a_forking_thread(Duration::from_secs(2), || {
+        assert_eq!(mproc::spawn(|| 7u64).unwrap().join(), Ok(7));
+    });
+    assert!(slowest < Duration::from_millis(200), "a spawn's join took {slowest:?} (of {runs})");
+    let (slowest, runs) = slowest_beside_a_forking_thread(Duration::from_secs(2), || {
+        let out = mproc::fork_map(2, &[1u64, 2, 3, 4], |&x| {
+            if x == 3 {
+                // SAFETY: _exit ends this worker at once; fork_map sees the death.
+                unsafe { libc::_exit(3) };
+            }
+            x
+        });
+        assert!(matches!(out, Err(Error::WorkerDied { .. })), "{out:?}");
+    });
+    assert!(slowest < Duration::from_millis(200), "a fork_map took {slowest:?} (of {runs})");
+    assert_no_children();
+}

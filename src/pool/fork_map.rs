@@ -27,7 +27,10 @@ const RING_CAPACITY: usize = 64 * 1024;
 
 struct Child {
     pid: i32,
-    /// Read end of a pipe only the child holds open: EOF = it died.
+    /// Readable once the child died: its pidfd (Linux), else the read end
+    /// of a pipe whose write end only it should hold (EOF: it died). A
+    /// child another thread forks meanwhile may hold that write end too,
+    /// delaying the EOF until it ends itself; a pidfd has no such copy.
     sentinel: ParentOnlyFd,
 }
 
@@ -115,8 +118,12 @@ struct Run {
 impl Run {
     /// Forks the worker of `slot` (the first one, or a replacement).
     fn spawn<T, R: Wire, F: Fn(&T) -> R>(&mut self, slot: usize, items: &[T], f: &F) -> Result<()> {
-        let (sentinel, sentinel_w) = sys::pipe()?;
-        let sentinel = ParentOnlyFd::new(sentinel);
+        let (sentinel, sentinel_w) = if sys::have_pidfd() {
+            (None, None)
+        } else {
+            let (r, w) = sys::pipe()?;
+            (Some(ParentOnlyFd::new(r)), Some(w))
+        };
         let parent = sys::getpid();
         // SAFETY: the child runs only `work` and `_exit`s.
         match unsafe { sys::fork() }? {
@@ -162,6 +169,18 @@ impl Run {
             }
             Forked::Parent(pid) => {
                 drop(sentinel_w);
+                let sentinel = match sentinel {
+                    Some(pipe) => pipe,
+                    None => match sys::pidfd_open(pid) {
+                        Ok(fd) => ParentOnlyFd::new(fd),
+                        Err(e) => {
+                            // Nothing would see this child die: end it now.
+                            let _ = sys::kill(sys::Pid::from_raw(pid), libc::SIGKILL);
+                            let _ = sys::waitpid(pid, false);
+                            return Err(e);
+                        }
+                    },
+                };
                 self.children[slot] = Some(Child { pid, sentinel });
                 Ok(())
             }

@@ -666,13 +666,16 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize> {
     Ok(n as usize)
 }
 
-/// Reads until end of file, appending to `out`.
-pub(crate) fn read_to_end(fd: BorrowedFd<'_>, out: &mut Vec<u8>) -> Result<()> {
+/// Reads what the non-blocking `fd` holds now, appending to `out`:
+/// `Ok(true)` at end of file, `Ok(false)` once a read would block.
+pub(crate) fn read_available(fd: BorrowedFd<'_>, out: &mut Vec<u8>) -> Result<bool> {
     let mut chunk = [0u8; 8192];
     loop {
-        match read(fd, &mut chunk)? {
-            0 => return Ok(()),
-            n => out.extend_from_slice(&chunk[..n]),
+        match read(fd, &mut chunk) {
+            Ok(0) => return Ok(true),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(Error::Os(e)) if e.errno == libc::EAGAIN || e.errno == libc::EWOULDBLOCK => return Ok(false),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -1010,9 +1013,10 @@ mod tests {
             }
             Forked::Parent(child) => {
                 drop(w);
-                let mut out = Vec::new();
-                read_to_end(r.as_fd(), &mut out).unwrap();
+                let mut out = [9u8; 2];
+                assert_eq!(read(r.as_fd(), &mut out).unwrap(), 1);
                 assert_eq!(waitpid(child, false).unwrap(), Some(ExitStatus::Exited(0)));
+                let out = &out[..1];
                 assert_eq!(out, [1], "the child's current_pid() must be its own pid");
             }
         }
