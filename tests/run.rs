@@ -2040,6 +2040,26 @@ fn an_unwritable_stdout_exits_255_with_one_line() {
     assert!(err.starts_with("mproc: run: ") && err.contains("No space left on device"), "{err}");
 }
 
+/// An unwritable standard error never panics (Rust's exit status for a
+/// panic, 101, would read "more than 100 jobs failed"): each of these gets
+/// its documented status although its message is lost.
+#[test]
+fn an_unwritable_stderr_never_panics_and_keeps_the_documented_statuses() {
+    for (args, code) in [
+        (&["sh", "-c", "echo err >&2", "sh", ":::", "a"][..], 255),
+        (&["no-such-command-anywhere", ":::", "a"], 255),
+        (&["--timeout", "1ms", "sleep", ":::", "1"], 255),
+        (&["--joblog", "/nonexistent/dir/log", "true", ":::", "1"], 255),
+        (&[], 2),
+        (&["-j", "many", "echo"], 2),
+        (&["true", ":::", "1"], 0),
+    ] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = mproc(args).stderr(full).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "mproc run {args:?} 2>/dev/full");
+    }
+}
+
 #[test]
 fn usage_errors_exit_2_with_one_line() {
     for args in [

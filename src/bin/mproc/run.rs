@@ -404,12 +404,12 @@ fn drop_incomplete_last_line(file: &File) -> std::io::Result<()> {
 }
 
 fn usage(msg: &str) -> u8 {
-    eprintln!("mproc: run: {msg}");
+    crate::complain(&format!("run: {msg}"));
     EXIT_USAGE
 }
 
 fn runner_failed(msg: &str) -> u8 {
-    eprintln!("mproc: run: {msg}");
+    crate::complain(&format!("run: {msg}"));
     EXIT_RUNNER_FAILED
 }
 

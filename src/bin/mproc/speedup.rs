@@ -97,7 +97,7 @@ pub fn main(args: SpeedupArgs) -> u8 {
     let timings = match measure(workers, &ranges) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("mproc: speedup: {e}");
+            crate::complain(&format!("speedup: {e}"));
             return crate::EXIT_FAILURE;
         }
     };

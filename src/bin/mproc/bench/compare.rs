@@ -129,17 +129,17 @@ pub fn main(args: Args) -> u8 {
     let me = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("mproc: bench compare: cannot find my own binary: {e}");
+            crate::complain(&format!("bench compare: cannot find my own binary: {e}"));
             return crate::EXIT_FAILURE;
         }
     };
     let c = |name: &str| args.c_dir.join(name);
     let have = |p: &Path| p.is_file();
     if !have(&c("bench")) {
-        eprintln!(
-            "mproc: bench compare: {} not found: run `make compare` (it builds the C programs)",
+        crate::complain(&format!(
+            "bench compare: {} not found: run `make compare` (it builds the C programs)",
             c("bench").display()
-        );
+        ));
         return crate::EXIT_FAILURE;
     }
     let python_ok = Command::new(&args.python).arg("-c").arg("pass").status().is_ok_and(|s| s.success());

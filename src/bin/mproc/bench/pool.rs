@@ -298,7 +298,7 @@ pub fn main(args: Args) -> u8 {
     let timings = match speedup::measure(workers, &ranges) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("mproc: bench pool: {e}");
+            crate::complain(&format!("bench pool: {e}"));
             return crate::EXIT_FAILURE;
         }
     };

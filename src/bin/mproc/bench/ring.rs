@@ -81,7 +81,7 @@ pub fn main(args: Args) -> u8 {
         match (ring, pipe) {
             (Ok(ring), Ok(pipe)) => rows.push((transfer, transfer.rate(ring), transfer.rate(pipe))),
             (Err(e), _) | (_, Err(e)) => {
-                eprintln!("mproc: bench ring: {e}");
+                crate::complain(&format!("bench ring: {e}"));
                 return crate::EXIT_FAILURE;
             }
         }

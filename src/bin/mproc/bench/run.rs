@@ -50,7 +50,7 @@ struct Contender {
 pub fn main(args: Args) -> u8 {
     let mut out = crate::Out::new();
     if args.count == 0 || args.rounds == 0 || args.jobs == Some(0) {
-        eprintln!("mproc: bench run: --count, --rounds and --jobs must be at least 1");
+        crate::complain("bench run: --count, --rounds and --jobs must be at least 1");
         return crate::EXIT_USAGE;
     }
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -297,6 +297,6 @@ fn gnu_parallel_installed() -> bool {
 }
 
 fn failed(msg: &str) -> u8 {
-    eprintln!("mproc: bench run: {msg}");
+    crate::complain(&format!("bench run: {msg}"));
     crate::EXIT_FAILURE
 }
