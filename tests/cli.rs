@@ -504,6 +504,61 @@ fn square_into_head_1_ends_quietly() {
     assert_head_1_ends_quietly_with_141(&["square"]);
 }
 
+/// This process's children now, by pid (from /proc).
+#[cfg(target_os = "linux")]
+fn my_children() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut kids = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        if rest.split(' ').nth(1) == Some(me.as_str()) {
+            kids.extend(entry.file_name().to_str().and_then(|pid| pid.parse::<i32>().ok()));
+        }
+    }
+    kids
+}
+
+/// `mproc --trace LESSON 2>&1 >/dev/null | head -1`: the trace's reader
+/// goes away while the parent forks and joins. No process may die of that
+/// SIGPIPE halfway, leaving its children behind: the lesson runs to its
+/// end, untraced from then on, and reaps every child.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_trace_into_a_pipe_that_closes_leaves_no_child_behind() {
+    use std::io::BufRead;
+    // Orphans come back to this process, to be seen (and reaped) here.
+    // SAFETY: prctl with integer arguments only.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
+    for args in [&["--trace", "numbers", "--count", "200"][..], &["--trace", "cube"]] {
+        for _ in 0..3 {
+            let mut child = mproc_command(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn mproc");
+            {
+                let mut reader = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+                let mut first = String::new();
+                reader.read_line(&mut first).expect("read one trace line");
+                assert!(first.starts_with('['), "{first:?}");
+            }
+            let status = child.wait().expect("wait for mproc");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let left = my_children();
+            for &pid in &left {
+                // SAFETY: kill and waitpid on our own (adopted) children.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+            }
+            assert!(left.is_empty(), "mproc {args:?} ({status:?}) left {} processes behind", left.len());
+            assert_eq!(status.code(), Some(0), "mproc {args:?}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // help, version and no subcommand (hardening items 9 and 11)
 

@@ -145,6 +145,8 @@ pub fn tracing() -> bool {
 /// Written with one `write(2)` on fd 2, not through `std::io::stderr()`: that
 /// lock may be held by another thread at `fork`, and a child must never wait
 /// on it. One write per line keeps lines from different processes whole.
+/// A stderr whose reader is gone (`EPIPE`) ends tracing in this process,
+/// without a `SIGPIPE`.
 pub(crate) fn trace_line(args: fmt::Arguments<'_>) {
     let traced = trace_categories();
     if traced.is_empty() {
@@ -161,7 +163,17 @@ pub(crate) fn trace_line(args: fmt::Arguments<'_>) {
             return;
         }
     }
-    let _ = super::write_all_raw(2, &line);
+    // SAFETY: fd 2 is only borrowed for this write; if it is closed the
+    // write fails with EBADF, which is ignored like any other failure.
+    let stderr = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
+    // Without SIGPIPE: a trace piped into `head` must not kill a parent in
+    // the middle of forking or joining its children (it would leave them
+    // behind). Once the reader is gone, this process traces no more.
+    if let Err(crate::error::Error::Os(e)) = super::bell::write_all_without_sigpipe(stderr, &line) {
+        if e.errno == libc::EPIPE {
+            set_trace_categories(TraceCategories::empty());
+        }
+    }
 }
 
 macro_rules! trace {
