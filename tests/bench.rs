@@ -146,3 +146,28 @@ fn bench_run_measures_every_row_and_draws_the_bar_on_a_terminal() {
         assert_eq!(unit, "jobs/s");
     }
 }
+
+/// `mproc bench run` stopped by Ctrl-C (SIGINT) leaves no input file in
+/// `$TMPDIR`: its files are unlinked as soon as they are made.
+#[test]
+fn an_interrupted_bench_run_leaves_nothing_in_tmpdir() {
+    let dir = std::env::temp_dir().join(format!("mproc-bench-tmpdir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = mproc()
+        .args(["bench", "run", "--count", "100000", "--rounds", "1"])
+        .env("TMPDIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Long enough for the first run to be under way, reading its input.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SAFETY: kill takes integers only; the child is ours and unreaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status.code(), Some(130));
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}

@@ -13,9 +13,9 @@
 //! drawing's cost shows as the difference between the two mproc rows.
 
 use std::fs::File;
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Seek, SeekFrom, Write};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::{median, Table};
@@ -243,45 +243,58 @@ impl Terminal {
     }
 }
 
-/// The inputs `1`..`count`, one per line, in an unlinked temporary file.
+/// The inputs `1`..`count`, one per line. Each run reads them from an
+/// unlinked temporary file of its own, so that nothing is left in
+/// `$TMPDIR` however the benchmark ends (Ctrl-C included).
 struct InputFile {
-    path: PathBuf,
+    text: Vec<u8>,
     /// Byte offset just after line `i + 1`.
-    line_ends: Vec<u64>,
+    line_ends: Vec<usize>,
 }
 
 impl InputFile {
     fn create(count: usize) -> std::io::Result<InputFile> {
-        let path = std::env::temp_dir().join(format!(".mproc-bench-run-{}", std::process::id()));
-        let mut text = String::new();
+        let mut text = Vec::new();
         let mut line_ends = Vec::with_capacity(count);
         for i in 1..=count {
-            text.push_str(&i.to_string());
-            text.push('\n');
-            line_ends.push(text.len() as u64);
+            writeln!(text, "{i}")?;
+            line_ends.push(text.len());
         }
-        File::create(&path)?.write_all(text.as_bytes())?;
-        Ok(InputFile { path, line_ends })
+        Ok(InputFile { text, line_ends })
     }
 
-    /// The first `n` lines as a stdin: a fresh open, truncated to size via a
-    /// copy of just those lines when fewer than all are wanted.
+    /// The first `n` lines as a stdin, at offset 0 of a file of their own.
     fn first(&self, n: usize) -> std::io::Result<Stdio> {
-        if n >= self.line_ends.len() {
-            return Ok(Stdio::from(File::open(&self.path)?));
-        }
-        let part = self.path.with_extension(format!("first{n}"));
-        let bytes = std::fs::read(&self.path)?;
-        std::fs::write(&part, &bytes[..self.line_ends[n - 1] as usize])?;
-        let file = File::open(&part)?;
-        std::fs::remove_file(&part)?;
+        let len =
+            n.checked_sub(1).and_then(|last| self.line_ends.get(last)).map_or(self.text.len(), |&end| end);
+        let mut file = unlinked_temp_file()?;
+        file.write_all(&self.text[..len])?;
+        file.seek(SeekFrom::Start(0))?;
         Ok(Stdio::from(file))
     }
 }
 
-impl Drop for InputFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+/// A new file in the temporary directory, readable and writable by us
+/// only, already unlinked. Made with `O_EXCL` under a name nobody else
+/// chose, so a file or symbolic link planted there is never opened.
+fn unlinked_temp_file() -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    loop {
+        let made = MADE.fetch_add(1, Ordering::Relaxed);
+        let name = format!(".mproc-bench-run-{}-{made}-{nanos}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        match std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path) {
+            Ok(file) => {
+                std::fs::remove_file(&path)?;
+                return Ok(file);
+            }
+            // Someone took the name: try the next one.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && made < 1000 => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
