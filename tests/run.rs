@@ -2040,6 +2040,29 @@ fn an_unwritable_stdout_exits_255_with_one_line() {
     assert!(err.starts_with("mproc: run: ") && err.contains("No space left on device"), "{err}");
 }
 
+/// An open-files limit too low for a single job: a clear failure (255)
+/// saying so, not a silent partial run.
+#[test]
+fn an_open_files_limit_too_low_for_one_job_fails_saying_so() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = mproc(&["-j", "4", "echo", ":::", "1", "2", "3"]);
+    // SAFETY: between fork and exec, setrlimit only (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 7, rlim_max: 7 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.lines().last().is_some_and(|l| l.contains("too low to run even one job")), "{err}");
+}
+
 /// An unwritable standard error never panics (Rust's exit status for a
 /// panic, 101, would read "more than 100 jobs failed"): each of these gets
 /// its documented status although its message is lost.

@@ -211,6 +211,13 @@ fn execute(mut plan: Plan) -> u8 {
     });
     let summary = match result {
         Err(mproc::Error::Os(e)) if e.errno == libc::EPIPE => return EXIT_BROKEN_PIPE,
+        // With jobs running, the runner runs fewer at once instead: here
+        // not even one could start.
+        Err(err @ mproc::Error::Os(mproc::OsError { errno: libc::EMFILE, .. })) => {
+            return runner_failed(&format!(
+                "{err}: the open files limit (ulimit -n) is too low to run even one job"
+            ))
+        }
         Err(err) => return runner_failed(&err.to_string()),
         Ok(summary) => summary,
     };
