@@ -253,6 +253,9 @@ fn bad_arguments_are_invalid_argument_errors() {
     ));
     let pool = Pool::new(1).unwrap();
     assert!(matches!(pool.map_chunked(cube, [1u64], 0), Err(Error::InvalidArgument(_))));
+    // imap_chunked refuses it too: one error, and nothing runs.
+    let out: Vec<_> = pool.imap_chunked(cube, [1u64, 2, 3], 0).collect();
+    assert!(matches!(out[..], [Err(Error::InvalidArgument(_))]), "{out:?}");
     assert!(matches!(mproc::fork_map(0, &[1u64], |&x| x), Err(Error::InvalidArgument(_))));
 }
 

@@ -614,7 +614,9 @@ impl Pool {
         Imap::new(self, Call::new(f), items.into_iter(), 1, false)
     }
 
-    /// [`Pool::imap`] with `chunksize` tasks per batch.
+    /// [`Pool::imap`] with `chunksize` tasks per batch. A `chunksize` of 0
+    /// yields one `Err(Error::InvalidArgument)` and nothing else, as
+    /// [`Pool::map_chunked`] refuses it.
     pub fn imap_chunked<A, R, I>(
         &self,
         f: fn(A) -> R,
@@ -627,7 +629,13 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         // Clamped like `map_chunked`'s: a batch counts its tasks in a u32.
-        Imap::new(self, Call::new(f), items.into_iter(), chunksize.clamp(1, u32::MAX as usize / 2), true)
+        let imap =
+            Imap::new(self, Call::new(f), items.into_iter(), chunksize.clamp(1, u32::MAX as usize / 2), true);
+        if chunksize == 0 {
+            // As `map_chunked` (and Python's `imap`) refuse it.
+            return imap.refusing(Error::InvalidArgument("chunksize must be at least 1".into()));
+        }
+        imap
     }
 
     /// Refuses new work from now on, from every thread

@@ -251,6 +251,13 @@ impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         }
     }
 
+    /// An iterator that submits nothing and yields `err` once.
+    pub(crate) fn refusing(mut self, err: Error) -> Self {
+        self.input = None;
+        self.refused = Some(err);
+        self
+    }
+
     /// Submits chunks until the window is full or the input ends.
     fn refill(&mut self) -> Result<()> {
         while self.outstanding + self.chunksize <= self.window {
