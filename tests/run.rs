@@ -2040,6 +2040,22 @@ fn an_unwritable_stdout_exits_255_with_one_line() {
     assert!(err.starts_with("mproc: run: ") && err.contains("No space left on device"), "{err}");
 }
 
+/// A `$TMPDIR` that cannot hold the spill file: 255, with a message that
+/// says what was being made where (not a bare "open failed").
+#[test]
+fn an_unusable_tmpdir_is_named_when_output_must_spill() {
+    // Two jobs at once, each writing more than the 1 MiB a stream may
+    // keep in memory while the first one holds the output.
+    let out = mproc(&["-j2", "sh", "-c", "head -c 3000000 /dev/zero; sleep 0.2", "sh", ":::", "1", "2", "3"])
+        .env("TMPDIR", "/nonexistent/mproc-test")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("spill file in $TMPDIR") && err.contains("No such file or directory"), "{err}");
+}
+
 /// An open-files limit too low for a single job: a clear failure (255)
 /// saying so, not a silent partial run.
 #[test]

@@ -1255,6 +1255,10 @@ fn status_line(seq: u64, command: &[Vec<u8>], outcome: Outcome, timeout: Option<
 /// `2s`, `1.5s`, `250ms`.
 pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
+    if ms == 0 {
+        // Below a millisecond (`--timeout 0.0004`): not "0s".
+        return format!("{}s", d.as_secs_f64());
+    }
     if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else if ms < 1000 {
@@ -1273,6 +1277,7 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(2)), "2s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_micros(400)), "0.0004s");
     }
 
     #[test]

@@ -71,8 +71,10 @@ impl SpillFile {
 }
 
 /// Creates a file no other process can find: a fresh name in `$TMPDIR`
-/// (std opens it close-on-exec), unlinked at once.
+/// (std opens it close-on-exec), readable by us only for the moment it has
+/// a name, unlinked at once.
 fn create_unlinked() -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = std::env::temp_dir();
     let pid = std::process::id();
     let mut attempt = 0u32;
@@ -82,14 +84,15 @@ fn create_unlinked() -> Result<File> {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let path: PathBuf = dir.join(format!(".mproc-run-{pid}-{nanos:x}-{attempt}"));
-        match OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
+        match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path) {
             Ok(file) => {
                 std::fs::remove_file(&path).map_err(|e| io_error("unlink", e))?;
                 trace!("spill file {} (unlinked)", path.display());
                 return Ok(file);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
-            Err(e) => return Err(io_error("open", e)),
+            // The message names where: "... failed: No such file or directory".
+            Err(e) => return Err(io_error("creating a spill file in $TMPDIR", e)),
         }
     }
 }
