@@ -220,7 +220,8 @@ impl Process {
 
     /// Waits for the child to end and returns its exit code (see the table
     /// in the module docs). Joining an already joined process returns the
-    /// same code again.
+    /// same code again. [`Error::InvalidState`] in a process other than
+    /// the one that started the child (a copy of the handle there).
     pub fn join(&self) -> Result<i32> {
         let pid = match &*self.state.borrow() {
             State::Exited { status, .. } => return Ok(status.exitcode()),
@@ -332,13 +333,20 @@ impl Process {
         self.signal(libc::SIGKILL)
     }
 
-    fn signal(&self, signal: i32) -> Result<()> {
+    /// `Err(InvalidState)` in any process but the one that started the
+    /// child (a copy of the handle that reached another child).
+    fn check_owner(&self) -> Result<()> {
         match &*self.state.borrow() {
-            // Only the process that started the child knows whether it has
-            // been reaped (a copy elsewhere still says running).
             State::Running { owner, .. } if *owner != sys::getpid() => {
                 Err(Error::InvalidState("process belongs to another process"))
             }
+            _ => Ok(()),
+        }
+    }
+
+    fn signal(&self, signal: i32) -> Result<()> {
+        self.check_owner()?;
+        match &*self.state.borrow() {
             // Running means not yet reaped, so the pid is still ours (at
             // worst a zombie): it cannot have been recycled.
             State::Running { pid, .. } => sys::kill(sys::Pid::from_raw(*pid), signal),
@@ -363,6 +371,9 @@ impl Process {
     /// reaped. In the other order a handler on another thread could `kill`
     /// a reaped pid that already names someone else's process.
     fn reap(&self, pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
+        // Elsewhere `pid` is not our child; it may even be one of ours by
+        // now, with the same number.
+        self.check_owner()?;
         if !sys::wait_ended(pid, nohang)? {
             return Ok(None);
         }
@@ -468,6 +479,9 @@ impl<T: Wire> JoinHandle<T> {
     /// was being made (by any `fork`, mproc's or not) holds a copy of the
     /// write end until it ends itself.
     fn read_message(&self, out: &mut Vec<u8>) -> Result<()> {
+        // In another process the descriptor's number was closed by `fork`
+        // and may name one of that process's own files by now.
+        self.process.check_owner()?;
         let fd = self.result.as_fd();
         sys::set_nonblocking(fd, true)?;
         let mut nap = Duration::from_millis(1);

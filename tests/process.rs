@@ -312,6 +312,23 @@ fn a_copy_of_the_handle_in_another_process_refuses_to_signal() {
 }
 
 #[test]
+fn a_spawn_handle_joined_in_another_process_is_refused() {
+    // The copy in `q`'s child names a descriptor that `fork` closed there
+    // (and that may name one of the child's own files by then).
+    let h = mproc::spawn(|| 5u64).expect("spawn");
+    let mut q = Process::new(move || {
+        let code = match h.join() {
+            Err(Error::InvalidState(_)) => 0,
+            Ok(_) => 10,
+            Err(_) => 11,
+        };
+        std::process::exit(code)
+    });
+    q.start().expect("start");
+    assert_eq!(q.join(), Ok(0), "10: the copy joined, 11: it failed some other way");
+}
+
+#[test]
 fn sentinel_is_open_only_while_running() {
     let mut p = Process::new(|| {});
     assert_eq!(p.sentinel(), None);
