@@ -324,3 +324,47 @@ fn a_recorded_pool_shows_batches_panics_timeouts_and_every_end() {
     assert_eq!(count(Outcome::WorkerDied), 0, "{bars:?}");
     assert!(bars.iter().all(|b| b.start <= b.end));
 }
+
+#[test]
+fn run_with_a_dash_into_a_closed_pipe_ends_quietly_with_141() {
+    use std::io::BufRead;
+    // `mproc --timeline - run ... | head -1`: the reader is gone by the
+    // time the picture is written.
+    let mut child = mproc()
+        .args(["--timeline", "-", "run", "sh", "-c", "echo hi; sleep 0.3", "sh", ":::", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mproc");
+    {
+        let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("read one line");
+        assert_eq!(first, "hi\n");
+    }
+    let out = child.wait_with_output().expect("wait for mproc");
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn an_interrupted_command_leaves_the_last_picture_whole() {
+    let dir = scratch("interrupted");
+    let svg = dir.join("keep.svg");
+    let out = run(mproc().arg("--timeline").arg(&svg).args(["square", "3"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = std::fs::read_to_string(&svg).expect("the first picture");
+    let mut child = mproc()
+        .arg("--timeline")
+        .arg(&svg)
+        .args(["speedup", "--work", "2000000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn mproc");
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill takes integers only; the child is ours and unreaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().expect("wait").code(), Some(143));
+    assert_eq!(std::fs::read_to_string(&svg).expect("still there"), before);
+    let _ = std::fs::remove_dir_all(dir);
+}

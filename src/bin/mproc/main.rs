@@ -154,7 +154,10 @@ fn finish_timeline(recording: timeline::Recording, code: u8, is_run: bool) -> u8
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match recording.finish(&timeline::Title::new(&args)) {
         Ok(()) => code,
-        Err(message) => {
+        // `| head`: as quiet as without --timeline (the lessons die of
+        // that SIGPIPE before they get here).
+        Err(timeline::Unwritten::StdoutClosed) => run::EXIT_BROKEN_PIPE,
+        Err(timeline::Unwritten::Failed(message)) => {
             complain(&message);
             match code {
                 0 if is_run => run::EXIT_RUNNER_FAILED,

@@ -24,7 +24,7 @@ const EXIT_MAX_FAILED: u8 = 101;
 /// log), as distinct from failed jobs.
 pub const EXIT_RUNNER_FAILED: u8 = 255;
 /// Exit status when our stdout was closed under us (a shell's 128 + SIGPIPE).
-const EXIT_BROKEN_PIPE: u8 = 141;
+pub const EXIT_BROKEN_PIPE: u8 = 141;
 
 const AFTER_HELP: &str = "\
 Inputs come after ::: (words), after :::: (files, one input per line; - is stdin) or, with \

@@ -53,13 +53,20 @@ pub struct Title {
 }
 
 impl Recording {
-    /// Creates FILE (so that a path that cannot be written fails before the
-    /// command runs) and starts recording. `Err`: the one-line message.
+    /// Opens FILE for writing, creating it if need be (so that a path that
+    /// cannot be written fails before the command runs), and starts
+    /// recording. An existing FILE is truncated only when the picture is
+    /// written: an interrupted command leaves the last one whole. `Err`:
+    /// the one-line message.
     pub fn start(destination: Destination) -> Result<Recording, String> {
         let file = match &destination {
             Destination::Stdout => None,
             Destination::Svg(path) | Destination::Text(path) => Some(
-                File::create(path)
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
                     .map_err(|e| format!("--timeline {}: cannot create: {e}", path.display()))?,
             ),
         };
@@ -68,9 +75,10 @@ impl Recording {
     }
 
     /// Ends the recording and writes the picture. `Err`: the one-line
-    /// message.
-    pub fn finish(self, title: &Title) -> Result<(), String> {
-        let timeline = mproc::timeline::finish().ok_or("--timeline: nothing was recorded")?;
+    /// message, or [`Unwritten::StdoutClosed`] when standard output's
+    /// reader has gone (`| head`).
+    pub fn finish(self, title: &Title) -> Result<(), Unwritten> {
+        let timeline = mproc::timeline::finish().ok_or("--timeline: nothing was recorded".to_string())?;
         let lanes = timeline.lanes();
         let (picture, name) = match &self.destination {
             Destination::Stdout => (svg::render(&timeline, &lanes, title), "-".to_string()),
@@ -80,13 +88,31 @@ impl Recording {
             }
         };
         let written = match self.file {
-            Some(mut file) => file.write_all(picture.as_bytes()),
+            Some(mut file) => file.set_len(0).and_then(|()| file.write_all(picture.as_bytes())),
             None => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(picture.as_bytes()).and_then(|()| out.flush())
             }
         };
-        written.map_err(|e| format!("--timeline {name}: cannot write: {e}"))
+        written.map_err(|e| match (&self.destination, e.kind()) {
+            (Destination::Stdout, std::io::ErrorKind::BrokenPipe) => Unwritten::StdoutClosed,
+            _ => Unwritten::Failed(format!("--timeline {name}: cannot write: {e}")),
+        })
+    }
+}
+
+/// Why a picture was not written.
+#[derive(Debug)]
+pub enum Unwritten {
+    /// Standard output's reader has gone: not a failure to report.
+    StdoutClosed,
+    /// The one-line message.
+    Failed(String),
+}
+
+impl From<String> for Unwritten {
+    fn from(message: String) -> Unwritten {
+        Unwritten::Failed(message)
     }
 }
 
