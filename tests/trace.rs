@@ -174,6 +174,55 @@ fn trace_process_prints_only_fork_wait_exit_and_kill() {
 }
 
 #[test]
+fn every_worker_process_group_is_traced_from_both_sides() {
+    // mproc(1) lists setpgid under `process`: the zygote makes each
+    // worker's group, and the worker makes it too (whichever runs first).
+    let out = common::run(common::mproc().args(["--trace=process", "cube", "--processes", "3"]));
+    let calls = traced_calls(&out);
+    let groups = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("] setpgid(") && !l.contains("setpgid(0, 0)"))
+        .count();
+    assert_eq!(groups, 3, "{calls:?}");
+    assert_eq!(calls.iter().filter(|c| *c == "setpgid").count(), 6, "{calls:?}");
+}
+
+#[test]
+fn a_traced_path_stays_on_its_line() {
+    // A $TMPDIR with a newline and an escape in its name: the spill file's
+    // trace line is still one line, with the path quoted.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("odd\n\u{1b}[31m-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = common::run(
+        common::mproc()
+            .args([
+                "--trace=all",
+                "run",
+                "-j2",
+                "sh",
+                "-c",
+                "head -c 3000000 /dev/zero; sleep 0.2",
+                "sh",
+                ":::",
+                "1",
+                "2",
+            ])
+            .env("TMPDIR", &dir),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let spill: Vec<&str> = err.lines().filter(|l| l.contains("spill file")).collect();
+    assert!(!spill.is_empty(), "no spill file traced");
+    for line in spill {
+        assert!(
+            line.starts_with('[') && line.ends_with("(unlinked)") && !line.contains('\u{1b}'),
+            "{line:?}"
+        );
+    }
+}
+
+#[test]
 fn a_list_of_categories_traces_their_calls_and_nothing_else() {
     let calls = traced_calls(&common::run(common::mproc().args(["--trace=ipc,fd", "cube"])));
     for expected in ["pipe", "mmap", "close"] {

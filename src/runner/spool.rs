@@ -87,7 +87,7 @@ fn create_unlinked() -> Result<File> {
         match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path) {
             Ok(file) => {
                 std::fs::remove_file(&path).map_err(|e| io_error("unlink", e))?;
-                trace!("spill file {} (unlinked)", path.display());
+                trace!("spill file {:?} (unlinked)", path);
                 return Ok(file);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,

@@ -593,7 +593,9 @@ pub(crate) fn getppid() -> i32 {
 /// itself, so one `kill(-pid, …)` reaches everything it starts.
 pub(crate) fn new_process_group() -> Result<()> {
     // SAFETY: integers only.
-    retry("setpgid", None, || unsafe { libc::setpgid(0, 0) }).map(drop)
+    let done = retry("setpgid", None, || unsafe { libc::setpgid(0, 0) }).map(drop);
+    trace!("setpgid(0, 0) = {}", if done.is_ok() { "0" } else { "-1" });
+    done
 }
 
 /// Asks the kernel to send `signal` to the caller when its parent dies.
@@ -942,7 +944,11 @@ pub(crate) fn close_inherited(fd: RawFd) {
 /// never misses). `EACCES` (the child already exec'd) and `ESRCH` are fine.
 pub(crate) fn set_child_process_group(pid: i32) {
     // SAFETY: integers only.
-    unsafe { libc::setpgid(pid, pid) };
+    let ret = unsafe { libc::setpgid(pid, pid) };
+    trace!(
+        "setpgid({pid}, {pid}) = {}",
+        if ret == 0 { "0".to_string() } else { format!("-1 ({})", std::io::Error::last_os_error()) }
+    );
 }
 
 #[cfg(test)]
