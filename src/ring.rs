@@ -148,6 +148,10 @@ const HEADER_LEN: usize = 512;
 const FRAME_HEADER: u64 = 8;
 /// Frame flag: another fragment of the same message follows.
 const FLAG_MORE: u32 = 1;
+
+/// Bytes of fragments one look at the ring takes at most without finishing
+/// a message (less for a smaller ring: one capacity).
+const FRAGMENT_BUDGET: u64 = 1 << 20;
 /// Busy-wait iterations before sleeping on a bell (~2,000 keeps nearly all
 /// the spinning speed without burning a core when idle; the measurements
 /// are in mproc(7), "Doorbells: who wakes whom")...
@@ -1047,9 +1051,13 @@ impl Receiver {
 
     /// Takes the next whole message into `buf` (cleared first) if there is
     /// one, without waiting. `Ok(false)`: none yet (`buf` untouched); the
-    /// fragments of a message that has begun are kept inside.
+    /// fragments of a message that has begun are kept inside. One call
+    /// takes at most a capacity (1 MiB at most) of an unfinished message's
+    /// fragments, so it returns soon even while a sender keeps streaming;
+    /// call again for the rest.
     ///
-    /// Errors: [`Error::Decode`] for a corrupt frame (and from then on).
+    /// Errors: [`Error::Decode`] for a corrupt frame (an empty fragment of
+    /// a longer message too: no sender cuts one), and from then on.
     /// A gone sender is not an error here: watch for
     /// [`finish_wait`](Receiver::finish_wait) returning `Ok(false)`.
     pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
@@ -1066,6 +1074,12 @@ impl Receiver {
     }
 
     fn take_message(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        // Fragments this call may take without finishing a message: a
+        // producer that keeps one message going (an honest one streaming a
+        // big message as fast as we read, or a hostile one that never ends
+        // it) must not keep the caller here past its deadline, or away
+        // from its other rings. It comes back for the rest.
+        let mut budget = self.region.capacity.min(FRAGMENT_BUDGET);
         loop {
             let available = self.available()?;
             if available == 0 {
@@ -1088,6 +1102,10 @@ impl Receiver {
                 return Err(corrupt("unknown frame flags"));
             }
             let more = flags & FLAG_MORE != 0;
+            if more && len == 0 {
+                // Senders cut fragments as large as the room allows.
+                return Err(corrupt("empty fragment"));
+            }
             if self.partial.len().saturating_add(len as usize) > self.max_message {
                 return Err(corrupt("message longer than the receiver's limit"));
             }
@@ -1108,6 +1126,11 @@ impl Receiver {
                 std::mem::swap(buf, &mut self.partial);
                 self.partial.clear();
                 return Ok(true);
+            }
+            budget = budget.saturating_sub(frame);
+            if budget == 0 {
+                self.publish_head()?;
+                return Ok(false);
             }
         }
     }

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mproc::{DecodeError, Error, Pool, Wire};
@@ -829,6 +830,46 @@ fn scribble_at_100(i: u64) -> u64 {
         std::thread::sleep(Duration::from_micros(200));
     }
     3 * i
+}
+
+/// Keeps its own results ring "full" of empty messages for `ms`: the data
+/// zeroed (a run of zero-length frames) and the tail a whole ring ahead of
+/// the head the parent publishes, again and again. Each message is valid
+/// as a frame and carries no result.
+fn flood_with_empty_messages(ms: u64) -> u64 {
+    let (start, end) = writable_shared_mappings()[0];
+    // The slot: a 256-byte header, then the task ring and the result ring,
+    // each a 512-byte header and a power-of-two data area.
+    let capacity = ((end - start - 256 - 1024) / 2 + 1).next_power_of_two() / 2;
+    let ring = start + 256 + 512 + capacity;
+    // SAFETY: words of this process's own shared mapping, 8-aligned;
+    // writing them is the attack.
+    let (tail, head) = unsafe { (&*(ring as *const AtomicU64), &*((ring + 128) as *const AtomicU64)) };
+    // SAFETY: the data area lies inside the mapping (see above).
+    unsafe { std::ptr::write_bytes((ring + 512) as *mut u8, 0, capacity) };
+    let until = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < until {
+        tail.store(head.load(Ordering::SeqCst) + capacity as u64, Ordering::SeqCst);
+    }
+    0
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc")]
+fn a_worker_flooding_its_ring_with_empty_messages_holds_up_no_other_task() {
+    let _dog = watchdog(Duration::from_secs(60), "a pool with a worker that floods its ring");
+    let pool = Pool::new(2).unwrap();
+    full_pids(&pool);
+    let mut flood = pool.apply_async(flood_with_empty_messages, 4_000).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The other worker is idle: its task takes a millisecond.
+    let t = Instant::now();
+    let mut quick = pool.apply_async(cube, 5).unwrap();
+    assert_eq!(quick.get_timeout(Duration::from_secs(2)), Ok(125));
+    assert!(t.elapsed() < Duration::from_secs(2), "the other worker's task took {:?}", t.elapsed());
+    // An empty result message is no honest worker's: that worker is ended.
+    assert!(matches!(flood.get(), Err(Error::Decode(_))), "{:?}", flood.get());
+    assert_eq!(pool.map(cube, 0..100u64).unwrap(), (0..100u64).map(cube).collect::<Vec<_>>());
 }
 
 #[test]

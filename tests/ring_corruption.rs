@@ -424,3 +424,42 @@ fn a_corrupting_producer_cannot_crash_hang_or_fool_the_receiver() {
 fn a_corrupting_consumer_cannot_crash_hang_or_misdirect_the_sender() {
     run_episodes(sender_victim_episode);
 }
+
+/// A producer that never ends its message: fragments of one byte flagged
+/// MORE, the tail kept a whole ring ahead of the published head for 4 s
+/// (no honest sender cuts a message that fine). A receiver waiting 100 ms
+/// must return after about that long, with no message, or an error: not
+/// once the flood stops. With a zero-length fragment, the same.
+#[test]
+fn an_endless_message_does_not_hold_a_receiver_past_its_deadline() {
+    for payload in [1u64, 0] {
+        let (tx, mut rx) = channel(1 << 16).unwrap();
+        let (base, _) = tx.raw_region();
+        let capacity = rx.capacity();
+        let pid = fork();
+        if pid == 0 {
+            run_child(|| {
+                drop(rx);
+                // Frame header: length in the low half, flags (MORE) in the
+                // high half; one byte of payload takes a frame of 16.
+                let frame = if payload == 0 { 8 } else { 16 };
+                for at in (0..capacity).step_by(frame) {
+                    word(base, DATA + at).store(payload | 1 << 32, Ordering::Relaxed);
+                }
+                let (tail, head) = (word(base, TAIL), word(base, HEAD));
+                let until = Instant::now() + Duration::from_secs(4);
+                while Instant::now() < until {
+                    tail.store(head.load(Ordering::SeqCst) + capacity as u64, Ordering::SeqCst);
+                }
+            });
+        }
+        drop(tx);
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        let got = rx.recv_timeout(Duration::from_millis(100));
+        let took = t.elapsed();
+        reap(pid, true);
+        assert!(matches!(got, Ok(None) | Err(Error::Decode(_))), "payload {payload}: {got:?}");
+        assert!(took < Duration::from_secs(2), "payload {payload}: recv_timeout(100 ms) took {took:?}");
+    }
+}

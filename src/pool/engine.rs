@@ -981,6 +981,12 @@ impl Engine {
     /// a message may carry a thousand results.
     fn deliver_all(&mut self, k: usize, msg: &[u8]) -> std::result::Result<(), DecodeError> {
         let mut records = message::result_records(msg).peekable();
+        if records.peek().is_none() {
+            // A worker sends a message only with results in it: an empty
+            // one (a zeroed ring reads as a run of them) would file
+            // nothing, and a stream of them would hold the parent here.
+            return Err(DecodeError::new("a result message with no result"));
+        }
         while records.peek().is_some() {
             let slot = &mut self.slots[k];
             let Some(head) = slot.inflight.front() else {

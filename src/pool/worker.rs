@@ -166,7 +166,9 @@ impl Worker<'_> {
             // A run never spans two batches: the parent files it against one.
             run.close(&mut out);
             if stop {
-                return self.send(&mut results, &mut out);
+                // Never an empty message: the parent takes one for a
+                // corrupt ring (see `Engine::deliver_all`).
+                return if out.is_empty() { Ok(()) } else { self.send(&mut results, &mut out) };
             }
             if !out.is_empty() {
                 self.send(&mut results, &mut out)?;
