@@ -837,3 +837,23 @@ fn a_child_forked_by_another_thread_does_not_hold_up_a_join() {
     assert!(slowest < Duration::from_millis(200), "a fork_map took {slowest:?} (of {runs})");
     assert_no_children();
 }
+
+fn bytes_64_mib(n: u64) -> Vec<u8> {
+    vec![n as u8; 64 << 20]
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc/self/status")]
+fn a_big_result_once_taken_leaves_no_buffer_behind() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(cube, 2), Ok(8));
+    let before = vm_rss_kib();
+    for n in 0..4u64 {
+        let big = pool.apply(bytes_64_mib, n).unwrap();
+        assert_eq!((big.len(), big[12345]), (64 << 20, n as u8));
+    }
+    // Four 64 MiB results, each dropped at once: what stays is the pool's
+    // own, bounded, not a 64 MiB buffer per worker.
+    let grown = vm_rss_kib().saturating_sub(before);
+    assert!(grown < 16 << 10, "the parent kept {grown} KiB after the results were dropped");
+}

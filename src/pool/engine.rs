@@ -29,6 +29,9 @@ use crate::status::ExitStatus;
 use crate::sys::{self, ParentOnlyFd};
 use crate::wire::{DecodeError, Wire};
 
+/// The most a slot's result buffer keeps between messages (bigger results
+/// are rare; their buffer is freed after each).
+const RESULT_BUF_KEPT: usize = 1 << 20;
 /// Batches a worker may hold at once: one running, one ready behind it, so
 /// it never waits for the parent between batches...
 const BATCHES_IN_FLIGHT: usize = 2;
@@ -955,8 +958,13 @@ impl Engine {
             let filed = match slot.results.try_recv_into(&mut slot.result_buf) {
                 Ok(false) => break,
                 Ok(true) => {
-                    let msg = std::mem::take(&mut slot.result_buf);
+                    let mut msg = std::mem::take(&mut slot.result_buf);
                     let filed = self.deliver_all(k, &msg);
+                    // Kept for the next message, unless one big result
+                    // grew it: that memory goes back now, not with the pool.
+                    if msg.capacity() > RESULT_BUF_KEPT {
+                        msg = Vec::new();
+                    }
                     self.slots[k].result_buf = msg;
                     filed
                 }
