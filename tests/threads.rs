@@ -857,3 +857,51 @@ fn a_big_result_once_taken_leaves_no_buffer_behind() {
     let grown = vm_rss_kib().saturating_sub(before);
     assert!(grown < 16 << 10, "the parent kept {grown} KiB after the results were dropped");
 }
+
+#[test]
+fn an_imap_started_before_close_runs_to_its_end_as_in_python() {
+    let _w = watchdog(Duration::from_secs(60), "imap across close");
+    // it = pool.imap(f, xs); pool.close(); for r in it: ...; pool.join()
+    let pool = Pool::new(2).unwrap();
+    let it = pool.imap(cube, 0..1000u64);
+    pool.close();
+    let got: Vec<u64> = it.collect::<Result<_, _>>().unwrap();
+    assert_eq!(got, (0..1000u64).map(cube).collect::<Vec<_>>());
+    assert_eq!(pool.join(), Ok(()));
+    // One begun before close: the same, unordered and chunked too.
+    let pool = Pool::new(2).unwrap();
+    let mut unordered = pool.imap_unordered(cube, 0..500u64);
+    let mut chunked = pool.imap_chunked(cube, 0..500u64, 10);
+    let first = (unordered.next().unwrap().unwrap(), chunked.next().unwrap().unwrap());
+    pool.close();
+    // A new call after close is still refused.
+    assert_eq!(pool.imap(cube, 0..3u64).collect::<Vec<_>>(), vec![Err(Error::Closed)]);
+    // join from the thread that reads them would wait for itself.
+    assert!(matches!(pool.join(), Err(Error::InvalidState(_))));
+    let mut all: Vec<u64> = std::iter::once(first.0).chain(unordered.map(Result::unwrap)).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..500u64).map(cube).collect::<Vec<_>>());
+    assert_eq!(std::iter::once(first.1).chain(chunked.map(Result::unwrap)).count(), 500);
+    assert_eq!(pool.join(), Ok(()));
+}
+
+#[test]
+fn join_waits_for_an_imap_another_thread_still_reads() {
+    let _w = watchdog(Duration::from_secs(60), "join behind another thread's imap");
+    let pool = Pool::new(2).unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let read = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut it = pool.imap(sleep_ms, std::iter::repeat_n(1u64, 300));
+            let first = it.next();
+            started_tx.send(()).unwrap();
+            first.into_iter().chain(it).filter(|r| r.is_ok()).count()
+        });
+        started_rx.recv().unwrap();
+        pool.close();
+        assert_eq!(pool.join(), Ok(()));
+        reader.join().unwrap()
+    });
+    assert_eq!(read, 300);
+    assert_no_children();
+}

@@ -633,6 +633,11 @@ pub(crate) struct Engine {
     /// Submissions still being filled by their callers (`join` waits for
     /// them: their tasks were accepted before `close`).
     filling: usize,
+    /// `imap`s started before `close` whose input is not all sent yet,
+    /// by ticket, with the thread that last sent from each: they may go
+    /// on after `close`, as in Python, and `join` waits for them.
+    admitted: Vec<(u64, std::thread::ThreadId)>,
+    next_ticket: u64,
     /// A state change the pumping thread must look at (a submission done
     /// filling, which `join` may wait for): `Locked`'s drop nudges it.
     pub nudge_pumper: bool,
@@ -682,6 +687,8 @@ impl Engine {
             futures_waiting: false,
             driver_idle: false,
             filling: 0,
+            admitted: Vec::new(),
+            next_ticket: 0,
             nudge_pumper: false,
             zygote_ending: false,
             zygote_gone: false,
@@ -743,12 +750,16 @@ impl Engine {
     /// Opens a new submission whose first task is number `base_index` of
     /// the caller's input; `hint` tasks are expected. Its tasks come from a
     /// [`BatchEncoder`] through [`Engine::queue`] and [`Engine::end_fill`].
-    pub(crate) fn open(&mut self, base_index: u64, hint: usize) -> Result<u64> {
+    pub(crate) fn open(&mut self, base_index: u64, hint: usize, ticket: Option<u64>) -> Result<u64> {
         if let Some(err) = &self.broken {
             return Err(err.clone());
         }
-        if self.closed || self.finished {
+        let admitted = ticket.and_then(|t| self.admitted.iter_mut().find(|(a, _)| *a == t));
+        if self.finished || (self.closed && admitted.is_none()) {
             return Err(Error::Closed);
+        }
+        if let Some((_, thread)) = admitted {
+            *thread = std::thread::current().id();
         }
         let sub = self.next_sub;
         self.next_sub += 1;
@@ -849,9 +860,35 @@ impl Engine {
         }
     }
 
-    /// Whether a caller is still filling a submission (`join` waits).
+    /// Whether a caller is still filling a submission, or an `imap`
+    /// started before `close` has input left to send (`join` waits).
     pub(crate) fn filling(&self) -> bool {
-        self.filling > 0
+        self.filling > 0 || !self.admitted.is_empty()
+    }
+
+    /// A ticket for an `imap` started now, while the pool takes work: its
+    /// later batches are accepted after `close` too. `None` otherwise.
+    pub(crate) fn admit(&mut self) -> Option<u64> {
+        if self.closed || self.finished || self.broken.is_some() {
+            return None;
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.admitted.push((ticket, std::thread::current().id()));
+        Some(ticket)
+    }
+
+    /// The `imap` of `ticket` has sent all its input, or was dropped.
+    pub(crate) fn dismiss(&mut self, ticket: u64) {
+        self.admitted.retain(|(t, _)| *t != ticket);
+        // A `join` may wait (pumping) for the last one.
+        self.nudge_pumper |= self.admitted.is_empty() && self.filling == 0 && self.closed;
+    }
+
+    /// Whether `thread` last sent from an `imap` with input left (a `join`
+    /// there would wait for itself).
+    pub(crate) fn holds_admitted(&self, thread: std::thread::ThreadId) -> bool {
+        self.admitted.iter().any(|(_, t)| *t == thread)
     }
 
     /// Submission `sub` has all its tasks (once; a cancelled one too).
@@ -860,7 +897,7 @@ impl Engine {
             if std::mem::take(&mut s.filling) {
                 self.filling -= 1;
                 // A `join` may wait (pumping) for the last one.
-                self.nudge_pumper |= self.filling == 0 && self.closed;
+                self.nudge_pumper |= self.filling == 0 && self.admitted.is_empty() && self.closed;
             }
         }
     }

@@ -369,11 +369,12 @@ impl Pool {
         items: impl Iterator<Item = A>,
         chunk: usize,
         base_index: u64,
+        ticket: Option<u64>,
     ) -> Result<(u64, usize)> {
         self.check_owner()?;
         let sub = {
             let mut e = self.core.lock();
-            let sub = e.open(base_index, items.size_hint().0)?;
+            let sub = e.open(base_index, items.size_hint().0, ticket)?;
             e.set_filler(sub, std::thread::current().id());
             sub
         };
@@ -496,7 +497,7 @@ impl Pool {
         items: impl Iterator<Item = A>,
         chunk: usize,
     ) -> Result<Vec<R>> {
-        let (sub, len) = self.submit(call, items, chunk, 0)?;
+        let (sub, len) = self.submit(call, items, chunk, 0, None)?;
         let (results, limit) = results::wait_for(&self.core, sub, None)?;
         let mut out = Vec::with_capacity(len);
         if let Some((bytes, stride)) = results.fixed_results().filter(|&(_, stride)| stride > 0) {
@@ -538,7 +539,7 @@ impl Pool {
         let mut encoder = BatchEncoder::new(0, call, 1, self.core.ring_capacity);
         encoder.push(&arg, || 0)?;
         let mut e = self.core.lock();
-        let sub = e.open(0, 1)?;
+        let sub = e.open(0, 1, None)?;
         if unattended {
             if let Err(err) = self.core.ensure_driver(&e) {
                 e.cancel(sub);
@@ -666,6 +667,12 @@ impl Pool {
         if e.is_filling(std::thread::current().id()) {
             // From a call's own input iterator: it would wait for itself.
             return Err(Error::InvalidState("join() called while this thread submits to the pool"));
+        }
+        if e.holds_admitted(std::thread::current().id()) {
+            // Its imap's rest is sent only as this thread reads it.
+            return Err(Error::InvalidState(
+                "join() called while this thread reads an imap whose input is not all sent",
+            ));
         }
         let mut exit = None;
         if !e.finished {

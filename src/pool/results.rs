@@ -206,6 +206,10 @@ pub struct Imap<'p, A, R, I> {
     next_index: u64,
     /// A refusal to report once, after everything submitted was yielded.
     refused: Option<Error>,
+    /// Admitted while the pool took work: the rest of the input is sent
+    /// after `close` too (see `Engine::admit`). Given back once the input
+    /// is all sent, or with the iterator.
+    ticket: Option<u64>,
     /// The pending chunks' ids, for parking on them (kept to reuse).
     waiting_on: Vec<u64>,
     _types: PhantomData<fn(A) -> R>,
@@ -235,6 +239,8 @@ impl Chunk {
 impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
     pub(crate) fn new(pool: &'p Pool, call: Call, input: I, chunksize: usize, ordered: bool) -> Self {
         let window = pool.processes().saturating_mul(chunksize).saturating_mul(4).max(64);
+        // In a forked child the pool is not ours: never lock it there.
+        let ticket = if check_owner(&pool.core).is_ok() { pool.core.lock().admit() } else { None };
         Imap {
             pool,
             call,
@@ -246,14 +252,25 @@ impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             outstanding: 0,
             next_index: 0,
             refused: None,
+            ticket,
             waiting_on: Vec::new(),
             _types: PhantomData,
         }
     }
 
+    /// No more input will be sent: gives the admission back.
+    fn end_input(&mut self) {
+        self.input = None;
+        if let Some(ticket) = self.ticket.take() {
+            if check_owner(&self.pool.core).is_ok() {
+                self.pool.core.lock().dismiss(ticket);
+            }
+        }
+    }
+
     /// An iterator that submits nothing and yields `err` once.
     pub(crate) fn refusing(mut self, err: Error) -> Self {
-        self.input = None;
+        self.end_input();
         self.refused = Some(err);
         self
     }
@@ -263,9 +280,10 @@ impl<'p, A: Wire, R: Wire, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         while self.outstanding + self.chunksize <= self.window {
             let Some(input) = self.input.as_mut() else { return Ok(()) };
             let chunk = input.by_ref().take(self.chunksize);
-            let (sub, n) = self.pool.submit(self.call, chunk, self.chunksize, self.next_index)?;
+            let (sub, n) =
+                self.pool.submit(self.call, chunk, self.chunksize, self.next_index, self.ticket)?;
             if n < self.chunksize {
-                self.input = None;
+                self.end_input();
             }
             if n == 0 {
                 self.pool.core.lock().release(sub);
@@ -337,7 +355,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
     fn next(&mut self) -> Option<Result<R>> {
         if let Err(e) = self.refill() {
             // No more submissions; what was submitted still comes out.
-            self.input = None;
+            self.end_input();
             self.refused = Some(e);
         }
         if self.pending.is_empty() {
@@ -347,7 +365,7 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             // A copy in a forked child: say so once, then end (the chunks
             // are the parent's; nothing here is locked or released).
             self.pending.clear();
-            self.input = None;
+            self.end_input();
             self.outstanding = 0;
             return Some(Err(e));
         }
@@ -361,14 +379,14 @@ impl<A: Wire, R: Wire, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             Ok(None) => {
                 // The pool ended with nothing for us: nothing more to come.
                 self.release_pending();
-                self.input = None;
+                self.end_input();
                 return Some(Err(Error::Closed));
             }
             Err(e) => {
                 // The pool itself failed (its zygote died, a system call
                 // failed): say so once and end, instead of repeating it.
                 self.release_pending();
-                self.input = None;
+                self.end_input();
                 return Some(Err(e));
             }
         };
@@ -419,6 +437,11 @@ impl<A, R, I> Imap<'_, A, R, I> {
 
 impl<A, R, I> Drop for Imap<'_, A, R, I> {
     fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            if check_owner(&self.pool.core).is_ok() {
+                self.pool.core.lock().dismiss(ticket);
+            }
+        }
         if !self.pending.is_empty() {
             self.release_pending();
         }
