@@ -1034,37 +1034,56 @@ impl Receiver {
 
     fn recv_until(&mut self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<bool> {
         loop {
-            if self.try_recv_into(buf)? {
+            // A bounded look, so that a sender that keeps one message
+            // going cannot keep us past the deadline.
+            if self.try_recv_some(buf)? {
                 return Ok(true);
             }
+            // Left in the ring: fragments beyond that look's share.
+            let left = self.has_data();
             // The bell hung up before that look at the ring, so the ring
             // held everything the producer ever published.
-            if self.producer_gone {
+            if self.producer_gone && !left {
                 return Err(Error::Closed);
             }
             if expired(deadline) {
                 return Ok(false);
             }
-            self.wait_for_data(deadline)?;
+            if !left {
+                self.wait_for_data(deadline)?;
+            }
         }
     }
 
     /// Takes the next whole message into `buf` (cleared first) if there is
-    /// one, without waiting. `Ok(false)`: none yet (`buf` untouched); the
-    /// fragments of a message that has begun are kept inside. One call
-    /// takes at most a capacity (1 MiB at most) of an unfinished message's
-    /// fragments, so it returns soon even while a sender keeps streaming;
-    /// call again for the rest.
+    /// one, without waiting. `Ok(false)`: none yet (`buf` untouched), and
+    /// the ring is empty; the fragments of a message that has begun are
+    /// kept inside. A sender that never ends its message could keep this
+    /// call taking fragments: [`set_max_message`](Receiver::set_max_message)
+    /// bounds that ([`recv_timeout`](Receiver::recv_timeout) is bounded by
+    /// its deadline as well).
     ///
     /// Errors: [`Error::Decode`] for a corrupt frame (an empty fragment of
     /// a longer message too: no sender cuts one), and from then on.
     /// A gone sender is not an error here: watch for
     /// [`finish_wait`](Receiver::finish_wait) returning `Ok(false)`.
     pub fn try_recv_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        self.recv_checked(buf, false)
+    }
+
+    /// [`try_recv_into`](Receiver::try_recv_into) that takes at most a
+    /// capacity (1 MiB at most) of an unfinished message's fragments:
+    /// `Ok(false)` may then leave data in the ring (see `has_data`), for a
+    /// caller that has other rings, deadlines or callers to see to.
+    pub(crate) fn try_recv_some(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        self.recv_checked(buf, true)
+    }
+
+    fn recv_checked(&mut self, buf: &mut Vec<u8>, bounded: bool) -> Result<bool> {
         if let Some(err) = &self.poisoned {
             return Err(Error::Decode(err.clone()));
         }
-        match self.take_message(buf) {
+        match self.take_message(buf, bounded) {
             Err(Error::Decode(err)) => {
                 self.poisoned = Some(err.clone());
                 Err(Error::Decode(err))
@@ -1073,13 +1092,13 @@ impl Receiver {
         }
     }
 
-    fn take_message(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
-        // Fragments this call may take without finishing a message: a
+    fn take_message(&mut self, buf: &mut Vec<u8>, bounded: bool) -> Result<bool> {
+        // Fragments a bounded call may take without finishing a message: a
         // producer that keeps one message going (an honest one streaming a
         // big message as fast as we read, or a hostile one that never ends
         // it) must not keep the caller here past its deadline, or away
         // from its other rings. It comes back for the rest.
-        let mut budget = self.region.capacity.min(FRAGMENT_BUDGET);
+        let mut budget = if bounded { self.region.capacity.min(FRAGMENT_BUDGET) } else { u64::MAX };
         loop {
             let available = self.available()?;
             if available == 0 {

@@ -710,3 +710,32 @@ fn a_receiver_with_a_message_limit_refuses_a_longer_message_as_it_streams_in() {
     // The receiver stays in that error.
     assert!(matches!(rx.try_recv_into(&mut buf), Err(mproc::Error::Decode(_))));
 }
+
+/// After the sender is gone, everything it published is still received:
+/// by a loop of `try_recv_into`, and by `recv`, also when a message bigger
+/// than a look's share (1 MiB) was left half taken.
+#[test]
+fn what_a_gone_sender_left_is_all_received() {
+    let (a, b) = (vec![1u8; 2_500_000], vec![2u8; 5_000_000]);
+    for drain_with_recv in [false, true] {
+        let (mut tx, mut rx) = channel(4 << 20).unwrap();
+        tx.enqueue(a.clone());
+        tx.enqueue(b.clone());
+        let _ = tx.flush().unwrap();
+        let mut buf = Vec::new();
+        assert!(rx.try_recv_into(&mut buf).unwrap());
+        assert!(buf == a);
+        // The second message is streamed: fragments, taken as they come.
+        let _ = tx.flush().unwrap();
+        assert!(!rx.try_recv_into(&mut buf).unwrap());
+        while !tx.flush().unwrap() {}
+        drop(tx);
+        let got = if drain_with_recv {
+            rx.recv().unwrap()
+        } else {
+            assert!(rx.try_recv_into(&mut buf).unwrap(), "the last message was left in the ring");
+            std::mem::take(&mut buf)
+        };
+        assert!(got == b, "a message of {} bytes, not the {} sent", got.len(), b.len());
+    }
+}

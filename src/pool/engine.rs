@@ -981,18 +981,26 @@ impl Engine {
     pub(crate) fn step(&mut self) -> Result<()> {
         debug_assert!(self.pumping, "a step without the pump role");
         for k in 0..self.slots.len() {
-            self.collect(k)?;
+            self.collect(k, false)?;
         }
         self.handle_reports()?;
         self.check_timers()?;
         self.dispatch()
     }
 
-    /// Drains slot `k`'s result ring.
-    fn collect(&mut self, k: usize) -> Result<()> {
+    /// Takes slot `k`'s results: with `drain`, all its ring holds (a dead
+    /// worker's); otherwise a bounded share (see `Receiver::try_recv_some`).
+    fn collect(&mut self, k: usize, drain: bool) -> Result<()> {
         loop {
             let slot = &mut self.slots[k];
-            let filed = match slot.results.try_recv_into(&mut slot.result_buf) {
+            // In a step, a bounded look (a worker that streams without end
+            // must not hold the others up); for a dead worker, all it left.
+            let took = if drain {
+                slot.results.try_recv_into(&mut slot.result_buf)
+            } else {
+                slot.results.try_recv_some(&mut slot.result_buf)
+            };
+            let filed = match took {
                 Ok(false) => break,
                 Ok(true) => {
                     let mut msg = std::mem::take(&mut slot.result_buf);
@@ -1178,7 +1186,7 @@ impl Engine {
         // (Empty first, so a corrupt ring found now signals no one: the pid
         // is reaped and may be reused.)
         self.slots[k].state = SlotState::Empty;
-        self.collect(k)?;
+        self.collect(k, true)?;
         // Acquire: pairs with the worker's Release stores; its exit, the
         // zygote's waitpid and the report pipe order them before this anyway.
         let progress = self.layout.progress(k).load(Ordering::Acquire);
