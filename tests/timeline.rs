@@ -368,3 +368,20 @@ fn an_interrupted_command_leaves_the_last_picture_whole() {
     assert_eq!(std::fs::read_to_string(&svg).expect("still there"), before);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_picture_goes_into_a_fifo_too() {
+    let dir = scratch("fifo");
+    let fifo = dir.join("pipe.svg");
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("a UTF-8 path")).expect("no NUL");
+    // SAFETY: a valid C string and a mode.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let reader = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || std::fs::read_to_string(fifo).expect("read the FIFO")
+    });
+    let out = run(mproc().arg("--timeline").arg(&fifo).args(["square", "3"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(reader.join().unwrap().starts_with("<?xml"));
+    let _ = std::fs::remove_dir_all(dir);
+}

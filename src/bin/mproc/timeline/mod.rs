@@ -88,7 +88,12 @@ impl Recording {
             }
         };
         let written = match self.file {
-            Some(mut file) => file.set_len(0).and_then(|()| file.write_all(picture.as_bytes())),
+            // Truncated now, not at the start; only a regular file can be
+            // (a FIFO or a device is written as it is).
+            Some(mut file) => file
+                .metadata()
+                .and_then(|m| if m.is_file() { file.set_len(0) } else { Ok(()) })
+                .and_then(|()| file.write_all(picture.as_bytes())),
             None => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(picture.as_bytes()).and_then(|()| out.flush())
