@@ -92,3 +92,30 @@ fn what_a_job_leaves_in_its_group_keeps_its_grace_then_gets_sigkill() {
     assert!(took >= grace, "the run returned after {took:?}, before the grace period's SIGKILL");
     assert!(!alive_after, "the leftover survived the SIGKILL due after the grace period");
 }
+
+#[test]
+fn the_timeline_shows_the_job_ending_at_its_sigterm_not_at_the_later_sigkill() {
+    let dir = std::env::temp_dir().join(format!("mproc-run-grace-tl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("bg");
+    let script = format!(
+        "(trap '' TERM; exec sleep 30) </dev/null >/dev/null 2>&1 & echo $! >{}; exec sleep 30",
+        pidfile.display()
+    );
+    mproc::timeline::start().unwrap();
+    let (summary, _) = run_timed_out(&script, Duration::from_millis(500));
+    let timeline = mproc::timeline::finish().expect("a recording");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(summary.failed, 1);
+    let lanes = timeline.lanes();
+    let job = lanes.iter().find(|l| !l.kills.is_empty()).expect("the killed job's lane");
+    let sigkill = job.kills.iter().find(|k| k.signal == libc::SIGKILL).expect("the SIGKILL after the grace");
+    let end = job.end.expect("the job's end");
+    // It died of the SIGTERM at once; the SIGKILL came 500 ms later.
+    assert!(
+        end + 300_000_000 < sigkill.at,
+        "the job is drawn ending at {end} ns, its group's SIGKILL at {}",
+        sigkill.at
+    );
+}

@@ -753,7 +753,7 @@ fn kill_group_then_reap(zombies: &mut Vec<i32>, leader: i32) {
     let _ = sys::kill_group(Pid::from_raw(leader), libc::SIGKILL);
     if let Some(i) = zombies.iter().position(|&z| z == leader) {
         zombies.swap_remove(i);
-        let _ = sys::waitpid(leader, true);
+        let _ = sys::reap_peeked(leader);
     }
 }
 

@@ -895,7 +895,7 @@ impl Engine<'_> {
             }
             // Unreaped (a zombie), so the group id is still this job's.
             let _ = sys::kill_orphaned_group(sys::Pid::from_raw(pid), libc::SIGKILL);
-            let _ = sys::waitpid(pid, true);
+            let _ = sys::reap_peeked(pid);
             false
         });
     }
@@ -912,7 +912,7 @@ impl Engine<'_> {
             if groups.contains(&pid) {
                 return true;
             }
-            let _ = sys::waitpid(pid, true);
+            let _ = sys::reap_peeked(pid);
             false
         });
     }

@@ -397,6 +397,20 @@ fn pidfd_open_untraced(pid: i32) -> Result<OwnedFd> {
 
 /// `waitpid(2)` for one child. With `nohang`, `Ok(None)` means still running.
 pub(crate) fn waitpid(pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
+    let status = waitpid_untimed(pid, nohang)?;
+    if let Some(status) = status {
+        crate::timeline::reaped(pid, status);
+    }
+    Ok(status)
+}
+
+/// Reaps a child whose end [`peek_ended`] already recorded (the timeline
+/// shows it ending then, not when its zombie was reaped).
+pub(crate) fn reap_peeked(pid: i32) -> Result<Option<ExitStatus>> {
+    waitpid_untimed(pid, true)
+}
+
+fn waitpid_untimed(pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
     let flags = if nohang { libc::WNOHANG } else { 0 };
     let mut raw: libc::c_int = 0;
     // SAFETY: `raw` is a valid, writable int for the duration of the call.
@@ -406,7 +420,6 @@ pub(crate) fn waitpid(pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
     }
     let status = ExitStatus::from_raw(raw);
     trace!("waitpid({pid}) = {status}");
-    crate::timeline::reaped(pid, status);
     Ok(Some(status))
 }
 
@@ -430,7 +443,8 @@ pub(crate) fn wait_ended(pid: i32, nohang: bool) -> Result<bool> {
 /// ended, if it has, leaving it unreaped: while it stays a zombie, neither
 /// its pid nor its process group id can be given to another process, so a
 /// signal to its group still reaches only what it started. `Ok(None)`: it
-/// still runs. Not traced: the `waitpid` that reaps it later is.
+/// still runs. Not traced: the `waitpid` that reaps it later is; the
+/// timeline records its end here.
 pub(crate) fn peek_ended(pid: i32) -> Result<Option<ExitStatus>> {
     let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
     // SAFETY: siginfo_t is plain old data; all-zero is valid, and si_pid
@@ -451,7 +465,10 @@ pub(crate) fn peek_ended(pid: i32) -> Result<Option<ExitStatus>> {
         libc::CLD_DUMPED => (code & 0x7f) | 0x80,
         _ => code & 0x7f,
     };
-    Ok(Some(ExitStatus::from_raw(raw)))
+    let status = ExitStatus::from_raw(raw);
+    // Its end is now, for the timeline (it is reaped later: `reap_peeked`).
+    crate::timeline::reaped(pid, status);
+    Ok(Some(status))
 }
 
 /// A process id that names one process: never 0, -1 or a negated group,
