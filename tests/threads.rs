@@ -905,3 +905,21 @@ fn join_waits_for_an_imap_another_thread_still_reads() {
     assert_eq!(read, 300);
     assert_no_children();
 }
+
+#[test]
+fn a_dropped_pending_future_lets_go_of_its_waker_at_once() {
+    let pool = Pool::new(1).unwrap();
+    let counter = Arc::new(Counter::default());
+    {
+        let waker = Waker::from(counter.clone());
+        let mut r = pool.apply_async(sleep_ms, 300u64).unwrap();
+        assert!(Pin::new(&mut r).poll(&mut Context::from_waker(&waker)).is_pending());
+        drop(r);
+    }
+    // The executor's task (here, the counter) is not kept alive by a
+    // result nobody can take, and is not woken for it.
+    assert_eq!(Arc::strong_count(&counter), 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pool.apply(cube, 3), Ok(27));
+    assert_eq!(counter.wakes.load(Ordering::SeqCst), 0);
+}

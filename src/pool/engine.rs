@@ -856,6 +856,9 @@ impl Engine {
                 self.subs.remove(&sub);
             } else {
                 s.abandoned = true;
+                // Nobody can wait on it any more: let go of the wakers (an
+                // executor's task kept alive, and woken, for nothing).
+                s.waiters.clear();
             }
         }
     }
