@@ -256,6 +256,8 @@ fn bad_arguments_are_invalid_argument_errors() {
     // imap_chunked refuses it too: one error, and nothing runs.
     let out: Vec<_> = pool.imap_chunked(cube, [1u64, 2, 3], 0).collect();
     assert!(matches!(out[..], [Err(Error::InvalidArgument(_))]), "{out:?}");
+    let out: Vec<_> = pool.imap_unordered_chunked(cube, [1u64, 2, 3], 0).collect();
+    assert!(matches!(out[..], [Err(Error::InvalidArgument(_))]), "{out:?}");
     assert!(matches!(mproc::fork_map(0, &[1u64], |&x| x), Err(Error::InvalidArgument(_))));
 }
 
@@ -1015,4 +1017,15 @@ fn a_result_over_max_result_size_fails_its_task_and_nothing_else() {
     assert_eq!(roomy.apply(sevens, 8u64 << 20).unwrap().len(), 8 << 20);
     drop((pool, roomy));
     assert_no_children();
+}
+
+#[test]
+fn imap_unordered_chunked_yields_every_result_once() {
+    let pool = Pool::new(2).unwrap();
+    for chunk in [1, 3, 16, 1000] {
+        let mut got: Vec<u64> =
+            pool.imap_unordered_chunked(cube, 0..500u64, chunk).map(Result::unwrap).collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..500u64).map(cube).collect::<Vec<_>>(), "chunksize {chunk}");
+    }
 }

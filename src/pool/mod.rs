@@ -615,6 +615,33 @@ impl Pool {
         Imap::new(self, Call::new(f), items.into_iter(), 1, false)
     }
 
+    /// [`Pool::imap_unordered`] with `chunksize` tasks per batch (Python's
+    /// `imap_unordered(f, xs, chunksize)`): results come as their batches
+    /// complete. A `chunksize` of 0 is refused as by [`Pool::imap_chunked`].
+    pub fn imap_unordered_chunked<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, A, R, I::IntoIter>
+    where
+        A: Wire,
+        R: Wire,
+        I: IntoIterator<Item = A>,
+    {
+        let imap = Imap::new(
+            self,
+            Call::new(f),
+            items.into_iter(),
+            chunksize.clamp(1, u32::MAX as usize / 2),
+            false,
+        );
+        if chunksize == 0 {
+            return imap.refusing(Error::InvalidArgument("chunksize must be at least 1".into()));
+        }
+        imap
+    }
+
     /// [`Pool::imap`] with `chunksize` tasks per batch. A `chunksize` of 0
     /// yields one `Err(Error::InvalidArgument)` and nothing else, as
     /// [`Pool::map_chunked`] refuses it.
