@@ -37,6 +37,21 @@ fn run_timed_out(script: &str, grace: Duration) -> (Summary, Duration) {
     (summary, start.elapsed())
 }
 
+/// A fresh directory, the file the job writes its leftover's pid to, and
+/// the job: its shell dies of the SIGTERM, while the background sleep it
+/// started ignores SIGTERM and holds none of the job's pipes.
+fn job_leaving_a_leftover(name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("mproc-run-grace-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("bg");
+    let script = format!(
+        "(trap '' TERM; exec sleep 30) </dev/null >/dev/null 2>&1 & echo $! >{}; exec sleep 30",
+        pidfile.display()
+    );
+    (dir, pidfile, script)
+}
+
 #[test]
 fn a_job_that_leaves_nothing_in_its_group_does_not_hold_the_run_for_the_grace() {
     let (summary, took) = run_timed_out("exec sleep 30", Duration::from_secs(30));
@@ -46,16 +61,7 @@ fn a_job_that_leaves_nothing_in_its_group_does_not_hold_the_run_for_the_grace() 
 
 #[test]
 fn what_a_job_leaves_in_its_group_keeps_its_grace_then_gets_sigkill() {
-    let dir = std::env::temp_dir().join(format!("mproc-run-grace-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let pidfile = dir.join("bg");
-    // The shell dies of the SIGTERM; the background sleep ignores it and
-    // holds none of the job's pipes.
-    let script = format!(
-        "(trap '' TERM; exec sleep 30) </dev/null >/dev/null 2>&1 & echo $! >{}; exec sleep 30",
-        pidfile.display()
-    );
+    let (dir, pidfile, script) = job_leaving_a_leftover("keeps");
     let grace = Duration::from_secs(2);
     let watcher = std::thread::spawn({
         let pidfile = pidfile.clone();
@@ -95,14 +101,7 @@ fn what_a_job_leaves_in_its_group_keeps_its_grace_then_gets_sigkill() {
 
 #[test]
 fn the_timeline_shows_the_job_ending_at_its_sigterm_not_at_the_later_sigkill() {
-    let dir = std::env::temp_dir().join(format!("mproc-run-grace-tl-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let pidfile = dir.join("bg");
-    let script = format!(
-        "(trap '' TERM; exec sleep 30) </dev/null >/dev/null 2>&1 & echo $! >{}; exec sleep 30",
-        pidfile.display()
-    );
+    let (dir, _, script) = job_leaving_a_leftover("timeline");
     mproc::timeline::start().unwrap();
     let (summary, _) = run_timed_out(&script, Duration::from_millis(500));
     let timeline = mproc::timeline::finish().expect("a recording");

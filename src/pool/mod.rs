@@ -629,17 +629,7 @@ impl Pool {
         R: Wire,
         I: IntoIterator<Item = A>,
     {
-        let imap = Imap::new(
-            self,
-            Call::new(f),
-            items.into_iter(),
-            chunksize.clamp(1, u32::MAX as usize / 2),
-            false,
-        );
-        if chunksize == 0 {
-            return imap.refusing(Error::InvalidArgument("chunksize must be at least 1".into()));
-        }
-        imap
+        self.imap_with(f, items, chunksize, false)
     }
 
     /// [`Pool::imap`] with `chunksize` tasks per batch. A `chunksize` of 0
@@ -656,11 +646,32 @@ impl Pool {
         R: Wire,
         I: IntoIterator<Item = A>,
     {
-        // Clamped like `map_chunked`'s: a batch counts its tasks in a u32.
-        let imap =
-            Imap::new(self, Call::new(f), items.into_iter(), chunksize.clamp(1, u32::MAX as usize / 2), true);
+        self.imap_with(f, items, chunksize, true)
+    }
+
+    /// The `imap` family: `chunksize` clamped like `map_chunked`'s (a batch
+    /// counts its tasks in a u32), and 0 refused, as `map_chunked` (and
+    /// Python) refuse it.
+    fn imap_with<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Imap<'_, A, R, I::IntoIter>
+    where
+        A: Wire,
+        R: Wire,
+        I: IntoIterator<Item = A>,
+    {
+        let imap = Imap::new(
+            self,
+            Call::new(f),
+            items.into_iter(),
+            chunksize.clamp(1, u32::MAX as usize / 2),
+            ordered,
+        );
         if chunksize == 0 {
-            // As `map_chunked` (and Python's `imap`) refuse it.
             return imap.refusing(Error::InvalidArgument("chunksize must be at least 1".into()));
         }
         imap
