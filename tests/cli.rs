@@ -3,6 +3,8 @@
 //!
 //! `Command::output` waits for (reaps) every process it starts.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::process::{Command, Output, Stdio};
@@ -504,21 +506,6 @@ fn square_into_head_1_ends_quietly() {
     assert_head_1_ends_quietly_with_141(&["square"]);
 }
 
-/// This process's children now, by pid (from /proc).
-#[cfg(target_os = "linux")]
-fn my_children() -> Vec<i32> {
-    let me = std::process::id().to_string();
-    let mut kids = Vec::new();
-    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
-        if rest.split(' ').nth(1) == Some(me.as_str()) {
-            kids.extend(entry.file_name().to_str().and_then(|pid| pid.parse::<i32>().ok()));
-        }
-    }
-    kids
-}
-
 /// `mproc --trace LESSON 2>&1 >/dev/null | head -1`: the trace's reader
 /// goes away while the parent forks and joins. No process may die of that
 /// SIGPIPE halfway, leaving its children behind: the lesson runs to its
@@ -545,7 +532,7 @@ fn a_trace_into_a_pipe_that_closes_leaves_no_child_behind() {
             }
             let status = child.wait().expect("wait for mproc");
             std::thread::sleep(std::time::Duration::from_millis(200));
-            let left = my_children();
+            let left = common::pools::children_of(std::process::id() as i32);
             for &pid in &left {
                 // SAFETY: kill and waitpid on our own (adopted) children.
                 unsafe {

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use mproc::runner::{self, Inputs, Options, Output, Summary, Template};
 
+mod common;
+
 /// Whether `pid` is alive (a zombie is not).
 fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)) != Some("Z"),
-        Err(_) => false,
-    }
+    common::pools::stat(pid).is_some_and(|(state, _, _)| state != 'Z')
 }
 
 /// Runs `sh -c script` once with a 100 ms timeout and `grace`; returns the

@@ -428,15 +428,7 @@ fn waitpid_untimed(pid: i32, nohang: bool) -> Result<Option<ExitStatus>> {
 /// yet. With `nohang`, `Ok(false)` means still running; without, it waits.
 /// Not traced: the `waitpid` that reaps it next is.
 pub(crate) fn wait_ended(pid: i32, nohang: bool) -> Result<bool> {
-    let flags = libc::WEXITED | libc::WNOWAIT | if nohang { libc::WNOHANG } else { 0 };
-    // SAFETY: siginfo_t is plain old data; all-zero is valid, and si_pid
-    // stays 0 when WNOHANG finds no ended child.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
-    retry("waitid", Some(pid), || unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) })?;
-    // SAFETY: waitid filled `info` (or left it zeroed); si_pid reads the
-    // field of the SIGCHLD layout that waitid writes.
-    Ok(unsafe { info.si_pid() } != 0)
+    Ok(waitid_nowait(pid, nohang)?.is_some())
 }
 
 /// `waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`: how the child `pid`
@@ -446,18 +438,10 @@ pub(crate) fn wait_ended(pid: i32, nohang: bool) -> Result<bool> {
 /// still runs. Not traced: the `waitpid` that reaps it later is; the
 /// timeline records its end here.
 pub(crate) fn peek_ended(pid: i32) -> Result<Option<ExitStatus>> {
-    let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
-    // SAFETY: siginfo_t is plain old data; all-zero is valid, and si_pid
-    // stays 0 when WNOHANG finds no ended child.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
-    retry("waitid", Some(pid), || unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) })?;
-    // SAFETY: waitid filled `info` (or left it zeroed); si_pid and
-    // si_status read the fields of the SIGCHLD layout that waitid writes.
-    let (ended, code) = unsafe { (info.si_pid(), info.si_status()) };
-    if ended == 0 {
-        return Ok(None);
-    }
+    let Some(info) = waitid_nowait(pid, true)? else { return Ok(None) };
+    // SAFETY: waitid filled `info`; si_status reads the field of the
+    // SIGCHLD layout that waitid writes.
+    let code = unsafe { info.si_status() };
     // Packed as waitpid packs it: `code << 8` for an exit, the signal
     // (with 0x80 for a core) for a kill.
     let raw = match info.si_code {
@@ -469,6 +453,20 @@ pub(crate) fn peek_ended(pid: i32) -> Result<Option<ExitStatus>> {
     // Its end is now, for the timeline (it is reaped later: `reap_peeked`).
     crate::timeline::reaped(pid, status);
     Ok(Some(status))
+}
+
+/// `waitid(P_PID, pid, WEXITED | WNOWAIT)` (and `WNOHANG` with `nohang`):
+/// the child's end, unreaped; `None` while it runs.
+fn waitid_nowait(pid: i32, nohang: bool) -> Result<Option<libc::siginfo_t>> {
+    let flags = libc::WEXITED | libc::WNOWAIT | if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: siginfo_t is plain old data; all-zero is valid, and si_pid
+    // stays 0 when WNOHANG finds no ended child.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+    retry("waitid", Some(pid), || unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) })?;
+    // SAFETY: waitid filled `info` (or left it zeroed); si_pid reads the
+    // field of the SIGCHLD layout that waitid writes.
+    Ok((unsafe { info.si_pid() } != 0).then_some(info))
 }
 
 /// A process id that names one process: never 0, -1 or a negated group,
