@@ -72,6 +72,11 @@ fn bench_pool_reports_every_figure() {
     ] {
         assert!(figures.get(name).is_some_and(|(v, _)| *v > 0.0), "{name} missing in {figures:?}");
     }
+    // What explains the 8-thread `apply` rate: sleeps per task, a ratio
+    // (a count not divided by the tasks would be in the thousands).
+    let (sleeps, unit) = &figures["apply_8_threads_sleeps"];
+    assert!((0.0..50.0).contains(sleeps), "apply_8_threads_sleeps = {sleeps}");
+    assert_eq!(unit, "per task");
 }
 
 #[test]
