@@ -29,8 +29,12 @@
 //! slot, and five stores,
 //! with no lock (a forked child never waits on one another thread held,
 //! and threads of the parent never wait for each other). A full buffer
-//! drops later events and counts them ([`Timeline::dropped`]). With no
-//! recording, each hook costs one atomic load.
+//! drops later events and counts them ([`Timeline::dropped`]). Pool
+//! batches and failed tasks, the events a long run makes most of, stop at
+//! three quarters of it: the rest is kept for the processes' forks, roles,
+//! ends and kills, so a long run's picture may lose batch bars but never
+//! shows a process alive after it ended. With no recording, each hook
+//! costs one atomic load.
 //!
 //! # Pool batches
 //! A pool sends tasks to a worker in batches (one task each when tasks are
@@ -60,8 +64,10 @@ use crate::sys;
 const CAPACITY: usize = 1 << 18;
 /// Bytes of labels (job command lines) the buffer holds.
 const LABEL_CAPACITY: usize = 1 << 20;
-/// The longest label kept, in bytes.
-const LABEL_MAX: usize = 4096;
+/// The longest label kept, in bytes: more than a picture shows of a
+/// command line, small enough that the first 4,096 jobs keep theirs
+/// however long their commands are.
+const LABEL_MAX: usize = 256;
 
 /// What a process was to the recording process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +209,8 @@ pub struct Timeline {
     pub duration: u64,
     /// Every event, in the order they were recorded.
     pub events: Vec<Event>,
-    /// Events not recorded because the buffer was full.
+    /// Events not recorded because the buffer was full (for batches and
+    /// failed tasks: their three quarters of it).
     pub dropped: u64,
 }
 
@@ -248,6 +255,8 @@ struct Recorder {
     /// names them.
     labels: Box<[AtomicU8]>,
     labels_next: AtomicUsize,
+    /// Batch events not recorded because they had used their share.
+    batches_dropped: AtomicU64,
 }
 
 static RECORDER: OnceLock<Recorder> = OnceLock::new();
@@ -258,25 +267,7 @@ pub fn start() -> Result<()> {
     let mut started = false;
     RECORDER.get_or_init(|| {
         started = true;
-        let slots: Box<[Slot]> = std::iter::repeat_with(Slot::default).take(CAPACITY).collect();
-        // The allocator hands out zeroed pages untouched: fault them in
-        // now, once, rather than one by one while the program runs.
-        for slot in slots.iter().step_by(sys::page_size() / std::mem::size_of::<Slot>()) {
-            // Relaxed: nothing is published yet; the write only maps the page.
-            slot.kind.store(0, Ordering::Relaxed);
-        }
-        let labels = std::iter::repeat_with(|| AtomicU8::new(0)).take(LABEL_CAPACITY).collect();
-        Recorder {
-            owner: sys::getpid(),
-            // After the buffers are made: their cost is not the program's.
-            start_ns: sys::monotonic_ns(),
-            start: Instant::now(),
-            on: AtomicBool::new(true),
-            next: AtomicUsize::new(0),
-            slots,
-            labels,
-            labels_next: AtomicUsize::new(0),
-        }
+        Recorder::new(CAPACITY, LABEL_CAPACITY)
     });
     if started {
         Ok(())
@@ -297,26 +288,7 @@ pub fn finish() -> Option<Timeline> {
     // Relaxed: a plain switch. Hooks running on other threads now may
     // still claim slots; those not yet published are skipped below.
     r.on.store(false, Ordering::Relaxed);
-    let end_ns = sys::monotonic_ns();
-    let claimed = r.next.load(Ordering::Relaxed);
-    let mut events = Vec::with_capacity(claimed.min(r.slots.len()));
-    for slot in &r.slots[..claimed.min(r.slots.len())] {
-        // Acquire: pairs with the Release store of `kind` in `push`, so the
-        // other words (and a role's label bytes) are those of this event.
-        let kind = slot.kind.load(Ordering::Acquire);
-        let at = slot.at.load(Ordering::Relaxed).saturating_sub(r.start_ns);
-        let (a, b) = (slot.a.load(Ordering::Relaxed), slot.b.load(Ordering::Relaxed));
-        let c = slot.c.load(Ordering::Relaxed);
-        if let Some(event) = r.decode(kind, at, [a, b, c]) {
-            events.push(event);
-        }
-    }
-    Some(Timeline {
-        owner: r.owner,
-        duration: end_ns.saturating_sub(r.start_ns),
-        events,
-        dropped: claimed.saturating_sub(r.slots.len()) as u64,
-    })
+    Some(r.timeline())
 }
 
 /// The recorder, if this process records.
@@ -360,6 +332,57 @@ fn outcome_of(word: u64) -> Outcome {
 }
 
 impl Recorder {
+    /// A recorder of `capacity` events and `label_capacity` label bytes,
+    /// owned by this process, its clock started now.
+    fn new(capacity: usize, label_capacity: usize) -> Recorder {
+        let slots: Box<[Slot]> = std::iter::repeat_with(Slot::default).take(capacity).collect();
+        // The allocator hands out zeroed pages untouched: fault them in
+        // now, once, rather than one by one while the program runs.
+        for slot in slots.iter().step_by(sys::page_size() / std::mem::size_of::<Slot>()) {
+            // Relaxed: nothing is published yet; the write only maps the page.
+            slot.kind.store(0, Ordering::Relaxed);
+        }
+        let labels = std::iter::repeat_with(|| AtomicU8::new(0)).take(label_capacity).collect();
+        Recorder {
+            owner: sys::getpid(),
+            // After the buffers are made: their cost is not the program's.
+            start_ns: sys::monotonic_ns(),
+            start: Instant::now(),
+            on: AtomicBool::new(true),
+            next: AtomicUsize::new(0),
+            slots,
+            labels,
+            labels_next: AtomicUsize::new(0),
+            batches_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// The events recorded so far, as a [`Timeline`] ending now.
+    fn timeline(&self) -> Timeline {
+        let end_ns = sys::monotonic_ns();
+        let claimed = self.next.load(Ordering::Relaxed);
+        let mut events = Vec::with_capacity(claimed.min(self.slots.len()));
+        for slot in &self.slots[..claimed.min(self.slots.len())] {
+            // Acquire: pairs with the Release store of `kind` in `push`, so
+            // the other words (and a role's label bytes) are those of this
+            // event.
+            let kind = slot.kind.load(Ordering::Acquire);
+            let at = slot.at.load(Ordering::Relaxed).saturating_sub(self.start_ns);
+            let (a, b) = (slot.a.load(Ordering::Relaxed), slot.b.load(Ordering::Relaxed));
+            let c = slot.c.load(Ordering::Relaxed);
+            if let Some(event) = self.decode(kind, at, [a, b, c]) {
+                events.push(event);
+            }
+        }
+        Timeline {
+            owner: self.owner,
+            duration: end_ns.saturating_sub(self.start_ns),
+            events,
+            dropped: (claimed.saturating_sub(self.slots.len()) as u64)
+                .saturating_add(self.batches_dropped.load(Ordering::Relaxed)),
+        }
+    }
+
     /// Claims a slot and writes one event into it; a full buffer counts it.
     #[inline]
     fn push(&self, kind: u64, at: u64, a: u64, b: u64) {
@@ -369,6 +392,15 @@ impl Recorder {
     /// [`Recorder::push`] with a third word.
     #[inline]
     fn push3(&self, kind: u64, at: u64, [a, b, c]: [u64; 3]) {
+        if matches!(kind, BATCH_RAN | TASK_FAILED)
+            // Relaxed: a threshold; a few batches racing past it are fine.
+            && self.next.load(Ordering::Relaxed) >= self.slots.len() - self.slots.len() / 4
+        {
+            // The last quarter is kept for processes' forks, roles, ends
+            // and kills: a long run loses batch bars, never an end.
+            self.batches_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         // Relaxed: the claim only has to be unique; the event is published
         // by the Release store of its kind.
         let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -384,7 +416,13 @@ impl Recorder {
     /// Copies `label` into the label buffer: `(offset << 32) | len`, or an
     /// empty label when the buffer is full.
     fn store_label(&self, label: &[u8]) -> u64 {
-        let label = &label[..label.len().min(LABEL_MAX)];
+        // Cut at a character's start (a command line is UTF-8 as often as
+        // not), so that the cut does not show as a replacement character.
+        let mut len = label.len().min(LABEL_MAX);
+        while len < label.len() && len > 0 && label[len] & 0xc0 == 0x80 {
+            len -= 1;
+        }
+        let label = &label[..len];
         // Relaxed: a unique claim, published with the Role event.
         let at = self.labels_next.fetch_add(label.len(), Ordering::Relaxed);
         let Some(room) = self.labels.get(at..at + label.len()) else { return 0 };
@@ -568,5 +606,40 @@ mod tests {
         for role in [Role::Parent, Role::Zygote, Role::Worker, Role::Child, Role::Job] {
             assert_eq!(Role::from_code(role.code()), role);
         }
+    }
+
+    /// A long pool run fills the buffer with batches; the processes' ends
+    /// that come after must still be recorded, or the picture would draw
+    /// every worker alive to the end.
+    #[test]
+    fn batches_never_crowd_out_the_ends_of_processes() {
+        let r = Recorder::new(64, 64);
+        let now = Instant::now();
+        let batch = [pack(1, 0), 1, r.ns_of(now)];
+        for _ in 0..200 {
+            r.push3(BATCH_RAN, r.start_ns, batch);
+        }
+        r.push(FORKED, r.start_ns, pack(1, 2), 0);
+        r.push(ENDED, r.start_ns, pack(2, 0), pack_status(ExitStatus::Exited(3)));
+        let t = r.timeline();
+        assert!(
+            t.events.contains(&Event::Ended { at: 0, pid: 2, status: ExitStatus::Exited(3) }),
+            "{:?}",
+            t.events
+        );
+        assert!(t.events.contains(&Event::Forked { at: 0, parent: 1, child: 2 }));
+        let batches = t.events.iter().filter(|e| matches!(e, Event::BatchRan { .. })).count();
+        assert!(batches > 0, "batches are recorded while there is room for them");
+        assert_eq!(batches as u64 + t.dropped, 200, "every batch is recorded or counted as dropped");
+    }
+
+    /// A long command line keeps its start, cut between characters.
+    #[test]
+    fn a_long_label_is_cut_between_characters() {
+        let r = Recorder::new(4, 1 << 16);
+        let command = format!("x{}", "é".repeat(3000));
+        let label = r.label(r.store_label(command.as_bytes()));
+        assert!(!label.is_empty() && label.len() <= LABEL_MAX, "{} bytes", label.len());
+        assert!(command.starts_with(&label), "{label:?}");
     }
 }
