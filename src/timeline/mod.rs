@@ -31,10 +31,10 @@
 //! and threads of the parent never wait for each other). A full buffer
 //! drops later events and counts them ([`Timeline::dropped`]). Pool
 //! batches and failed tasks, the events a long run makes most of, stop at
-//! three quarters of it: the rest is kept for the processes' forks, roles,
-//! ends and kills, so a long run's picture may lose batch bars but never
-//! shows a process alive after it ended. With no recording, each hook
-//! costs one atomic load.
+//! three quarters of it: the last quarter (65,536 events) is kept for the
+//! processes' forks, roles, ends and kills, so a long pool run loses batch
+//! bars before it loses the end of a process. With no recording, each
+//! hook costs one atomic load.
 //!
 //! # Pool batches
 //! A pool sends tasks to a worker in batches (one task each when tasks are
@@ -397,7 +397,7 @@ impl Recorder {
             && self.next.load(Ordering::Relaxed) >= self.slots.len() - self.slots.len() / 4
         {
             // The last quarter is kept for processes' forks, roles, ends
-            // and kills: a long run loses batch bars, never an end.
+            // and kills: a long run loses batch bars before ends.
             self.batches_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -417,9 +417,12 @@ impl Recorder {
     /// empty label when the buffer is full.
     fn store_label(&self, label: &[u8]) -> u64 {
         // Cut at a character's start (a command line is UTF-8 as often as
-        // not), so that the cut does not show as a replacement character.
+        // not), so that the cut does not show as a replacement character:
+        // back over at most three continuation bytes (bytes that are not
+        // UTF-8 are cut where they are).
         let mut len = label.len().min(LABEL_MAX);
-        while len < label.len() && len > 0 && label[len] & 0xc0 == 0x80 {
+        let longest = len;
+        while len < label.len() && longest - len < 3 && label[len] & 0xc0 == 0x80 {
             len -= 1;
         }
         let label = &label[..len];
@@ -639,7 +642,12 @@ mod tests {
         let r = Recorder::new(4, 1 << 16);
         let command = format!("x{}", "é".repeat(3000));
         let label = r.label(r.store_label(command.as_bytes()));
-        assert!(!label.is_empty() && label.len() <= LABEL_MAX, "{} bytes", label.len());
+        // "x" and 127 two-byte characters: the 128th would cross the limit.
+        assert_eq!(label.len(), LABEL_MAX - 1, "{label:?}");
         assert!(command.starts_with(&label), "{label:?}");
+        // Bytes that are not UTF-8 (all continuation bytes) are still kept,
+        // cut at most three bytes short (one replacement character each).
+        let junk = vec![0x80u8; 1000];
+        assert_eq!(r.label(r.store_label(&junk)).chars().count(), LABEL_MAX - 3);
     }
 }

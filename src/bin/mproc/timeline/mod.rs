@@ -214,7 +214,10 @@ fn summary(timeline: &Timeline, lanes: &[Lane]) -> String {
         line.push_str("; a job's bar is coloured by how it ended");
     }
     if timeline.dropped > 0 {
-        line.push_str(&format!("; {} events not recorded (buffer full)", timeline.dropped));
+        line.push_str(&format!(
+            "; {} events not recorded (buffer full; batches stop at three quarters of it)",
+            timeline.dropped
+        ));
     }
     line
 }
