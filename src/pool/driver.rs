@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::engine::{Engine, Waiter};
+use super::engine::{Engine, Sleeper, Waiter};
 use super::shared::{self, Layout, Woke};
 use crate::error::{Error, Result};
 use crate::sys::{self, bell, ParentOnlyFd};
@@ -55,6 +55,10 @@ use crate::sys::{self, bell, ParentOnlyFd};
 /// before taking it itself: longer than the gap between two calls of a
 /// loop, short against any task worth a process.
 pub(crate) const GRACE: Duration = Duration::from_millis(1);
+
+/// How long a waiting caller yields its CPU, watching for its wake-up,
+/// before it parks (see [`yield_until_woken`]).
+const YIELD_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 /// The driver's stack: it runs the engine's loop and nothing else.
 const DRIVER_STACK: usize = 256 * 1024;
@@ -201,6 +205,38 @@ impl Interest<'_> {
     pub(crate) const NONE: Interest<'static> = Interest { subs: &[], any: false };
 }
 
+/// Yields the CPU (`sched_yield`) until `me` is woken, for at most
+/// [`YIELD_BEFORE_PARK`] and never past `deadline`; whether it was woken.
+///
+/// Why not park at once: with more threads than CPUs (eight callers, two
+/// workers and the pumping thread on two vCPUs), a parked caller costs a
+/// futex wake-up to whoever files its result and a wake-up across vCPUs
+/// (~20 µs here) before it runs; a caller that yields stays runnable, and
+/// runs again as soon as the threads ahead of it yield or sleep, with no
+/// system call on the waker's side (an unpark of a thread that is not
+/// parked only sets its token). Measured with eight threads calling
+/// `apply` on a 2-worker pool (2 vCPUs, 24 runs each, with the dispatch
+/// order of `Engine::dispatch`): 0.55–0.68 M tasks/s (median) parking at
+/// once, 1.6–1.7 M yielding first. The limit keeps a caller waiting for a
+/// long task from burning its CPU: after it, the caller parks.
+fn yield_until_woken(me: &Sleeper, deadline: Option<Instant>) -> bool {
+    let until = Instant::now() + YIELD_BEFORE_PARK;
+    let until = deadline.map_or(until, |d| d.min(until));
+    let mut turns = 0u32;
+    loop {
+        // Acquire: pairs with the Release in `Sleeper::wake`.
+        if me.woken.load(Ordering::Acquire) {
+            return true;
+        }
+        // The clock every 16 turns: a turn is one system call already.
+        turns = turns.wrapping_add(1);
+        if turns.is_multiple_of(16) && Instant::now() >= until {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
 impl Core {
     /// Wraps a started engine. The driver thread starts the first time
     /// work is left for it ([`Core::ensure_driver`]): a pool used only
@@ -281,7 +317,7 @@ impl Core {
         interest: Interest<'_>,
         done: impl Fn(&Engine) -> bool,
     ) -> Result<Locked<'a>> {
-        let me = std::thread::current();
+        let me = Sleeper::current();
         // A caller is active: the driver keeps out of its way (see GRACE).
         e.call_epoch = e.call_epoch.wrapping_add(1);
         if e.pumper == Some(me.id()) || self.driver_id.get() == Some(&me.id()) {
@@ -319,10 +355,14 @@ impl Core {
                 // The driver leaves the role to a waiting caller.
                 self.pump_nudge.nudge();
             }
+            // Lowered under the lock: a wake-up for this wait comes after it.
+            me.woken.store(false, Ordering::Relaxed);
             drop(e);
-            match deadline {
-                Some(d) => std::thread::park_timeout(d.saturating_duration_since(Instant::now())),
-                None => std::thread::park(),
+            if !yield_until_woken(&me, deadline) {
+                match deadline {
+                    Some(d) => std::thread::park_timeout(d.saturating_duration_since(Instant::now())),
+                    None => std::thread::park(),
+                }
             }
             e = self.lock();
             e.parked.retain(|t| t.id() != me.id());

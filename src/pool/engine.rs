@@ -14,9 +14,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::Waker;
-use std::thread::Thread;
+use std::thread::{Thread, ThreadId};
 use std::time::{Duration, Instant};
 
 use super::message::{self, Call, ResultTag};
@@ -284,10 +285,41 @@ pub(crate) struct Submission {
     waiters: Vec<(Waiter, bool)>,
 }
 
+/// A caller thread that waits for the pool: its handle, and a flag raised
+/// by whoever wakes it, so that it can yield the CPU for a while watching
+/// the flag before it parks (see `Core::wait_until`).
+#[derive(Debug)]
+pub(crate) struct Sleeper {
+    thread: Thread,
+    /// Raised (Release) before the thread is unparked; lowered by the
+    /// thread itself, under the engine lock, before it waits.
+    pub woken: AtomicBool,
+}
+
+impl Sleeper {
+    /// The calling thread's (one per thread, made on first use).
+    pub(crate) fn current() -> Arc<Sleeper> {
+        thread_local! {
+            static ME: Arc<Sleeper> =
+                Arc::new(Sleeper { thread: std::thread::current(), woken: AtomicBool::new(false) });
+        }
+        ME.with(Arc::clone)
+    }
+
+    pub(crate) fn id(&self) -> ThreadId {
+        self.thread.id()
+    }
+
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
 /// A thread parked until a submission has results, or a future's waker.
 #[derive(Debug)]
 pub(crate) enum Waiter {
-    Thread(Thread),
+    Thread(Arc<Sleeper>),
     Task(Waker),
 }
 
@@ -296,7 +328,7 @@ impl Waiter {
     /// executor's code, which may call the pool.
     pub(crate) fn wake(self) {
         match self {
-            Waiter::Thread(t) => t.unpark(),
+            Waiter::Thread(t) => t.wake(),
             Waiter::Task(w) => w.wake(),
         }
     }
@@ -648,7 +680,7 @@ pub(crate) struct Engine {
     /// has died; the next reading of reports ends the pool.
     zygote_gone: bool,
     /// Callers parked until the pump role is free or their results come.
-    pub parked: Vec<Thread>,
+    pub parked: Vec<Arc<Sleeper>>,
     /// Waiters whose results were filed under the lock: woken once it is
     /// released (see `driver::Locked`).
     pub to_wake: Vec<Waiter>,
@@ -1341,22 +1373,46 @@ impl Engine {
     /// bytes into their task rings. Never blocks. Every idle worker gets a
     /// batch before any worker gets a second one (queued behind the one it
     /// runs, so it never waits for the parent between batches).
+    ///
+    /// Among workers equally free, those last seen on another CPU than
+    /// this thread's come first. The thread that dispatches is the one that
+    /// then spins for the results; a worker sharing its CPU runs only when
+    /// that thread yields or sleeps, so each task sent to it alone is a
+    /// hand-over of the CPU each way. Measured on 2 vCPUs: `apply` in a
+    /// loop ran 0.11 M tasks/s whenever the first worker shared the
+    /// caller's CPU (the second, on the other CPU, asleep), and 1.7–2.0 M
+    /// otherwise; with this order, 1.7–2.0 M in every run.
     fn dispatch(&mut self) -> Result<()> {
+        // Asked once, and only when an idle worker is to be chosen (a busy
+        // worker's line is not read either: it is being written).
+        let mut here = None;
         for depth in 1..=QUICK_BATCHES_IN_FLIGHT {
-            for k in 0..self.slots.len() {
-                if self.queue.is_empty() {
-                    break;
+            let passes: &[bool] = if depth == 1 { &[false, true] } else { &[false] };
+            for &beside_pass in passes {
+                for k in 0..self.slots.len() {
+                    if self.queue.is_empty() {
+                        break;
+                    }
+                    let slot = &self.slots[k];
+                    let most = if slot.quick { QUICK_BATCHES_IN_FLIGHT } else { BATCHES_IN_FLIGHT };
+                    if !slot.is_live()
+                        || slot.kill_cause.is_some()
+                        || slot.exit_sent
+                        || slot.inflight.len() >= depth.min(most)
+                    {
+                        continue;
+                    }
+                    if depth == 1 {
+                        let here = *here
+                            .get_or_insert_with(|| sys::current_cpu().map_or(0, |c| c.saturating_add(1)));
+                        // Relaxed: a hint (see SleepFlag::cpu); any value is harmless.
+                        let beside = here != 0 && self.layout.worker_cpu(k).load(Ordering::Relaxed) == here;
+                        if beside != beside_pass {
+                            continue;
+                        }
+                    }
+                    self.assign(k);
                 }
-                let slot = &self.slots[k];
-                let most = if slot.quick { QUICK_BATCHES_IN_FLIGHT } else { BATCHES_IN_FLIGHT };
-                if !slot.is_live()
-                    || slot.kill_cause.is_some()
-                    || slot.exit_sent
-                    || slot.inflight.len() >= depth.min(most)
-                {
-                    continue;
-                }
-                self.assign(k);
             }
         }
         for k in 0..self.slots.len() {

@@ -55,6 +55,12 @@ struct SleepFlag {
     /// Pool with a task timeout only: when the running task started, in
     /// `CLOCK_MONOTONIC` nanoseconds (one clock for every process).
     stamp: AtomicU64,
+    /// Pool, in a slot: 1 + the CPU the worker ran on when it took its
+    /// latest batch (0: not known). Written only by the worker; the parent
+    /// only compares it with its own CPU, to pick among idle workers, so a
+    /// worker that scribbles on it changes nothing but which idle worker
+    /// gets a task.
+    cpu: AtomicU32,
 }
 
 /// A worker's [`SleepFlag::lifecycle`]: forked, nothing run yet.
@@ -190,6 +196,13 @@ impl Layout {
         unsafe { &(*base.cast::<SleepFlag>()).lifecycle }
     }
 
+    /// Pool: where worker `slot` last ran (see [`SleepFlag::cpu`]).
+    pub(crate) fn worker_cpu(&self, slot: usize) -> &AtomicU32 {
+        let base = self.slot_base(slot);
+        // SAFETY: as in `flag`.
+        unsafe { &(*base.cast::<SleepFlag>()).cpu }
+    }
+
     /// Pool: worker `slot`'s progress word (see [`SleepFlag`]).
     pub(crate) fn progress(&self, slot: usize) -> &AtomicU64 {
         self.counter(self.slot_base(slot))
@@ -262,6 +275,7 @@ impl Layout {
         self.lifecycle(slot).store(WORKER_FORKED, Ordering::SeqCst);
         self.running_item(slot).store(0, Ordering::SeqCst);
         self.task_started_ns(slot).store(0, Ordering::SeqCst);
+        self.worker_cpu(slot).store(0, Ordering::SeqCst);
     }
 }
 

@@ -132,6 +132,7 @@ impl Worker<'_> {
         let mut out = Vec::new();
         let mut done = 0u64;
         let mut pacer = Pacer::new();
+        let mut last_cpu = 0;
         loop {
             if !self.next_message(&mut tasks, &mut msg)? {
                 return Ok(()); // the parent is gone
@@ -149,6 +150,15 @@ impl Worker<'_> {
                 }
             };
             pacer.sent();
+            // A hint for the parent's choice among idle workers (see
+            // `Engine::dispatch`), stored only when it changes: the line is
+            // the one the parent reads our sleep flag from.
+            let cpu = sys::current_cpu().map_or(0, |c| c.saturating_add(1));
+            if cpu != last_cpu {
+                last_cpu = cpu;
+                // Relaxed: nothing is published with it.
+                self.layout.worker_cpu(self.slot).store(cpu, Ordering::Relaxed);
+            }
             let mut run = Run::default();
             let mut ctx = Context {
                 results: &mut results,

@@ -550,6 +550,22 @@ extern "C" fn forget_cached_pid() {
     CACHED_PID.store(0, Ordering::Relaxed);
 }
 
+/// The CPU the calling thread runs on, as `sched_getcpu(3)` says (no
+/// system call on Linux: glibc reads the kernel's per-thread `rseq` area,
+/// or the vDSO); `None` where it cannot say. A hint: the thread may be
+/// moved the next instant.
+pub(crate) fn current_cpu() -> Option<u32> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+        u32::try_from(unsafe { libc::sched_getcpu() }).ok()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        None
+    }
+}
+
 /// This process's pid, as `getpid(2)`, without a system call after the first
 /// time: objects that belong to one process (a pool, its results) check it
 /// on every call, and a forked child must see its own pid at once.
