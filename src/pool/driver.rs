@@ -12,8 +12,9 @@
 //! - A caller that must wait (`get`, `map`, `imap`'s `next`, `join`) takes
 //!   the role if it is free and pumps until its own results are in: one
 //!   thread waiting on its own, the common case, pays no hand-over between
-//!   threads. If another thread holds the role, it parks until that thread
-//!   files its results, or leaves the role to it.
+//!   threads. If another thread holds the role, it waits until that thread
+//!   files its results, or leaves the role to it: yielding its CPU for a
+//!   while, then parked ([`yield_until_woken`]).
 //! - The **driver thread** pumps when work is outstanding and no caller is
 //!   waiting: tasks queued by `apply_async` move into the rings, results
 //!   move out, and futures are woken, while nobody is inside a pool call.
@@ -215,10 +216,11 @@ impl Interest<'_> {
 /// runs again as soon as the threads ahead of it yield or sleep, with no
 /// system call on the waker's side (an unpark of a thread that is not
 /// parked only sets its token). Measured with eight threads calling
-/// `apply` on a 2-worker pool (2 vCPUs, 24 runs each, with the dispatch
-/// order of `Engine::dispatch`): 0.55–0.68 M tasks/s (median) parking at
-/// once, 1.6–1.7 M yielding first. The limit keeps a caller waiting for a
-/// long task from burning its CPU: after it, the caller parks.
+/// `apply` on a 2-worker pool (`mproc bench pool` on 2 vCPUs, 8 runs
+/// each, with the dispatch order of `Engine::dispatch`): 0.52 M tasks/s
+/// (median) parking at once, with 0.08 sleeps per task; 1.66 M yielding
+/// first, with none. The limit keeps a caller waiting for a long task
+/// from burning its CPU: after it, the caller parks.
 fn yield_until_woken(me: &Sleeper, deadline: Option<Instant>) -> bool {
     let until = Instant::now() + YIELD_BEFORE_PARK;
     let until = deadline.map_or(until, |d| d.min(until));

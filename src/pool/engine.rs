@@ -1378,10 +1378,14 @@ impl Engine {
     /// this thread's come first. The thread that dispatches is the one that
     /// then spins for the results; a worker sharing its CPU runs only when
     /// that thread yields or sleeps, so each task sent to it alone is a
-    /// hand-over of the CPU each way. Measured on 2 vCPUs: `apply` in a
-    /// loop ran 0.11 M tasks/s whenever the first worker shared the
-    /// caller's CPU (the second, on the other CPU, asleep), and 1.7–2.0 M
-    /// otherwise; with this order, 1.7–2.0 M in every run.
+    /// hand-over of the CPU each way. Measured on 2 vCPUs (`apply` of a
+    /// trivial task in a loop): in slot order, a run went at 0.11–0.6 M
+    /// tasks/s whenever the first worker shared the caller's CPU (the
+    /// second, on the other CPU, asleep), and 1.7–2.1 M otherwise; in
+    /// this order, 1.4–2.0 M in each of 16 runs. Eight threads
+    /// calling `apply` (with callers that yield before they park, see
+    /// `driver::yield_until_woken`): 0.59 M tasks/s (median of 6 runs of
+    /// `mproc bench pool`) in slot order, 1.66 M in this one.
     fn dispatch(&mut self) -> Result<()> {
         // Asked once, and only when an idle worker is to be chosen (a busy
         // worker's line is not read either: it is being written).

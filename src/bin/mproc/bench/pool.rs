@@ -208,9 +208,10 @@ fn voluntary_switches() -> Option<u64> {
 /// one number to a server thread (a queue behind a `Mutex` and a
 /// `Condvar`) and sleep on a `Condvar` of their own until the answer is
 /// back; no processes, no encoding, no rings. Every round trip costs a
-/// sleep and a wake-up; an `apply` costs one only when its result is not
-/// in before it would sleep, which is why the pool's rate is compared
-/// with this one next to its sleeps per task. Round trips per second.
+/// sleep and a wake-up; a waiting `apply` yields its CPU for a while
+/// first, and sleeps only if its result is not in by then, which is why
+/// the pool's rate is printed with its sleeps per task. Round trips per
+/// second.
 fn handoff_rate(per_thread: u64) -> f64 {
     use std::collections::VecDeque;
     use std::sync::{Condvar, Mutex};
@@ -396,9 +397,9 @@ pub fn main(args: Args) -> u8 {
     match single.apply_8_threads_sleeps {
         Some(sleeps) => outln!(
             out,
-            "  while a caller whose result is in before it would sleep does not sleep: {sleeps:.2} sleeps per task here (what sets the rate)"
+            "  while a waiting caller yields its CPU before it sleeps: {sleeps:.3} sleeps per task here"
         ),
-        None => outln!(out, "  while a caller whose result is in before it would sleep does not sleep"),
+        None => outln!(out, "  while a waiting caller yields its CPU before it sleeps"),
     }
     outln!(out);
     outln!(out, "200,000 strings of 200 bytes, {workers} workers (the input crosses a wire, or not):");
