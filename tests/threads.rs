@@ -923,3 +923,33 @@ fn a_dropped_pending_future_lets_go_of_its_waker_at_once() {
     assert_eq!(pool.apply(cube, 3), Ok(27));
     assert_eq!(counter.wakes.load(Ordering::SeqCst), 0);
 }
+
+/// A pool called from a thread-local's destructor, after the pool's own
+/// per-thread state of that thread is gone, still answers (no panic).
+#[test]
+fn a_pool_called_from_a_thread_locals_destructor_answers() {
+    use std::cell::RefCell;
+    struct AppliesOnDrop(Arc<Pool>, Arc<Mutex<Option<mproc::Result<u64>>>>);
+    impl Drop for AppliesOnDrop {
+        fn drop(&mut self) {
+            let r = self.0.apply(cube, 3);
+            *self.1.lock().unwrap() = Some(r);
+        }
+    }
+    thread_local! {
+        static LATE: RefCell<Option<AppliesOnDrop>> = const { RefCell::new(None) };
+    }
+    let _w = watchdog(Duration::from_secs(30), "destructor");
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let got = Arc::new(Mutex::new(None));
+    let (p, g) = (Arc::clone(&pool), Arc::clone(&got));
+    std::thread::spawn(move || {
+        // Registered first, destroyed last: after the pool's own locals,
+        // which its first call below makes.
+        LATE.with(|late| *late.borrow_mut() = Some(AppliesOnDrop(Arc::clone(&p), g)));
+        assert_eq!(p.apply(cube, 2).unwrap(), 8);
+    })
+    .join()
+    .expect("the thread ends without a panic");
+    assert_eq!(got.lock().unwrap().take().map(|r| r.unwrap()), Some(27));
+}

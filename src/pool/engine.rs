@@ -297,13 +297,17 @@ pub(crate) struct Sleeper {
 }
 
 impl Sleeper {
-    /// The calling thread's (one per thread, made on first use).
+    /// The calling thread's (one per thread, made on first use; a new one
+    /// while the thread's locals are being destroyed, for a pool called
+    /// from a thread-local's destructor).
     pub(crate) fn current() -> Arc<Sleeper> {
-        thread_local! {
-            static ME: Arc<Sleeper> =
-                Arc::new(Sleeper { thread: std::thread::current(), woken: AtomicBool::new(false) });
+        fn new() -> Arc<Sleeper> {
+            Arc::new(Sleeper { thread: std::thread::current(), woken: AtomicBool::new(false) })
         }
-        ME.with(Arc::clone)
+        thread_local! {
+            static ME: Arc<Sleeper> = new();
+        }
+        ME.try_with(Arc::clone).unwrap_or_else(|_| new())
     }
 
     pub(crate) fn id(&self) -> ThreadId {
