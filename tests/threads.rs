@@ -953,3 +953,54 @@ fn a_pool_called_from_a_thread_locals_destructor_answers() {
     .expect("the thread ends without a panic");
     assert_eq!(got.lock().unwrap().take().map(|r| r.unwrap()), Some(27));
 }
+
+/// A wait with a deadline ends near it even while the CPUs are busy: a
+/// waiting thread that gave its CPU away (`sched_yield`) for a time slice
+/// of several milliseconds would overshoot a short deadline by as much.
+#[test]
+fn a_timed_wait_ends_near_its_deadline_on_busy_cpus() {
+    fn sleep_s(s: u64) -> u64 {
+        std::thread::sleep(Duration::from_secs(s));
+        s
+    }
+    let _w = watchdog(Duration::from_secs(60), "timed waits");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                let mut pending = pool.apply_async(sleep_s, 5).unwrap();
+                (0..10)
+                    .map(|_| {
+                        let t = Instant::now();
+                        assert!(matches!(
+                            pending.get_timeout(Duration::from_millis(10)),
+                            Err(Error::Timeout)
+                        ));
+                        t.elapsed()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut waits: Vec<Duration> = waiters.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    pool.terminate();
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    assert!(median < Duration::from_millis(14), "median wait {median:?} for a 10 ms deadline: {waits:?}");
+}

@@ -61,6 +61,10 @@ pub(crate) const GRACE: Duration = Duration::from_millis(1);
 /// before it parks (see [`yield_until_woken`]).
 const YIELD_BEFORE_PARK: Duration = Duration::from_micros(50);
 
+/// A wait that must end sooner than this parks at once (see
+/// [`yield_until_woken`]): longer than a few time slices.
+const YIELD_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+
 /// The driver's stack: it runs the engine's loop and nothing else.
 const DRIVER_STACK: usize = 256 * 1024;
 
@@ -207,7 +211,10 @@ impl Interest<'_> {
 }
 
 /// Yields the CPU (`sched_yield`) until `me` is woken, for at most
-/// [`YIELD_BEFORE_PARK`] and never past `deadline`; whether it was woken.
+/// [`YIELD_BEFORE_PARK`]; whether it was woken. A wait whose deadline is
+/// nearer than [`YIELD_DEADLINE_MARGIN`] does not yield: on busy CPUs one
+/// yield can give away a whole time slice, several milliseconds, and the
+/// wait would end that much past its deadline.
 ///
 /// Why not park at once: with more threads than CPUs (eight callers, two
 /// workers and the pumping thread on two vCPUs), a parked caller costs a
@@ -222,17 +229,18 @@ impl Interest<'_> {
 /// first, with none. The limit keeps a caller waiting for a long task
 /// from burning its CPU: after it, the caller parks.
 fn yield_until_woken(me: &Sleeper, deadline: Option<Instant>) -> bool {
-    let until = Instant::now() + YIELD_BEFORE_PARK;
-    let until = deadline.map_or(until, |d| d.min(until));
-    let mut turns = 0u32;
+    let start = Instant::now();
+    if deadline.is_some_and(|d| d.saturating_duration_since(start) < YIELD_DEADLINE_MARGIN) {
+        return false;
+    }
+    let until = start + YIELD_BEFORE_PARK;
     loop {
         // Acquire: pairs with the Release in `Sleeper::wake`.
         if me.woken.load(Ordering::Acquire) {
             return true;
         }
-        // The clock every 16 turns: a turn is one system call already.
-        turns = turns.wrapping_add(1);
-        if turns.is_multiple_of(16) && Instant::now() >= until {
+        // The clock on every turn: a turn may have been a time slice.
+        if Instant::now() >= until {
             return false;
         }
         std::thread::yield_now();
