@@ -16,6 +16,10 @@ use std::process::Child;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+#[cfg(target_os = "linux")]
+use common::{group_alive, wait_until};
+
 const MPROC: &str = env!("CARGO_BIN_EXE_mproc");
 
 fn mproc(args: &[&str]) -> Command {
@@ -92,18 +96,6 @@ fn alive(pid: u32) -> bool {
         Ok(stat) => stat.rfind(')').map(|i| &stat[i + 2..i + 3]) != Some("Z"),
         Err(_) => false,
     }
-}
-
-#[cfg(target_os = "linux")]
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    done()
 }
 
 /// Waits for a child with a time limit; kills it and fails if it hangs.
@@ -1673,19 +1665,6 @@ fn sigterm_stops_the_jobs_and_exits_143() {
 #[test]
 fn sighup_stops_the_jobs_and_exits_129() {
     stop_with(libc::SIGHUP, 129);
-}
-
-/// Whether any process of group `pgid` is alive (a zombie is not: one
-/// orphaned by the kill waits for init, which may never reap it).
-#[cfg(target_os = "linux")]
-fn group_alive(pgid: u32) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
-        // After the command in parentheses: state, ppid, pgrp, ...
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return false };
-        let fields: Vec<&str> = rest.split(' ').collect();
-        fields.len() > 2 && fields[0] != "Z" && fields[2].parse() == Ok(pgid)
-    })
 }
 
 /// Kills what is left of these process groups when dropped: a failing test

@@ -15,28 +15,8 @@ use std::time::{Duration, Instant};
 
 use mproc::runner::{self, Inputs, Options, Output, Summary, Template};
 
-/// Whether any process of group `pgid` is alive (a zombie is not: one
-/// orphaned by the kill waits for init, which may never reap it).
-fn group_alive(pgid: i32) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
-        // After the command in parentheses: state, ppid, pgrp, ...
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return false };
-        let fields: Vec<&str> = rest.split(' ').collect();
-        fields.len() > 2 && fields[0] != "Z" && fields[2].parse() == Ok(pgid)
-    })
-}
-
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    done()
-}
+mod common;
+use common::{group_alive, wait_until};
 
 /// The job's process group (its shell's pid), once it has written it.
 fn pgid_in(file: &Path) -> Option<i32> {

@@ -5,6 +5,7 @@ pub mod pools;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The `mproc` binary built for these tests.
 pub fn mproc() -> Command {
@@ -76,4 +77,32 @@ pub fn require_tool(tool: &str, needed_for: &str) -> bool {
 /// Stdout as lines.
 pub fn lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Polls `done` every 10 ms until it holds or `limit` has passed; its
+/// last answer.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}
+
+/// Whether any process of group `pgid` is alive (a zombie is not: one
+/// orphaned by the kill waits for init, which may never reap it). Linux:
+/// read from `/proc`.
+pub fn group_alive(pgid: impl Into<i64>) -> bool {
+    let pgid = pgid.into();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+        // After the command in parentheses: state, ppid, pgrp, ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return false };
+        let fields: Vec<&str> = rest.split(' ').collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2].parse() == Ok(pgid)
+    })
 }
