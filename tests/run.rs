@@ -98,13 +98,18 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// Waits for a child with a time limit; kills it and fails if it hangs.
+/// Polls `ended` every 10 ms until it returns the child's end; kills the
+/// child and fails if that takes longer than `limit`.
 #[cfg(target_os = "linux")]
-fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+fn poll_with_limit<T>(
+    child: &mut Child,
+    limit: Duration,
+    mut ended: impl FnMut(&mut Child) -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
+        if let Some(end) = ended(child) {
+            return end;
         }
         if start.elapsed() > limit {
             let _ = child.kill();
@@ -113,6 +118,12 @@ fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStat
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Waits for a child with a time limit; kills it and fails if it hangs.
+#[cfg(target_os = "linux")]
+fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    poll_with_limit(child, limit, |c| c.try_wait().unwrap())
 }
 
 #[cfg(target_os = "linux")]
@@ -327,24 +338,15 @@ fn a_large_input_is_read_in_bounded_memory() {
 #[cfg(target_os = "linux")]
 fn wait_with_peak_rss(mut child: Child, limit: Duration) -> (i32, u64) {
     let pid = child.id() as i32;
-    let start = Instant::now();
-    let mut raw = 0;
-    // SAFETY: a plain C struct, zeroes are a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
+    poll_with_limit(&mut child, limit, |_| {
+        let mut raw = 0;
+        // SAFETY: a plain C struct, zeroes are a valid value.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: wait4 fills the status and the struct we pass.
         let reaped = unsafe { libc::wait4(pid, &mut raw, libc::WNOHANG, &mut usage) };
         assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
-        if reaped == pid {
-            return (raw, usage.ru_maxrss as u64 * 1024);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("mproc did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        (reaped == pid).then(|| (raw, usage.ru_maxrss as u64 * 1024))
+    })
 }
 
 /// The same with real jobs: 4,000 lines of 16 KiB (64 MiB) on stdin, each
