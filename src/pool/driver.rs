@@ -22,6 +22,10 @@
 //!   itself from then on), and after a caller leaves it, it takes the role
 //!   back only once [`GRACE`] has passed without a caller taking it, so a
 //!   loop of calls (`imap`'s `next`) is not interrupted by hand-overs.
+//!   A caller submitting with `apply_async` counts as active too: each
+//!   call moves the work along itself, and the driver waits until the
+//!   calls stop (a third busy thread on two vCPUs cost a loop of 20,000
+//!   `apply_async` half its rate).
 //!   Idle, it sleeps on its own pipe and on the report pipe (so a zygote
 //!   that dies between calls is noticed at once).
 //!
