@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use super::message::{self, Call, ResultTag};
 use super::queue::TaskQueue;
 use super::shared::{self, Layout};
+use super::slab::Slab;
 use super::zygote::{Report, Zygote, ZygoteExit};
 use crate::error::{Error, OsError, Result};
 use crate::ring::{Receiver, Sender};
@@ -637,15 +638,10 @@ pub(crate) struct Engine {
     zygote: Zygote,
     slots: Vec<Slot>,
     queue: TaskQueue,
-    /// Boxed: the table grows by doubling, and each growth moves every
-    /// entry into fresh memory. With 20,000 `apply_async` queued at once,
-    /// moving whole submissions was 72 % of the process's 3,760 page
-    /// faults; moving pointers, the process takes 1,890.
-    subs: HashMap<u64, Box<Submission>, IdHash>,
+    subs: Slab<Submission>,
     /// A big submission's buffers, given back for the next one: fresh
     /// memory costs a page fault per 4 KiB, as much as the copying it holds.
     spare: Option<Submission>,
-    next_sub: u64,
     limits: Limits,
     pub closed: bool,
     pub finished: bool,
@@ -711,9 +707,8 @@ impl Engine {
             zygote,
             slots,
             queue: TaskQueue::default(),
-            subs: HashMap::default(),
+            subs: Slab::new(),
             spare: None,
-            next_sub: 0,
             limits,
             closed: false,
             finished: false,
@@ -801,8 +796,6 @@ impl Engine {
         if let Some((_, thread)) = admitted {
             *thread = std::thread::current().id();
         }
-        let sub = self.next_sub;
-        self.next_sub += 1;
         self.filling += 1;
         // The length hint sizes the result store up front; capped, as a
         // hint is only a hint (and `0..u64::MAX` has a huge one).
@@ -810,7 +803,10 @@ impl Engine {
         if let Some(spare) = self.spare.take_if(|_| hint >= RECYCLE_FROM_TASKS) {
             submission.reuse(spare);
         }
-        self.subs.insert(sub, Box::new(submission));
+        let Some(sub) = self.subs.insert(submission) else {
+            self.filling -= 1;
+            return Err(Error::InvalidState("2^32 submissions open at once"));
+        };
         Ok(sub)
     }
 
@@ -856,7 +852,7 @@ impl Engine {
     /// run, and their results find no one.
     pub(crate) fn cancel(&mut self, sub: u64) {
         self.done_filling(sub);
-        self.subs.remove(&sub);
+        self.subs.remove(sub);
     }
 
     /// Queues a finished task message, first giving its tasks their
@@ -864,7 +860,7 @@ impl Engine {
     fn queue_batch(&mut self, batch: Option<Batch>) {
         if let Some(mut b) = batch {
             message::set_batch_count(&mut b.msg, b.count);
-            if let Some(s) = self.subs.get_mut(&b.sub) {
+            if let Some(s) = self.subs.get_mut(b.sub) {
                 s.grow((b.first + b.count) as usize);
             }
             if self.finished {
@@ -886,14 +882,14 @@ impl Engine {
     }
 
     pub(crate) fn submission(&self, sub: u64) -> Option<&Submission> {
-        self.subs.get(&sub).map(|s| &**s)
+        self.subs.get(sub)
     }
 
     /// Forgets a submission; results still to come are dropped on arrival.
     pub(crate) fn release(&mut self, sub: u64) {
-        if let Some(s) = self.subs.get_mut(&sub) {
+        if let Some(s) = self.subs.get_mut(sub) {
             if s.is_complete() {
-                self.subs.remove(&sub);
+                self.subs.remove(sub);
             } else {
                 s.abandoned = true;
                 // Nobody can wait on it any more: let go of the wakers (an
@@ -936,7 +932,7 @@ impl Engine {
 
     /// Submission `sub` has all its tasks (once; a cancelled one too).
     fn done_filling(&mut self, sub: u64) {
-        if let Some(s) = self.subs.get_mut(&sub) {
+        if let Some(s) = self.subs.get_mut(sub) {
             if std::mem::take(&mut s.filling) {
                 self.filling -= 1;
                 // A `join` may wait (pumping) for the last one.
@@ -953,7 +949,7 @@ impl Engine {
 
     /// Records which thread fills submission `sub`.
     pub(crate) fn set_filler(&mut self, sub: u64, thread: std::thread::ThreadId) {
-        if let Some(s) = self.subs.get_mut(&sub) {
+        if let Some(s) = self.subs.get_mut(sub) {
             s.filler = Some(thread);
         }
     }
@@ -993,14 +989,14 @@ impl Engine {
     }
 
     pub(crate) fn submission_mut(&mut self, sub: u64) -> Option<&mut Submission> {
-        self.subs.get_mut(&sub).map(|s| &mut **s)
+        self.subs.get_mut(sub)
     }
 
     /// Hands over a complete submission's results (the caller decodes them
     /// with the lock released).
     pub(crate) fn take_complete(&mut self, sub: u64) -> Option<Submission> {
-        if self.subs.get(&sub)?.is_complete() {
-            self.subs.remove(&sub).map(|s| *s)
+        if self.subs.get(sub)?.is_complete() {
+            self.subs.remove(sub)
         } else {
             None
         }
@@ -1090,7 +1086,7 @@ impl Engine {
             };
             let (sub, first, count) = (head.sub, head.first, head.count);
             let width = head.call.result_width();
-            let mut submission = self.subs.get_mut(&sub);
+            let mut submission = self.subs.get_mut(sub);
             while slot.head_done < count {
                 let Some(record) = records.next() else { break };
                 let (tag, payload) = record?;
@@ -1137,7 +1133,7 @@ impl Engine {
             if let Some(s) = submission {
                 s.take_due_waiters(&mut self.to_wake);
                 if s.abandoned && s.is_complete() {
-                    self.subs.remove(&sub);
+                    self.subs.remove(sub);
                 }
             }
         }
@@ -1145,11 +1141,11 @@ impl Engine {
     }
 
     fn file(&mut self, sub: u64, i: u32, outcome: Result<&[u8]>) {
-        if let Some(s) = self.subs.get_mut(&sub) {
+        if let Some(s) = self.subs.get_mut(sub) {
             s.set(i, outcome);
             s.take_due_waiters(&mut self.to_wake);
             if s.abandoned && s.is_complete() {
-                self.subs.remove(&sub);
+                self.subs.remove(sub);
             }
         }
     }
@@ -1273,7 +1269,7 @@ impl Engine {
         let lost = take_tasks(&mut rest, victim_at.unwrap_or(unsent));
         let victim = victim_at.and_then(|_| take_tasks(&mut rest, 1).pop());
         if let Some(hit) = victim {
-            let index = self.subs.get(&hit.sub).map_or(0, |s| s.base_index) + u64::from(hit.first);
+            let index = self.subs.get(hit.sub).map_or(0, |s| s.base_index) + u64::from(hit.first);
             let err = cause.unwrap_or_else(|| Error::died(pid, status, Some(index)));
             crate::timeline::batch_cut(pid, self.slots[k].head_since, &err);
             self.file(hit.sub, hit.first, Err(err));
@@ -1285,7 +1281,7 @@ impl Engine {
         for mut batch in lost {
             if batch.reruns >= MAX_RERUNS {
                 for i in batch.first..batch.first + batch.count {
-                    let index = self.subs.get(&batch.sub).map_or(0, |s| s.base_index) + u64::from(i);
+                    let index = self.subs.get(batch.sub).map_or(0, |s| s.base_index) + u64::from(i);
                     self.file(batch.sub, i, Err(Error::died(pid, status, Some(index))));
                 }
             } else {
@@ -1578,40 +1574,6 @@ impl Engine {
     pub(crate) fn finish(&mut self) -> Option<ZygoteExit> {
         self.finished = true;
         self.zygote.begin_shutdown(false)
-    }
-}
-
-/// Hashing for submission ids: distinct sequential integers need no
-/// defence against collisions chosen by an attacker, only spreading over
-/// the table (a multiply by the golden ratio). SipHash, the default, was a
-/// tenth of `imap`'s time.
-#[derive(Debug, Clone, Copy, Default)]
-struct IdHash;
-
-#[derive(Debug, Default)]
-struct IdHasher(u64);
-
-impl std::hash::BuildHasher for IdHash {
-    type Hasher = IdHasher;
-
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 

@@ -95,6 +95,7 @@ pub(crate) mod message;
 mod queue;
 mod results;
 mod shared;
+mod slab;
 mod worker;
 mod zygote;
 
