@@ -122,77 +122,101 @@ fn threads_rate(workers: usize, items: u64) -> f64 {
 
 /// Tasks/s for trivial tasks sent one at a time on one pool: `imap` at
 /// chunksize 1 from one thread; `apply` from eight threads sharing the
-/// pool; 20,000 `apply_async` submitted, then each `get`.
+/// pool; 20,000 `apply_async` submitted, then each `get`. Each is run
+/// [`ONE_BY_ONE_RUNS`] times, the three in turn, on one pool: the first run
+/// and the median are reported, and the ratios are of medians.
 struct OneByOne {
-    imap: f64,
-    apply_8_threads: f64,
+    imap: Rates,
+    apply_8_threads: Rates,
     /// Times a thread of this process went to sleep (voluntary context
-    /// switches) per task of the 8-thread `apply` run; `None` where
+    /// switches) per task of the 8-thread `apply` runs; `None` where
     /// `getrusage` fails.
     apply_8_threads_sleeps: Option<f64>,
-    apply_async: f64,
+    apply_async: Rates,
     handoff_8_threads: f64,
 }
 
 const THREADS: u64 = 8;
 
+/// How many times each one-by-one variant runs. One run of each was too
+/// few on two vCPUs: three busy processes (and here eight threads more)
+/// take turns on two CPUs, and a run in which the scheduler put both
+/// workers on one CPU for a while measured a third of the others
+/// (`apply` from eight threads: 0.3 M tasks/s in one run of eight, 1.6 to
+/// 1.9 M in the rest), so a single run decided the ratio.
+const ONE_BY_ONE_RUNS: usize = 5;
+
 fn one_by_one(workers: usize) -> mproc::Result<OneByOne> {
     let wrong = || mproc::Error::InvalidState("a one-by-one run returned wrong results");
     let pool = mproc::Pool::new(workers)?;
     let n = 40_000u64;
-    let t = Instant::now();
-    let mut sum = 0u64;
-    for r in pool.imap(trivial, 0..n) {
-        sum = sum.wrapping_add(r?);
-    }
-    let imap = n as f64 / t.elapsed().as_secs_f64();
-    if sum != (0..n).map(trivial).fold(0, u64::wrapping_add) {
-        return Err(wrong());
-    }
-    let slept_before = voluntary_switches();
-    let t = Instant::now();
     let per_thread = n / THREADS;
-    let sums = std::thread::scope(|s| {
-        let threads: Vec<_> = (0..THREADS)
-            .map(|k| {
-                let pool = &pool;
-                s.spawn(move || -> mproc::Result<u64> {
-                    let mut sum = 0u64;
-                    for x in k * per_thread..(k + 1) * per_thread {
-                        sum = sum.wrapping_add(pool.apply(trivial, x)?);
-                    }
-                    Ok(sum)
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|h| h.join().unwrap_or(Err(mproc::Error::Closed)))
-            .collect::<mproc::Result<Vec<u64>>>()
-    })?;
-    let apply_8_threads = (per_thread * THREADS) as f64 / t.elapsed().as_secs_f64();
-    let apply_8_threads_sleeps = slept_before
-        .zip(voluntary_switches())
-        .map(|(before, after)| after.saturating_sub(before) as f64 / (per_thread * THREADS) as f64);
-    if sums.into_iter().fold(0, u64::wrapping_add)
-        != (0..per_thread * THREADS).map(trivial).fold(0, u64::wrapping_add)
-    {
-        return Err(wrong());
-    }
     let m = 20_000u64;
-    let t = Instant::now();
-    let mut pending = Vec::with_capacity(m as usize);
-    for x in 0..m {
-        pending.push(pool.apply_async(trivial, x)?);
-    }
-    for (x, r) in (0..m).zip(pending.iter_mut()) {
-        if r.get()? != trivial(x) {
+    let (mut imap, mut apply_8_threads, mut apply_async) = (Vec::new(), Vec::new(), Vec::new());
+    let mut slept = Some(0u64);
+    for _ in 0..ONE_BY_ONE_RUNS {
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for r in pool.imap(trivial, 0..n) {
+            sum = sum.wrapping_add(r?);
+        }
+        imap.push(n as f64 / t.elapsed().as_secs_f64());
+        if sum != (0..n).map(trivial).fold(0, u64::wrapping_add) {
             return Err(wrong());
         }
+
+        let slept_before = voluntary_switches();
+        let t = Instant::now();
+        let sums = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|k| {
+                    let pool = &pool;
+                    s.spawn(move || -> mproc::Result<u64> {
+                        let mut sum = 0u64;
+                        for x in k * per_thread..(k + 1) * per_thread {
+                            sum = sum.wrapping_add(pool.apply(trivial, x)?);
+                        }
+                        Ok(sum)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|h| h.join().unwrap_or(Err(mproc::Error::Closed)))
+                .collect::<mproc::Result<Vec<u64>>>()
+        })?;
+        apply_8_threads.push((per_thread * THREADS) as f64 / t.elapsed().as_secs_f64());
+        slept = slept
+            .zip(slept_before.zip(voluntary_switches()))
+            .map(|(total, (before, after))| total + after.saturating_sub(before));
+        if sums.into_iter().fold(0, u64::wrapping_add)
+            != (0..per_thread * THREADS).map(trivial).fold(0, u64::wrapping_add)
+        {
+            return Err(wrong());
+        }
+
+        let t = Instant::now();
+        let mut pending = Vec::with_capacity(m as usize);
+        for x in 0..m {
+            pending.push(pool.apply_async(trivial, x)?);
+        }
+        for (x, r) in (0..m).zip(pending.iter_mut()) {
+            if r.get()? != trivial(x) {
+                return Err(wrong());
+            }
+        }
+        apply_async.push(m as f64 / t.elapsed().as_secs_f64());
     }
-    let apply_async = m as f64 / t.elapsed().as_secs_f64();
+    let apply_8_threads_sleeps =
+        slept.map(|s| s as f64 / (per_thread * THREADS * ONE_BY_ONE_RUNS as u64) as f64);
     let handoff_8_threads = handoff_rate(n / THREADS);
-    Ok(OneByOne { imap, apply_8_threads, apply_8_threads_sleeps, apply_async, handoff_8_threads })
+    Ok(OneByOne {
+        imap: Rates::of(imap),
+        apply_8_threads: Rates::of(apply_8_threads),
+        apply_8_threads_sleeps,
+        apply_async: Rates::of(apply_async),
+        handoff_8_threads,
+    })
 }
 
 /// Voluntary context switches of every thread of this process so far:
@@ -327,12 +351,15 @@ pub fn main(args: Args) -> u8 {
         outln!(out, "sequential_trivial\t{:.0}\ttasks/s", seq.median);
         outln!(out, "sequential_trivial_first\t{:.0}\ttasks/s", seq.first);
         outln!(out, "threads_channel_trivial\t{threads:.0}\ttasks/s");
-        outln!(out, "imap_chunksize_1\t{:.0}\ttasks/s", single.imap);
-        outln!(out, "apply_8_threads\t{:.0}\ttasks/s", single.apply_8_threads);
+        outln!(out, "imap_chunksize_1\t{:.0}\ttasks/s", single.imap.median);
+        outln!(out, "imap_chunksize_1_first\t{:.0}\ttasks/s", single.imap.first);
+        outln!(out, "apply_8_threads\t{:.0}\ttasks/s", single.apply_8_threads.median);
+        outln!(out, "apply_8_threads_first\t{:.0}\ttasks/s", single.apply_8_threads.first);
         if let Some(sleeps) = single.apply_8_threads_sleeps {
             outln!(out, "apply_8_threads_sleeps\t{sleeps:.3}\tper task");
         }
-        outln!(out, "apply_async_one_by_one\t{:.0}\ttasks/s", single.apply_async);
+        outln!(out, "apply_async_one_by_one\t{:.0}\ttasks/s", single.apply_async.median);
+        outln!(out, "apply_async_one_by_one_first\t{:.0}\ttasks/s", single.apply_async.first);
         outln!(out, "handoff_8_threads\t{:.0}\tround trips/s", single.handoff_8_threads);
         outln!(out, "pool_map_large_input\t{pool_big:.3}\ts");
         outln!(out, "fork_map_large_input\t{fork_big:.3}\ts");
@@ -369,30 +396,37 @@ pub fn main(args: Args) -> u8 {
     outln!(out);
     outln!(
         out,
-        "One trivial task at a time, {workers} workers (the pool shared by {THREADS} threads, or not):"
+        "One trivial task at a time, {workers} workers (the pool shared by {THREADS} threads, or not; the first run and the median of {ONE_BY_ONE_RUNS}, ratios of medians):"
     );
-    let mut table = Table::new(&["variant", "tasks/s", "vs imap"]);
-    table.row(&["imap, chunksize 1, one thread".into(), format!("{:.0}", single.imap), "1.00x".into()]);
+    let mut table = Table::new(&["variant", "first, tasks/s", "median, tasks/s", "vs imap"]);
+    let rates = |r: Rates| [format!("{:.0}", r.first), format!("{:.0}", r.median)];
+    let [first, median] = rates(single.imap);
+    table.row(&["imap, chunksize 1, one thread".into(), first, median, "1.00x".into()]);
+    let [first, median] = rates(single.apply_8_threads);
     table.row(&[
         format!("apply from {THREADS} threads at once"),
-        format!("{:.0}", single.apply_8_threads),
-        format!("{:.2}x (target >= 0.8x)", single.apply_8_threads / single.imap),
+        first,
+        median,
+        format!("{:.2}x (target >= 0.8x)", single.apply_8_threads.median / single.imap.median),
     ]);
+    let [first, median] = rates(single.apply_async);
     table.row(&[
         "apply_async x 20,000, then get each".into(),
-        format!("{:.0}", single.apply_async),
-        format!("{:.2}x", single.apply_async / single.imap),
+        first,
+        median,
+        format!("{:.2}x", single.apply_async.median / single.imap.median),
     ]);
     table.row(&[
         format!("baseline: {THREADS} threads waiting on one thread, no processes"),
+        "-".into(),
         format!("{:.0}", single.handoff_8_threads),
-        format!("{:.2}x", single.handoff_8_threads / single.imap),
+        format!("{:.2}x", single.handoff_8_threads / single.imap.median),
     ]);
     table.print(&mut out);
     outln!(
         out,
         "  apply from {THREADS} threads runs {:.2}x the baseline's round trips: each round trip there is a sleep and a wake-up,",
-        single.apply_8_threads / single.handoff_8_threads
+        single.apply_8_threads.median / single.handoff_8_threads
     );
     match single.apply_8_threads_sleeps {
         Some(sleeps) => outln!(
