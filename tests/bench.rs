@@ -155,27 +155,56 @@ fn bench_run_measures_every_row_and_draws_the_bar_on_a_terminal() {
     }
 }
 
-/// `mproc bench run` stopped by Ctrl-C (SIGINT) leaves no input file in
-/// `$TMPDIR`: its files are unlinked as soon as they are made.
+/// `mproc bench run` stopped by SIGINT or SIGTERM sent to it alone (as
+/// `kill` does, not Ctrl-C, which reaches the whole process group) leaves
+/// no input file in `$TMPDIR` (its files are unlinked as soon as they are
+/// made) and no command it was measuring: the `mproc run` under way stops
+/// too, instead of running its 100,000 jobs on, re-parented to init.
 #[test]
-fn an_interrupted_bench_run_leaves_nothing_in_tmpdir() {
-    let dir = std::env::temp_dir().join(format!("mproc-bench-tmpdir-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut child = mproc()
-        .args(["bench", "run", "--count", "100000", "--rounds", "1"])
-        .env("TMPDIR", &dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Long enough for the first run to be under way, reading its input.
-    std::thread::sleep(std::time::Duration::from_millis(700));
-    // SAFETY: kill takes integers only; the child is ours and unreaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(status.code(), Some(130));
-    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+#[cfg(target_os = "linux")]
+fn an_interrupted_bench_run_leaves_nothing_behind() {
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let dir = std::env::temp_dir().join(format!("mproc-bench-tmpdir-{}-{signal}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = mproc()
+            .args(["bench", "run", "--count", "100000", "--rounds", "1"])
+            .env("TMPDIR", &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The first measurement under way: `mproc run` (not a command the
+        // bench runs first to see what is installed) reading its input.
+        let mut measured = Vec::new();
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(10), || {
+                measured = common::pools::children_of(child.id() as i32)
+                    .into_iter()
+                    .filter(|pid| {
+                        std::fs::read(format!("/proc/{pid}/cmdline"))
+                            .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"run"))
+                    })
+                    .filter_map(|pid| Some((pid, common::pools::stat(pid)?.2)))
+                    .collect();
+                !measured.is_empty()
+            }),
+            "bench run started no command"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // SAFETY: kill takes integers only; the child is ours and unreaped.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(status.code(), Some(code), "signal {signal}");
+        assert!(left.is_empty(), "left in TMPDIR after signal {signal}: {left:?}");
+        // Ended, and reaped by the bench: not running on under init.
+        let running: Vec<i32> = measured
+            .into_iter()
+            .filter(|&(pid, started)| common::pools::stat(pid).is_some_and(|s| s.0 != 'Z' && s.2 == started))
+            .map(|(pid, _)| pid)
+            .collect();
+        assert!(running.is_empty(), "after signal {signal}, still running: {running:?}");
+    }
 }

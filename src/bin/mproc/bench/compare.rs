@@ -27,7 +27,7 @@ pub struct Args {
 
 /// Runs a command that prints `name<TAB>value<TAB>unit` lines.
 fn tsv(cmd: &mut Command) -> HashMap<String, f64> {
-    let Ok(out) = cmd.output() else { return HashMap::new() };
+    let Ok(out) = super::measured::output(cmd) else { return HashMap::new() };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -42,7 +42,7 @@ fn wall(cmd: &mut Command) -> Option<f64> {
     let mut runs = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let status = cmd.stdout(std::process::Stdio::null()).status().ok()?;
+        let status = super::measured::status(cmd.stdout(std::process::Stdio::null())).ok()?;
         if !status.success() {
             return None;
         }
@@ -150,7 +150,12 @@ pub fn main(args: Args) -> u8 {
         ));
         return crate::EXIT_FAILURE;
     }
-    let python_ok = Command::new(&args.python).arg("-c").arg("pass").status().is_ok_and(|s| s.success());
+    if let Err(e) = super::measured::forward_signals() {
+        crate::complain(&format!("bench compare: cannot take SIGINT and SIGTERM: {e}"));
+        return crate::EXIT_FAILURE;
+    }
+    let python_ok =
+        super::measured::status(Command::new(&args.python).args(["-c", "pass"])).is_ok_and(|s| s.success());
 
     let c_fork = tsv(Command::new(c("bench")).args(["fork", "300"])).get("fork_wait").copied();
     let c_pipe = tsv(Command::new(c("bench")).args(["pipe", "20000"])).get("pipe_pingpong").copied();
@@ -172,6 +177,10 @@ pub fn main(args: Args) -> u8 {
     let cube_c = have(&c("cube_pool")).then(|| wall(&mut Command::new(c("cube_pool")))).flatten();
     let cube_m = wall(Command::new(&me).arg("cube"));
     let cube_py = python_ok.then(|| wall(Command::new(&args.python).args(["-c", PY_CUBE]))).flatten();
+    if let Some(code) = super::measured::stopped() {
+        // Stopped part-way: the figures are not all there to print.
+        return code;
+    }
 
     let m = |set: &HashMap<String, f64>, name: &str| set.get(name).copied();
     let m_fork = m(&m_proc, "process_start_join");

@@ -3,6 +3,7 @@
 //! machine. Absolute figures vary from run to run; compare ratios.
 
 mod compare;
+mod measured;
 mod pool;
 mod process;
 mod ring;
