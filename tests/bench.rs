@@ -156,12 +156,11 @@ fn bench_run_measures_every_row_and_draws_the_bar_on_a_terminal() {
 }
 
 /// `mproc bench run` stopped by SIGINT or SIGTERM sent to it alone (as
-/// `kill` does, not Ctrl-C, which reaches the whole process group) leaves
-/// no input file in `$TMPDIR` (its files are unlinked as soon as they are
-/// made) and no command it was measuring: the `mproc run` under way stops
-/// too, instead of running its 100,000 jobs on, re-parented to init.
+/// `kill` does) leaves no input file in `$TMPDIR` (its files are unlinked
+/// as soon as they are made) and, on Linux where `/proc` shows it, no
+/// command it was measuring: the `mproc run` under way stops too, instead
+/// of running its 100,000 jobs on, re-parented to init.
 #[test]
-#[cfg(target_os = "linux")]
 fn an_interrupted_bench_run_leaves_nothing_behind() {
     for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
         let dir = std::env::temp_dir().join(format!("mproc-bench-tmpdir-{}-{signal}", std::process::id()));
@@ -174,24 +173,8 @@ fn an_interrupted_bench_run_leaves_nothing_behind() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // The first measurement under way: `mproc run` (not a command the
-        // bench runs first to see what is installed) reading its input.
-        let mut measured = Vec::new();
-        assert!(
-            common::wait_until(std::time::Duration::from_secs(10), || {
-                measured = common::pools::children_of(child.id() as i32)
-                    .into_iter()
-                    .filter(|pid| {
-                        std::fs::read(format!("/proc/{pid}/cmdline"))
-                            .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"run"))
-                    })
-                    .filter_map(|pid| Some((pid, common::pools::stat(pid)?.2)))
-                    .collect();
-                !measured.is_empty()
-            }),
-            "bench run started no command"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // The first measurement under way: `mproc run` reading its input.
+        let measured = measured_runner(child.id());
         // SAFETY: kill takes integers only; the child is ours and unreaped.
         unsafe { libc::kill(child.id() as i32, signal) };
         let status = child.wait().unwrap();
@@ -207,4 +190,29 @@ fn an_interrupted_bench_run_leaves_nothing_behind() {
             .collect();
         assert!(running.is_empty(), "after signal {signal}, still running: {running:?}");
     }
+}
+
+/// Waits until `bench`'s `mproc run` has been running a while (not a
+/// command the bench runs first to see what is installed); its pid and
+/// start time. Without `/proc`, only waits.
+fn measured_runner(bench: u32) -> Vec<(i32, u64)> {
+    let mut measured = Vec::new();
+    if cfg!(target_os = "linux") {
+        let found = common::wait_until(std::time::Duration::from_secs(10), || {
+            measured = common::pools::children_of(bench as i32)
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"run"))
+                })
+                .filter_map(|pid| Some((pid, common::pools::stat(pid)?.2)))
+                .collect();
+            !measured.is_empty()
+        });
+        assert!(found, "bench run started no command");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    } else {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    measured
 }

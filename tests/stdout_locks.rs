@@ -104,10 +104,19 @@ fn spawn_from_eight_threads_while_a_ninth_prints_never_hangs_a_child() {
             })
         })
         .collect();
-    let hung: Vec<u64> = spawners.into_iter().flat_map(|s| s.join().expect("spawner thread")).collect();
+    let joined: Vec<_> = spawners.into_iter().map(|s| s.join()).collect();
+    // The printer stops, and stdout comes back, before any assertion: a
+    // failing spawner must not leave it printing to the real stdout.
     stop.store(true, Ordering::Relaxed);
     printer.join().expect("printer thread");
     drop(silenced);
+    let mut hung = Vec::new();
+    for spawner in joined {
+        match spawner {
+            Ok(stuck) => hung.extend(stuck),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
     assert!(hung.is_empty(), "children stuck on a lock held at fork: {hung:?}");
 }
 
@@ -139,12 +148,16 @@ fn spawn_while_another_thread_prints_to_stdout_holding_stderr_never_deadlocks() 
     // (with stderr back), not as a hung test.
     let finished = done_rx.recv_timeout(Duration::from_secs(30));
     stop.store(true, Ordering::Relaxed);
-    if finished.is_err() {
+    if finished == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
         drop(silenced);
         panic!("spawn deadlocked while another thread held stderr's lock and printed to stdout");
     }
-    spawner.join().expect("spawner thread");
+    // Finished, or failed (and dropped its sender): either way it returns.
+    let spawned = spawner.join();
     // Before the descriptors come back: its last line goes to /dev/null.
     printer.join().expect("printer thread");
     drop(silenced);
+    if let Err(panic) = spawned {
+        std::panic::resume_unwind(panic);
+    }
 }

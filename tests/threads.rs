@@ -1004,3 +1004,48 @@ fn a_timed_wait_ends_near_its_deadline_on_busy_cpus() {
     let median = waits[waits.len() / 2];
     assert!(median < Duration::from_millis(14), "median wait {median:?} for a 10 ms deadline: {waits:?}");
 }
+
+// found by the third review
+
+/// CPU time (ns) the pool's driver thread, `mproc-pool`, has used so far
+/// (`/proc/self/task/*/schedstat`); 0 if it has not started.
+#[cfg(target_os = "linux")]
+fn driver_cpu_ns() -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "mproc-pool" {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += stat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn the_driver_steps_aside_for_a_caller_that_starts_submitting_while_it_pumps() {
+    // The driver takes the pump role for a long task left outstanding;
+    // then the caller submits again and again without waiting. Each
+    // `apply_async` moves the work itself, so the driver must leave the
+    // role: pumping beside the caller made two busy threads share the
+    // lock (and, on two vCPUs, the workers' CPUs), and let the caller
+    // queue tasks faster than they were sent.
+    let _w = watchdog(Duration::from_secs(60), "a caller submitting while the driver pumps");
+    let pool = Pool::new(2).unwrap();
+    let long = pool.apply_async(sleep_ms, 3_000).unwrap();
+    // Past the driver's grace period: it takes the role.
+    std::thread::sleep(Duration::from_millis(20));
+    let before = driver_cpu_ns();
+    let t = Instant::now();
+    for i in 0..200_000u64 {
+        drop(pool.apply_async(cube, i).unwrap());
+    }
+    let submitting = t.elapsed();
+    let driver = Duration::from_nanos(driver_cpu_ns() - before);
+    drop(long);
+    assert!(
+        driver < submitting / 10,
+        "the driver used {driver:?} of CPU while a caller submitted for {submitting:?}"
+    );
+}

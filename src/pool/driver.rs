@@ -24,8 +24,9 @@
 //!   loop of calls (`imap`'s `next`) is not interrupted by hand-overs.
 //!   A caller submitting with `apply_async` counts as active too: each
 //!   call moves the work along itself, and the driver waits until the
-//!   calls stop (a third busy thread on two vCPUs cost a loop of 20,000
-//!   `apply_async` half its rate).
+//!   calls stop, leaving the role at the next call if it holds it (unless
+//!   a future waits). A third busy thread on two vCPUs cost a loop of
+//!   20,000 `apply_async` half its rate.
 //!   Idle, it sleeps on its own pipe and on the report pipe (so a zygote
 //!   that dies between calls is noticed at once).
 //!
@@ -511,7 +512,12 @@ impl Core {
             // Pump for a future at once; for other work, once callers have
             // left the pool alone for a grace period.
             if e.parked.is_empty() && (e.futures_waiting || e.call_epoch == seen_epoch) {
-                let done = |e: &Engine| !e.has_work() || !e.parked.is_empty();
+                // Leave the role when a caller waits, or (unless a future
+                // waits) when one calls again: `apply_async` then nudges.
+                let epoch = e.call_epoch;
+                let done = move |e: &Engine| {
+                    !e.has_work() || !e.parked.is_empty() || (!e.futures_waiting && e.call_epoch != epoch)
+                };
                 if let Err(err) = self.pump(e, None, true, &done) {
                     if !matches!(err, Error::Closed | Error::ZygoteDied { .. }) {
                         // A failing system call: the callers see it too.

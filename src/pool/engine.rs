@@ -659,8 +659,9 @@ pub(crate) struct Engine {
     pub driver_pumps: bool,
     /// Which thread pumps (a waker the pool runs must not wait on it).
     pub pumper: Option<std::thread::ThreadId>,
-    /// Counts the calls that waited on the pool (the driver waits for it
-    /// to stand still before it pumps itself).
+    /// Counts the calls that show a caller is active: waits, a big
+    /// input's batches, `apply_async` (the driver waits for it to stand
+    /// still before it pumps itself, and leaves the role when it moves).
     pub call_epoch: u64,
     /// A future waits for a result: the driver must pump, not idle.
     pub futures_waiting: bool,
@@ -675,7 +676,8 @@ pub(crate) struct Engine {
     admitted: Vec<(u64, std::thread::ThreadId)>,
     next_ticket: u64,
     /// A state change the pumping thread must look at (a submission done
-    /// filling, which `join` may wait for): `Locked`'s drop nudges it.
+    /// filling, which `join` may wait for; a caller submitting while the
+    /// driver pumps): `Locked`'s drop nudges it.
     pub nudge_pumper: bool,
     /// The zygote was ordered to end and is being waited for, outside the
     /// lock, by the thread that holds its `ZygoteExit`.

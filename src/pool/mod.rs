@@ -554,9 +554,13 @@ impl Pool {
         e.end_fill(sub, batch)?;
         if unattended {
             // A caller is active: the driver keeps out of its way while
-            // calls come faster than its grace period (see `driver::GRACE`);
+            // calls come faster than its grace period (see `driver::GRACE`),
+            // and leaves the role if it holds it (unless a future waits);
             // each call moves the work along itself.
             e.call_epoch = e.call_epoch.wrapping_add(1);
+            if e.driver_pumps && !e.futures_waiting {
+                e.nudge_pumper = true;
+            }
             // Nobody will wait for it: move the work along now if nobody
             // pumps (a producer submitting faster than the driver's grace
             // period would otherwise keep everything queued). The task is

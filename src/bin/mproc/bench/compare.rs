@@ -25,10 +25,17 @@ pub struct Args {
     python: String,
 }
 
+/// `program` with `args`.
+fn command(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    cmd
+}
+
 /// Runs a command that prints `name<TAB>value<TAB>unit` lines.
-fn tsv(cmd: &mut Command) -> HashMap<String, f64> {
-    let Ok(out) = super::measured::output(cmd) else { return HashMap::new() };
-    String::from_utf8_lossy(&out.stdout)
+fn tsv(cmd: Command) -> HashMap<String, f64> {
+    let Ok((_, printed)) = super::measured::output(cmd) else { return HashMap::new() };
+    String::from_utf8_lossy(&printed)
         .lines()
         .filter_map(|l| {
             let mut parts = l.split('\t');
@@ -37,12 +44,15 @@ fn tsv(cmd: &mut Command) -> HashMap<String, f64> {
         .collect()
 }
 
-/// Wall seconds of one run of a command with its output discarded (median of 3).
-fn wall(cmd: &mut Command) -> Option<f64> {
+/// Wall seconds of one run of a command (made by `make`) with its output
+/// discarded (median of 3).
+fn wall(make: impl Fn() -> Command) -> Option<f64> {
     let mut runs = Vec::new();
     for _ in 0..3 {
+        let mut cmd = make();
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
         let t = Instant::now();
-        let status = super::measured::status(cmd.stdout(std::process::Stdio::null())).ok()?;
+        let status = super::measured::status(cmd).ok()?;
         if !status.success() {
             return None;
         }
@@ -150,37 +160,29 @@ pub fn main(args: Args) -> u8 {
         ));
         return crate::EXIT_FAILURE;
     }
-    if let Err(e) = super::measured::forward_signals() {
-        crate::complain(&format!("bench compare: cannot take SIGINT and SIGTERM: {e}"));
-        return crate::EXIT_FAILURE;
-    }
-    let python_ok =
-        super::measured::status(Command::new(&args.python).args(["-c", "pass"])).is_ok_and(|s| s.success());
+    let python_ok = super::measured::output(command(&args.python, &["-c", "pass"]))
+        .is_ok_and(|(ended, _)| ended.success());
 
-    let c_fork = tsv(Command::new(c("bench")).args(["fork", "300"])).get("fork_wait").copied();
-    let c_pipe = tsv(Command::new(c("bench")).args(["pipe", "20000"])).get("pipe_pingpong").copied();
+    let c_fork = tsv(command(c("bench"), &["fork", "300"])).get("fork_wait").copied();
+    let c_pipe = tsv(command(c("bench"), &["pipe", "20000"])).get("pipe_pingpong").copied();
     // The same 64 KiB ring on both sides.
-    let c_ring = tsv(Command::new(c("bench")).args(["ring", "65536", "2000000"])).get("ring_msgs").copied();
-    let m_proc = tsv(Command::new(&me).args(["bench", "process", "--tsv"]));
-    let m_ring = tsv(Command::new(&me).args(["bench", "ring", "--tsv", "--capacity", "65536"]));
-    let m_pool = tsv(Command::new(&me).args(["bench", "pool", "--tsv", "--items", "1000000"]));
-    let m_run = tsv(Command::new(&me).args(["bench", "run", "--tsv", "--count", "1000"]));
+    let c_ring = tsv(command(c("bench"), &["ring", "65536", "2000000"])).get("ring_msgs").copied();
+    let m_proc = tsv(command(&me, &["bench", "process", "--tsv"]));
+    let m_ring = tsv(command(&me, &["bench", "ring", "--tsv", "--capacity", "65536"]));
+    let m_pool = tsv(command(&me, &["bench", "pool", "--tsv", "--items", "1000000"]));
+    let m_run = tsv(command(&me, &["bench", "run", "--tsv", "--count", "1000"]));
     let (py_proc, py_pool) = if python_ok {
         (
-            tsv(Command::new(&args.python).args(["-c", PY_PROCESS])).get("process_start_join").copied(),
-            tsv(Command::new(&args.python).args(["-c", PY_POOL])),
+            tsv(command(&args.python, &["-c", PY_PROCESS])).get("process_start_join").copied(),
+            tsv(command(&args.python, &["-c", PY_POOL])),
         )
     } else {
         outln!(out, "(python3 not found: the Python column is empty)");
         (None, HashMap::new())
     };
-    let cube_c = have(&c("cube_pool")).then(|| wall(&mut Command::new(c("cube_pool")))).flatten();
-    let cube_m = wall(Command::new(&me).arg("cube"));
-    let cube_py = python_ok.then(|| wall(Command::new(&args.python).args(["-c", PY_CUBE]))).flatten();
-    if let Some(code) = super::measured::stopped() {
-        // Stopped part-way: the figures are not all there to print.
-        return code;
-    }
+    let cube_c = have(&c("cube_pool")).then(|| wall(|| command(c("cube_pool"), &[]))).flatten();
+    let cube_m = wall(|| command(&me, &["cube"]));
+    let cube_py = python_ok.then(|| wall(|| command(&args.python, &["-c", PY_CUBE]))).flatten();
 
     let m = |set: &HashMap<String, f64>, name: &str| set.get(name).copied();
     let m_fork = m(&m_proc, "process_start_join");

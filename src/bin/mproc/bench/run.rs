@@ -58,10 +58,6 @@ pub fn main(args: Args) -> u8 {
         Ok(path) => path.to_string_lossy().into_owned(),
         Err(err) => return failed(&format!("cannot find the mproc binary: {err}")),
     };
-    // Before any thread (the terminal's drain) is started.
-    if let Err(err) = super::measured::forward_signals() {
-        return failed(&format!("cannot take SIGINT and SIGTERM: {err}"));
-    }
     let parallel = gnu_parallel_installed();
     // A container without /dev/pts has no pseudo-terminal to draw on.
     let terminal = Terminal::open().map(Terminal::close).is_ok();
@@ -122,11 +118,7 @@ pub fn main(args: Args) -> u8 {
     }
     for _ in 0..args.rounds {
         for c in &mut contenders {
-            let measured = c.measure(&inputs);
-            if let Some(code) = super::measured::stopped() {
-                return code;
-            }
-            match measured {
+            match c.measure(&inputs) {
                 Ok(rate) => c.rates.push(rate),
                 Err(msg) => return failed(&msg),
             }
@@ -192,14 +184,9 @@ impl Contender {
             None => Stdio::null(),
         };
         let start = Instant::now();
-        let status = super::measured::status(
-            Command::new(&self.argv[0])
-                .args(&self.argv[1..])
-                .stdin(stdin)
-                .stdout(Stdio::null())
-                .stderr(stderr),
-        )
-        .map_err(|e| format!("{}: {e}", self.argv[0]))?;
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..]).stdin(stdin).stdout(Stdio::null()).stderr(stderr);
+        let status = super::measured::status(cmd).map_err(|e| format!("{}: {e}", self.argv[0]))?;
         let secs = start.elapsed().as_secs_f64();
         if !status.success() {
             return Err(format!("`{}` failed: {status}", self.argv.join(" ")));
@@ -309,9 +296,10 @@ fn unlinked_temp_file() -> std::io::Result<File> {
 
 /// True when `parallel` is GNU parallel (moreutils ships a different one).
 fn gnu_parallel_installed() -> bool {
-    super::measured::output(Command::new("parallel").arg("--version"))
-        .map(|out| String::from_utf8_lossy(&out.stdout).contains("GNU parallel"))
-        .unwrap_or(false)
+    let mut cmd = Command::new("parallel");
+    cmd.arg("--version");
+    super::measured::output(cmd)
+        .is_ok_and(|(_, printed)| String::from_utf8_lossy(&printed).contains("GNU parallel"))
 }
 
 fn failed(msg: &str) -> u8 {
