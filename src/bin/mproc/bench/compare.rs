@@ -45,14 +45,17 @@ fn tsv(cmd: Command) -> HashMap<String, f64> {
 }
 
 /// Wall seconds of one run of a command (made by `make`) with its output
-/// discarded (median of 3).
+/// discarded (median of 3). Started by `Command` (`posix_spawn`), not as
+/// a [`super::measured`] child: each run takes milliseconds, and forking
+/// this process first would add a fork to every time measured. (A run cut
+/// short by a signal ends on its own within those milliseconds.)
 fn wall(make: impl Fn() -> Command) -> Option<f64> {
     let mut runs = Vec::new();
     for _ in 0..3 {
         let mut cmd = make();
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
         let t = Instant::now();
-        let status = super::measured::status(cmd).ok()?;
+        let status = cmd.status().ok()?;
         if !status.success() {
             return None;
         }

@@ -1,5 +1,5 @@
-//! The commands a benchmark runs (`bench run`'s runners, `bench compare`'s
-//! C, mproc and Python programs), stopped with it.
+//! The commands a benchmark runs for long (`bench run`'s runners, `bench
+//! compare`'s C, mproc and Python benchmarks), stopped with it.
 //!
 //! A `SIGINT` or `SIGTERM` sent to mproc alone (`kill PID`, a test harness,
 //! a supervisor) used to end mproc and leave the command it was measuring
