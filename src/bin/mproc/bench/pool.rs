@@ -140,8 +140,7 @@ const THREADS: u64 = 8;
 
 /// How many times each one-by-one variant runs. One run of each was too
 /// few on two vCPUs: three busy processes (and here eight threads more)
-/// take turns on two CPUs, and a run in which the scheduler put both
-/// workers on one CPU for a while measured a third of the others
+/// take turns on two CPUs, and one run could measure a third of the others
 /// (`apply` from eight threads: 0.3 M tasks/s in one run of eight, 1.6 to
 /// 1.9 M in the rest), so a single run decided the ratio.
 const ONE_BY_ONE_RUNS: usize = 5;
