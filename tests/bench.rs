@@ -202,8 +202,10 @@ fn measured_runner(bench: u32) -> Vec<(i32, u64)> {
             measured = common::pools::children_of(bench as i32)
                 .into_iter()
                 .filter(|pid| {
+                    // `mproc run ...` itself, not the bench's own copy
+                    // between fork and exec (`mproc bench run ...`).
                     std::fs::read(format!("/proc/{pid}/cmdline"))
-                        .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"run"))
+                        .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"run"))
                 })
                 .filter_map(|pid| Some((pid, common::pools::stat(pid)?.2)))
                 .collect();

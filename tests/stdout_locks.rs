@@ -137,27 +137,30 @@ fn spawn_while_another_thread_prints_to_stdout_holding_stderr_never_deadlocks() 
             }
         })
     };
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let spawner = thread::spawn(move || {
-        for x in 0..200u64 {
-            assert_eq!(mproc::spawn(move || x * 3).expect("spawn").join().expect("join"), x * 3);
-        }
-        let _ = done_tx.send(());
+    // The spawner reports instead of asserting: stderr is /dev/null while
+    // it runs, and a panic's message printed there would be lost.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    thread::spawn(move || {
+        let spawned =
+            (0..200u64).try_for_each(|x| match mproc::spawn(move || x * 3).and_then(|h| h.join()) {
+                Ok(v) if v == x * 3 => Ok(()),
+                other => Err(format!("spawn {x}: {other:?}")),
+            });
+        let _ = done_tx.send(spawned);
     });
     // A deadlock shows as no answer within 30 s: report it as a failure
     // (with stderr back), not as a hung test.
     let finished = done_rx.recv_timeout(Duration::from_secs(30));
     stop.store(true, Ordering::Relaxed);
-    if finished == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+    let Ok(spawned) = finished else {
+        // The printer may be the thread that is stuck: not joined.
         drop(silenced);
         panic!("spawn deadlocked while another thread held stderr's lock and printed to stdout");
-    }
-    // Finished, or failed (and dropped its sender): either way it returns.
-    let spawned = spawner.join();
+    };
     // Before the descriptors come back: its last line goes to /dev/null.
     printer.join().expect("printer thread");
     drop(silenced);
-    if let Err(panic) = spawned {
-        std::panic::resume_unwind(panic);
+    if let Err(msg) = spawned {
+        panic!("{msg}");
     }
 }

@@ -663,6 +663,8 @@ pub(crate) struct Engine {
     /// input's batches, `apply_async` (the driver waits for it to stand
     /// still before it pumps itself, and leaves the role when it moves).
     pub call_epoch: u64,
+    /// When `apply_async` was last called (see `driver::TIGHT_CALLS`).
+    pub last_unattended: Option<Instant>,
     /// A future waits for a result: the driver must pump, not idle.
     pub futures_waiting: bool,
     /// The driver sleeps until nudged (no work): `apply_async` nudges it.
@@ -721,6 +723,7 @@ impl Engine {
             driver_pumps: false,
             pumper: None,
             call_epoch: 0,
+            last_unattended: None,
             futures_waiting: false,
             driver_idle: false,
             filling: 0,

@@ -553,14 +553,20 @@ impl Pool {
         });
         e.end_fill(sub, batch)?;
         if unattended {
-            // A caller is active: the driver keeps out of its way while
-            // calls come faster than its grace period (see `driver::GRACE`),
-            // and leaves the role if it holds it (unless a future waits);
-            // each call moves the work along itself.
-            e.call_epoch = e.call_epoch.wrapping_add(1);
-            if e.driver_pumps && !e.futures_waiting {
-                e.nudge_pumper = true;
+            // A caller in a tight loop of calls: the driver keeps out of
+            // its way (see `driver::TIGHT_CALLS`), and leaves the role if it
+            // holds it (unless a future waits); each call moves the work
+            // along itself. Calls further apart leave the driver pumping:
+            // a call's own step hands each worker only a few tasks.
+            let now = Instant::now();
+            if e.last_unattended.is_some_and(|last| now.saturating_duration_since(last) < driver::TIGHT_CALLS)
+            {
+                e.call_epoch = e.call_epoch.wrapping_add(1);
+                if e.driver_pumps && !e.futures_waiting {
+                    e.nudge_pumper = true;
+                }
             }
+            e.last_unattended = Some(now);
             // Nobody will wait for it: move the work along now if nobody
             // pumps (a producer submitting faster than the driver's grace
             // period would otherwise keep everything queued). The task is

@@ -17,7 +17,7 @@
 //! blocked, a mask that `Command`'s children inherit: a Python child then
 //! could not be stopped by either signal.)
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -43,32 +43,61 @@ impl std::fmt::Display for Ended {
 }
 
 /// Runs `cmd` as a child the exit handler knows, and waits for it. Its
-/// stdio is what `cmd` says (inherited where it says nothing).
+/// stdio is what `cmd` says (inherited where it says nothing). A command
+/// that cannot be run is `Error::Os` naming `execvp`.
 pub fn status(cmd: Command) -> mproc::Result<Ended> {
-    let mut child = mproc::Process::new(move || exec(cmd));
-    child.start()?;
-    Ok(Ended { code: child.join()? })
+    let (child, exec_failed) = start(cmd)?;
+    let refused = exec_error(exec_failed);
+    let code = child.join()?;
+    refused.map_or(Ok(Ended { code }), Err)
 }
 
 /// Like [`status`], with stdin empty, stdout captured and stderr
 /// discarded: the command's status and what it printed.
 pub fn output(mut cmd: Command) -> mproc::Result<(Ended, Vec<u8>)> {
-    let (mut read, write) = std::io::pipe().map_err(|e| {
-        mproc::Error::Os(mproc::OsError { call: "pipe", pid: None, errno: e.raw_os_error().unwrap_or(0) })
-    })?;
+    let (mut read, write) = pipe()?;
     cmd.stdin(Stdio::null()).stdout(write).stderr(Stdio::null());
-    let mut child = mproc::Process::new(move || exec(cmd));
-    // The parent's copy of the write end goes with the closure, at start.
-    child.start()?;
+    let (child, exec_failed) = start(cmd)?;
+    let refused = exec_error(exec_failed);
     let mut printed = Vec::new();
     // A read error leaves what was read; the status says whether it ran.
     let _ = read.read_to_end(&mut printed);
-    Ok((Ended { code: child.join()? }, printed))
+    let code = child.join()?;
+    refused.map_or(Ok((Ended { code }, printed)), Err)
 }
 
-/// In the child: becomes `cmd`. Returns only if that fails, by a panic,
-/// which ends the child with status 1 and the reason on its stderr.
-fn exec(mut cmd: Command) {
-    let err = cmd.exec();
-    panic!("cannot run {:?}: {err}", cmd.get_program());
+fn pipe() -> mproc::Result<(std::io::PipeReader, std::io::PipeWriter)> {
+    std::io::pipe().map_err(|e| os_error("pipe", &e))
+}
+
+fn os_error(call: &'static str, e: &std::io::Error) -> mproc::Error {
+    mproc::Error::Os(mproc::OsError { call, pid: None, errno: e.raw_os_error().unwrap_or(0) })
+}
+
+/// Forks a child that becomes `cmd`; with the read end of a pipe that
+/// stays empty if it does (the write end is close-on-exec) and carries
+/// `execvp`'s errno if it does not (the command's own stderr may be
+/// `/dev/null` by then, so the reason comes back this way, as
+/// `std::process::Command` brings it back).
+fn start(mut cmd: Command) -> mproc::Result<(mproc::Process, std::io::PipeReader)> {
+    let (exec_failed, mut tell) = pipe()?;
+    let mut child = mproc::Process::new(move || {
+        let err = cmd.exec();
+        let _ = tell.write_all(&err.raw_os_error().unwrap_or(0).to_ne_bytes());
+        // Ends the child with status 1.
+        panic!("cannot run {:?}: {err}", cmd.get_program());
+    });
+    // The parent's copies of the write ends go with the closure, at start.
+    child.start()?;
+    Ok((child, exec_failed))
+}
+
+/// What the child reported through `start`'s pipe: `None` once it ran
+/// its command (end of file at the exec).
+fn exec_error(mut exec_failed: std::io::PipeReader) -> Option<mproc::Error> {
+    let mut errno = [0u8; 4];
+    match exec_failed.read_exact(&mut errno) {
+        Ok(()) => Some(os_error("execvp", &std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))),
+        Err(_) => None,
+    }
 }
