@@ -22,8 +22,9 @@
 //!   itself from then on), and after a caller leaves it, it takes the role
 //!   back only once [`GRACE`] has passed without a caller taking it, so a
 //!   loop of calls (`imap`'s `next`) is not interrupted by hand-overs.
-//!   A caller submitting with `apply_async` in a tight loop (calls less
-//!   than [`TIGHT_CALLS`] apart) counts as active too: each call moves the
+//!   A caller submitting with `apply_async` in a tight loop ([`TIGHT_RUN`]
+//!   calls in a row, each less than [`TIGHT_CALLS`] after the last) counts
+//!   as active too: each call moves the
 //!   work along itself, and the driver waits until the calls stop, leaving
 //!   the role at the next call if it holds it (unless a future waits). A
 //!   third busy thread on two vCPUs cost such a loop half its rate.
@@ -62,14 +63,16 @@ use crate::sys::{self, bell, ParentOnlyFd};
 /// loop, short against any task worth a process.
 pub(crate) const GRACE: Duration = Duration::from_millis(1);
 
-/// `apply_async` calls closer together than this are a tight loop: the
-/// caller's own steps keep the workers fed, and a driver pumping beside it
-/// only takes the lock and a CPU from it and the workers (20,000 calls,
-/// then each `get`: 0.69 M tasks/s with the driver pumping, 1.51 M
-/// without). Calls further apart leave the driver pumping: a call's own
-/// step hands each worker only a few tasks, and 20 µs tasks queued behind
-/// calls 0.4 ms apart ran at a quarter of their rate.
+/// [`TIGHT_RUN`] `apply_async` calls in a row, each closer to the last
+/// than this, are a tight loop: the caller's own steps keep the workers
+/// fed, and a driver pumping beside it only takes the lock and a CPU from
+/// it and the workers (20,000 calls, then each `get`: 0.69 M tasks/s with
+/// the driver pumping, 1.51 M without). Calls further apart, or in short
+/// bursts, leave the driver pumping: a call's own step hands each worker
+/// only a few tasks, and 20 µs tasks queued behind calls (or bursts of 2
+/// or 4) 0.4 ms apart ran at a quarter of their rate.
 pub(crate) const TIGHT_CALLS: Duration = Duration::from_micros(20);
+pub(crate) const TIGHT_RUN: u32 = 16;
 
 /// How long a waiting caller yields its CPU, watching for its wake-up,
 /// before it parks (see [`yield_until_woken`]).

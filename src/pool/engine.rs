@@ -663,8 +663,10 @@ pub(crate) struct Engine {
     /// input's batches, `apply_async` (the driver waits for it to stand
     /// still before it pumps itself, and leaves the role when it moves).
     pub call_epoch: u64,
-    /// When `apply_async` was last called (see `driver::TIGHT_CALLS`).
+    /// When `apply_async` was last called, and how many calls in a row
+    /// came close together (see `driver::TIGHT_CALLS`).
     pub last_unattended: Option<Instant>,
+    pub tight_calls: u32,
     /// A future waits for a result: the driver must pump, not idle.
     pub futures_waiting: bool,
     /// The driver sleeps until nudged (no work): `apply_async` nudges it.
@@ -724,6 +726,7 @@ impl Engine {
             pumper: None,
             call_epoch: 0,
             last_unattended: None,
+            tight_calls: 0,
             futures_waiting: false,
             driver_idle: false,
             filling: 0,

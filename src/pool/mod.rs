@@ -556,11 +556,15 @@ impl Pool {
             // A caller in a tight loop of calls: the driver keeps out of
             // its way (see `driver::TIGHT_CALLS`), and leaves the role if it
             // holds it (unless a future waits); each call moves the work
-            // along itself. Calls further apart leave the driver pumping:
-            // a call's own step hands each worker only a few tasks.
+            // along itself. Calls further apart, or a few at a time, leave
+            // the driver pumping: a call's own step hands each worker only
+            // a few tasks.
             let now = Instant::now();
-            if e.last_unattended.is_some_and(|last| now.saturating_duration_since(last) < driver::TIGHT_CALLS)
-            {
+            let tight = e
+                .last_unattended
+                .is_some_and(|last| now.saturating_duration_since(last) < driver::TIGHT_CALLS);
+            e.tight_calls = if tight { e.tight_calls.saturating_add(1) } else { 0 };
+            if e.tight_calls >= driver::TIGHT_RUN {
                 e.call_epoch = e.call_epoch.wrapping_add(1);
                 if e.driver_pumps && !e.futures_waiting {
                     e.nudge_pumper = true;
