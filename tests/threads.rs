@@ -1077,19 +1077,20 @@ fn busy_20us(n: u64) -> u64 {
 #[test]
 fn a_caller_submitting_now_and_then_does_not_starve_queued_work() {
     // Work queued in the parent moves as fast while a caller submits a
-    // task (or a burst of four) every 300 µs as while nobody calls: the
+    // task (or a burst of 4, or of 32) every 300 µs as while nobody calls:
+    // the
     // driver must not keep out of the way of a caller that is not in a
     // tight loop (its own steps hand each worker a few tasks, then leave
     // them idle until its next call). Phases alternate, so that other load
     // on the machine weighs on both alike.
     let _w = watchdog(Duration::from_secs(60), "queued work beside a caller submitting now and then");
     let pool = Pool::new(2).unwrap();
-    for i in 0..70_000u64 {
+    for i in 0..100_000u64 {
         drop(pool.apply_async(busy_20us, i).unwrap());
     }
     std::thread::sleep(Duration::from_millis(20));
     let phase = Duration::from_millis(60);
-    for burst in [1, 4] {
+    for burst in [1, 4, 32] {
         let (mut alone, mut beside) = (0, 0);
         for _ in 0..3 {
             let before = pool.queued();

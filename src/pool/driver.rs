@@ -24,10 +24,11 @@
 //!   loop of calls (`imap`'s `next`) is not interrupted by hand-overs.
 //!   A caller submitting with `apply_async` in a tight loop ([`TIGHT_RUN`]
 //!   calls in a row, each less than [`TIGHT_CALLS`] after the last) counts
-//!   as active too: each call moves the
-//!   work along itself, and the driver waits until the calls stop, leaving
-//!   the role at the next call if it holds it (unless a future waits). A
-//!   third busy thread on two vCPUs cost such a loop half its rate.
+//!   as active too: each call moves the work along itself, and the driver
+//!   waits until the calls stop (looking again every [`TIGHT_RECHECK`]),
+//!   leaving the role at the next call if it holds it (unless a future
+//!   waits). A third busy thread on two vCPUs cost such a loop half its
+//!   rate.
 //!   Idle, it sleeps on its own pipe and on the report pipe (so a zygote
 //!   that dies between calls is noticed at once).
 //!
@@ -73,6 +74,14 @@ pub(crate) const GRACE: Duration = Duration::from_millis(1);
 /// or 4) 0.4 ms apart ran at a quarter of their rate.
 pub(crate) const TIGHT_CALLS: Duration = Duration::from_micros(20);
 pub(crate) const TIGHT_RUN: u32 = 16;
+
+/// How soon the driver looks again after a tight loop kept it out: a
+/// program that submits bursts of tasks (a batch per frame, per request)
+/// stops calling within microseconds, and a whole [`GRACE`] would leave
+/// the workers idle with tasks queued (bursts of 32 calls every 1 ms ran
+/// the queue at 0.3 of its rate). A tight loop that goes on wakes the
+/// driver this often for nothing: a few microseconds of CPU each time.
+const TIGHT_RECHECK: Duration = Duration::from_micros(100);
 
 /// How long a waiting caller yields its CPU, watching for its wake-up,
 /// before it parks (see [`yield_until_woken`]).
@@ -347,6 +356,7 @@ impl Core {
         let me = Sleeper::current();
         // A caller is active: the driver keeps out of its way (see GRACE).
         e.call_epoch = e.call_epoch.wrapping_add(1);
+        e.tight_run_active = false;
         if e.pumper == Some(me.id()) || self.driver_id.get() == Some(&me.id()) {
             // A waker the pool ran (with the lock released, but on the
             // thread that pumps) called back into it: waiting here would
@@ -542,8 +552,18 @@ impl Core {
             // Callers parked with the role free (none should be): wake one.
             self.hand_on(&mut e);
             seen_epoch = e.call_epoch;
+            // A burst of `apply_async` ends within microseconds, and the
+            // workers then drain what its calls handed them: look again
+            // soon (see TIGHT_RECHECK), not a whole grace period later.
+            let tight = e.tight_run_active;
             drop(e);
-            let _ = self.driver_sleep(false, Some(GRACE));
+            if tight {
+                // `poll` counts whole milliseconds. A nudge meanwhile (a
+                // future, the end) is seen at the next turn, this late.
+                std::thread::sleep(TIGHT_RECHECK);
+            } else {
+                let _ = self.driver_sleep(false, Some(GRACE));
+            }
         }
     }
 

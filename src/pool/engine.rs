@@ -667,6 +667,9 @@ pub(crate) struct Engine {
     /// came close together (see `driver::TIGHT_CALLS`).
     pub last_unattended: Option<Instant>,
     pub tight_calls: u32,
+    /// The latest change of `call_epoch` came from such a tight loop (the
+    /// driver then looks again sooner, see `driver::TIGHT_RECHECK`).
+    pub tight_run_active: bool,
     /// A future waits for a result: the driver must pump, not idle.
     pub futures_waiting: bool,
     /// The driver sleeps until nudged (no work): `apply_async` nudges it.
@@ -727,6 +730,7 @@ impl Engine {
             call_epoch: 0,
             last_unattended: None,
             tight_calls: 0,
+            tight_run_active: false,
             futures_waiting: false,
             driver_idle: false,
             filling: 0,
@@ -833,6 +837,7 @@ impl Engine {
         // A caller encoding a big input, about to wait for it: the driver
         // keeps out of its way (see `driver::GRACE`).
         self.call_epoch = self.call_epoch.wrapping_add(1);
+        self.tight_run_active = false;
         self.queue_batch(Some(batch));
         self.step_unless_pumped()
     }

@@ -566,6 +566,7 @@ impl Pool {
             e.tight_calls = if tight { e.tight_calls.saturating_add(1) } else { 0 };
             if e.tight_calls >= driver::TIGHT_RUN {
                 e.call_epoch = e.call_epoch.wrapping_add(1);
+                e.tight_run_active = true;
                 if e.driver_pumps && !e.futures_waiting {
                     e.nudge_pumper = true;
                 }
