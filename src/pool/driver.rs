@@ -73,6 +73,7 @@ pub(crate) const GRACE: Duration = Duration::from_millis(1);
 /// only a few tasks, and 20 µs tasks queued behind calls (or bursts of 2
 /// or 4) 0.4 ms apart ran at a quarter of their rate.
 pub(crate) const TIGHT_CALLS: Duration = Duration::from_micros(20);
+/// How many close calls in a row make a tight loop (see [`TIGHT_CALLS`]).
 pub(crate) const TIGHT_RUN: u32 = 16;
 
 /// How soon the driver looks again after a tight loop kept it out: a
