@@ -21,40 +21,21 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-/// How a command ended: its exit code, or minus the signal that killed it
-/// (as [`mproc::Process::join`] says).
-pub struct Ended {
-    pub code: i32,
-}
-
-impl Ended {
-    pub fn success(&self) -> bool {
-        self.code == 0
-    }
-}
-
-impl std::fmt::Display for Ended {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.code {
-            code if code < 0 => write!(f, "killed by signal {}", -code),
-            code => write!(f, "exit status {code}"),
-        }
-    }
-}
+use mproc::ExitStatus;
 
 /// Runs `cmd` as a child the exit handler knows, and waits for it. Its
 /// stdio is what `cmd` says (inherited where it says nothing). A command
 /// that cannot be run is `Error::Os` naming `execvp`.
-pub fn status(cmd: Command) -> mproc::Result<Ended> {
+pub fn status(cmd: Command) -> mproc::Result<ExitStatus> {
     let (child, exec_failed) = start(cmd)?;
     let refused = exec_error(exec_failed);
-    let code = child.join()?;
-    refused.map_or(Ok(Ended { code }), Err)
+    let status = ended(&child)?;
+    refused.map_or(Ok(status), Err)
 }
 
 /// Like [`status`], with stdin empty, stdout captured and stderr
 /// discarded: the command's status and what it printed.
-pub fn output(mut cmd: Command) -> mproc::Result<(Ended, Vec<u8>)> {
+pub fn output(mut cmd: Command) -> mproc::Result<(ExitStatus, Vec<u8>)> {
     let (mut read, write) = pipe()?;
     cmd.stdin(Stdio::null()).stdout(write).stderr(Stdio::null());
     let (child, exec_failed) = start(cmd)?;
@@ -62,8 +43,14 @@ pub fn output(mut cmd: Command) -> mproc::Result<(Ended, Vec<u8>)> {
     let mut printed = Vec::new();
     // A read error leaves what was read; the status says whether it ran.
     let _ = read.read_to_end(&mut printed);
-    let code = child.join()?;
-    refused.map_or(Ok((Ended { code }, printed)), Err)
+    let status = ended(&child)?;
+    refused.map_or(Ok((status, printed)), Err)
+}
+
+/// Waits for `child`; how it ended.
+fn ended(child: &mproc::Process) -> mproc::Result<ExitStatus> {
+    child.join()?;
+    child.exit_status().ok_or(mproc::Error::InvalidState("a joined child has no status"))
 }
 
 fn pipe() -> mproc::Result<(std::io::PipeReader, std::io::PipeWriter)> {
