@@ -44,24 +44,30 @@ fn tsv(cmd: Command) -> HashMap<String, f64> {
         .collect()
 }
 
-/// Wall seconds of one run of a command (made by `make`) with its output
-/// discarded (median of 3). Started by `Command` (`posix_spawn`), not as
-/// a [`super::measured`] child: each run takes milliseconds, and forking
+/// Wall seconds of one run of each command (made by `make`), with their
+/// output discarded: the medians of `runs` runs, the commands taking turns
+/// so that a noisy stretch of the machine falls on all of them alike (3
+/// runs of the C program alone measured 1.0 ms in one set, 1.5 ms in the
+/// next). Started by `Command` (`posix_spawn`), not as a
+/// [`super::measured`] child: each run takes milliseconds, and forking
 /// this process first would add a fork to every time measured. (A run cut
-/// short by a signal ends on its own within those milliseconds.)
-fn wall(make: impl Fn() -> Command) -> Option<f64> {
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        let mut cmd = make();
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
-        let t = Instant::now();
-        let status = cmd.status().ok()?;
-        if !status.success() {
-            return None;
+/// short by a signal ends on its own within those milliseconds.) `None`
+/// for a command that cannot be run or fails.
+fn walls(makes: &[&dyn Fn() -> Command], runs: usize) -> Vec<Option<f64>> {
+    let mut times: Vec<Option<Vec<f64>>> = vec![Some(Vec::new()); makes.len()];
+    for _ in 0..runs {
+        for (make, times) in makes.iter().zip(&mut times) {
+            let Some(list) = times else { continue };
+            let mut cmd = make();
+            cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+            let t = Instant::now();
+            match cmd.status() {
+                Ok(status) if status.success() => list.push(t.elapsed().as_secs_f64()),
+                _ => *times = None,
+            }
         }
-        runs.push(t.elapsed().as_secs_f64());
     }
-    Some(super::median(&mut runs))
+    times.into_iter().map(|t| t.map(|mut t| super::median(&mut t))).collect()
 }
 
 const PY_PROCESS: &str = r#"
@@ -183,9 +189,15 @@ pub fn main(args: Args) -> u8 {
         outln!(out, "(python3 not found: the Python column is empty)");
         (None, HashMap::new())
     };
-    let cube_c = have(&c("cube_pool")).then(|| wall(|| command(c("cube_pool"), &[]))).flatten();
-    let cube_m = wall(|| command(&me, &["cube"]));
-    let cube_py = python_ok.then(|| wall(|| command(&args.python, &["-c", PY_CUBE]))).flatten();
+    // The seed's program: C's and ours in turn, 11 runs each; Python's
+    // takes 100 ms a run, so 3.
+    let (cube_c, cube_m) = if have(&c("cube_pool")) {
+        let times = walls(&[&|| command(c("cube_pool"), &[]), &|| command(&me, &["cube"])], 11);
+        (times[0], times[1])
+    } else {
+        (None, walls(&[&|| command(&me, &["cube"])], 11)[0])
+    };
+    let cube_py = python_ok.then(|| walls(&[&|| command(&args.python, &["-c", PY_CUBE])], 3)[0]).flatten();
 
     let m = |set: &HashMap<String, f64>, name: &str| set.get(name).copied();
     let m_fork = m(&m_proc, "process_start_join");
