@@ -1066,3 +1066,45 @@ fn a_task_sent_alone_goes_to_a_worker_on_another_cpu() {
         "{elsewhere} of 20 tasks ran on the worker of another CPU: {ran_on:?}, workers {pids:?}"
     );
 }
+
+/// This process's resident memory in KiB (`/proc/self/statm`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn resident_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read statm");
+    let pages: u64 = statm.split_whitespace().nth(1).expect("a resident field").parse().expect("a number");
+    pages * mproc::page_size() as u64 / 1024
+}
+
+/// A service that once queued a burst keeps running afterwards: what the
+/// pool held for 100,000 pending `apply_async` (the table of open
+/// submissions, the queue's turns, about 20 MiB) is given back once their
+/// results are taken, not kept for the life of the pool. glibc's
+/// `malloc_trim` first returns what the allocator itself would keep of the
+/// freed memory: only the pool's own holding is measured.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_burst_of_apply_async_leaves_no_memory_behind_once_taken() {
+    let _dog = watchdog(Duration::from_secs(60), "a burst of 100,000 apply_async");
+    let pool = Pool::new(2).expect("pool");
+    // One small round first: what any use of the pool keeps.
+    for x in 0..100 {
+        pool.apply_async(cube, x).expect("submit").get().expect("result");
+    }
+    // SAFETY: malloc_trim only walks glibc's arenas; nothing in use is freed.
+    unsafe { libc::malloc_trim(0) };
+    let before = resident_kib();
+    let pending: Vec<_> = (0..100_000u64).map(|x| pool.apply_async(cube, x).expect("submit")).collect();
+    let during = resident_kib();
+    for (x, mut r) in (0..).zip(pending) {
+        assert_eq!(r.get().expect("result"), cube(x));
+    }
+    // SAFETY: as above.
+    unsafe { libc::malloc_trim(0) };
+    let after = resident_kib();
+    assert!(
+        after < before + (during - before) / 4,
+        "resident memory {before} KiB before the burst, {during} KiB during it, {after} KiB after"
+    );
+    drop(pool);
+    assert_no_children();
+}

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 
 use super::engine::Batch;
+use super::slab::KEEP_WHEN_EMPTY;
 
 #[derive(Debug, Default)]
 pub(crate) struct TaskQueue {
@@ -56,6 +57,14 @@ impl TaskQueue {
             }
         };
         self.tasks -= batch.count as usize;
+        // A queue drained after a burst (a million `apply_async`, a turn
+        // each) gives its memory back, as the submissions' table does.
+        if self.turns.is_empty() && self.turns.capacity() > KEEP_WHEN_EMPTY {
+            self.turns.shrink_to_fit();
+        }
+        if self.first.is_empty() && self.first.capacity() > KEEP_WHEN_EMPTY {
+            self.first.shrink_to_fit();
+        }
         Some(batch)
     }
 
@@ -98,6 +107,18 @@ mod tests {
         assert_eq!(order(&mut q), vec![(1, 0), (2, 0), (3, 0), (1, 1), (3, 1), (1, 2)]);
         assert!(q.is_empty());
         assert_eq!(q.tasks(), 0);
+    }
+
+    #[test]
+    fn a_queue_drained_after_a_burst_gives_its_memory_back() {
+        let mut q = TaskQueue::default();
+        let n = 10 * KEEP_WHEN_EMPTY as u64;
+        for sub in 0..n {
+            q.push_back(batch(sub, 0));
+            q.push_front(batch(sub, 1));
+        }
+        assert_eq!(order(&mut q).len(), 2 * n as usize);
+        assert!(q.turns.capacity() <= KEEP_WHEN_EMPTY && q.first.capacity() <= KEEP_WHEN_EMPTY);
     }
 
     #[test]

@@ -15,12 +15,27 @@
 /// an id kept after its value was removed (a dropped `AsyncResult` whose
 /// results still come in) finds nothing, never a newer value. An entry
 /// whose generation is spent is not used again, so no id repeats.
+///
+/// A table emptied after a burst (a million `apply_async` queued, then
+/// taken) gives its memory back: with no value left and more than
+/// [`KEEP_WHEN_EMPTY`] entries, it drops them all, and entries made
+/// afterwards start at a generation above every one dropped, so no id
+/// repeats across that either.
 #[derive(Debug)]
 pub(crate) struct Slab<T> {
     entries: Vec<Entry<T>>,
     /// Free entries' indices, the last freed on top (its memory is warm).
     free: Vec<u32>,
+    /// Values stored.
+    live: usize,
+    /// The generation new entries start at: above every id given by an
+    /// entry since dropped.
+    floor: u32,
 }
+
+/// Entries an empty table keeps (about 200 bytes each for the pool's
+/// submissions): what a steady load reuses without growing again.
+pub(crate) const KEEP_WHEN_EMPTY: usize = 1024;
 
 #[derive(Debug)]
 struct Entry<T> {
@@ -30,7 +45,7 @@ struct Entry<T> {
 
 impl<T> Slab<T> {
     pub(crate) fn new() -> Slab<T> {
-        Slab { entries: Vec::new(), free: Vec::new() }
+        Slab { entries: Vec::new(), free: Vec::new(), live: 0, floor: 0 }
     }
 
     /// Stores `value`; its id. `None` with 2^32 entries in use (or
@@ -40,12 +55,13 @@ impl<T> Slab<T> {
             Some(index) => index,
             None => {
                 let index = u32::try_from(self.entries.len()).ok()?;
-                self.entries.push(Entry { generation: 0, value: None });
+                self.entries.push(Entry { generation: self.floor, value: None });
                 index
             }
         };
         let entry = &mut self.entries[index as usize];
         entry.value = Some(value);
+        self.live += 1;
         Some(u64::from(entry.generation) << 32 | u64::from(index))
     }
 
@@ -75,7 +91,27 @@ impl<T> Slab<T> {
             entry.generation = next;
             self.free.push(index);
         }
+        self.live -= 1;
+        if self.live == 0 && self.entries.len() > KEEP_WHEN_EMPTY {
+            self.shrink();
+        }
         Some(value)
+    }
+
+    /// Drops every entry of an empty table but the first
+    /// [`KEEP_WHEN_EMPTY`], and their memory. New entries past those start
+    /// above every generation dropped (a retired entry's is spent: it
+    /// stays, so the floor never reaches the end of the generations).
+    fn shrink(&mut self) {
+        let spent = self.entries.iter().rposition(|e| e.generation == u32::MAX).map_or(0, |i| i + 1);
+        let keep = KEEP_WHEN_EMPTY.max(spent);
+        if let Some(top) = self.entries[keep..].iter().map(|e| e.generation).max() {
+            self.floor = self.floor.max(top);
+        }
+        self.entries.truncate(keep);
+        self.entries.shrink_to_fit();
+        self.free.retain(|&i| (i as usize) < keep);
+        self.free.shrink_to_fit();
     }
 
     /// Every value stored.
@@ -118,6 +154,37 @@ mod tests {
         let next = slab.insert(2).unwrap();
         assert_eq!(next & 0xffff_ffff, 1);
         assert_eq!((slab.get(last), slab.get(next)), (None, Some(&2)));
+    }
+
+    #[test]
+    fn an_emptied_table_gives_its_memory_back_and_still_never_repeats_an_id() {
+        let mut slab = Slab::new();
+        let n = 10 * super::KEEP_WHEN_EMPTY;
+        let ids: Vec<u64> = (0..n).map(|i| slab.insert(i).unwrap()).collect();
+        // Some entries freed and used again, so that generations differ.
+        for &id in &ids[n - 10..] {
+            slab.remove(id);
+        }
+        let again: Vec<u64> = (0..10).map(|i| slab.insert(i).unwrap()).collect();
+        for &id in ids[..n - 10].iter().chain(&again) {
+            assert!(slab.remove(id).is_some());
+        }
+        assert!(
+            slab.entries.capacity() <= super::KEEP_WHEN_EMPTY,
+            "{} entries kept",
+            slab.entries.capacity()
+        );
+        assert!(slab.free.iter().all(|&i| (i as usize) < slab.entries.len()));
+        // Entries made again at the dropped positions give new ids.
+        let fresh: Vec<u64> = (0..n).map(|i| slab.insert(i).unwrap()).collect();
+        for old in ids.iter().chain(&again) {
+            assert!(!fresh.contains(old), "id {old:#x} given twice");
+            assert_eq!(slab.get(*old), None);
+        }
+        assert_eq!(
+            fresh.iter().map(|&id| slab.get(id).copied()).collect::<Option<Vec<_>>>(),
+            Some((0..n).collect())
+        );
     }
 
     #[test]
