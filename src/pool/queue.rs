@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 use super::engine::Batch;
-use super::slab::KEEP_WHEN_EMPTY;
+use super::slab::{Burst, KEEP_WHEN_EMPTY};
 
 #[derive(Debug, Default)]
 pub(crate) struct TaskQueue {
@@ -21,6 +21,8 @@ pub(crate) struct TaskQueue {
     turns: VecDeque<VecDeque<Batch>>,
     /// Tasks queued, for [`TaskQueue::tasks`].
     tasks: usize,
+    /// When the queue last held a burst (see [`Burst`]).
+    burst: Burst,
 }
 
 impl TaskQueue {
@@ -34,12 +36,14 @@ impl TaskQueue {
             Some(run) if run.front().is_some_and(|b| b.sub == batch.sub) => run.push_back(batch),
             _ => self.turns.push_back(VecDeque::from([batch])),
         }
+        self.burst.holds(self.turns.len());
     }
 
     /// Puts a batch back at the very front (it was sent once already).
     pub(crate) fn push_front(&mut self, batch: Batch) {
         self.tasks += batch.count as usize;
         self.first.push_front(batch);
+        self.burst.holds(self.first.len());
     }
 
     /// The next batch to send: retried ones first, then the submission
@@ -57,13 +61,12 @@ impl TaskQueue {
             }
         };
         self.tasks -= batch.count as usize;
-        // A queue drained after a burst (a million `apply_async`, a turn
-        // each) gives its memory back, as the submissions' table does.
-        if self.turns.is_empty() && self.turns.capacity() > KEEP_WHEN_EMPTY {
-            self.turns.shrink_to_fit();
-        }
-        if self.first.is_empty() && self.first.capacity() > KEEP_WHEN_EMPTY {
-            self.first.shrink_to_fit();
+        // A queue drained a while after a burst (a million `apply_async`,
+        // a turn each) gives its memory back, as the submissions' table
+        // does.
+        if self.is_empty() && self.burst.may_shrink(self.turns.capacity().max(self.first.capacity())) {
+            self.turns.shrink_to(KEEP_WHEN_EMPTY);
+            self.first.shrink_to(KEEP_WHEN_EMPTY);
         }
         Some(batch)
     }
@@ -118,6 +121,12 @@ mod tests {
             q.push_front(batch(sub, 1));
         }
         assert_eq!(order(&mut q).len(), 2 * n as usize);
+        // Drained right after the burst: kept, for the next burst.
+        assert!(q.turns.capacity() > KEEP_WHEN_EMPTY);
+        // Drained again a while after it: given back.
+        q.push_back(batch(0, 0));
+        q.burst = Burst::default();
+        assert_eq!(order(&mut q).len(), 1);
         assert!(q.turns.capacity() <= KEEP_WHEN_EMPTY && q.first.capacity() <= KEEP_WHEN_EMPTY);
     }
 
