@@ -664,9 +664,11 @@ fn speedup_with_its_zygote_killed_fails_in_one_line_instead_of_hanging() {
 /// Every shared library is four or five more mappings that each `fork`
 /// copies and each child's exit tears down: libgcc_s cost a `Process`
 /// start+join about 10 µs (8 %). `build.rs` links the binary's unwinder
-/// statically, as `gcc -static-libgcc` does. The dynamic loader lists what
-/// it would load (what `ldd` prints) when `LD_TRACE_LOADED_OBJECTS` is set.
-#[cfg(all(target_os = "linux", target_env = "gnu", not(target_feature = "crt-static")))]
+/// statically, as `gcc -static-libgcc` does, where the linking compiler
+/// has it (and then sets `mproc_static_unwinder`). The dynamic loader
+/// lists what it would load (what `ldd` prints) when
+/// `LD_TRACE_LOADED_OBJECTS` is set.
+#[cfg(mproc_static_unwinder)]
 #[test]
 fn the_binary_maps_no_shared_unwinder() {
     let out = mproc_command(&[]).env("LD_TRACE_LOADED_OBJECTS", "1").output().expect("run mproc");

@@ -1076,10 +1076,10 @@ fn resident_kib() -> u64 {
 }
 
 /// A service that once queued a burst keeps running afterwards: what the
-/// pool held for 100,000 pending `apply_async` (the table of open
-/// submissions, the queue's turns, about 20 MiB) is given back once their
-/// results are taken and a second has passed, not kept for the life of the
-/// pool. glibc's
+/// pool held for 100,000 pending `apply_async` (about 28 MiB, most of it
+/// the table of open submissions and the queue's turns) is given back when
+/// the pool next empties a second after the burst, not kept for the life
+/// of the pool. glibc's
 /// `malloc_trim` first returns what the allocator itself would keep of the
 /// freed memory: only the pool's own holding is measured.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -34,9 +34,11 @@ impl TaskQueue {
         // a second turn; only order within a submission matters.
         match self.turns.back_mut() {
             Some(run) if run.front().is_some_and(|b| b.sub == batch.sub) => run.push_back(batch),
-            _ => self.turns.push_back(VecDeque::from([batch])),
+            _ => {
+                self.turns.push_back(VecDeque::from([batch]));
+                self.burst.holds(self.turns.len());
+            }
         }
-        self.burst.holds(self.turns.len());
     }
 
     /// Puts a batch back at the very front (it was sent once already).
@@ -50,11 +52,16 @@ impl TaskQueue {
     /// whose turn it is.
     pub(crate) fn pop_front(&mut self) -> Option<Batch> {
         let batch = match self.first.pop_front() {
-            Some(b) => b,
+            Some(b) => {
+                self.burst.holds(self.first.len());
+                b
+            }
             None => {
                 let mut run = self.turns.pop_front()?;
                 let b = run.pop_front()?;
-                if !run.is_empty() {
+                if run.is_empty() {
+                    self.burst.holds(self.turns.len());
+                } else {
                     self.turns.push_back(run);
                 }
                 b

@@ -34,6 +34,8 @@ pub(crate) struct Slab<T> {
     /// entry since dropped.
     floor: u32,
     burst: Burst,
+    /// Whether [`Slab::shrink`] may still drop entries.
+    shrinks: bool,
 }
 
 /// Entries an empty table keeps (about 200 bytes each for the pool's
@@ -54,12 +56,13 @@ pub(crate) struct Burst {
 }
 
 impl Burst {
-    /// The collection now holds `in_use` items: past [`KEEP_WHEN_EMPTY`]
-    /// that is a burst, whose time is noted (once every
-    /// [`KEEP_WHEN_EMPTY`] items: the clock costs as much as a quick
-    /// task's bookkeeping).
+    /// The collection now holds `in_use` items (called as the count
+    /// changes): the time is noted each time the count passes a multiple of
+    /// [`KEEP_WHEN_EMPTY`], up or down, so the last note is when it last
+    /// held more than that (and the clock, which costs as much as a quick
+    /// task's bookkeeping, is read once in that many changes).
     pub(crate) fn holds(&mut self, in_use: usize) {
-        if in_use > KEEP_WHEN_EMPTY && in_use % KEEP_WHEN_EMPTY == 1 {
+        if in_use >= KEEP_WHEN_EMPTY && in_use.is_multiple_of(KEEP_WHEN_EMPTY) {
             self.grown_at = Some(Instant::now());
         }
     }
@@ -79,7 +82,14 @@ struct Entry<T> {
 
 impl<T> Slab<T> {
     pub(crate) fn new() -> Slab<T> {
-        Slab { entries: Vec::new(), free: Vec::new(), live: 0, floor: 0, burst: Burst::default() }
+        Slab {
+            entries: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            floor: 0,
+            burst: Burst::default(),
+            shrinks: true,
+        }
     }
 
     /// Stores `value`; its id. `None` with 2^32 entries in use (or
@@ -127,22 +137,28 @@ impl<T> Slab<T> {
             self.free.push(index);
         }
         self.live -= 1;
-        if self.live == 0 && self.burst.may_shrink(self.entries.len()) {
+        self.burst.holds(self.live);
+        if self.live == 0 && self.shrinks && self.burst.may_shrink(self.entries.len()) {
             self.shrink();
         }
         Some(value)
     }
 
     /// Drops every entry of an empty table but the first
-    /// [`KEEP_WHEN_EMPTY`], and their memory. New entries past those start
-    /// above every generation dropped (a retired entry's is spent: it
-    /// stays, so the floor never reaches the end of the generations).
+    /// [`KEEP_WHEN_EMPTY`] (and any whose generations are spent), and their
+    /// memory. New entries past those start above every generation dropped.
+    /// That floor is shared by all of them: once it would pass half the
+    /// generations, the table stops shrinking for good (as it was before it
+    /// could), rather than let new entries retire after a few uses.
     fn shrink(&mut self) {
         let spent = self.entries.iter().rposition(|e| e.generation == u32::MAX).map_or(0, |i| i + 1);
         let keep = KEEP_WHEN_EMPTY.max(spent);
-        if let Some(top) = self.entries[keep..].iter().map(|e| e.generation).max() {
-            self.floor = self.floor.max(top);
-        }
+        let top = self.entries.get(keep..).and_then(|dropped| dropped.iter().map(|e| e.generation).max());
+        let Some(top) = top.filter(|&top| top <= u32::MAX / 2) else {
+            self.shrinks = false;
+            return;
+        };
+        self.floor = self.floor.max(top);
         self.entries.truncate(keep);
         self.entries.shrink_to_fit();
         self.free.retain(|&i| (i as usize) < keep);
@@ -230,6 +246,45 @@ mod tests {
             fresh.iter().map(|&id| slab.get(id).copied()).collect::<Option<Vec<_>>>(),
             Some((0..n).collect())
         );
+    }
+
+    #[test]
+    fn a_burst_that_drains_slowly_is_timed_from_its_end() {
+        let mut slab = Slab::new();
+        let n = 4 * super::KEEP_WHEN_EMPTY;
+        let ids: Vec<u64> = (0..n).map(|i| slab.insert(i).unwrap()).collect();
+        // Most of the burst drains, then more than a second passes with
+        // the table still holding more than it keeps...
+        for &id in &ids[..n - super::KEEP_WHEN_EMPTY - 1] {
+            slab.remove(id);
+        }
+        slab.burst.grown_at = Some(Instant::now() - super::SHRINK_AFTER);
+        // ...and the rest drains: the table held a burst a moment ago.
+        for &id in &ids[n - super::KEEP_WHEN_EMPTY - 1..] {
+            slab.remove(id);
+        }
+        assert_eq!(slab.entries.len(), n);
+    }
+
+    #[test]
+    fn a_table_whose_generations_run_high_stops_shrinking() {
+        let mut slab = Slab::new();
+        let n = 2 * super::KEEP_WHEN_EMPTY;
+        let ids: Vec<u64> = (0..n).map(|i| slab.insert(i).unwrap()).collect();
+        // An entry past those kept has been used 2^31 times.
+        slab.entries[n - 1].generation = u32::MAX / 2 + 1;
+        let last = u64::from(u32::MAX / 2 + 1) << 32 | (n as u64 - 1);
+        slab.burst.grown_at = Some(Instant::now() - super::SHRINK_AFTER);
+        for &id in &ids[..n - 1] {
+            slab.remove(id);
+        }
+        slab.burst.grown_at = Some(Instant::now() - super::SHRINK_AFTER);
+        assert!(slab.remove(last).is_some());
+        assert_eq!((slab.entries.len(), slab.shrinks, slab.floor), (n, false, 0));
+        // Every id still finds nothing, and new ones work.
+        assert!(ids.iter().all(|&id| slab.get(id).is_none()));
+        let next = slab.insert(7).unwrap();
+        assert_eq!(slab.get(next), Some(&7));
     }
 
     #[test]

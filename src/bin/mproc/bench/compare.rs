@@ -42,8 +42,19 @@ fn medians(runs: Vec<HashMap<String, f64>>) -> HashMap<String, f64> {
     all.into_iter().map(|(name, mut values)| (name, super::median(&mut values))).collect()
 }
 
-/// Runs a command that prints `name<TAB>value<TAB>unit` lines.
+/// Runs a command that prints `name<TAB>value<TAB>unit` lines; says so on
+/// stderr when it prints none (its row is then left out, or another run's
+/// median stands for it).
 fn tsv(cmd: Command) -> HashMap<String, f64> {
+    let what = format!("{:?}", cmd.get_program());
+    let figures = tsv_figures(cmd);
+    if figures.is_empty() {
+        crate::complain(&format!("bench compare: {what} printed no figures"));
+    }
+    figures
+}
+
+fn tsv_figures(cmd: Command) -> HashMap<String, f64> {
     let Ok((_, printed)) = super::measured::output(cmd) else { return HashMap::new() };
     String::from_utf8_lossy(&printed)
         .lines()
@@ -182,18 +193,19 @@ pub fn main(args: Args) -> u8 {
     let python_ok = super::measured::output(command(&args.python, &["-c", "pass"]))
         .is_ok_and(|(ended, _)| ended.success());
 
-    // C's fork and ours, three runs each in turn, medians: the ratio is
-    // near 0.9, and one run of each, seconds apart, moved it by 0.06 as
-    // the machine's noise fell on one side or the other.
-    let mut c_forks = Vec::new();
+    // C's fork and pipe and ours, three runs each in turn, medians: the
+    // fork ratio is near 0.9, and one run of each, seconds apart, moved it
+    // by 0.06 as the machine's noise fell on one side or the other.
+    let mut c_procs = Vec::new();
     let mut m_procs = Vec::new();
     for _ in 0..3 {
-        c_forks.push(tsv(command(c("bench"), &["fork", "300"])));
+        c_procs.push(tsv(command(c("bench"), &["fork", "300"])));
+        c_procs.push(tsv(command(c("bench"), &["pipe", "20000"])));
         m_procs.push(tsv(command(&me, &["bench", "process", "--tsv"])));
     }
-    let c_fork = medians(c_forks).get("fork_wait").copied();
+    let c_proc = medians(c_procs);
+    let (c_fork, c_pipe) = (c_proc.get("fork_wait").copied(), c_proc.get("pipe_pingpong").copied());
     let m_proc = medians(m_procs);
-    let c_pipe = tsv(command(c("bench"), &["pipe", "20000"])).get("pipe_pingpong").copied();
     // The same 64 KiB ring on both sides.
     let c_ring = tsv(command(c("bench"), &["ring", "65536", "2000000"])).get("ring_msgs").copied();
     let m_ring = tsv(command(&me, &["bench", "ring", "--tsv", "--capacity", "65536"]));
