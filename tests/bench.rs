@@ -192,6 +192,34 @@ fn an_interrupted_bench_run_leaves_nothing_behind() {
     }
 }
 
+/// `mproc bench run` killed outright (`SIGKILL`: no handler runs, as when
+/// the OOM killer or a supervisor ends it) does not leave the `mproc run`
+/// it was measuring starting its 100,000 jobs under init for a minute:
+/// on Linux the runner is told (`SIGTERM`) when its parent dies.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_bench_run_killed_outright_stops_the_runner_it_measured() {
+    let mut child = mproc()
+        .args(["bench", "run", "--count", "100000", "--rounds", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let measured = measured_runner(child.id());
+    // SAFETY: kill takes integers only; the child is ours and unreaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    // Re-parented and then reaped by init once it ends.
+    let running = || {
+        measured
+            .iter()
+            .filter(|&&(pid, started)| common::pools::stat(pid).is_some_and(|s| s.0 != 'Z' && s.2 == started))
+            .count()
+    };
+    let ended = common::wait_until(std::time::Duration::from_secs(5), || running() == 0);
+    assert!(ended, "5 s after the bench was killed, {} of its runners still run: {measured:?}", running());
+}
+
 /// Waits until `bench`'s `mproc run` has been running a while (not a
 /// command the bench runs first to see what is installed); its pid and
 /// start time. Without `/proc`, only waits.

@@ -12,6 +12,12 @@
 //! and the C programs' children end when their parent's pipes close, and
 //! `mproc run`'s jobs (here `/bin/true` and `echo`) end on their own.
 //!
+//! A bench killed outright (`SIGKILL`) runs no handler. On Linux each
+//! command is then sent `SIGTERM` by the kernel (`PR_SET_PDEATHSIG`, set
+//! between the fork and the exec): an `mproc run` being measured kills its
+//! jobs and ends, and so does one under a `bench run` that `bench compare`
+//! itself killed.
+//!
 //! (`std::process::Command` children could not be reached by that handler;
 //! and a `sigwait` thread forwarding the signals would have needed them
 //! blocked, a mask that `Command`'s children inherit: a Python child then
@@ -68,7 +74,19 @@ fn os_error(call: &'static str, e: &std::io::Error) -> mproc::Error {
 /// `std::process::Command` brings it back).
 fn start(mut cmd: Command) -> mproc::Result<(mproc::Process, std::io::PipeReader)> {
     let (exec_failed, mut tell) = pipe()?;
+    #[cfg(target_os = "linux")]
+    let bench = nix::unistd::getpid();
     let mut child = mproc::Process::new(move || {
+        // Killed outright (SIGKILL, the OOM killer), the bench runs no
+        // handler: the command is told by the kernel instead (`SIGTERM`
+        // when the thread that forked it, here the bench's only caller of
+        // this, ends), and is not started at all if that already happened.
+        #[cfg(target_os = "linux")]
+        if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).is_err()
+            || nix::unistd::getppid() != bench
+        {
+            return;
+        }
         let err = cmd.exec();
         let _ = tell.write_all(&err.raw_os_error().unwrap_or(0).to_ne_bytes());
         // Ends the child with status 1.
