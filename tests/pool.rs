@@ -980,6 +980,54 @@ fn the_exit_handler_does_not_wait_forever_for_a_stopped_zygote() {
     assert_no_children();
 }
 
+/// `timeout 5 prog` and a service manager's stop send SIGTERM to the
+/// whole process group: the zygote and the workers get it too. The
+/// handler's promise still holds: every worker is killed and reaped by
+/// the pool (its zygote), none left for init to reap. (The zygote died
+/// of the SIGTERM at once, before the handler's order reached it, and its
+/// workers ended as zombies under init.)
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "finds the zygote in /proc")]
+fn sigterm_to_the_whole_group_leaves_the_workers_reaped_by_the_pool() {
+    let _dog = watchdog(Duration::from_secs(60), "SIGTERM to the group");
+    let (report_r, report_w) = pipe();
+    let report_w_fd = report_w.as_raw_fd();
+    let mut child = mproc::Process::new(move || {
+        // SAFETY: setpgid takes integers only: this process leads a group.
+        assert_eq!(unsafe { libc::setpgid(0, 0) }, 0);
+        let pool = Pool::new(2).unwrap();
+        mproc::exit_cleanly_on_signals().unwrap();
+        let pids: Vec<i32> = std::iter::once(the_zygote()).chain(pool.pids()).collect();
+        let bytes: Vec<u8> = pids.iter().flat_map(|p| p.to_le_bytes()).collect();
+        // SAFETY: writes 12 bytes from a valid buffer to an inherited pipe.
+        assert_eq!(unsafe { libc::write(report_w_fd, bytes.as_ptr().cast(), 12) }, 12);
+        std::thread::sleep(Duration::from_secs(30));
+        drop(pool);
+    });
+    child.start().unwrap();
+    drop(report_w);
+    let mut bytes = [0u8; 12];
+    // SAFETY: reads at most 12 bytes into a valid buffer (blocking until
+    // the child's pool runs; 12 < PIPE_BUF, so in one piece).
+    assert_eq!(unsafe { libc::read(report_r.as_raw_fd(), bytes.as_mut_ptr().cast(), 12) }, 12);
+    let pids: Vec<i32> = bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect();
+    let group = child.pid().unwrap();
+    signal(-group, libc::SIGTERM);
+    let code = child.join_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(code, Some(143), "the handler's exit status");
+    // Reaped by their parents, not left as zombies re-parented to init.
+    let orphans: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| common::pools::stat(p).is_some_and(|s| s.0 == 'Z' && s.1 == 1))
+        .collect();
+    assert!(orphans.is_empty(), "zombies left to init: {orphans:?} (zygote, workers: {pids:?})");
+    for p in pids {
+        wait_gone(p, Duration::from_secs(5));
+    }
+    assert_no_children();
+}
+
 fn nones(n: u64) -> Vec<Option<[u64; 64]>> {
     vec![None; n as usize]
 }

@@ -83,9 +83,10 @@ fn parse_request(rec: &[u8; REQ_LEN]) -> (u32, usize) {
 }
 
 /// The signals whose disposition the zygote changes after its
-/// `reset_for_child` (SIGCHLD's self-pipe handler; SIGINT and SIGQUIT
-/// ignored), besides SIGPIPE: what a worker must set back to default.
-const ZYGOTE_SIGNALS: [i32; 3] = [libc::SIGCHLD, libc::SIGINT, libc::SIGQUIT];
+/// `reset_for_child` (SIGCHLD's self-pipe handler; SIGINT, SIGQUIT and
+/// SIGTERM ignored), besides SIGPIPE: what a worker must set back to
+/// default.
+const ZYGOTE_SIGNALS: [i32; 4] = [libc::SIGCHLD, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM];
 
 /// After SIGTERM, how long a timed-out worker's process group gets before
 /// SIGKILL.
@@ -533,13 +534,17 @@ fn zygote_main<W: FnMut(usize)>(mut side: ZygoteSide<W>, parent: i32) -> ! {
 }
 
 fn zygote_loop<W: FnMut(usize)>(side: &mut ZygoteSide<W>, parent: i32) -> Result<()> {
-    // Ctrl-C goes to the whole foreground group; the zygote leaves the
-    // decision to its parent, which will tell it (or die, and close the pipe).
+    // Ctrl-C goes to the whole foreground group, and so does the SIGTERM
+    // of `timeout` or a service manager; the zygote leaves the decision to
+    // its parent, which will tell it (or die, and close the pipe). Dead of
+    // a SIGTERM at once, it would leave its workers to be reaped by init,
+    // before the parent's exit handler could order them killed and reaped.
     sys::signal::reset_for_child()?;
     // From here on only ZYGOTE_SIGNALS (and SIGPIPE, see below) change:
     // a worker puts back just those.
     sys::signal::ignore(libc::SIGINT)?;
     sys::signal::ignore(libc::SIGQUIT)?;
+    sys::signal::ignore(libc::SIGTERM)?;
     // A report to a parent that is gone fails with EPIPE; we notice the
     // death through the request pipe instead of dying of SIGPIPE. Workers
     // get the parent's disposition back (a CLI may want SIGPIPE's default).
@@ -797,7 +802,7 @@ fn spawn_worker<W: FnMut(usize)>(
                 sys::close_inherited(fd);
             }
             // The zygote's mask is empty and its other dispositions are
-            // the defaults (its own reset_for_child): three calls, not six.
+            // the defaults (its own reset_for_child): four calls, not all.
             let _ = sys::signal::restore_defaults(&ZYGOTE_SIGNALS);
             if !parent_ignores_sigpipe {
                 let _ = sys::signal::default_sigpipe();
