@@ -676,3 +676,46 @@ fn the_binary_maps_no_shared_unwinder() {
     assert!(out.status.success() && listed.contains("libc.so"), "the loader listed nothing: {listed}");
     assert!(!listed.contains("libgcc_s"), "mproc loads the shared unwinder:\n{listed}");
 }
+
+/// `mproc bench` with no benchmark named lists the benchmarks, not the
+/// top-level subcommands.
+#[test]
+fn a_missing_benchmark_names_the_benchmarks() {
+    let out = mproc(&["bench"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("process, ring, pool, run or compare") && err.contains("mproc bench --help"),
+        "{err}"
+    );
+    let out = mproc(&["--trace", "bench"]);
+    assert!(stderr_of(&out).contains("process, ring, pool, run or compare"), "{}", stderr_of(&out));
+    let out = mproc(&[]);
+    assert!(
+        stderr_of(&out).contains("square, numbers, cube, isolation, speedup, bench or run"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+/// Help and version text into a pipe nobody reads end the program quietly,
+/// killed by SIGPIPE, as every subcommand's output does (`mproc --help |
+/// true`), not with an error line and status 1.
+#[test]
+fn help_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["--help"][..], &["--version"], &["help", "square"], &["run", "--help"]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = mproc_command(args).stdout(writer).stderr(Stdio::piped()).output().expect("run mproc");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}, {}",
+            out.status,
+            stderr_of(&out)
+        );
+        assert_eq!(stderr_of(&out), "", "{args:?}");
+    }
+}

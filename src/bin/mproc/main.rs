@@ -186,6 +186,14 @@ fn usage_error(err: clap::Error) -> ExitCode {
             use std::io::Write;
             match err.print().and_then(|()| std::io::stdout().flush()) {
                 Ok(()) => ExitCode::SUCCESS,
+                // Into a pipe nobody reads: end quietly, killed by SIGPIPE,
+                // as every subcommand's output does.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    if mproc::restore_default_sigpipe().is_ok() {
+                        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGPIPE);
+                    }
+                    ExitCode::from(EXIT_SIGPIPE)
+                }
                 Err(e) => {
                     complain(&format!("cannot write to stdout: {e}"));
                     ExitCode::from(EXIT_FAILURE)
@@ -193,7 +201,7 @@ fn usage_error(err: clap::Error) -> ExitCode {
             }
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            complain("a subcommand is required: square, numbers, cube, isolation, speedup, bench or run (see mproc --help)");
+            complain(&missing_subcommand());
             ExitCode::from(EXIT_USAGE)
         }
         _ => {
@@ -203,6 +211,29 @@ fn usage_error(err: clap::Error) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// "A subcommand is required", naming those of the command that lacks one:
+/// the deepest subcommand named on the command line (`mproc bench`), or
+/// `mproc` itself.
+fn missing_subcommand() -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut path = vec![cmd.get_name().to_string()];
+    // Options and their values are passed over: only names of
+    // subcommands lead deeper.
+    for arg in std::env::args_os().skip(1) {
+        let Some(sub) = arg.to_str().and_then(|a| cmd.find_subcommand(a)).cloned() else { continue };
+        path.push(sub.get_name().to_string());
+        cmd = sub;
+    }
+    let names: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).filter(|&n| n != "help").collect();
+    let list = match names.split_last() {
+        Some((last, [])) => (*last).to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    format!("a subcommand is required: {list} (see {} --help)", path.join(" "))
 }
 
 /// A subcommand's standard output. Every line goes through a write that
