@@ -369,6 +369,33 @@ fn an_interrupted_command_leaves_the_last_picture_whole() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// "A command stopped by SIGINT or SIGTERM draws nothing": a FILE that
+/// did not exist is not left behind empty (an SVG of 0 bytes is not a
+/// picture), while a bad path still fails before the command runs.
+#[test]
+fn an_interrupted_command_leaves_no_new_empty_file() {
+    let dir = scratch("interrupted-new");
+    for (i, signal, code) in [(0, libc::SIGINT, 130), (1, libc::SIGTERM, 143)] {
+        let svg = dir.join(format!("new{i}.svg"));
+        let mut child = mproc()
+            .arg("--timeline")
+            .arg(&svg)
+            .args(["speedup", "--work", "2000000"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mproc");
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill takes integers only; the child is ours and unreaped.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(child.wait().expect("wait").code(), Some(code));
+        assert!(!svg.exists(), "{} left behind after signal {signal}", svg.display());
+    }
+    let out = run(mproc().arg("--timeline").arg(dir.join("missing/x.svg")).args(["square", "3"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot create") && out.stdout.is_empty(), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn a_picture_goes_into_a_fifo_too() {
     let dir = scratch("fifo");

@@ -37,10 +37,19 @@ pub fn parse_destination(arg: &OsStr) -> Result<Destination, String> {
     }
 }
 
-/// A recording in progress, and the open file it will be written to.
+/// A recording in progress, and where it will be written.
 pub struct Recording {
     destination: Destination,
-    file: Option<File>,
+    file: Target,
+}
+
+/// Where the picture goes.
+enum Target {
+    Stdout,
+    /// A FILE that existed (a picture from before, a FIFO, a device), open.
+    Existing(File),
+    /// A FILE that did not exist: made at the end (see [`Recording::start`]).
+    New(PathBuf),
 }
 
 /// What the pictures print above the lanes.
@@ -53,22 +62,29 @@ pub struct Title {
 }
 
 impl Recording {
-    /// Opens FILE for writing, creating it if need be (so that a path that
-    /// cannot be written fails before the command runs), and starts
-    /// recording. An existing FILE is truncated only when the picture is
-    /// written: an interrupted command leaves the last one whole. `Err`:
-    /// the one-line message.
+    /// Checks that FILE can be written, so that a bad path fails before the
+    /// command runs, and starts recording. An existing FILE is opened now
+    /// and truncated only when the picture is written: an interrupted
+    /// command leaves the last one whole. A new FILE is created to check,
+    /// removed at once, and made again at the end: an interrupted command
+    /// (whose exit handler ends the process) leaves no empty file behind.
+    /// `Err`: the one-line message.
     pub fn start(destination: Destination) -> Result<Recording, String> {
         let file = match &destination {
-            Destination::Stdout => None,
-            Destination::Svg(path) | Destination::Text(path) => Some(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)
-                    .map_err(|e| format!("--timeline {}: cannot create: {e}", path.display()))?,
-            ),
+            Destination::Stdout => Target::Stdout,
+            Destination::Svg(path) | Destination::Text(path) => {
+                let cannot = |e: std::io::Error| format!("--timeline {}: cannot create: {e}", path.display());
+                match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+                    Ok(_) => {
+                        std::fs::remove_file(path).map_err(cannot)?;
+                        Target::New(path.clone())
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Target::Existing(
+                        std::fs::OpenOptions::new().write(true).truncate(false).open(path).map_err(cannot)?,
+                    ),
+                    Err(e) => return Err(cannot(e)),
+                }
+            }
         };
         mproc::timeline::start().map_err(|e| format!("--timeline: {e}"))?;
         Ok(Recording { destination, file })
@@ -90,11 +106,12 @@ impl Recording {
         let written = match self.file {
             // Truncated now, not at the start; only a regular file can be
             // (a FIFO or a device is written as it is).
-            Some(mut file) => file
+            Target::Existing(mut file) => file
                 .metadata()
                 .and_then(|m| if m.is_file() { file.set_len(0) } else { Ok(()) })
                 .and_then(|()| file.write_all(picture.as_bytes())),
-            None => {
+            Target::New(path) => File::create(path).and_then(|mut file| file.write_all(picture.as_bytes())),
+            Target::Stdout => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(picture.as_bytes()).and_then(|()| out.flush())
             }
