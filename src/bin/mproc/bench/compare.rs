@@ -42,27 +42,35 @@ fn medians(runs: Vec<HashMap<String, f64>>) -> HashMap<String, f64> {
     all.into_iter().map(|(name, mut values)| (name, super::median(&mut values))).collect()
 }
 
-/// Runs a command that prints `name<TAB>value<TAB>unit` lines; says so on
-/// stderr when it prints none (its row is then left out, or another run's
-/// median stands for it).
+/// Runs a command that prints `name<TAB>value<TAB>unit` lines: its
+/// figures, if it ended well. Otherwise none, and a line on stderr saying
+/// why: its row is then left out, or another run's median stands for it
+/// (a Python that printed half its figures and then crashed is not
+/// measured by that half).
 fn tsv(cmd: Command) -> HashMap<String, f64> {
     let what = format!("{:?}", cmd.get_program());
-    let figures = tsv_figures(cmd);
-    if figures.is_empty() {
-        crate::complain(&format!("bench compare: {what} printed no figures"));
+    let (status, printed) = match super::measured::output(cmd) {
+        Ok(ran) => ran,
+        Err(e) => {
+            crate::complain(&format!("bench compare: {what}: {e}"));
+            return HashMap::new();
+        }
+    };
+    if !status.success() {
+        crate::complain(&format!("bench compare: {what} {status}: its figures are left out"));
+        return HashMap::new();
     }
-    figures
-}
-
-fn tsv_figures(cmd: Command) -> HashMap<String, f64> {
-    let Ok((_, printed)) = super::measured::output(cmd) else { return HashMap::new() };
-    String::from_utf8_lossy(&printed)
+    let figures: HashMap<String, f64> = String::from_utf8_lossy(&printed)
         .lines()
         .filter_map(|l| {
             let mut parts = l.split('\t');
             Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
         })
-        .collect()
+        .collect();
+    if figures.is_empty() {
+        crate::complain(&format!("bench compare: {what} printed no figures"));
+    }
+    figures
 }
 
 /// Wall seconds of one run of each command (made by `make`), with their
@@ -217,7 +225,7 @@ pub fn main(args: Args) -> u8 {
             tsv(command(&args.python, &["-c", PY_POOL])),
         )
     } else {
-        outln!(out, "(python3 not found: the Python column is empty)");
+        outln!(out, "({} cannot be run: the Python column is empty)", args.python);
         (None, HashMap::new())
     };
     // The seed's program: C's and ours in turn, 11 runs each; Python's
