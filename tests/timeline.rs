@@ -396,6 +396,26 @@ fn an_interrupted_command_leaves_no_new_empty_file() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A picture for stdout, and stdout full: the command's own write fails
+/// first and says so; the picture's write, failing for the same reason,
+/// adds no second line.
+#[test]
+fn a_full_stdout_is_one_error_line_with_a_picture_for_it_too() {
+    for args in [&["square", "3"][..], &["run", "echo", ":::", "a"]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("open /dev/full");
+        let out = mproc()
+            .args(["--timeline", "-"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(full)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run mproc");
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(stderr(&out).lines().count(), 1, "{args:?}: {}", stderr(&out));
+    }
+}
+
 #[test]
 fn a_picture_goes_into_a_fifo_too() {
     let dir = scratch("fifo");

@@ -152,11 +152,15 @@ fn start_timeline(destination: timeline::Destination, command: &Command) -> Resu
 /// 255, the runner's own failure); a failed command keeps its status.
 fn finish_timeline(recording: timeline::Recording, code: u8, is_run: bool) -> u8 {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let to_stdout = recording.goes_to_stdout();
     match recording.finish(&timeline::Title::new(&args)) {
         Ok(()) => code,
         // `| head`: as quiet as without --timeline (the lessons die of
         // that SIGPIPE before they get here).
         Err(timeline::Unwritten::StdoutClosed) => run::EXIT_BROKEN_PIPE,
+        // The command failed already and said why; a picture for the same
+        // stdout (`> /dev/full`) failing too is no second error to report.
+        Err(timeline::Unwritten::Failed(_)) if to_stdout && code != 0 => code,
         Err(timeline::Unwritten::Failed(message)) => {
             complain(&message);
             match code {

@@ -90,6 +90,11 @@ impl Recording {
         Ok(Recording { destination, file })
     }
 
+    /// Whether the picture goes to standard output (`--timeline -`).
+    pub fn goes_to_stdout(&self) -> bool {
+        matches!(self.file, Target::Stdout)
+    }
+
     /// Ends the recording and writes the picture. `Err`: the one-line
     /// message, or [`Unwritten::StdoutClosed`] when standard output's
     /// reader has gone (`| head`).
