@@ -947,29 +947,39 @@ fn join_with_a_stopped_zygote_ends_within_its_limit() {
     }
 }
 
-#[test]
-#[cfg_attr(not(target_os = "linux"), ignore = "finds the zygote in /proc")]
-fn the_exit_handler_does_not_wait_forever_for_a_stopped_zygote() {
-    let _dog = watchdog(Duration::from_secs(60), "SIGTERM with a stopped zygote");
+/// A child (leading a process group of its own if `own_group`) with a
+/// 2-worker pool and `exit_cleanly_on_signals`, idle for 30 s; its pool's
+/// zygote and workers, the zygote first, once they run.
+fn a_child_with_a_pool_and_the_exit_handler(own_group: bool) -> (mproc::Process, Vec<i32>) {
     let (report_r, report_w) = pipe();
     let report_w_fd = report_w.as_raw_fd();
     let mut child = mproc::Process::new(move || {
+        // SAFETY: setpgid takes integers only: this process leads a group.
+        assert!(!own_group || unsafe { libc::setpgid(0, 0) } == 0);
         let pool = Pool::new(2).unwrap();
         mproc::exit_cleanly_on_signals().unwrap();
-        let zygote = the_zygote();
-        let bytes = zygote.to_le_bytes();
-        // SAFETY: writes 4 bytes from a valid buffer to an inherited pipe.
-        assert_eq!(unsafe { libc::write(report_w_fd, bytes.as_ptr().cast(), 4) }, 4);
+        let pids: Vec<i32> = std::iter::once(the_zygote()).chain(pool.pids()).collect();
+        let bytes: Vec<u8> = pids.iter().flat_map(|p| p.to_le_bytes()).collect();
+        // SAFETY: writes 12 bytes from a valid buffer to an inherited pipe.
+        assert_eq!(unsafe { libc::write(report_w_fd, bytes.as_ptr().cast(), 12) }, 12);
         std::thread::sleep(Duration::from_secs(30));
         drop(pool);
     });
     child.start().unwrap();
     drop(report_w);
-    let mut zygote = [0u8; 4];
-    // SAFETY: reads at most 4 bytes into a valid buffer (blocking: the
-    // child writes them once its pool runs; 4 < PIPE_BUF, so in one piece).
-    assert_eq!(unsafe { libc::read(report_r.as_raw_fd(), zygote.as_mut_ptr().cast(), 4) }, 4);
-    let zygote = i32::from_le_bytes(zygote);
+    let mut bytes = [0u8; 12];
+    // SAFETY: reads at most 12 bytes into a valid buffer (blocking until
+    // the child's pool runs; 12 < PIPE_BUF, so in one piece).
+    assert_eq!(unsafe { libc::read(report_r.as_raw_fd(), bytes.as_mut_ptr().cast(), 12) }, 12);
+    (child, bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect())
+}
+
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "finds the zygote in /proc")]
+fn the_exit_handler_does_not_wait_forever_for_a_stopped_zygote() {
+    let _dog = watchdog(Duration::from_secs(60), "SIGTERM with a stopped zygote");
+    let (child, pids) = a_child_with_a_pool_and_the_exit_handler(false);
+    let zygote = pids[0];
     signal(zygote, libc::SIGSTOP);
     signal(child.pid().unwrap(), libc::SIGTERM);
     let started = Instant::now();
@@ -990,27 +1000,7 @@ fn the_exit_handler_does_not_wait_forever_for_a_stopped_zygote() {
 #[cfg_attr(not(target_os = "linux"), ignore = "finds the zygote in /proc")]
 fn sigterm_to_the_whole_group_leaves_the_workers_reaped_by_the_pool() {
     let _dog = watchdog(Duration::from_secs(60), "SIGTERM to the group");
-    let (report_r, report_w) = pipe();
-    let report_w_fd = report_w.as_raw_fd();
-    let mut child = mproc::Process::new(move || {
-        // SAFETY: setpgid takes integers only: this process leads a group.
-        assert_eq!(unsafe { libc::setpgid(0, 0) }, 0);
-        let pool = Pool::new(2).unwrap();
-        mproc::exit_cleanly_on_signals().unwrap();
-        let pids: Vec<i32> = std::iter::once(the_zygote()).chain(pool.pids()).collect();
-        let bytes: Vec<u8> = pids.iter().flat_map(|p| p.to_le_bytes()).collect();
-        // SAFETY: writes 12 bytes from a valid buffer to an inherited pipe.
-        assert_eq!(unsafe { libc::write(report_w_fd, bytes.as_ptr().cast(), 12) }, 12);
-        std::thread::sleep(Duration::from_secs(30));
-        drop(pool);
-    });
-    child.start().unwrap();
-    drop(report_w);
-    let mut bytes = [0u8; 12];
-    // SAFETY: reads at most 12 bytes into a valid buffer (blocking until
-    // the child's pool runs; 12 < PIPE_BUF, so in one piece).
-    assert_eq!(unsafe { libc::read(report_r.as_raw_fd(), bytes.as_mut_ptr().cast(), 12) }, 12);
-    let pids: Vec<i32> = bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect();
+    let (child, pids) = a_child_with_a_pool_and_the_exit_handler(true);
     let group = child.pid().unwrap();
     signal(-group, libc::SIGTERM);
     let code = child.join_timeout(Duration::from_secs(20)).unwrap();

@@ -347,6 +347,21 @@ fn run_with_a_dash_into_a_closed_pipe_ends_quietly_with_141() {
     assert_eq!(stderr(&out), "");
 }
 
+/// `mproc --timeline SVG speedup` sent `signal` 300 ms in: its exit code.
+fn interrupted_speedup(svg: &std::path::Path, signal: i32) -> Option<i32> {
+    let mut child = mproc()
+        .arg("--timeline")
+        .arg(svg)
+        .args(["speedup", "--work", "2000000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn mproc");
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill takes integers only; the child is ours and unreaped.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    child.wait().expect("wait").code()
+}
+
 #[test]
 fn an_interrupted_command_leaves_the_last_picture_whole() {
     let dir = scratch("interrupted");
@@ -354,17 +369,7 @@ fn an_interrupted_command_leaves_the_last_picture_whole() {
     let out = run(mproc().arg("--timeline").arg(&svg).args(["square", "3"]));
     assert!(out.status.success(), "{}", stderr(&out));
     let before = std::fs::read_to_string(&svg).expect("the first picture");
-    let mut child = mproc()
-        .arg("--timeline")
-        .arg(&svg)
-        .args(["speedup", "--work", "2000000"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn mproc");
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: kill takes integers only; the child is ours and unreaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().expect("wait").code(), Some(143));
+    assert_eq!(interrupted_speedup(&svg, libc::SIGTERM), Some(143));
     assert_eq!(std::fs::read_to_string(&svg).expect("still there"), before);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -377,17 +382,7 @@ fn an_interrupted_command_leaves_no_new_empty_file() {
     let dir = scratch("interrupted-new");
     for (i, signal, code) in [(0, libc::SIGINT, 130), (1, libc::SIGTERM, 143)] {
         let svg = dir.join(format!("new{i}.svg"));
-        let mut child = mproc()
-            .arg("--timeline")
-            .arg(&svg)
-            .args(["speedup", "--work", "2000000"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn mproc");
-        std::thread::sleep(Duration::from_millis(300));
-        // SAFETY: kill takes integers only; the child is ours and unreaped.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        assert_eq!(child.wait().expect("wait").code(), Some(code));
+        assert_eq!(interrupted_speedup(&svg, signal), Some(code));
         assert!(!svg.exists(), "{} left behind after signal {signal}", svg.display());
     }
     let out = run(mproc().arg("--timeline").arg(dir.join("missing/x.svg")).args(["square", "3"]));
