@@ -79,8 +79,15 @@ impl Recording {
                         std::fs::remove_file(path).map_err(cannot)?;
                         Target::New(path.clone())
                     }
+                    // (A dangling symbolic link "exists" too: its target
+                    // is made now, as before.)
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Target::Existing(
-                        std::fs::OpenOptions::new().write(true).truncate(false).open(path).map_err(cannot)?,
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .open(path)
+                            .map_err(cannot)?,
                     ),
                     Err(e) => return Err(cannot(e)),
                 }
