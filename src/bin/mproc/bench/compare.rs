@@ -85,14 +85,14 @@ fn tsv(cmd: Command) -> HashMap<String, f64> {
 fn walls(makes: &[&dyn Fn() -> Command], runs: usize) -> Vec<Option<f64>> {
     let mut times: Vec<Option<Vec<f64>>> = vec![Some(Vec::new()); makes.len()];
     for _ in 0..runs {
-        for (make, times) in makes.iter().zip(&mut times) {
-            let Some(list) = times else { continue };
+        for (make, slot) in makes.iter().zip(&mut times) {
+            let Some(list) = slot else { continue };
             let mut cmd = make();
             cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
             let t = Instant::now();
             match cmd.status() {
                 Ok(status) if status.success() => list.push(t.elapsed().as_secs_f64()),
-                _ => *times = None,
+                _ => *slot = None,
             }
         }
     }
