@@ -497,6 +497,55 @@ fn callers_parked_behind_a_caller_that_leaves_are_never_stranded() {
 }
 
 #[test]
+fn a_result_filed_as_its_wait_times_out_is_taken_by_the_next_get_anywhere() {
+    // Results land just as waits give up (timeouts about as long as the
+    // task's round trip), while four threads keep the pool busy with
+    // `apply`. Each handle that timed out is taken by another thread:
+    // every result must arrive there, once, whichever thread parked for it
+    // and whoever filed it.
+    let _w = watchdog(Duration::from_secs(120), "results filed as waits time out");
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, AsyncResult<u64>)>();
+    let taker = std::thread::spawn(move || {
+        let mut taken = 0u64;
+        for (x, mut r) in rx {
+            assert_eq!(r.get().unwrap(), cube(x));
+            taken += 1;
+        }
+        taken
+    });
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (pool, tx) = (Arc::clone(&pool), tx.clone());
+            std::thread::spawn(move || {
+                let mut answered = 0u64;
+                for i in 0..3_000u64 {
+                    let x = t * 10_000 + i;
+                    if i % 2 == 0 {
+                        assert_eq!(pool.apply(cube, x).unwrap(), cube(x));
+                        answered += 1;
+                        continue;
+                    }
+                    let mut r = pool.apply_async(cube, x).unwrap();
+                    match r.get_timeout(Duration::from_micros(i % 40)) {
+                        Ok(v) => {
+                            assert_eq!(v, cube(x));
+                            answered += 1;
+                        }
+                        Err(Error::Timeout) => tx.send((x, r)).unwrap(),
+                        Err(e) => panic!("task {x}: {e:?}"),
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    drop(tx);
+    let answered: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(answered + taker.join().unwrap(), 4 * 3_000);
+}
+
+#[test]
 fn a_panicking_waker_leaves_the_pool_working() {
     let _w = watchdog(Duration::from_secs(60), "panicking waker");
     struct Panics;
