@@ -1113,18 +1113,17 @@ fn resident_kib() -> u64 {
     pages * mproc::page_size() as u64 / 1024
 }
 
-/// A service that once queued a burst keeps running afterwards: what the
-/// pool held for 100,000 pending `apply_async` (about 28 MiB, most of it
-/// the table of open submissions and the queue's turns) is given back when
-/// the pool next empties a second after the burst, not kept for the life
-/// of the pool. glibc's
-/// `malloc_trim` first returns what the allocator itself would keep of the
-/// freed memory: only the pool's own holding is measured.
+/// Resident memory (KiB) before a burst of 100,000 pending `apply_async`
+/// on `pool`, during it, and once at least half of what it added is given
+/// back (0 if not within 10 s), with `afterwards` run every 100 ms once
+/// every result was taken. glibc's `malloc_trim` first returns what the
+/// allocator itself would keep of the freed memory: only the pool's own
+/// holding is measured. Half, not all: in a process that ran other tests
+/// first (plain `cargo test`), a quarter of it stayed resident once given
+/// back (pages the allocator shares with other memory); while the pool
+/// keeps its part, three quarters stay.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[test]
-fn a_burst_of_apply_async_leaves_no_memory_behind_once_taken() {
-    let _dog = watchdog(Duration::from_secs(60), "a burst of 100,000 apply_async");
-    let pool = Pool::new(2).expect("pool");
+fn memory_around_a_burst(pool: &Pool, afterwards: impl Fn()) -> (u64, u64, u64) {
     // One small round first: what any use of the pool keeps.
     for x in 0..100 {
         pool.apply_async(cube, x).expect("submit").get().expect("result");
@@ -1134,19 +1133,60 @@ fn a_burst_of_apply_async_leaves_no_memory_behind_once_taken() {
     let before = resident_kib();
     let pending: Vec<_> = (0..100_000u64).map(|x| pool.apply_async(cube, x).expect("submit")).collect();
     let during = resident_kib();
+    // Every task done before the first result is taken (a service holds
+    // its results a while): the pool is idle with the results still in.
+    std::thread::sleep(Duration::from_millis(500));
     for (x, mut r) in (0..).zip(pending) {
         assert_eq!(r.get().expect("result"), cube(x));
     }
     // Kept for a second in case another burst follows (a loop of them
-    // reuses the warm memory), then given back when the pool next empties.
-    std::thread::sleep(Duration::from_millis(1100));
-    pool.apply_async(cube, 3).expect("submit").get().expect("result");
-    // SAFETY: as above.
-    unsafe { libc::malloc_trim(0) };
-    let after = resident_kib();
+    // reuses the warm memory), then given back.
+    let limit = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(100));
+        afterwards();
+        // SAFETY: as above.
+        unsafe { libc::malloc_trim(0) };
+        let after = resident_kib();
+        if after < during - (during - before) / 2 {
+            return (before, during, after);
+        }
+    }
+    (before, during, 0)
+}
+
+/// A service that once queued a burst keeps running afterwards: what the
+/// pool held for 100,000 pending `apply_async` (about 28 MiB, most of it
+/// the table of open submissions and the queue's turns) is given back when
+/// the pool next empties a second after the burst, not kept for the life
+/// of the pool.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_burst_of_apply_async_leaves_no_memory_behind_once_taken() {
+    let _dog = watchdog(Duration::from_secs(60), "a burst of 100,000 apply_async");
+    let pool = Pool::new(2).expect("pool");
+    let (before, during, after) = memory_around_a_burst(&pool, || {
+        pool.apply_async(cube, 3).expect("submit").get().expect("result");
+    });
     assert!(
-        after < before + (during - before) / 4,
-        "resident memory {before} KiB before the burst, {during} KiB during it, {after} KiB after"
+        after > 0,
+        "resident memory {before} KiB before the burst, {during} KiB during it, not given back"
+    );
+    drop(pool);
+    assert_no_children();
+}
+
+/// The same burst, and then no call at all (a service whose requests
+/// stopped): the pool's driver gives the memory back on its own.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn an_idle_pool_gives_a_bursts_memory_back_without_another_call() {
+    let _dog = watchdog(Duration::from_secs(60), "an idle pool after a burst");
+    let pool = Pool::new(2).expect("pool");
+    let (before, during, after) = memory_around_a_burst(&pool, || ());
+    assert!(
+        after > 0,
+        "resident memory {before} KiB before the burst, {during} KiB during it, not given back within 10 s with no call"
     );
     drop(pool);
     assert_no_children();

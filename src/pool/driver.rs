@@ -30,7 +30,9 @@
 //!   waits). A third busy thread on two vCPUs cost such a loop half its
 //!   rate.
 //!   Idle, it sleeps on its own pipe and on the report pipe (so a zygote
-//!   that dies between calls is noticed at once).
+//!   that dies between calls is noticed at once); after a burst of
+//!   calls it also wakes once a second until it has given back the memory
+//!   the burst held (`Engine::give_back_burst`).
 //!
 //! # Fork safety
 //! Once the driver has started, the program has one more thread. The
@@ -523,8 +525,12 @@ impl Core {
                 let watch = !e.pumping;
                 seen_epoch = e.call_epoch;
                 e.driver_idle = true;
+                // Memory a burst left behind, given back once that is due:
+                // nothing else would look while the pool sits idle.
+                let give_back = if work { None } else { e.give_back_burst() };
                 drop(e);
-                let woke = self.driver_sleep(watch, None);
+                let woke =
+                    self.driver_sleep(watch, give_back.map(|t| t.saturating_duration_since(Instant::now())));
                 let mut e = self.lock();
                 e.driver_idle = false;
                 if let Ok(Woke::Other) = woke {

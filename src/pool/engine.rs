@@ -1386,6 +1386,14 @@ impl Engine {
         self.slots.iter().filter(|s| s.state == SlotState::Empty).filter_map(|s| s.retry_spawn_at).min()
     }
 
+    /// Gives back what a burst of submissions left in the table and in
+    /// the queue, each once it is empty and that is due (see
+    /// `slab::Burst`); otherwise, when to look again. Calls do this as they
+    /// empty them; for a pool left idle after a burst, the driver does.
+    pub(crate) fn give_back_burst(&mut self) -> Option<Instant> {
+        [self.subs.shrink_when_due(), self.queue.shrink_when_due()].into_iter().flatten().min()
+    }
+
     /// Hands queued batches to live workers with room, and pushes pending
     /// bytes into their task rings. Never blocks. Every idle worker gets a
     /// batch before any worker gets a second one (queued behind the one it

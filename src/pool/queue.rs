@@ -8,6 +8,7 @@
 //! before anything still queued.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use super::engine::Batch;
 use super::slab::{Burst, KEEP_WHEN_EMPTY};
@@ -76,6 +77,22 @@ impl TaskQueue {
             self.first.shrink_to(KEEP_WHEN_EMPTY);
         }
         Some(batch)
+    }
+
+    /// Gives an empty queue's burst memory back if that is due (see
+    /// [`Burst`]); if it is not due yet, when it will be. For a queue left
+    /// empty while nothing pops (an idle pool).
+    pub(crate) fn shrink_when_due(&mut self) -> Option<Instant> {
+        if !self.is_empty() {
+            return None;
+        }
+        let size = self.turns.capacity().max(self.first.capacity());
+        if self.burst.may_shrink(size) {
+            self.turns.shrink_to(KEEP_WHEN_EMPTY);
+            self.first.shrink_to(KEEP_WHEN_EMPTY);
+            return None;
+        }
+        self.burst.shrink_due(size)
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -72,6 +72,16 @@ impl Burst {
     pub(crate) fn may_shrink(&self, size: usize) -> bool {
         size > KEEP_WHEN_EMPTY && self.grown_at.is_none_or(|t| t.elapsed() >= SHRINK_AFTER)
     }
+
+    /// When an empty collection of `size` that may not shrink yet may:
+    /// `None` if it may now, or holds nothing to give back.
+    pub(crate) fn shrink_due(&self, size: usize) -> Option<Instant> {
+        if size <= KEEP_WHEN_EMPTY {
+            return None;
+        }
+        let due = self.grown_at? + SHRINK_AFTER;
+        (due > Instant::now()).then_some(due)
+    }
 }
 
 #[derive(Debug)]
@@ -142,6 +152,24 @@ impl<T> Slab<T> {
             self.shrink();
         }
         Some(value)
+    }
+
+    /// Shrinks an empty table that held a burst, if that is due (see
+    /// [`Burst`]); otherwise, when to look again: when it is due, or, for a
+    /// table whose values are still in use, a [`SHRINK_AFTER`] from now
+    /// (a removal that empties it before it is due shrinks nothing, and
+    /// nothing else would look). `None` once there is nothing to give
+    /// back. For an idle pool, which removes nothing.
+    pub(crate) fn shrink_when_due(&mut self) -> Option<Instant> {
+        if !self.shrinks || self.entries.len() <= KEEP_WHEN_EMPTY {
+            return None;
+        }
+        if self.live == 0 && self.burst.may_shrink(self.entries.len()) {
+            self.shrink();
+            return None;
+        }
+        let again = self.burst.shrink_due(self.entries.len());
+        Some(again.filter(|_| self.live == 0).unwrap_or_else(|| Instant::now() + SHRINK_AFTER))
     }
 
     /// Drops every entry of an empty table but the first
@@ -264,6 +292,30 @@ mod tests {
             slab.remove(id);
         }
         assert_eq!(slab.entries.len(), n);
+    }
+
+    #[test]
+    fn an_idle_owner_is_told_when_to_look_again_never_a_time_past() {
+        let mut slab = Slab::new();
+        let n = 2 * super::KEEP_WHEN_EMPTY;
+        let ids: Vec<u64> = (0..n).map(|i| slab.insert(i).unwrap()).collect();
+        // In use, its burst long over: look again a while from now (a
+        // time already past would have the driver spin).
+        slab.burst.grown_at = Some(Instant::now() - 2 * super::SHRINK_AFTER);
+        let again = slab.shrink_when_due().expect("a time to look again");
+        assert!(again > Instant::now() + super::SHRINK_AFTER / 2);
+        // Emptied right after the burst: due a second after it.
+        for &id in &ids {
+            slab.remove(id);
+        }
+        assert_eq!(slab.entries.len(), n);
+        let due = slab.shrink_when_due().expect("a time it is due");
+        assert!(due > Instant::now() && due <= Instant::now() + super::SHRINK_AFTER);
+        // Then given back, and nothing more to look for.
+        slab.burst.grown_at = Some(Instant::now() - super::SHRINK_AFTER);
+        assert_eq!(slab.shrink_when_due(), None);
+        assert_eq!(slab.entries.len(), super::KEEP_WHEN_EMPTY);
+        assert_eq!(slab.shrink_when_due(), None);
     }
 
     #[test]
