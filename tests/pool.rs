@@ -1116,14 +1116,20 @@ fn resident_kib() -> u64 {
 /// Resident memory (KiB) before a burst of 100,000 pending `apply_async`
 /// on `pool`, during it, and once at least half of what it added is given
 /// back (0 if not within 10 s), with `afterwards` run every 100 ms once
-/// every result was taken. glibc's `malloc_trim` first returns what the
+/// every result was taken (after `hold`); `task` returns `cube`'s
+/// answer. glibc's `malloc_trim` first returns what the
 /// allocator itself would keep of the freed memory: only the pool's own
 /// holding is measured. Half, not all: in a process that ran other tests
 /// first (plain `cargo test`), a quarter of it stayed resident once given
 /// back (pages the allocator shares with other memory); while the pool
 /// keeps its part, three quarters stay.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn memory_around_a_burst(pool: &Pool, afterwards: impl Fn()) -> (u64, u64, u64) {
+fn memory_around_a_burst(
+    pool: &Pool,
+    task: fn(u64) -> u64,
+    hold: Duration,
+    afterwards: impl Fn(),
+) -> (u64, u64, u64) {
     // One small round first: what any use of the pool keeps.
     for x in 0..100 {
         pool.apply_async(cube, x).expect("submit").get().expect("result");
@@ -1131,11 +1137,12 @@ fn memory_around_a_burst(pool: &Pool, afterwards: impl Fn()) -> (u64, u64, u64) 
     // SAFETY: malloc_trim only walks glibc's arenas; nothing in use is freed.
     unsafe { libc::malloc_trim(0) };
     let before = resident_kib();
-    let pending: Vec<_> = (0..100_000u64).map(|x| pool.apply_async(cube, x).expect("submit")).collect();
+    let pending: Vec<_> = (0..100_000u64).map(|x| pool.apply_async(task, x).expect("submit")).collect();
     let during = resident_kib();
-    // Every task done before the first result is taken (a service holds
-    // its results a while): the pool is idle with the results still in.
-    std::thread::sleep(Duration::from_millis(500));
+    // Held a while (a service's results are), every task is done before
+    // the first is taken, and the pool idles with them still in; taken at
+    // once, the caller's `get`s wait for the last ones.
+    std::thread::sleep(hold);
     for (x, mut r) in (0..).zip(pending) {
         assert_eq!(r.get().expect("result"), cube(x));
     }
@@ -1157,15 +1164,15 @@ fn memory_around_a_burst(pool: &Pool, afterwards: impl Fn()) -> (u64, u64, u64) 
 
 /// A service that once queued a burst keeps running afterwards: what the
 /// pool held for 100,000 pending `apply_async` (about 28 MiB, most of it
-/// the table of open submissions and the queue's turns) is given back when
-/// the pool next empties a second after the burst, not kept for the life
-/// of the pool.
+/// the table of open submissions and the queue's turns) is given back a
+/// second after the burst, not kept for the life of the pool; here with
+/// calls going on.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn a_burst_of_apply_async_leaves_no_memory_behind_once_taken() {
     let _dog = watchdog(Duration::from_secs(60), "a burst of 100,000 apply_async");
     let pool = Pool::new(2).expect("pool");
-    let (before, during, after) = memory_around_a_burst(&pool, || {
+    let (before, during, after) = memory_around_a_burst(&pool, cube, Duration::ZERO, || {
         pool.apply_async(cube, 3).expect("submit").get().expect("result");
     });
     assert!(
@@ -1176,18 +1183,34 @@ fn a_burst_of_apply_async_leaves_no_memory_behind_once_taken() {
     assert_no_children();
 }
 
+/// `cube`, in about 5 µs.
+fn cube_slowly(n: u64) -> u64 {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_micros(5) {
+        std::hint::spin_loop();
+    }
+    cube(n)
+}
+
 /// The same burst, and then no call at all (a service whose requests
-/// stopped): the pool's driver gives the memory back on its own.
+/// stopped): the pool's driver gives the memory back on its own, whether
+/// the results were held until every task was done (the pool idles with
+/// them still in) or taken at once, with tasks slow enough that the
+/// caller's `get`s wait for the last ones.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn an_idle_pool_gives_a_bursts_memory_back_without_another_call() {
     let _dog = watchdog(Duration::from_secs(60), "an idle pool after a burst");
-    let pool = Pool::new(2).expect("pool");
-    let (before, during, after) = memory_around_a_burst(&pool, || ());
-    assert!(
-        after > 0,
-        "resident memory {before} KiB before the burst, {during} KiB during it, not given back within 10 s with no call"
-    );
-    drop(pool);
-    assert_no_children();
+    let held = (cube as fn(u64) -> u64, Duration::from_millis(500));
+    for (task, hold) in [held, (cube_slowly, Duration::ZERO)] {
+        let pool = Pool::new(2).expect("pool");
+        let (before, during, after) = memory_around_a_burst(&pool, task, hold, || ());
+        assert!(
+            after > 0,
+            "results taken after {hold:?}: resident memory {before} KiB before the burst, {during} KiB during \
+             it, not given back within 10 s with no call"
+        );
+        drop(pool);
+        assert_no_children();
+    }
 }

@@ -31,8 +31,9 @@
 //!   rate.
 //!   Idle, it sleeps on its own pipe and on the report pipe (so a zygote
 //!   that dies between calls is noticed at once); after a burst of
-//!   calls it also wakes once a second until it has given back the memory
-//!   the burst held (`Engine::give_back_burst`).
+//!   calls it also wakes when the memory the burst held is due to be
+//!   given back, and once a second while the burst's table still holds
+//!   open calls (`Engine::give_back_burst`).
 //!
 //! # Fork safety
 //! Once the driver has started, the program has one more thread. The
@@ -526,8 +527,10 @@ impl Core {
                 seen_epoch = e.call_epoch;
                 e.driver_idle = true;
                 // Memory a burst left behind, given back once that is due:
-                // nothing else would look while the pool sits idle.
-                let give_back = if work { None } else { e.give_back_burst() };
+                // nothing else would look while the pool sits idle. Also
+                // while a caller pumps: its last call may empty the table
+                // before that is due, and leave without waking us.
+                let give_back = e.give_back_burst();
                 drop(e);
                 let woke =
                     self.driver_sleep(watch, give_back.map(|t| t.saturating_duration_since(Instant::now())));

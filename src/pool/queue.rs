@@ -80,8 +80,9 @@ impl TaskQueue {
     }
 
     /// Gives an empty queue's burst memory back if that is due (see
-    /// [`Burst`]); if it is not due yet, when it will be. For a queue left
-    /// empty while nothing pops (an idle pool).
+    /// [`Burst`]); if it is not due yet, when it will be (possibly passed
+    /// a moment ago: the next look gives it back). For a queue left empty
+    /// while nothing pops (an idle pool).
     pub(crate) fn shrink_when_due(&mut self) -> Option<Instant> {
         if !self.is_empty() {
             return None;
@@ -152,6 +153,25 @@ mod tests {
         q.burst = Burst::default();
         assert_eq!(order(&mut q).len(), 1);
         assert!(q.turns.capacity() <= KEEP_WHEN_EMPTY && q.first.capacity() <= KEEP_WHEN_EMPTY);
+    }
+
+    #[test]
+    fn an_idle_queue_after_a_burst_says_when_and_then_gives_its_memory_back() {
+        let mut q = TaskQueue::default();
+        let n = 4 * KEEP_WHEN_EMPTY as u64;
+        for sub in 0..n {
+            q.push_back(batch(sub, 0));
+        }
+        assert_eq!(q.shrink_when_due(), None, "a queue with work is not idle");
+        assert_eq!(order(&mut q).len(), n as usize);
+        // Drained right after the burst: due a second after it.
+        let due = q.shrink_when_due().expect("a time it is due");
+        assert!(due > std::time::Instant::now() && q.turns.capacity() > KEEP_WHEN_EMPTY);
+        // Then given back, and nothing more to look for.
+        q.burst = Burst::default();
+        assert_eq!(q.shrink_when_due(), None);
+        assert!(q.turns.capacity() <= KEEP_WHEN_EMPTY);
+        assert_eq!(q.shrink_when_due(), None);
     }
 
     #[test]

@@ -73,14 +73,14 @@ impl Burst {
         size > KEEP_WHEN_EMPTY && self.grown_at.is_none_or(|t| t.elapsed() >= SHRINK_AFTER)
     }
 
-    /// When an empty collection of `size` that may not shrink yet may:
-    /// `None` if it may now, or holds nothing to give back.
+    /// When an empty collection of `size` that [`Burst::may_shrink`] just
+    /// refused may shrink (a time that may have passed since that look: the
+    /// next one then says yes); `None` if it holds nothing to give back.
     pub(crate) fn shrink_due(&self, size: usize) -> Option<Instant> {
         if size <= KEEP_WHEN_EMPTY {
             return None;
         }
-        let due = self.grown_at? + SHRINK_AFTER;
-        (due > Instant::now()).then_some(due)
+        Some(self.grown_at? + SHRINK_AFTER)
     }
 }
 
@@ -158,8 +158,10 @@ impl<T> Slab<T> {
     /// [`Burst`]); otherwise, when to look again: when it is due, or, for a
     /// table whose values are still in use, a [`SHRINK_AFTER`] from now
     /// (a removal that empties it before it is due shrinks nothing, and
-    /// nothing else would look). `None` once there is nothing to give
-    /// back. For an idle pool, which removes nothing.
+    /// nothing else would look). A time already past comes only from the
+    /// clock moving between two reads, and the next look shrinks. `None`
+    /// once there is nothing to give back. For an idle pool, which removes
+    /// nothing.
     pub(crate) fn shrink_when_due(&mut self) -> Option<Instant> {
         if !self.shrinks || self.entries.len() <= KEEP_WHEN_EMPTY {
             return None;
@@ -168,8 +170,12 @@ impl<T> Slab<T> {
             self.shrink();
             return None;
         }
-        let again = self.burst.shrink_due(self.entries.len());
-        Some(again.filter(|_| self.live == 0).unwrap_or_else(|| Instant::now() + SHRINK_AFTER))
+        if self.live == 0 {
+            if let Some(due) = self.burst.shrink_due(self.entries.len()) {
+                return Some(due);
+            }
+        }
+        Some(Instant::now() + SHRINK_AFTER)
     }
 
     /// Drops every entry of an empty table but the first
