@@ -155,27 +155,24 @@ impl<T> Slab<T> {
     }
 
     /// Shrinks an empty table that held a burst, if that is due (see
-    /// [`Burst`]); otherwise, when to look again: when it is due, or, for a
-    /// table whose values are still in use, a [`SHRINK_AFTER`] from now
-    /// (a removal that empties it before it is due shrinks nothing, and
-    /// nothing else would look). A time already past comes only from the
-    /// clock moving between two reads, and the next look shrinks. `None`
+    /// [`Burst`]); otherwise, when to look again: when it is due (see
+    /// [`Burst::shrink_due`]), or, for a table whose values are still in
+    /// use, a [`SHRINK_AFTER`] from now (a removal that empties it before
+    /// it is due shrinks nothing, and nothing else would look). `None`
     /// once there is nothing to give back. For an idle pool, which removes
     /// nothing.
     pub(crate) fn shrink_when_due(&mut self) -> Option<Instant> {
         if !self.shrinks || self.entries.len() <= KEEP_WHEN_EMPTY {
             return None;
         }
-        if self.live == 0 && self.burst.may_shrink(self.entries.len()) {
+        if self.live != 0 {
+            return Some(Instant::now() + SHRINK_AFTER);
+        }
+        if self.burst.may_shrink(self.entries.len()) {
             self.shrink();
             return None;
         }
-        if self.live == 0 {
-            if let Some(due) = self.burst.shrink_due(self.entries.len()) {
-                return Some(due);
-            }
-        }
-        Some(Instant::now() + SHRINK_AFTER)
+        self.burst.shrink_due(self.entries.len())
     }
 
     /// Drops every entry of an empty table but the first
